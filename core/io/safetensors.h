@@ -1,0 +1,105 @@
+// safetensors reading (mmap, zero-copy views) and writing (aligned header,
+// __metadata__, atomic temp-file + rename). Format: spec section 1.1.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/io/tensor_source.h"
+
+namespace lorad::io {
+
+enum class DType {
+  kBool, kU8, kI8, kF8_E5M2, kF8_E4M3, kI16, kU16, kF16, kBF16, kI32, kU32, kF32, kF64, kI64, kU64
+};
+
+// "F16" -> kF16 etc.; nullopt for names this reader does not know.
+std::optional<DType> ParseDType(std::string_view name);
+std::string_view DTypeToString(DType dtype);
+size_t DTypeSize(DType dtype);
+// The safetensors dtype of a LibTorch scalar type; error for unsupported ones.
+absl::StatusOr<DType> DTypeFromTorch(torch::ScalarType type);
+
+struct TensorInfo {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  uint64_t begin = 0;  // offsets relative to the data buffer
+  uint64_t end = 0;
+  int64_t numel() const;
+};
+
+using Metadata = std::map<std::string, std::string>;
+
+// A validated, memory-mapped safetensors file. Thread-safe for concurrent reads.
+// Tensors returned without conversion are views of the mapping that keep it
+// alive; the mapping is private copy-on-write, so writing to them never
+// changes the file.
+class SafetensorsFile : public TensorSource {
+ public:
+  // Opens and validates every rule of the format; each violation is a distinct
+  // INVALID_ARGUMENT (or NOT_FOUND for a missing file) that names the file.
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::filesystem::path& path);
+
+  ~SafetensorsFile() override;
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+  std::vector<std::string> Names() const override;
+  bool Has(std::string_view name) const override;
+  absl::StatusOr<std::vector<int64_t>> Shape(std::string_view name) const override;
+  absl::StatusOr<torch::Tensor> Get(std::string_view name,
+                                    std::optional<torch::ScalarType> dtype = std::nullopt) const override;
+  absl::StatusOr<std::string> DTypeName(std::string_view name) const override;
+
+  const Metadata& metadata() const { return metadata_; }
+  // Tensors in data-offset order.
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  const TensorInfo* Find(std::string_view name) const;
+  const std::filesystem::path& path() const { return path_; }
+  uint64_t file_size() const { return file_size_; }
+  uint64_t header_size() const { return header_size_; }
+
+ private:
+  struct Mapping;
+  SafetensorsFile() = default;
+
+  std::filesystem::path path_;
+  std::shared_ptr<Mapping> mapping_;
+  uint64_t file_size_ = 0;
+  uint64_t header_size_ = 0;
+  Metadata metadata_;
+  std::vector<TensorInfo> tensors_;
+  absl::flat_hash_map<std::string, size_t> index_;
+};
+
+// Validates a complete in-memory safetensors image (used by Open and by tests).
+// On success fills `tensors` (sorted by offset), `metadata` and `header_size`.
+absl::Status ParseSafetensorsHeader(const uint8_t* data, uint64_t size, std::string_view what,
+                                    std::vector<TensorInfo>* tensors, Metadata* metadata,
+                                    uint64_t* header_size);
+
+using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
+
+// Serializes to an in-memory safetensors image: header padded with spaces to a
+// multiple of 8, tensors ordered as the reference writer does (larger dtype
+// alignment first, then by name).
+absl::StatusOr<std::string> SerializeSafetensors(const NamedTensors& tensors, const Metadata& metadata);
+
+// Writes a safetensors file atomically (temp file in the same folder, fsync,
+// rename). Streams tensor by tensor: no second copy of the whole file in memory.
+absl::Status WriteSafetensors(const std::filesystem::path& path, const NamedTensors& tensors,
+                              const Metadata& metadata);
+
+}  // namespace lorad::io
