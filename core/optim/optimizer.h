@@ -1,0 +1,148 @@
+// Optimizers over parameter groups that reproduce their reference Python
+// implementations step for step (spec section 6): torch AdamW, bitsandbytes
+// AdamW8bit, lion_pytorch Lion, transformers Adafactor, prodigyopt Prodigy and
+// came_pytorch CAME. Created the kohya way: an `optimizer_type` name and a list
+// of "key=value" `optimizer_args`.
+//
+// Usage per training step:
+//   RETURN_IF_ERROR(scheduler.Apply(step, *optimizer));   // lr = base_lr x multiplier
+//   loss.backward();
+//   ASSIGN_OR_RETURN(double norm, ClipGradNorm(optimizer->AllParams(), max_grad_norm));
+//   RETURN_IF_ERROR(optimizer->Step());
+//   optimizer->ZeroGrad();
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/io/safetensors.h"
+
+namespace lorad::optim {
+
+// One parameter group ("unet", "text_encoder", ...) with its own base lr.
+// Parameters are leaf tensors; their .grad() holds the gradient before Step().
+struct ParamGroup {
+  std::string name;
+  std::vector<torch::Tensor> params;
+  double lr = 0.0;
+};
+
+// Everything needed to resume an optimizer bit for bit: state tensors (keys
+// "<group index>/<param index>/<state name>", e.g. "0/3/exp_avg") plus scalars
+// (step counters, current lrs, Prodigy's d, ...) as strings (JSON numbers).
+// Store `tensors` in a safetensors file and `values` in its __metadata__.
+struct OptimizerState {
+  io::NamedTensors tensors;
+  std::map<std::string, std::string> values;
+};
+
+// Per-parameter state: the step count and named state tensors.
+struct ParamState {
+  int64_t step = 0;
+  std::map<std::string, torch::Tensor> tensors;
+};
+
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+  Optimizer(const Optimizer&) = delete;
+  Optimizer& operator=(const Optimizer&) = delete;
+
+  // One update of every parameter that has a gradient (parameters whose grad is
+  // undefined are skipped, as torch does). Errors: non-float parameters,
+  // gradient shape mismatch, or LibTorch failures.
+  virtual absl::Status Step() = 0;
+  // Drops every gradient (set_to_none, the torch 2.x default).
+  void ZeroGrad();
+
+  int num_groups() const { return static_cast<int>(groups_.size()); }
+  const ParamGroup& group(int index) const { return groups_.at(index); }
+  // All parameters of all groups, in order (for ClipGradNorm).
+  std::vector<torch::Tensor> AllParams() const;
+
+  // The group's current lr (what a scheduler last set) and the base lr it was
+  // created with. SetLr rejects negative or non-finite values.
+  double lr(int group) const { return lrs_.at(group); }
+  double base_lr(int group) const { return groups_.at(group).lr; }
+  absl::Status SetLr(int group, double lr);
+  // The optimizer's "default lr" (torch `optimizer.defaults['lr']`): the lr of
+  // the first group at creation. The polynomial schedule divides by it.
+  double initial_lr() const { return initial_lr_; }
+
+  // The lr to log for a group: lr for most optimizers, d*lr for Prodigy, the
+  // internal relative-step lr of the group's first parameter for Adafactor
+  // with relative_step (what kohya's "adafactor" scheduler reports).
+  virtual double EffectiveLr(int group) const { return lr(group); }
+  // True when the optimizer computes its own lr (Adafactor relative_step): the
+  // trainer must use the "adafactor" schedule and ignore the groups' lrs.
+  virtual bool UsesInternalLr() const { return false; }
+
+  // kohya's ss_optimizer value: Python class path plus "(args)" when args were
+  // given, e.g. "torch.optim.adamw.AdamW(weight_decay=0.1,betas=(0.9, 0.99))".
+  std::string Describe() const;
+  // The canonical short name ("AdamW", "AdamW8bit", "Lion", "Adafactor", "Prodigy", "CAME").
+  virtual std::string_view name() const = 0;
+  // Python class path, e.g. "prodigyopt.prodigy.Prodigy".
+  virtual std::string_view class_path() const = 0;
+
+  // Number of optimizer steps taken (Step() calls that updated anything).
+  int64_t step_count() const { return step_count_; }
+  // Bytes held by optimizer state tensors (for memory reports and the benchmark).
+  int64_t StateBytes() const;
+
+  // Snapshot (deep copies) of the full state, and restore into an optimizer
+  // created with the same type, args and parameter shapes. LoadState validates
+  // names, shapes and dtypes and reports the first mismatch.
+  absl::StatusOr<OptimizerState> SaveState() const;
+  absl::Status LoadState(const OptimizerState& state);
+
+ protected:
+  Optimizer(std::vector<ParamGroup> groups, std::vector<std::string> describe_args);
+
+  // Optimizer-specific scalars (Prodigy's d, ...) for Save/LoadState.
+  virtual void SaveExtraValues(std::map<std::string, std::string>* values) const { (void)values; }
+  virtual absl::Status LoadExtraValues(const std::map<std::string, std::string>& values) {
+    (void)values;
+    return absl::OkStatus();
+  }
+
+  ParamState& state(int group, int param) { return states_[group][param]; }
+  const ParamState& state(int group, int param) const { return states_[group][param]; }
+
+  std::vector<ParamGroup> groups_;
+  std::vector<double> lrs_;
+  std::vector<std::vector<ParamState>> states_;
+  double initial_lr_ = 0.0;
+  int64_t step_count_ = 0;
+  std::vector<std::string> describe_args_;
+};
+
+// Builds an optimizer from kohya's `optimizer_type` (case-insensitive: AdamW,
+// AdamW8bit, bitsandbytes.optim.AdamW8bit, Lion, lion_pytorch.Lion, Adafactor,
+// transformers.optimization.Adafactor, Prodigy, prodigyopt.Prodigy, CAME,
+// came_pytorch.CAME, LoraEasyCustomOptimizer.came.CAME, ...) and
+// `optimizer_args` ("weight_decay=0.1", "betas=0.9,0.999", "decouple=True",
+// "beta1=None"). Each group's lr is its base lr. Errors name the offending
+// type/arg and list the accepted ones.
+absl::StatusOr<std::unique_ptr<Optimizer>> CreateOptimizer(std::string_view optimizer_type,
+                                                           const std::vector<std::string>& optimizer_args,
+                                                           std::vector<ParamGroup> groups);
+
+// Every optimizer_type spelling CreateOptimizer accepts.
+std::vector<std::string> AcceptedOptimizerTypes();
+
+// torch.nn.utils.clip_grad_norm_: scales all gradients by
+// max_norm / (total_norm + 1e-6) when that is < 1, where total_norm is the
+// global L2 norm over every gradient. Returns total_norm (computed even when
+// max_norm is 0, which disables clipping). Parameters without grad are ignored.
+absl::StatusOr<double> ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm);
+
+}  // namespace lorad::optim
