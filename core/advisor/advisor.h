@@ -1,0 +1,119 @@
+// The advisor: checks a dataset and a kohya config against what experienced
+// LoRA trainers learned (issue 7) and returns findings that cite the rule.
+// The rules are data (core/advisor/rules.toml, compiled in; extra rule files
+// can be loaded with LoadRules); this file evaluates them.
+//
+// Thread-safety: everything here is a pure function of its arguments.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "core/advisor/rules.h"
+
+namespace lorad::advisor {
+
+enum class TrainingKind { kUnspecified, kCharacter, kStyle };
+enum class ModelFamily { kUnknown, kSdxl, kSd15 };
+
+// Parses "character" | "style" (case-insensitive); InvalidArgument otherwise.
+absl::StatusOr<TrainingKind> ParseTrainingKind(absl::string_view text);
+// Parses "sdxl" | "sd15" | "sd1.5" | "sd1" (case-insensitive).
+absl::StatusOr<ModelFamily> ParseModelFamily(absl::string_view text);
+absl::string_view TrainingKindName(TrainingKind kind);
+absl::string_view ModelFamilyName(ModelFamily family);
+
+// What the curation report (core/data) knows about a dataset.
+struct DatasetFacts {
+  int64_t image_count = 0;          // distinct images
+  int64_t images_with_repeats = 0;  // sum of images x num_repeats; 0 = same as image_count
+  int64_t below_512 = 0;            // short side < 512 px
+  int64_t below_1024 = 0;           // short side < 1024 px (includes below_512)
+  int64_t exact_duplicates = 0;     // images identical to an earlier one
+  int64_t near_duplicates = 0;      // perceptual-hash pairs under the threshold
+  int64_t booru_captions = 0;       // caption files in tag style
+  int64_t natural_captions = 0;     // caption files in natural language
+  // The first token most captions share ("ohwx", "sks woman"), empty when none;
+  // see DetectLeadingTriggerWord.
+  std::string leading_trigger_word;
+  // keep_tokens from the dataset_config subsets when they set it (wins over
+  // the training config's keep_tokens).
+  std::optional<int64_t> keep_tokens;
+  ModelFamily family = ModelFamily::kUnknown;
+};
+
+// The training-config values the rules look at (kohya names).
+struct TrainingFacts {
+  std::string optimizer_type;  // as written ("AdamW8bit", "came_pytorch.CAME"); empty = kohya default AdamW
+  std::optional<double> learning_rate;
+  std::optional<double> unet_lr;
+  std::optional<double> text_encoder_lr;
+  std::optional<int64_t> network_dim;
+  std::optional<double> network_alpha;
+  std::vector<std::string> network_args;
+  bool network_train_unet_only = false;
+  int64_t train_batch_size = 1;
+  int64_t gradient_accumulation_steps = 1;
+  std::optional<int64_t> max_train_epochs;
+  std::optional<int64_t> max_train_steps;
+  int64_t keep_tokens = 0;
+};
+
+// Reads TrainingFacts from kohya config TOML (flat, or sections one level deep
+// as sd-scripts flattens them). A key of the wrong type is InvalidArgument
+// naming the key.
+absl::StatusOr<TrainingFacts> TrainingFactsFromToml(absl::string_view toml_text);
+
+// Returns the first caption token (comma- or space-separated, lowercased) that at
+// least `min_fraction` of the non-empty captions start with, or "" when none.
+std::string DetectLeadingTriggerWord(const std::vector<std::string>& captions,
+                                     double min_fraction = 0.8);
+
+struct AdvisorInput {
+  DatasetFacts dataset;
+  TrainingFacts config;
+  TrainingKind kind = TrainingKind::kUnspecified;
+};
+
+struct Finding {
+  std::string rule_id;
+  Severity severity = Severity::kInfo;
+  std::string message;   // with the job's numbers filled in
+  std::string citation;  // where the rule comes from
+};
+
+struct AdviceReport {
+  std::vector<Finding> findings;  // rule-table order
+  // Optimizer steps: ceil(images x repeats / batch) x epochs / grad accumulation,
+  // or max_train_steps when no epoch count is set (kohya default 1600).
+  int64_t computed_steps = 0;
+  std::string steps_formula;  // e.g. "120 images x repeats / batch 4 = 30 steps/epoch x 10 epochs"
+  bool forced = false;
+
+  // True when a "never" rule fired and the run was not forced.
+  bool blocking() const;
+  // Findings of the "never" severity (the reason a submit is refused).
+  std::vector<Finding> never_findings() const;
+};
+
+struct AdviseOptions {
+  bool force = false;  // --force: "never" findings stay, but do not block
+};
+
+// Evaluates `rules` (default: the built-in table) on `input`.
+AdviceReport Advise(const AdvisorInput& input, const AdviseOptions& options = {});
+AdviceReport Advise(const AdvisorInput& input, const RuleSet& rules,
+                    const AdviseOptions& options = {});
+
+// Human-readable rendering: one line per finding ("[warn] id: message" plus the
+// citation), then the step count; "no findings" when empty.
+std::string RenderText(const AdviceReport& report);
+// {"blocking":bool,"forced":bool,"computed_steps":N,"steps_formula":"...",
+//  "findings":[{"rule_id","severity","message","citation"}]}
+std::string RenderJson(const AdviceReport& report);
+
+}  // namespace lorad::advisor
