@@ -5,6 +5,8 @@
 namespace lorad::nn {
 namespace {
 
+thread_local bool no_init_active = false;
+
 torch::TensorOptions Resolve(torch::TensorOptions o) {
   return o.has_dtype() ? o : o.dtype(torch::kFloat32);
 }
@@ -41,7 +43,7 @@ LayerImpl::LayerImpl(const LayerOptions& options) : options_(options) {
   if (options_.kind == LayerKind::kConv2d) shape = {options_.out, options_.in, options_.kernel, options_.kernel};
   weight_ = register_parameter("weight", torch::empty(shape, opts));
   if (options_.bias) bias_ = register_parameter("bias", torch::empty({options_.out}, opts));
-  if (opts.device().type() != torch::kMeta) ResetParameters();
+  if (opts.device().type() != torch::kMeta && !NoInitGuard::active()) ResetParameters();
 }
 
 void LayerImpl::ResetParameters() {
@@ -66,6 +68,10 @@ torch::Tensor LayerImpl::ForwardWithWeight(const torch::Tensor& x, const torch::
   if (options_.kind == LayerKind::kLinear) return torch::nn::functional::linear(x, weight, bias);
   return torch::conv2d(x, weight, bias, {options_.stride, options_.stride}, {options_.padding, options_.padding});
 }
+
+NoInitGuard::NoInitGuard() : previous_(no_init_active) { no_init_active = true; }
+NoInitGuard::~NoInitGuard() { no_init_active = previous_; }
+bool NoInitGuard::active() { return no_init_active; }
 
 std::vector<std::pair<std::string, std::shared_ptr<LayerImpl>>> FindLayers(torch::nn::Module& root) {
   std::vector<std::pair<std::string, std::shared_ptr<LayerImpl>>> found;

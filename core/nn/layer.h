@@ -75,6 +75,21 @@ class LayerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Layer);
 
+// While alive, Layers (and other lorad modules) constructed on this thread leave
+// their parameters uninitialised (torch::empty): for loaders that overwrite
+// every parameter, so a multi-GB model is not randomly initialised first.
+class NoInitGuard {
+ public:
+  NoInitGuard();
+  ~NoInitGuard();
+  NoInitGuard(const NoInitGuard&) = delete;
+  NoInitGuard& operator=(const NoInitGuard&) = delete;
+  static bool active();
+
+ private:
+  bool previous_;
+};
+
 // Every Layer under `root`, with its dotted path relative to root.
 std::vector<std::pair<std::string, std::shared_ptr<LayerImpl>>> FindLayers(torch::nn::Module& root);
 
