@@ -1,0 +1,45 @@
+// The DDPM noise schedule kohya trains with (spec 4.1): scaled_linear betas,
+// alphas_cumprod, kohya's all_snr, the optional zero-terminal-SNR rescale, and
+// the forward process (add_noise / get_velocity) as diffusers computes them.
+#pragma once
+
+#include <cstdint>
+
+#include <torch/torch.h>
+
+namespace lorad::diffusion {
+
+struct ScheduleOptions {
+  int64_t num_train_timesteps = 1000;
+  double beta_start = 0.00085;
+  double beta_end = 0.012;
+  // arXiv 2305.08891 rescale (kohya --zero_terminal_snr). As in kohya, all_snr
+  // keeps the values of the ORIGINAL schedule (it is computed before the fix).
+  bool zero_terminal_snr = false;
+};
+
+// Immutable after construction; all tensors are float32 on the CPU. Thread-safe.
+class NoiseSchedule {
+ public:
+  explicit NoiseSchedule(const ScheduleOptions& options = {});
+
+  const ScheduleOptions& options() const { return options_; }
+  int64_t num_train_timesteps() const { return options_.num_train_timesteps; }
+  const torch::Tensor& betas() const { return betas_; }                    // [T]
+  const torch::Tensor& alphas_cumprod() const { return alphas_cumprod_; }  // [T]
+  // (sqrt(acp) / sqrt(1 - acp))^2 of the schedule before any zero-terminal-SNR fix.
+  const torch::Tensor& all_snr() const { return all_snr_; }                // [T]
+
+  // sqrt(acp[t]) * x0 + sqrt(1 - acp[t]) * noise; t int64 [B] on any device.
+  torch::Tensor AddNoise(const torch::Tensor& x0, const torch::Tensor& noise, const torch::Tensor& t) const;
+  // v target: sqrt(acp[t]) * noise - sqrt(1 - acp[t]) * x0.
+  torch::Tensor Velocity(const torch::Tensor& x0, const torch::Tensor& noise, const torch::Tensor& t) const;
+  // all_snr[t] as float32 [B] on t's device.
+  torch::Tensor SnrAt(const torch::Tensor& t) const;
+
+ private:
+  ScheduleOptions options_;
+  torch::Tensor betas_, alphas_cumprod_, all_snr_;
+};
+
+}  // namespace lorad::diffusion
