@@ -1,0 +1,601 @@
+#include "core/train/config.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <set>
+#include <sstream>
+#include <type_traits>
+#include <variant>
+
+#include <toml++/toml.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "core/common/status_macros.h"
+
+namespace lorad::train {
+namespace {
+
+// A typed member of TrainConfig that an option name binds to.
+using Member = std::variant<bool TrainConfig::*, int64_t TrainConfig::*, double TrainConfig::*,
+                            std::string TrainConfig::*, std::optional<int64_t> TrainConfig::*,
+                            std::optional<double> TrainConfig::*, std::vector<std::string> TrainConfig::*>;
+
+struct Option {
+  Member member;
+  std::vector<std::string> allowed;  // non-empty: an enumeration (case-sensitive, kohya spells them so)
+  std::optional<double> min;         // numeric lower bound (inclusive)
+};
+
+#define LORAD_OPT(name, ...) {#name, Option{&TrainConfig::name, __VA_ARGS__}}
+
+const std::map<std::string, Option>& Options() {
+  static const auto* options = new std::map<std::string, Option>{
+      LORAD_OPT(pretrained_model_name_or_path),
+      LORAD_OPT(v2),
+      LORAD_OPT(v_parameterization),
+      LORAD_OPT(sdxl),
+      LORAD_OPT(vae),
+      LORAD_OPT(tokenizer_path),
+      LORAD_OPT(device),
+      LORAD_OPT(no_half_vae),
+      LORAD_OPT(network_module, {"networks.lora", "lycoris.kohya"}),
+      LORAD_OPT(network_dim, {}, 1),
+      LORAD_OPT(network_alpha, {}, 0),
+      LORAD_OPT(network_dropout, {}, 0),
+      LORAD_OPT(network_args),
+      LORAD_OPT(network_weights),
+      LORAD_OPT(network_train_unet_only),
+      LORAD_OPT(network_train_text_encoder_only),
+      LORAD_OPT(scale_weight_norms, {}, 0),
+      LORAD_OPT(learning_rate, {}, 0),
+      LORAD_OPT(unet_lr, {}, 0),
+      LORAD_OPT(text_encoder_lr, {}, 0),
+      LORAD_OPT(optimizer_type),
+      LORAD_OPT(optimizer_args),
+      LORAD_OPT(lr_scheduler),
+      LORAD_OPT(lr_warmup_steps, {}, 0),
+      LORAD_OPT(lr_scheduler_num_cycles, {}, 1),
+      LORAD_OPT(lr_scheduler_power, {}, 0),
+      LORAD_OPT(lr_scheduler_min_lr_ratio, {}, 0),
+      LORAD_OPT(lr_scheduler_args),
+      LORAD_OPT(max_grad_norm, {}, 0),
+      LORAD_OPT(train_batch_size, {}, 1),
+      LORAD_OPT(max_train_steps, {}, 1),
+      LORAD_OPT(max_train_epochs, {}, 1),
+      LORAD_OPT(gradient_accumulation_steps, {}, 1),
+      LORAD_OPT(mixed_precision, {"no", "fp16", "bf16"}),
+      LORAD_OPT(full_fp16),
+      LORAD_OPT(full_bf16),
+      LORAD_OPT(gradient_checkpointing),
+      LORAD_OPT(seed, {}, 0),
+      LORAD_OPT(clip_skip, {}, 1),
+      LORAD_OPT(max_token_length, {"75", "150", "225"}),
+      LORAD_OPT(cache_latents),
+      LORAD_OPT(cache_latents_to_disk),
+      LORAD_OPT(cache_text_encoder_outputs),
+      LORAD_OPT(cache_text_encoder_outputs_to_disk),
+      LORAD_OPT(vae_batch_size, {}, 1),
+      LORAD_OPT(prior_loss_weight, {}, 0),
+      LORAD_OPT(noise_offset, {}, 0),
+      LORAD_OPT(noise_offset_random_strength),
+      LORAD_OPT(adaptive_noise_scale),
+      LORAD_OPT(multires_noise_iterations, {}, 1),
+      LORAD_OPT(multires_noise_discount, {}, 0),
+      LORAD_OPT(ip_noise_gamma, {}, 0),
+      LORAD_OPT(ip_noise_gamma_random_strength),
+      LORAD_OPT(min_snr_gamma, {}, 0),
+      LORAD_OPT(scale_v_pred_loss_like_noise_pred),
+      LORAD_OPT(v_pred_like_loss, {}, 0),
+      LORAD_OPT(debiased_estimation_loss),
+      LORAD_OPT(loss_type, {"l2", "l1", "huber", "smooth_l1"}),
+      LORAD_OPT(huber_schedule, {"constant", "exponential", "snr"}),
+      LORAD_OPT(huber_c, {}, 0),
+      LORAD_OPT(huber_scale, {}, 0),
+      LORAD_OPT(min_timestep, {}, 0),
+      LORAD_OPT(max_timestep, {}, 1),
+      LORAD_OPT(zero_terminal_snr),
+      LORAD_OPT(output_dir),
+      LORAD_OPT(output_name),
+      LORAD_OPT(save_precision, {"float", "fp16", "bf16"}),
+      LORAD_OPT(save_model_as, {"safetensors"}),
+      LORAD_OPT(save_every_n_steps, {}, 1),
+      LORAD_OPT(save_every_n_epochs, {}, 1),
+      LORAD_OPT(save_last_n_steps, {}, 1),
+      LORAD_OPT(save_last_n_epochs, {}, 1),
+      LORAD_OPT(save_last_n_steps_state, {}, 1),
+      LORAD_OPT(save_last_n_epochs_state, {}, 1),
+      LORAD_OPT(save_state),
+      LORAD_OPT(save_state_on_train_end),
+      LORAD_OPT(resume),
+      LORAD_OPT(no_metadata),
+      LORAD_OPT(training_comment),
+      LORAD_OPT(metadata_title),
+      LORAD_OPT(metadata_author),
+      LORAD_OPT(metadata_description),
+      LORAD_OPT(metadata_license),
+      LORAD_OPT(metadata_tags),
+      LORAD_OPT(sample_prompts),
+      LORAD_OPT(sample_every_n_steps, {}, 1),
+      LORAD_OPT(sample_every_n_epochs, {}, 1),
+      LORAD_OPT(sample_sampler),
+      LORAD_OPT(sample_at_first),
+      LORAD_OPT(dataset_config),
+      LORAD_OPT(train_data_dir),
+      LORAD_OPT(reg_data_dir),
+      LORAD_OPT(resolution),
+      LORAD_OPT(enable_bucket),
+      LORAD_OPT(min_bucket_reso, {}, 8),
+      LORAD_OPT(max_bucket_reso, {}, 8),
+      LORAD_OPT(bucket_reso_steps, {}, 8),
+      LORAD_OPT(bucket_no_upscale),
+      LORAD_OPT(caption_extension),
+      LORAD_OPT(caption_separator),
+      LORAD_OPT(shuffle_caption),
+      LORAD_OPT(keep_tokens, {}, 0),
+      LORAD_OPT(keep_tokens_separator),
+      LORAD_OPT(secondary_separator),
+      LORAD_OPT(enable_wildcard),
+      LORAD_OPT(caption_prefix),
+      LORAD_OPT(caption_suffix),
+      LORAD_OPT(caption_dropout_rate, {}, 0),
+      LORAD_OPT(caption_dropout_every_n_epochs, {}, 0),
+      LORAD_OPT(caption_tag_dropout_rate, {}, 0),
+      LORAD_OPT(token_warmup_min, {}, 1),
+      LORAD_OPT(token_warmup_step, {}, 0),
+      LORAD_OPT(color_aug),
+      LORAD_OPT(flip_aug),
+      LORAD_OPT(random_crop),
+      LORAD_OPT(face_crop_aug_range),
+      LORAD_OPT(dataset_repeats, {}, 1),
+  };
+  return *options;
+}
+#undef LORAD_OPT
+
+// kohya options that exist but have no effect here (attention backends, data
+// loader workers, logging backends, distributed launch). Accepted quietly so a
+// kohya file loads without a wall of warnings.
+const std::set<std::string>& NoEffectOptions() {
+  static const auto* keys = new std::set<std::string>{
+      "xformers", "sdpa", "mem_eff_attn", "max_data_loader_n_workers", "persistent_data_loader_workers",
+      "lowram", "highvram", "logging_dir", "log_with", "log_prefix", "log_tracker_name", "log_config",
+      "wandb_api_key", "wandb_run_name", "huggingface_repo_id", "huggingface_repo_type",
+      "huggingface_path_in_repo", "huggingface_token", "huggingface_repo_visibility",
+      "save_state_to_huggingface", "resume_from_huggingface", "async_upload", "ddp_timeout",
+      "ddp_gradient_as_bucket_view", "ddp_static_graph", "console_log_level", "console_log_file",
+      "console_log_simple", "skip_until_initial_step", "initial_epoch", "initial_step",
+      "lowvram", "cache_info", "use_8bit_adam", "use_lion_optimizer", "fp8_base",
+      "training_comment_extra", "sample_prompts_path", "output_config", "config_file",
+      "caption_extention", "no_half_vae_for_sampling"};
+  return *keys;
+}
+
+std::string Quote(const std::string& s) { return absl::StrCat("\"", s, "\""); }
+
+absl::Status BadValue(const std::string& key, const std::string& value, const std::string& expected) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("config key '", key, "': bad value ", Quote(value), "; expected ", expected));
+}
+
+absl::StatusOr<bool> ParseBool(const std::string& key, const std::string& text) {
+  const std::string v = absl::AsciiStrToLower(absl::StripAsciiWhitespace(text));
+  if (v == "true" || v == "1" || v == "yes" || v == "on") return true;
+  if (v == "false" || v == "0" || v == "no" || v == "off") return false;
+  return BadValue(key, text, "true or false");
+}
+
+absl::StatusOr<int64_t> ParseInt(const std::string& key, const std::string& text) {
+  const std::string v(absl::StripAsciiWhitespace(text));
+  int64_t out = 0;
+  if (absl::SimpleAtoi(v, &out)) return out;
+  double d = 0;  // "1e3" and "10.0" are integers written as floats
+  if (absl::SimpleAtod(v, &d) && std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9e15) {
+    return static_cast<int64_t>(d);
+  }
+  return BadValue(key, text, "an integer");
+}
+
+absl::StatusOr<double> ParseDouble(const std::string& key, const std::string& text) {
+  const std::string v(absl::StripAsciiWhitespace(text));
+  double out = 0;
+  if (absl::SimpleAtod(v, &out) && std::isfinite(out)) return out;
+  return BadValue(key, text, "a number");
+}
+
+bool IsNone(const std::string& text) {
+  const std::string v = absl::AsciiStrToLower(absl::StripAsciiWhitespace(text));
+  return v == "none" || v == "null";
+}
+
+// The command-line form of a list: kohya takes nargs='*' ("a=1 b=2"); a single
+// text value is split on whitespace.
+std::vector<std::string> SplitList(const std::string& text) {
+  return absl::StrSplit(text, absl::ByAnyChar(" \t\n"), absl::SkipEmpty());
+}
+
+absl::Status CheckNumeric(const std::string& key, const Option& option, double value, const std::string& text) {
+  if (option.min && value < *option.min) {
+    return BadValue(key, text, absl::StrCat("a value >= ", *option.min));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckAllowed(const std::string& key, const Option& option, const std::string& value) {
+  if (option.allowed.empty()) return absl::OkStatus();
+  if (std::find(option.allowed.begin(), option.allowed.end(), value) != option.allowed.end()) {
+    return absl::OkStatus();
+  }
+  return BadValue(key, value, absl::StrCat("one of ", absl::StrJoin(option.allowed, ", ")));
+}
+
+// Assigns the option from text (the command line, or a TOML scalar rendered as text).
+absl::Status Assign(TrainConfig& config, const std::string& key, const Option& option, const std::string& text) {
+  return std::visit(
+      [&](auto member) -> absl::Status {
+        using T = std::remove_cvref_t<decltype(config.*member)>;
+        if constexpr (std::is_same_v<T, bool>) {
+          ASSIGN_OR_RETURN(config.*member, ParseBool(key, text));
+        } else if constexpr (std::is_same_v<T, int64_t> || std::is_same_v<T, std::optional<int64_t>>) {
+          if constexpr (std::is_same_v<T, std::optional<int64_t>>) {
+            if (IsNone(text)) {
+              config.*member = std::nullopt;
+              return absl::OkStatus();
+            }
+          }
+          ASSIGN_OR_RETURN(int64_t v, ParseInt(key, text));
+          RETURN_IF_ERROR(CheckAllowed(key, option, std::to_string(v)));
+          RETURN_IF_ERROR(CheckNumeric(key, option, static_cast<double>(v), text));
+          config.*member = v;
+        } else if constexpr (std::is_same_v<T, double> || std::is_same_v<T, std::optional<double>>) {
+          if constexpr (std::is_same_v<T, std::optional<double>>) {
+            if (IsNone(text)) {
+              config.*member = std::nullopt;
+              return absl::OkStatus();
+            }
+          }
+          ASSIGN_OR_RETURN(double v, ParseDouble(key, text));
+          RETURN_IF_ERROR(CheckNumeric(key, option, v, text));
+          config.*member = v;
+        } else if constexpr (std::is_same_v<T, std::string>) {
+          RETURN_IF_ERROR(CheckAllowed(key, option, text));
+          config.*member = text;
+        } else {
+          config.*member = SplitList(text);
+        }
+        return absl::OkStatus();
+      },
+      option.member);
+}
+
+std::string FormatDouble(double v) {
+  std::ostringstream out;
+  out.precision(17);
+  out << v;
+  return out.str();
+}
+
+// A TOML value as the text Assign parses; arrays become a list (string list
+// members) or comma-joined text (resolution = [512, 768]).
+absl::StatusOr<std::string> TomlScalarText(const std::string& key, const toml::node& node) {
+  if (auto v = node.as_boolean()) return std::string(v->get() ? "true" : "false");
+  if (auto v = node.as_integer()) return std::to_string(v->get());
+  if (auto v = node.as_floating_point()) return FormatDouble(v->get());
+  if (auto v = node.as_string()) return v->get();
+  return absl::InvalidArgumentError(absl::StrCat("config key '", key, "': expected a scalar value, got a ",
+                                                 node.is_table() ? "table" : "value of another type"));
+}
+
+absl::Status ApplyTomlValue(TrainConfig& config, const std::string& key, const toml::node& node) {
+  const auto& options = Options();
+  auto it = options.find(key);
+  if (it == options.end()) {
+    if (NoEffectOptions().count(key) == 0) {
+      config.warnings.push_back(absl::StrCat("unknown config key '", key, "' ignored"));
+    }
+    return absl::OkStatus();
+  }
+  if (const toml::array* array = node.as_array()) {
+    std::vector<std::string> items;
+    for (const toml::node& item : *array) {
+      ASSIGN_OR_RETURN(std::string text, TomlScalarText(key, item));
+      items.push_back(std::move(text));
+    }
+    if (std::holds_alternative<std::vector<std::string> TrainConfig::*>(it->second.member)) {
+      config.*std::get<std::vector<std::string> TrainConfig::*>(it->second.member) = items;
+      config.explicitly_set[key] = absl::StrJoin(items, " ");
+      return absl::OkStatus();
+    }
+    if (key == "resolution") {
+      config.resolution = absl::StrJoin(items, ",");
+      config.explicitly_set[key] = config.resolution;
+      return absl::OkStatus();
+    }
+    return absl::InvalidArgumentError(absl::StrCat("config key '", key, "': expected a single value, got a list"));
+  }
+  ASSIGN_OR_RETURN(std::string text, TomlScalarText(key, node));
+  if (std::holds_alternative<std::vector<std::string> TrainConfig::*>(it->second.member)) {
+    // A single string in TOML is one list item (e.g. optimizer_args = "weight_decay=0.1").
+    config.*std::get<std::vector<std::string> TrainConfig::*>(it->second.member) = {text};
+  } else {
+    RETURN_IF_ERROR(Assign(config, key, it->second, text));
+  }
+  config.explicitly_set[key] = text;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::map<std::string, std::string> TrainConfig::NetworkArgsMap() const {
+  std::map<std::string, std::string> out;
+  for (const std::string& arg : network_args) {
+    std::pair<std::string, std::string> kv = absl::StrSplit(arg, absl::MaxSplits('=', 1));
+    out[std::string(absl::StripAsciiWhitespace(kv.first))] = std::string(absl::StripAsciiWhitespace(kv.second));
+  }
+  return out;
+}
+
+absl::StatusOr<std::pair<int64_t, int64_t>> TrainConfig::ResolutionWH(int64_t default_size) const {
+  if (resolution.empty()) return std::make_pair(default_size, default_size);
+  std::vector<std::string> parts = absl::StrSplit(resolution, absl::ByAnyChar(",x"), absl::SkipWhitespace());
+  if (parts.empty() || parts.size() > 2) {
+    return BadValue("resolution", resolution, "\"SIZE\" or \"WIDTH,HEIGHT\", e.g. \"1024\" or \"832,1216\"");
+  }
+  std::vector<int64_t> values;
+  for (const std::string& part : parts) {
+    int64_t v = 0;
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &v) || v < 64 || v % 8 != 0) {
+      return BadValue("resolution", resolution, "sizes that are multiples of 8 and >= 64");
+    }
+    values.push_back(v);
+  }
+  return std::make_pair(values[0], values.size() == 2 ? values[1] : values[0]);
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ParseCommandLine(
+    const std::vector<std::string>& args) {
+  std::vector<std::pair<std::string, std::string>> out;
+  const auto& options = Options();
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (!absl::StartsWith(arg, "--") || arg.size() == 2) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unexpected argument ", Quote(arg), "; options are written --key value or --key=value"));
+    }
+    std::string body = arg.substr(2);
+    std::replace(body.begin(), body.end(), '-', '_');  // --events-fd == --events_fd
+    const size_t eq = body.find('=');
+    if (eq != std::string::npos) {
+      out.emplace_back(body.substr(0, eq), body.substr(eq + 1));
+      continue;
+    }
+    auto it = options.find(body);
+    const bool is_bool = it != options.end() && std::holds_alternative<bool TrainConfig::*>(it->second.member);
+    const bool is_list =
+        it != options.end() && std::holds_alternative<std::vector<std::string> TrainConfig::*>(it->second.member);
+    const bool next_is_value = i + 1 < args.size() && !absl::StartsWith(args[i + 1], "--");
+    if (is_bool) {
+      // kohya's store_true flags take no value; "--flag false" is accepted too.
+      if (next_is_value && ParseBool(body, args[i + 1]).ok()) {
+        out.emplace_back(body, args[++i]);
+      } else {
+        out.emplace_back(body, "true");
+      }
+      continue;
+    }
+    if (is_list) {  // nargs='*': every following non-option token
+      std::vector<std::string> items;
+      while (i + 1 < args.size() && !absl::StartsWith(args[i + 1], "--")) items.push_back(args[++i]);
+      out.emplace_back(body, absl::StrJoin(items, " "));
+      continue;
+    }
+    if (!next_is_value) {
+      return absl::InvalidArgumentError(absl::StrCat("option --", body, " needs a value"));
+    }
+    out.emplace_back(body, args[++i]);
+  }
+  return out;
+}
+
+absl::Status SetOption(TrainConfig& config, const std::string& key, const std::string& value) {
+  const auto& options = Options();
+  auto it = options.find(key);
+  if (it == options.end()) {
+    if (NoEffectOptions().count(key) == 0) {
+      config.warnings.push_back(absl::StrCat("unknown option '", key, "' ignored"));
+    }
+    return absl::OkStatus();
+  }
+  RETURN_IF_ERROR(Assign(config, key, it->second, value));
+  config.explicitly_set[key] = value;
+  return absl::OkStatus();
+}
+
+absl::Status ValidateTrainConfig(const TrainConfig& config) {
+  if (config.pretrained_model_name_or_path.empty()) {
+    return absl::InvalidArgumentError(
+        "config key 'pretrained_model_name_or_path' is required: the base checkpoint (.safetensors) to train on");
+  }
+  if (config.dataset_config.empty() && config.train_data_dir.empty()) {
+    return absl::InvalidArgumentError(
+        "no dataset: set 'dataset_config' (a kohya dataset TOML) or 'train_data_dir' (a folder of N_name subfolders)");
+  }
+  if (config.full_bf16 && config.mixed_precision != "bf16") {
+    return absl::InvalidArgumentError("config key 'full_bf16' needs mixed_precision = \"bf16\"");
+  }
+  if (config.full_fp16 && config.mixed_precision != "fp16") {
+    return absl::InvalidArgumentError("config key 'full_fp16' needs mixed_precision = \"fp16\"");
+  }
+  if (config.full_fp16 && config.full_bf16) {
+    return absl::InvalidArgumentError("config keys 'full_fp16' and 'full_bf16' exclude each other");
+  }
+  if (config.network_train_unet_only && config.network_train_text_encoder_only) {
+    return absl::InvalidArgumentError(
+        "config keys 'network_train_unet_only' and 'network_train_text_encoder_only' exclude each other");
+  }
+  if (config.lr_scheduler == "constant" && config.lr_warmup_steps > 0) {
+    return absl::InvalidArgumentError(
+        "config key 'lr_warmup_steps': lr_scheduler \"constant\" takes no warmup; use \"constant_with_warmup\"");
+  }
+  // lr_warmup_steps below 1 is a ratio of the total steps; from 1 up, a count.
+  if (config.lr_warmup_steps >= 1 && config.lr_warmup_steps != std::floor(config.lr_warmup_steps)) {
+    return BadValue("lr_warmup_steps", FormatDouble(config.lr_warmup_steps),
+                    "a whole number of steps, or a ratio of the total steps below 1");
+  }
+  const int64_t min_t = config.min_timestep.value_or(0);
+  const int64_t max_t = config.max_timestep.value_or(1000);
+  if (max_t > 1000 || min_t >= max_t) {
+    return absl::InvalidArgumentError(absl::StrCat("config keys 'min_timestep'/'max_timestep': need 0 <= min < max <= 1000, got ",
+                                                   min_t, " and ", max_t));
+  }
+  if (config.cache_text_encoder_outputs && !config.network_train_unet_only) {
+    return absl::InvalidArgumentError(
+        "config key 'cache_text_encoder_outputs' needs network_train_unet_only = true (the text encoders must be frozen)");
+  }
+  if (config.cache_latents && (config.color_aug || config.random_crop)) {
+    return absl::InvalidArgumentError(
+        "config key 'cache_latents' cannot be combined with color_aug or random_crop (the cached latent would be stale)");
+  }
+  RETURN_IF_ERROR(config.ResolutionWH(512).status());
+  const std::string& dev = config.device;
+  if (!(dev == "auto" || dev == "cpu" || dev == "cuda" || absl::StartsWith(dev, "cuda:"))) {
+    return BadValue("device", dev, "auto, cpu, cuda or cuda:N");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TrainConfig> ParseTrainConfig(const std::string& toml_text,
+                                             const std::vector<std::pair<std::string, std::string>>& overrides) {
+  TrainConfig config;
+  toml::table table;
+  try {
+    table = toml::parse(toml_text);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream where;
+    where << e.source().begin;
+    return absl::InvalidArgumentError(absl::StrCat("config TOML does not parse at ", where.str(), ": ",
+                                                   std::string(e.description())));
+  }
+  // kohya's read_config_from_file: one level of sections is flattened away.
+  for (const auto& [raw_key, node] : table) {
+    const std::string key(raw_key.str());
+    if (const toml::table* section = node.as_table()) {
+      for (const auto& [inner_key, inner] : *section) {
+        RETURN_IF_ERROR(ApplyTomlValue(config, std::string(inner_key.str()), inner));
+      }
+    } else {
+      RETURN_IF_ERROR(ApplyTomlValue(config, key, node));
+    }
+  }
+  for (const auto& [key, value] : overrides) {
+    if (key == "config_file") continue;
+    RETURN_IF_ERROR(SetOption(config, key, value));
+  }
+  RETURN_IF_ERROR(ValidateTrainConfig(config));
+  return config;
+}
+
+absl::StatusOr<TrainConfig> LoadTrainConfig(const std::filesystem::path& config_file,
+                                            const std::vector<std::pair<std::string, std::string>>& overrides) {
+  std::string text;
+  if (!config_file.empty()) {
+    std::ifstream in(config_file, std::ios::binary);
+    if (!in) {
+      return absl::NotFoundError(absl::StrCat("cannot read config file ", config_file.string(),
+                                              ": check the path given to --config_file"));
+    }
+    std::stringstream buffer;
+    buffer << in.rdbuf();
+    text = buffer.str();
+  }
+  auto config = ParseTrainConfig(text, overrides);
+  if (!config.ok() && !config_file.empty()) {
+    return absl::Status(config.status().code(),
+                        absl::StrCat(config_file.string(), ": ", config.status().message()));
+  }
+  return config;
+}
+
+std::map<std::string, std::string> EffectiveOptions(const TrainConfig& config) {
+  std::map<std::string, std::string> out;
+  for (const auto& [name, option] : Options()) {
+    std::visit(
+        [&](auto member) {
+          using T = std::remove_cvref_t<decltype(config.*member)>;
+          const T& value = config.*member;
+          if constexpr (std::is_same_v<T, bool>) {
+            out[name] = value ? "true" : "false";
+          } else if constexpr (std::is_same_v<T, int64_t>) {
+            out[name] = std::to_string(value);
+          } else if constexpr (std::is_same_v<T, double>) {
+            out[name] = FormatDouble(value);
+          } else if constexpr (std::is_same_v<T, std::string>) {
+            out[name] = value;
+          } else if constexpr (std::is_same_v<T, std::optional<int64_t>>) {
+            if (value) out[name] = std::to_string(*value);
+          } else if constexpr (std::is_same_v<T, std::optional<double>>) {
+            if (value) out[name] = FormatDouble(*value);
+          } else {
+            out[name] = absl::StrJoin(value, " ");
+          }
+        },
+        option.member);
+  }
+  return out;
+}
+
+std::string ConfigToToml(const TrainConfig& config) {
+  toml::table table;
+  for (const auto& [name, option] : Options()) {
+    std::visit(
+        [&](auto member) {
+          using T = std::remove_cvref_t<decltype(config.*member)>;
+          const T& value = config.*member;
+          if constexpr (std::is_same_v<T, std::optional<int64_t>> || std::is_same_v<T, std::optional<double>>) {
+            if (value) table.insert(name, *value);
+          } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+            toml::array array;
+            for (const std::string& item : value) array.push_back(item);
+            table.insert(name, std::move(array));
+          } else {
+            table.insert(name, value);
+          }
+        },
+        option.member);
+  }
+  std::ostringstream out;
+  out << table << "\n";
+  return out.str();
+}
+
+std::vector<std::string> KnownOptionNames() {
+  std::vector<std::string> out;
+  for (const auto& [name, option] : Options()) out.push_back(name);
+  return out;
+}
+
+absl::StatusOr<StepPlan> ComputeStepPlan(const TrainConfig& config, int64_t batches_per_epoch) {
+  if (batches_per_epoch <= 0) {
+    return absl::FailedPreconditionError("the dataset yields no batches: check the image folders and repeats");
+  }
+  StepPlan plan;
+  plan.batches_per_epoch = batches_per_epoch;
+  const int64_t accumulation = std::max<int64_t>(1, config.gradient_accumulation_steps);
+  plan.steps_per_epoch = (batches_per_epoch + accumulation - 1) / accumulation;
+  plan.max_train_steps =
+      config.max_train_epochs ? *config.max_train_epochs * plan.steps_per_epoch : config.max_train_steps;
+  plan.num_epochs = (plan.max_train_steps + plan.steps_per_epoch - 1) / plan.steps_per_epoch;
+  plan.warmup_steps = config.lr_warmup_steps < 1 && config.lr_warmup_steps > 0
+                          ? static_cast<int64_t>(config.lr_warmup_steps * plan.max_train_steps)
+                          : static_cast<int64_t>(config.lr_warmup_steps);
+  return plan;
+}
+
+}  // namespace lorad::train

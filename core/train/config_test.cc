@@ -1,0 +1,205 @@
+#include "core/train/config.h"
+
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+namespace lorad::train {
+namespace {
+
+constexpr char kRequired[] = R"(
+pretrained_model_name_or_path = "/models/base.safetensors"
+train_data_dir = "/data/train"
+)";
+
+TEST(ConfigTest, DefaultsAreKohyas) {
+  auto config = ParseTrainConfig(kRequired, {});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->network_module, "networks.lora");
+  EXPECT_EQ(config->network_dim, 4);
+  EXPECT_DOUBLE_EQ(config->network_alpha, 1.0);
+  EXPECT_DOUBLE_EQ(config->learning_rate, 2e-6);
+  EXPECT_EQ(config->lr_scheduler, "constant");
+  EXPECT_EQ(config->train_batch_size, 1);
+  EXPECT_EQ(config->max_train_steps, 1600);
+  EXPECT_EQ(config->mixed_precision, "no");
+  EXPECT_EQ(config->loss_type, "l2");
+  EXPECT_DOUBLE_EQ(config->max_grad_norm, 1.0);
+  EXPECT_FALSE(config->seed.has_value());
+  EXPECT_TRUE(config->warnings.empty());
+}
+
+TEST(ConfigTest, FlatAndSectionedFormsAndOverrides) {
+  const char* toml = R"(
+[model_arguments]
+pretrained_model_name_or_path = "/m.safetensors"
+v_parameterization = true
+[additional_network_arguments]
+network_dim = 32
+network_alpha = 16
+network_args = ["conv_dim=8", "conv_alpha=4"]
+network_train_unet_only = true
+[optimizer_arguments]
+optimizer_type = "AdamW8bit"
+optimizer_args = ["weight_decay=0.1", "betas=0.9,0.99"]
+learning_rate = 1e-4
+unet_lr = 2e-4
+text_encoder_lr = 5e-5
+lr_scheduler = "cosine_with_restarts"
+lr_scheduler_num_cycles = 3
+lr_warmup_steps = 0.1
+[training_arguments]
+train_batch_size = 4
+max_train_epochs = 10
+mixed_precision = "bf16"
+full_bf16 = true
+gradient_checkpointing = true
+seed = 1234
+clip_skip = 2
+max_token_length = 225
+noise_offset = 0.0357
+min_snr_gamma = 5
+resolution = [832, 1216]
+train_data_dir = "/d"
+)";
+  auto config = ParseTrainConfig(toml, {{"network_dim", "16"}, {"seed", "7"}, {"cache_latents", "true"}});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(config->v_parameterization);
+  EXPECT_EQ(config->network_dim, 16);  // the command line wins
+  EXPECT_DOUBLE_EQ(config->network_alpha, 16);
+  EXPECT_EQ(config->NetworkArgsMap().at("conv_dim"), "8");
+  EXPECT_EQ(config->optimizer_args.size(), 2u);
+  EXPECT_DOUBLE_EQ(config->UnetLr(), 2e-4);
+  EXPECT_DOUBLE_EQ(config->TextEncoderLr(), 5e-5);
+  EXPECT_EQ(config->lr_scheduler_num_cycles, 3);
+  EXPECT_DOUBLE_EQ(config->lr_warmup_steps, 0.1);
+  EXPECT_EQ(config->max_train_epochs, 10);
+  EXPECT_TRUE(config->full_bf16);
+  EXPECT_EQ(config->seed, 7);
+  EXPECT_EQ(config->clip_skip, 2);
+  EXPECT_EQ(config->max_token_length, 225);
+  EXPECT_DOUBLE_EQ(*config->noise_offset, 0.0357);
+  EXPECT_DOUBLE_EQ(*config->min_snr_gamma, 5);
+  EXPECT_TRUE(config->cache_latents);
+  auto wh = config->ResolutionWH(1024);
+  ASSERT_TRUE(wh.ok());
+  EXPECT_EQ(wh->first, 832);
+  EXPECT_EQ(wh->second, 1216);
+  EXPECT_EQ(config->explicitly_set.at("network_dim"), "16");
+}
+
+TEST(ConfigTest, UnknownKeyWarnsAndNoEffectKeysAreQuiet) {
+  auto config = ParseTrainConfig(std::string(kRequired) + "frobnicate = 3\nxformers = true\n", {{"bogus_flag", "1"}});
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_EQ(config->warnings.size(), 2u);
+  EXPECT_NE(config->warnings[0].find("frobnicate"), std::string::npos);
+  EXPECT_NE(config->warnings[1].find("bogus_flag"), std::string::npos);
+}
+
+TEST(ConfigTest, BadValuesNameTheKeyAndTheAllowedValues) {
+  struct Case {
+    std::string key, value, expect;
+  };
+  const std::vector<Case> cases = {
+      {"mixed_precision", "fp8", "no, fp16, bf16"},
+      {"network_dim", "abc", "an integer"},
+      {"network_dim", "0", ">= 1"},
+      {"learning_rate", "fast", "a number"},
+      {"loss_type", "l3", "l2, l1, huber, smooth_l1"},
+      {"save_precision", "fp32", "float, fp16, bf16"},
+      {"network_module", "networks.dylora", "networks.lora, lycoris.kohya"},
+      {"max_token_length", "100", "75, 150, 225"},
+      {"gradient_checkpointing", "maybe", "true or false"},
+      {"resolution", "500", "multiples of 8"},
+      {"device", "tpu", "auto, cpu, cuda"},
+  };
+  for (const Case& c : cases) {
+    auto config = ParseTrainConfig(kRequired, {{c.key, c.value}});
+    ASSERT_FALSE(config.ok()) << c.key << "=" << c.value;
+    EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(config.status().message().find(c.key), std::string::npos) << config.status();
+    EXPECT_NE(config.status().message().find(c.expect), std::string::npos) << config.status();
+  }
+}
+
+TEST(ConfigTest, CrossKeyRules) {
+  EXPECT_FALSE(ParseTrainConfig(kRequired, {{"full_bf16", "true"}}).ok());
+  EXPECT_FALSE(ParseTrainConfig(kRequired, {{"lr_warmup_steps", "10"}}).ok());  // constant + warmup
+  EXPECT_TRUE(ParseTrainConfig(kRequired, {{"lr_warmup_steps", "10"}, {"lr_scheduler", "linear"}}).ok());
+  EXPECT_FALSE(ParseTrainConfig(kRequired, {{"min_timestep", "500"}, {"max_timestep", "400"}}).ok());
+  EXPECT_FALSE(ParseTrainConfig(kRequired, {{"cache_text_encoder_outputs", "true"}}).ok());
+  auto missing_model = ParseTrainConfig("train_data_dir = \"/d\"", {});
+  ASSERT_FALSE(missing_model.ok());
+  EXPECT_NE(missing_model.status().message().find("pretrained_model_name_or_path"), std::string::npos);
+  auto missing_data = ParseTrainConfig("pretrained_model_name_or_path = \"/m\"", {});
+  ASSERT_FALSE(missing_data.ok());
+  EXPECT_NE(missing_data.status().message().find("dataset_config"), std::string::npos);
+}
+
+TEST(ConfigTest, TomlSyntaxErrorSaysWhere) {
+  auto config = ParseTrainConfig("network_dim = = 3\n", {});
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(config.status().message().find("line 1"), std::string::npos) << config.status();
+}
+
+TEST(ConfigTest, CommandLineForms) {
+  auto args = ParseCommandLine({"--config_file", "c.toml", "--gradient_checkpointing", "--network_dim=8",
+                                "--optimizer_args", "weight_decay=0.1", "betas=0.9,0.99", "--v2", "false",
+                                "--events-fd", "3"});
+  ASSERT_TRUE(args.ok()) << args.status();
+  std::vector<std::pair<std::string, std::string>> expected = {
+      {"config_file", "c.toml"},   {"gradient_checkpointing", "true"},
+      {"network_dim", "8"},        {"optimizer_args", "weight_decay=0.1 betas=0.9,0.99"},
+      {"v2", "false"},             {"events_fd", "3"}};
+  EXPECT_EQ(*args, expected);
+  EXPECT_FALSE(ParseCommandLine({"stray"}).ok());
+  EXPECT_FALSE(ParseCommandLine({"--network_dim"}).ok());
+}
+
+TEST(ConfigTest, LoadFromFileAndMissingFile) {
+  const auto path = std::filesystem::temp_directory_path() / "lorad_config_test.toml";
+  {
+    std::ofstream out(path);
+    out << kRequired << "network_dim = 12\n";
+  }
+  auto config = LoadTrainConfig(path, {});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->network_dim, 12);
+  auto missing = LoadTrainConfig("/nonexistent/lorad.toml", {});
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  std::filesystem::remove(path);
+}
+
+TEST(ConfigTest, TomlRoundTrip) {
+  auto config = ParseTrainConfig(kRequired, {{"network_dim", "8"}, {"min_snr_gamma", "5"}, {"seed", "3"},
+                                             {"network_args", "conv_dim=4 algo=locon"}});
+  ASSERT_TRUE(config.ok());
+  auto again = ParseTrainConfig(ConfigToToml(*config), {});
+  ASSERT_TRUE(again.ok()) << again.status() << "\n" << ConfigToToml(*config);
+  EXPECT_EQ(EffectiveOptions(*again), EffectiveOptions(*config));
+  EXPECT_TRUE(again->warnings.empty());
+}
+
+TEST(ConfigTest, StepPlanFollowsKohya) {
+  auto config = ParseTrainConfig(kRequired, {{"gradient_accumulation_steps", "2"}, {"max_train_epochs", "3"}});
+  ASSERT_TRUE(config.ok());
+  auto plan = ComputeStepPlan(*config, 5);  // 5 batches per epoch
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(plan->steps_per_epoch, 3);  // ceil(5/2)
+  EXPECT_EQ(plan->max_train_steps, 9);
+  EXPECT_EQ(plan->num_epochs, 3);
+
+  config = ParseTrainConfig(kRequired, {{"max_train_steps", "10"}, {"lr_scheduler", "cosine"},
+                                        {"lr_warmup_steps", "0.25"}});
+  ASSERT_TRUE(config.ok());
+  plan = ComputeStepPlan(*config, 4);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(plan->max_train_steps, 10);
+  EXPECT_EQ(plan->num_epochs, 3);  // ceil(10/4)
+  EXPECT_EQ(plan->warmup_steps, 2);
+  EXPECT_FALSE(ComputeStepPlan(*config, 0).ok());
+}
+
+}  // namespace
+}  // namespace lorad::train
