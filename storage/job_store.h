@@ -1,0 +1,189 @@
+// JobStore: the daemon's durable records in one SQLite file — jobs,
+// hyperparameters (one row per key), metrics, events, artifacts, datasets, sweeps.
+// Every write is one BEGIN IMMEDIATE transaction committed before the call
+// returns, so a caller may acknowledge or stream what it wrote.
+// Thread-safe (one connection behind a mutex). Knows nothing of gRPC or LibTorch.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "lorad/v1/events.pb.h"
+#include "storage/sqlite.h"
+
+namespace lorad::storage {
+
+// Same numbers as lorad.v1.JobState.
+enum class JobState : int { kQueued = 1, kRunning = 2, kSucceeded = 3, kFailed = 4, kCancelled = 5 };
+bool IsTerminal(JobState state);
+const char* JobStateName(JobState state);
+
+struct JobSpec {
+  std::string name;
+  int priority = 0;
+  std::string request_id;  // empty: no idempotency
+  std::string sweep;       // sweep name, created on first use; empty: none
+  std::string dataset;
+  std::string config_toml;
+  std::string dataset_config_toml;
+  std::map<std::string, std::string> hyperparameters;  // submitted kohya keys
+};
+
+struct JobRecord {
+  int64_t id = 0;
+  std::string name;
+  JobState state = JobState::kQueued;
+  int priority = 0;
+  std::string request_id;
+  std::string sweep;
+  std::string dataset;
+  std::string config_toml;
+  std::string dataset_config_toml;
+  int64_t created_ms = 0;
+  int64_t started_ms = 0;
+  int64_t finished_ms = 0;
+  int64_t step = 0;
+  int64_t total_steps = 0;
+  double loss = 0;
+  std::string reason;
+  int exit_code = 0;
+  int term_signal = 0;
+  int slot = -1;
+  int attempts = 0;
+  int64_t last_seq = 0;
+  std::string final_lora_path;
+  int64_t resumed_from_step = 0;
+  bool cancel_requested = false;
+};
+
+struct StoredEvent {
+  int64_t job_id = 0;
+  int64_t seq = 0;
+  lorad::v1::Event event;
+};
+
+struct ArtifactRecord {
+  int64_t id = 0;
+  int64_t job_id = 0;
+  lorad::v1::ArtifactKind kind = lorad::v1::ARTIFACT_KIND_UNSPECIFIED;
+  std::string path;  // absolute, on this machine
+  std::string name;  // relative to the job's output folder
+  int64_t bytes = 0;
+  std::string sha256;
+  int64_t step = 0;
+  int64_t created_ms = 0;
+  bool is_directory = false;
+  bool is_final = false;
+};
+
+struct DatasetRecord {
+  std::string id;
+  std::string name;
+  std::string path;
+  int64_t bytes = 0;
+  int files = 0;
+  int images = 0;
+  int64_t created_ms = 0;
+};
+
+struct JobFilter {
+  std::vector<JobState> states;  // empty: any
+  std::string name_contains;
+  std::string sweep;
+  int page_size = 50;
+  int64_t before_id = 0;  // paging: only ids < before_id (0: from the newest)
+};
+
+struct JobPage {
+  std::vector<JobRecord> jobs;
+  int64_t next_before_id = 0;  // 0 on the last page
+};
+
+// How a job ends, written atomically with its final event.
+struct JobEnd {
+  JobState state = JobState::kFailed;
+  std::string reason;
+  int exit_code = 0;
+  int term_signal = 0;
+};
+
+// One event to record, plus what it implies, all in one transaction.
+struct EventWrite {
+  lorad::v1::Event event;
+  std::optional<ArtifactRecord> artifact;  // recorded with the event
+  std::optional<JobEnd> end;               // the job's terminal transition
+};
+
+struct SubmitResult {
+  JobRecord job;
+  bool created = false;  // false: an earlier submit with the same request_id
+  std::vector<StoredEvent> events;  // recorded by this call (the "queued" event)
+};
+
+struct CancelResult {
+  JobRecord job;
+  std::vector<StoredEvent> events;  // recorded by this call
+  bool needs_signal = false;  // the job is running: the supervisor must stop it
+};
+
+class JobStore {
+ public:
+  // Opens or creates the database at `path` and migrates it.
+  static absl::StatusOr<std::unique_ptr<JobStore>> Open(const std::string& path);
+
+  // Queues a job (or returns the one with the same request_id) and records its
+  // "queued" event.
+  absl::StatusOr<SubmitResult> Submit(const JobSpec& spec);
+  absl::StatusOr<JobRecord> GetJob(int64_t job_id);
+  absl::StatusOr<std::map<std::string, std::string>> GetHyperparameters(int64_t job_id);
+  absl::StatusOr<JobPage> ListJobs(const JobFilter& filter);
+  // Highest priority, then oldest, queued job -> RUNNING on `slot` (attempts+1).
+  // nullopt when nothing is queued.
+  absl::StatusOr<std::optional<JobRecord>> ClaimNext(int slot);
+  // Queued: CANCELLED now (with a Finished event). Running: flags
+  // cancel_requested (needs_signal). Terminal: unchanged.
+  absl::StatusOr<CancelResult> RequestCancel(int64_t job_id, const std::string& reason);
+  // Records one event with the next seq; returns it as stored.
+  absl::StatusOr<StoredEvent> AppendEvent(int64_t job_id, const EventWrite& write);
+  // RUNNING -> QUEUED (slot -1) with a Log event explaining why; used at daemon
+  // start for jobs a crashed daemon left RUNNING, and at shutdown.
+  absl::StatusOr<StoredEvent> Requeue(int64_t job_id, const std::string& why);
+  // Ids of jobs in state RUNNING (at start: interrupted by a daemon crash).
+  absl::StatusOr<std::vector<int64_t>> RunningJobIds();
+  absl::StatusOr<std::vector<StoredEvent>> ReadEvents(int64_t job_id, int64_t after_seq,
+                                                      int limit);
+  absl::StatusOr<std::vector<ArtifactRecord>> ListArtifacts(
+      int64_t job_id, lorad::v1::ArtifactKind kind = lorad::v1::ARTIFACT_KIND_UNSPECIFIED);
+  absl::StatusOr<ArtifactRecord> GetArtifact(int64_t artifact_id);
+  // The newest STATE artifact of a job (what a restarted worker resumes from).
+  absl::StatusOr<std::optional<ArtifactRecord>> LatestState(int64_t job_id);
+  // Inserts the dataset unless its id exists; returns the stored record.
+  absl::StatusOr<DatasetRecord> PutDataset(const DatasetRecord& dataset);
+  absl::StatusOr<DatasetRecord> GetDataset(const std::string& dataset_id);
+  absl::StatusOr<std::vector<DatasetRecord>> ListDatasets();
+  absl::StatusOr<int64_t> CountJobs(JobState state);
+  absl::Status IntegrityCheck();
+
+ private:
+  explicit JobStore(Database db) : db_(std::move(db)) {}
+  absl::StatusOr<JobRecord> GetJobLocked(int64_t job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<StoredEvent> AppendEventLocked(int64_t job_id, const EventWrite& write)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  absl::Mutex mu_;
+  Database db_ ABSL_GUARDED_BY(mu_);
+};
+
+// Name of the Event oneof case ("progress", "checkpoint", ...), stored as events.type.
+std::string EventTypeName(const lorad::v1::Event& event);
+int64_t NowMs();
+
+}  // namespace lorad::storage

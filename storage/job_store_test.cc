@@ -1,0 +1,215 @@
+#include "storage/job_store.h"
+
+#include <filesystem>
+
+#include <gtest/gtest.h>
+
+namespace lorad::storage {
+namespace {
+
+namespace fs = std::filesystem;
+
+class JobStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("lorad_storage_test_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    auto store = JobStore::Open((dir_ / "lorad.db").string());
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::move(*store);
+  }
+  void TearDown() override {
+    store_.reset();
+    fs::remove_all(dir_);
+  }
+  JobRecord SubmitNamed(const std::string& name, int priority = 0, const std::string& rid = "") {
+    JobSpec spec;
+    spec.name = name;
+    spec.priority = priority;
+    spec.request_id = rid;
+    spec.config_toml = "learning_rate = 1e-4\n";
+    spec.hyperparameters = {{"learning_rate", "1e-4"}, {"network_dim", "4"}};
+    auto result = store_->Submit(spec);
+    EXPECT_TRUE(result.ok()) << result.status();
+    return result->job;
+  }
+  fs::path dir_;
+  std::unique_ptr<JobStore> store_;
+};
+
+TEST_F(JobStoreTest, SubmitIsIdempotentByRequestId) {
+  JobRecord first = SubmitNamed("a", 0, "req-1");
+  JobRecord again = SubmitNamed("a-retry", 0, "req-1");
+  EXPECT_EQ(first.id, again.id);
+  EXPECT_EQ(again.name, "a");
+  JobRecord other = SubmitNamed("b", 0, "req-2");
+  EXPECT_NE(other.id, first.id);
+  auto page = store_->ListJobs({});
+  ASSERT_TRUE(page.ok());
+  EXPECT_EQ(page->jobs.size(), 2u);
+  EXPECT_EQ(first.state, JobState::kQueued);
+  EXPECT_EQ(first.last_seq, 1);  // the "queued" event
+  auto hp = store_->GetHyperparameters(first.id);
+  ASSERT_TRUE(hp.ok());
+  EXPECT_EQ(hp->at("network_dim"), "4");
+}
+
+TEST_F(JobStoreTest, ClaimsByPriorityThenFifo) {
+  JobRecord low1 = SubmitNamed("low1", 0);
+  JobRecord high = SubmitNamed("high", 5);
+  JobRecord low2 = SubmitNamed("low2", 0);
+  std::vector<int64_t> order;
+  for (int i = 0; i < 4; ++i) {
+    auto claimed = store_->ClaimNext(i);
+    ASSERT_TRUE(claimed.ok());
+    if (!claimed->has_value()) break;
+    EXPECT_EQ((*claimed)->state, JobState::kRunning);
+    EXPECT_EQ((*claimed)->slot, i);
+    EXPECT_EQ((*claimed)->attempts, 1);
+    order.push_back((*claimed)->id);
+  }
+  EXPECT_EQ(order, (std::vector<int64_t>{high.id, low1.id, low2.id}));
+}
+
+TEST_F(JobStoreTest, EventsGetContiguousSeqsAndUpdateTheJob) {
+  JobRecord job = SubmitNamed("events");
+  ASSERT_TRUE(store_->ClaimNext(0).ok());
+  EventWrite started;
+  started.event.mutable_job_started()->set_total_steps(10);
+  (*started.event.mutable_job_started()->mutable_hyperparameters())["learning_rate"] = "0.0002";
+  ASSERT_TRUE(store_->AppendEvent(job.id, started).ok());
+  for (int step = 1; step <= 3; ++step) {
+    EventWrite progress;
+    progress.event.mutable_progress()->set_step(step);
+    progress.event.mutable_progress()->set_total_steps(10);
+    progress.event.mutable_progress()->set_loss_avg(1.0 / step);
+    auto stored = store_->AppendEvent(job.id, progress);
+    ASSERT_TRUE(stored.ok()) << stored.status();
+    EXPECT_EQ(stored->seq, 2 + step);
+  }
+  EventWrite state;
+  state.event.mutable_checkpoint()->set_kind(lorad::v1::ARTIFACT_KIND_STATE);
+  state.artifact = ArtifactRecord{};
+  state.artifact->kind = lorad::v1::ARTIFACT_KIND_STATE;
+  state.artifact->path = "/x/state-3";
+  state.artifact->name = "state-3";
+  state.artifact->step = 3;
+  state.artifact->is_directory = true;
+  ASSERT_TRUE(store_->AppendEvent(job.id, state).ok());
+  EventWrite done;
+  done.event.mutable_finished()->set_status(lorad::v1::Finished::SUCCEEDED);
+  done.end = JobEnd{JobState::kSucceeded, "", 0, 0};
+  ASSERT_TRUE(store_->AppendEvent(job.id, done).ok());
+
+  auto events = store_->ReadEvents(job.id, 0, 100);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 7u);
+  for (size_t i = 0; i < events->size(); ++i) EXPECT_EQ((*events)[i].seq, int64_t(i + 1));
+  auto tail = store_->ReadEvents(job.id, 5, 100);
+  ASSERT_TRUE(tail.ok());
+  ASSERT_EQ(tail->size(), 2u);
+  EXPECT_TRUE((*tail)[1].event.has_finished());
+
+  auto after = store_->GetJob(job.id);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->state, JobState::kSucceeded);
+  EXPECT_EQ(after->step, 3);
+  EXPECT_DOUBLE_EQ(after->loss, 1.0 / 3);
+  EXPECT_EQ(after->slot, -1);
+  auto hp = store_->GetHyperparameters(job.id);
+  EXPECT_EQ(hp->at("learning_rate"), "0.0002");  // effective value replaces submitted
+  auto latest = store_->LatestState(job.id);
+  ASSERT_TRUE(latest.ok() && latest->has_value());
+  EXPECT_EQ((*latest)->path, "/x/state-3");
+  EXPECT_TRUE(store_->IntegrityCheck().ok());
+}
+
+TEST_F(JobStoreTest, CancelQueuedIsImmediateRunningNeedsSignal) {
+  JobRecord running = SubmitNamed("r");
+  JobRecord queued = SubmitNamed("q");
+  ASSERT_TRUE(store_->ClaimNext(0).ok());
+  auto cq = store_->RequestCancel(queued.id, "");
+  ASSERT_TRUE(cq.ok());
+  EXPECT_EQ(cq->job.state, JobState::kCancelled);
+  EXPECT_FALSE(cq->needs_signal);
+  ASSERT_EQ(cq->events.size(), 1u);
+  EXPECT_TRUE(cq->events[0].event.has_finished());
+  auto cr = store_->RequestCancel(running.id, "user");
+  ASSERT_TRUE(cr.ok());
+  EXPECT_EQ(cr->job.state, JobState::kRunning);
+  EXPECT_TRUE(cr->job.cancel_requested);
+  EXPECT_TRUE(cr->needs_signal);
+  EXPECT_EQ(store_->RequestCancel(424242, "").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(JobStoreTest, RequeueAndReopenKeepsEverything) {
+  JobRecord job = SubmitNamed("survivor");
+  ASSERT_TRUE(store_->ClaimNext(0).ok());
+  store_.reset();
+  auto reopened = JobStore::Open((dir_ / "lorad.db").string());
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  store_ = std::move(*reopened);
+  auto running = store_->RunningJobIds();
+  ASSERT_TRUE(running.ok());
+  ASSERT_EQ(*running, std::vector<int64_t>{job.id});
+  auto event = store_->Requeue(job.id, "daemon restarted");
+  ASSERT_TRUE(event.ok()) << event.status();
+  EXPECT_EQ(event->seq, 2);
+  auto again = store_->ClaimNext(1);
+  ASSERT_TRUE(again.ok() && again->has_value());
+  EXPECT_EQ((*again)->attempts, 2);
+  EXPECT_EQ(store_->Requeue(job.id + 100, "x").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(JobStoreTest, ListFiltersAndPages) {
+  for (int i = 0; i < 7; ++i) SubmitNamed(i % 2 ? "odd" : "even");
+  JobFilter filter;
+  filter.name_contains = "odd";
+  auto odd = store_->ListJobs(filter);
+  ASSERT_TRUE(odd.ok());
+  EXPECT_EQ(odd->jobs.size(), 3u);
+  JobFilter paged;
+  paged.page_size = 3;
+  std::vector<int64_t> seen;
+  while (true) {
+    auto page = store_->ListJobs(paged);
+    ASSERT_TRUE(page.ok());
+    for (const auto& j : page->jobs) seen.push_back(j.id);
+    if (page->next_before_id == 0) break;
+    paged.before_id = page->next_before_id;
+  }
+  EXPECT_EQ(seen.size(), 7u);
+  EXPECT_TRUE(std::is_sorted(seen.rbegin(), seen.rend()));
+  ASSERT_TRUE(store_->ClaimNext(0).ok());
+  JobFilter by_state;
+  by_state.states = {JobState::kRunning};
+  EXPECT_EQ(store_->ListJobs(by_state)->jobs.size(), 1u);
+}
+
+TEST_F(JobStoreTest, DatasetsAreStoredOnceById) {
+  DatasetRecord d{"abc123", "cats", "/data/datasets/abc123", 100, 4, 2, 0};
+  ASSERT_TRUE(store_->PutDataset(d).ok());
+  d.name = "cats-again";
+  auto again = store_->PutDataset(d);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->name, "cats");
+  EXPECT_EQ(store_->ListDatasets()->size(), 1u);
+  EXPECT_EQ(store_->GetDataset("nope").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(JobStoreTest, RefusesADatabaseFromTheFuture) {
+  store_.reset();
+  {
+    auto db = Database::Open((dir_ / "lorad.db").string());
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE(db->Exec("PRAGMA user_version = 999").ok());
+  }
+  auto store = JobStore::Open((dir_ / "lorad.db").string());
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace lorad::storage
