@@ -1,0 +1,866 @@
+#include "core/train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <random>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "core/common/logging.h"
+#include "core/common/status_macros.h"
+#include "core/common/torch_compat.h"
+#include "core/diffusion/loss.h"
+#include "core/diffusion/noise.h"
+#include "core/diffusion/sampler.h"
+#include "core/networks/lora_network.h"
+#include "core/networks/metadata.h"
+#include "core/optim/lr_scheduler.h"
+#include "core/optim/optimizer.h"
+#include "core/train/checkpoint_files.h"
+#include "core/train/loss_scaler.h"
+#include "core/train/model_bundle.h"
+#include "core/train/png.h"
+#include "core/train/sample_prompts.h"
+#include "core/train/train_state.h"
+
+namespace lorad::train {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Enables autocast for the scope (CUDA fp16/bf16, CPU bf16) and restores the
+// previous state on exit.
+class AutocastScope {
+ public:
+  AutocastScope(bool enabled, const torch::Device& device, torch::ScalarType dtype)
+      : saved_(compat::CaptureAutocast()), enabled_(enabled) {
+    if (!enabled_) return;
+    compat::AutocastState s = saved_;
+    if (device.is_cuda()) {
+      s.gpu_enabled = true;
+      s.gpu_dtype = dtype;
+    } else {
+      s.cpu_enabled = true;
+      s.cpu_dtype = dtype;
+    }
+    compat::RestoreAutocast(s);
+  }
+  ~AutocastScope() {
+    if (!enabled_) return;
+    compat::RestoreAutocast(saved_);
+    at::autocast::clear_cache();
+  }
+
+ private:
+  compat::AutocastState saved_;
+  bool enabled_;
+};
+
+bool IsOutOfMemory(const std::string& what) {
+  return absl::StrContains(what, "out of memory") || absl::StrContains(what, "CUDA error: out of memory") ||
+         absl::StrContains(what, "DefaultCPUAllocator: can't allocate memory");
+}
+
+int64_t RandomSeed() {
+  std::random_device rd;
+  return static_cast<int64_t>(rd() & 0x7fffffff);
+}
+
+at::Generator SeededGenerator(uint64_t seed) {
+  at::Generator g = at::detail::createCPUGenerator(seed);
+  return g;
+}
+
+// Everything one run holds; the steps of Train() are its methods.
+class Run {
+ public:
+  Run(const TrainConfig& config, const TrainInputs& inputs, TrainObserver* observer,
+      const CancellationToken* cancel, const TrainOptions& options)
+      : config_(config), inputs_(inputs), cancel_(cancel), options_(options),
+        scaler_(options.loss_scale_init, options.loss_scale_growth_interval) {
+    if (observer) observers_.Add(observer);
+  }
+
+  absl::StatusOr<TrainResult> Execute();
+
+ private:
+  absl::Status Setup();
+  absl::Status SetupPrecision();
+  absl::Status SetupNetworkAndOptimizer();
+  absl::Status RestoreState();
+  absl::StatusOr<torch::Tensor> MicroBatchLoss(const data::Batch& batch, double* loss_value);
+  absl::StatusOr<text::TextConditioning> Conditioning(const std::vector<std::string>& captions);
+  absl::Status OptimizerStep(bool* skipped, double* grad_norm);
+  absl::Status SaveLora(const std::filesystem::path& path, bool is_final);
+  absl::Status SaveState(const std::filesystem::path& dir);
+  absl::Status SaveStepCheckpoints();
+  absl::Status SaveEpochCheckpoints(int64_t epoch);
+  absl::Status RenderSamples(int64_t epoch);
+  absl::StatusOr<TrainingState> CaptureState() const;
+  io::Metadata BuildMetadata(bool is_final) const;
+  std::map<std::string, std::string> Fingerprint() const;
+  void Warn(const std::string& code, const std::string& message);
+  absl::Status Finish(absl::Status status);
+
+  TrainConfig config_;
+  TrainInputs inputs_;
+  const CancellationToken* cancel_;
+  TrainOptions options_;
+  ObserverList observers_;
+  std::shared_ptr<spdlog::logger> log_ = Logger("train");
+
+  torch::Device device_ = torch::kCPU;
+  torch::ScalarType weight_dtype_ = torch::kFloat32;
+  torch::ScalarType network_dtype_ = torch::kFloat32;
+  bool autocast_ = false;
+  torch::ScalarType autocast_dtype_ = torch::kBFloat16;
+  bool use_scaler_ = false;
+  bool train_unet_ = true;
+  bool train_text_ = false;
+
+  std::unique_ptr<ModelBundle> model_;
+  std::unique_ptr<networks::LoraNetwork> network_;
+  std::unique_ptr<optim::Optimizer> optimizer_;
+  std::optional<optim::LrScheduler> scheduler_;
+  std::vector<std::string> group_names_;
+  DynamicLossScaler scaler_;
+  std::unique_ptr<diffusion::NoiseSchedule> schedule_;
+  diffusion::NoiseOptions noise_options_;
+  diffusion::LossWeighting weighting_;
+  diffusion::LossType loss_type_ = diffusion::LossType::kL2;
+  diffusion::HuberOptions huber_;
+  std::map<std::string, text::TextConditioning> text_cache_;
+  std::vector<SamplePrompt> prompts_;
+
+  // Generators: noise/timesteps (+ pyramid draws), VAE posterior samples, adapter dropouts.
+  at::Generator noise_gen_ = SeededGenerator(0);
+  at::Generator vae_gen_ = SeededGenerator(0);
+  at::Generator dropout_gen_ = SeededGenerator(0);
+  diffusion::UniformSource uniform_;
+
+  StepPlan plan_;
+  RunPosition pos_;
+  int64_t resumed_from_step_ = 0;
+  int64_t steps_this_process_ = 0;
+  std::string started_at_;
+  std::pair<int64_t, int64_t> resolution_{512, 512};
+  CheckpointRegistry checkpoints_;
+  TrainResult result_;
+  std::string last_lora_;
+};
+
+void Run::Warn(const std::string& code, const std::string& message) {
+  log_->warn("{}", message);
+  observers_.OnWarning(code, message);
+}
+
+absl::Status Run::SetupPrecision() {
+  ASSIGN_OR_RETURN(device_, ResolveDevice(config_.device));
+  const std::string& mp = config_.mixed_precision;
+  if (mp == "fp16") {
+    use_scaler_ = true;
+    if (device_.is_cuda()) {
+      weight_dtype_ = torch::kFloat16;
+      autocast_ = true;
+      autocast_dtype_ = torch::kFloat16;
+    } else {
+      Warn("fp16_on_cpu",
+           "mixed_precision=fp16 has no CPU kernels: computing in float32 (the fp16 loss scaler still runs); "
+           "use bf16 on CPU");
+    }
+    if (config_.full_fp16) network_dtype_ = device_.is_cuda() ? torch::kFloat16 : torch::kFloat32;
+  } else if (mp == "bf16") {
+    autocast_ = true;
+    autocast_dtype_ = torch::kBFloat16;
+    // CPU autocast keeps the frozen weights in float32 (its bf16 op list covers
+    // matmul/conv); on CUDA they are stored in bf16 as kohya does.
+    weight_dtype_ = device_.is_cuda() ? torch::kBFloat16 : torch::kFloat32;
+    if (config_.full_bf16) network_dtype_ = torch::kBFloat16;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Run::Setup() {
+  started_at_ = std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+  for (const std::string& w : config_.warnings) Warn("config", w);
+  if (inputs_.source == nullptr) return absl::InvalidArgumentError("Train: no batch source given");
+  if (!config_.seed) config_.seed = RandomSeed();
+  pos_.seed = *config_.seed;
+  RETURN_IF_ERROR(SetupPrecision());
+  train_text_ = !config_.network_train_unet_only;
+  train_unet_ = !config_.network_train_text_encoder_only;
+
+  if (!config_.sample_prompts.empty()) {
+    ASSIGN_OR_RETURN(prompts_, LoadSamplePrompts(config_.sample_prompts));
+  }
+  if (!config_.sample_sampler.empty() && !diffusion::ParseSamplerKind(config_.sample_sampler).ok()) {
+    Warn("sample_sampler", absl::StrCat("sample_sampler \"", config_.sample_sampler,
+                                        "\" is not implemented here; previews use euler"));
+    config_.sample_sampler = "euler";
+  }
+
+  ModelBundleOptions model_options;
+  model_options.device = device_;
+  model_options.weight_dtype = weight_dtype_;
+  model_options.vae_dtype = (device_.is_cuda() && weight_dtype_ != torch::kFloat32 && !config_.no_half_vae)
+                                ? weight_dtype_
+                                : torch::kFloat32;
+  ASSIGN_OR_RETURN(model_, ModelBundle::Load(config_, model_options));
+  if (model_->is_sdxl() && config_.clip_skip && *config_.clip_skip > 1) {
+    Warn("clip_skip_sdxl", "clip_skip has no effect on SDXL (it always uses the penultimate layers)");
+  }
+  ASSIGN_OR_RETURN(resolution_, config_.ResolutionWH(model_->native_resolution()));
+  model_->unet().set_gradient_checkpointing(config_.gradient_checkpointing);
+
+  noise_gen_ = SeededGenerator(static_cast<uint64_t>(*config_.seed));
+  vae_gen_ = SeededGenerator(static_cast<uint64_t>(*config_.seed) + 1);
+  dropout_gen_ = SeededGenerator(static_cast<uint64_t>(*config_.seed) + 2);
+  uniform_ = diffusion::TorchUniformSource(noise_gen_);
+
+  diffusion::ScheduleOptions schedule_options;
+  schedule_options.zero_terminal_snr = config_.zero_terminal_snr;
+  schedule_ = std::make_unique<diffusion::NoiseSchedule>(schedule_options);
+  noise_options_.noise_offset = config_.noise_offset;
+  noise_options_.noise_offset_random_strength = config_.noise_offset_random_strength;
+  noise_options_.adaptive_noise_scale = config_.adaptive_noise_scale;
+  noise_options_.multires_noise_iterations = config_.multires_noise_iterations.value_or(0);
+  noise_options_.multires_noise_discount = config_.multires_noise_discount;
+  noise_options_.min_timestep = config_.min_timestep;
+  noise_options_.max_timestep = config_.max_timestep;
+  noise_options_.ip_noise_gamma = config_.ip_noise_gamma;
+  noise_options_.ip_noise_gamma_random_strength = config_.ip_noise_gamma_random_strength;
+  RETURN_IF_ERROR(noise_options_.Validate(schedule_->num_train_timesteps()));
+  weighting_.prediction =
+      config_.v_parameterization ? diffusion::PredictionType::kVPrediction : diffusion::PredictionType::kEpsilon;
+  weighting_.min_snr_gamma = config_.min_snr_gamma;
+  weighting_.scale_v_pred_loss_like_noise_pred = config_.scale_v_pred_loss_like_noise_pred;
+  weighting_.v_pred_like_loss = config_.v_pred_like_loss;
+  weighting_.debiased_estimation_loss = config_.debiased_estimation_loss;
+  ASSIGN_OR_RETURN(loss_type_, diffusion::ParseLossType(config_.loss_type));
+  ASSIGN_OR_RETURN(huber_.schedule, diffusion::ParseHuberSchedule(config_.huber_schedule));
+  huber_.huber_c = config_.huber_c;
+  huber_.huber_scale = config_.huber_scale;
+
+  RETURN_IF_ERROR(SetupNetworkAndOptimizer());
+
+  ASSIGN_OR_RETURN(plan_, ComputeStepPlan(config_, inputs_.source->num_batches_per_epoch()));
+  optim::SchedulerOptions sched;
+  sched.name = config_.lr_scheduler;
+  sched.warmup_steps = config_.lr_warmup_steps;
+  sched.total_steps = plan_.max_train_steps;
+  sched.num_cycles = static_cast<double>(config_.lr_scheduler_num_cycles);
+  sched.power = config_.lr_scheduler_power;
+  sched.min_lr_ratio = config_.lr_scheduler_min_lr_ratio.value_or(0.0);
+  sched.lr_init = optimizer_->initial_lr();
+  auto scheduler = optim::LrScheduler::Create(sched);
+  if (!scheduler.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("config key 'lr_scheduler': ", scheduler.status().message()));
+  }
+  scheduler_ = *scheduler;
+  if (optimizer_->UsesInternalLr() && scheduler_->name() != "adafactor") {
+    Warn("adafactor_schedule", "Adafactor with relative_step computes its own lr; lr_scheduler is ignored");
+  }
+
+  if (config_.cache_latents) {
+    if (inputs_.cache_latents) {
+      at::Generator cache_gen = SeededGenerator(static_cast<uint64_t>(*config_.seed) + 3);
+      LatentEncodeFn encoder = [this, cache_gen](const torch::Tensor& images) -> absl::StatusOr<torch::Tensor> {
+        try {
+          return model_->EncodeImages(images, cache_gen).cpu();
+        } catch (const c10::Error& e) {
+          return absl::InternalError(absl::StrCat("VAE encode: ", e.what_without_backtrace()));
+        }
+      };
+      RETURN_IF_ERROR(inputs_.cache_latents(encoder, model_->vae_identity()));
+    } else {
+      Warn("cache_latents", "this batch source cannot cache latents; encoding every batch instead");
+    }
+  }
+  if (!config_.resume.empty()) RETURN_IF_ERROR(RestoreState());
+  return absl::OkStatus();
+}
+
+absl::Status Run::SetupNetworkAndOptimizer() {
+  networks::NetworkConfigInput input;
+  input.network_module = config_.network_module;
+  input.network_dim = config_.network_dim;
+  input.network_alpha = config_.network_alpha;
+  input.network_dropout = config_.network_dropout;
+  input.network_args = config_.network_args;
+  ASSIGN_OR_RETURN(networks::NetworkConfig net_config, networks::ParseNetworkConfig(input));
+  ASSIGN_OR_RETURN(auto targets, model_->NetworkTargets(train_unet_, train_text_, net_config.TargetsConvBlocks()));
+  if (targets.empty()) return absl::FailedPreconditionError("the network found no layers to adapt in this model");
+  at::Generator init_gen = SeededGenerator(static_cast<uint64_t>(*config_.seed));
+  ASSIGN_OR_RETURN(network_, networks::LoraNetwork::Create(net_config, targets, init_gen));
+  if (!config_.network_weights.empty()) {
+    auto loaded = network_->LoadWeights(config_.network_weights);
+    if (!loaded.ok()) {
+      return absl::Status(loaded.code(), absl::StrCat("config key 'network_weights' (", config_.network_weights,
+                                                      "): ", loaded.message()));
+    }
+  }
+  network_->To(device_, network_dtype_);
+  network_->SetDropoutGenerator(dropout_gen_);
+  network_->Apply();
+  network_->Train(true);
+
+  std::vector<optim::ParamGroup> groups;
+  // kohya's order: text encoder group first, then the U-Net's.
+  if (train_text_) {
+    auto params = network_->TextEncoderParameters();
+    if (!params.empty()) groups.push_back({"text_encoder", params, config_.TextEncoderLr()});
+  }
+  if (train_unet_) {
+    auto params = network_->UnetParameters();
+    if (!params.empty()) groups.push_back({"unet", params, config_.UnetLr()});
+  }
+  for (const auto& g : groups) {
+    group_names_.push_back(g.name);
+    for (const auto& p : g.params) p.set_requires_grad(true);
+  }
+  auto optimizer = optim::CreateOptimizer(config_.optimizer_type, config_.optimizer_args, std::move(groups));
+  if (!optimizer.ok()) {
+    return absl::Status(optimizer.status().code(),
+                        absl::StrCat("config key 'optimizer_type'/'optimizer_args': ", optimizer.status().message()));
+  }
+  optimizer_ = std::move(*optimizer);
+  return absl::OkStatus();
+}
+
+std::map<std::string, std::string> Run::Fingerprint() const {
+  return {{"network_module", config_.network_module},
+          {"network_dim", std::to_string(config_.network_dim)},
+          {"network_args", absl::StrJoin(config_.network_args, " ")},
+          {"optimizer_type", config_.optimizer_type},
+          {"model_arch", model_->arch_name()},
+          {"network_train_unet_only", config_.network_train_unet_only ? "true" : "false"}};
+}
+
+absl::StatusOr<TrainingState> Run::CaptureState() const {
+  TrainingState state;
+  state.position = pos_;
+  // The adapters' own dtype (float32, or bf16 with full_bf16) keeps them exactly.
+  state.adapter = network_->StateDict(network_dtype_);
+  ASSIGN_OR_RETURN(state.optimizer, optimizer_->SaveState());
+  state.rng["noise"] = noise_gen_.get_state();
+  state.rng["vae"] = vae_gen_.get_state();
+  state.rng["dropout"] = dropout_gen_.get_state();
+  state.values = scaler_.SaveState();
+  state.fingerprint = Fingerprint();
+  return state;
+}
+
+absl::Status Run::RestoreState() {
+  ASSIGN_OR_RETURN(TrainingState state, LoadTrainingState(config_.resume));
+  const auto expected = Fingerprint();
+  for (const auto& [key, value] : expected) {
+    auto it = state.fingerprint.find(key);
+    if (it != state.fingerprint.end() && it->second != value) {
+      return absl::FailedPreconditionError(absl::StrCat("resume: the state was saved with ", key, " = \"",
+                                                        it->second, "\" but this run has \"", value,
+                                                        "\"; resume with the same settings"));
+    }
+  }
+  std::map<std::string, torch::Tensor> adapter(state.adapter.begin(), state.adapter.end());
+  RETURN_IF_ERROR(network_->LoadStateDict(adapter));
+  RETURN_IF_ERROR(optimizer_->LoadState(state.optimizer));
+  RETURN_IF_ERROR(scaler_.LoadState(state.values));
+  try {
+    noise_gen_.set_state(state.rng.at("noise"));
+    vae_gen_.set_state(state.rng.at("vae"));
+    dropout_gen_.set_state(state.rng.at("dropout"));
+  } catch (const std::exception& e) {
+    return absl::DataLossError(absl::StrCat("resume: RNG states are missing or corrupt: ", e.what()));
+  }
+  pos_ = state.position;
+  config_.seed = pos_.seed;
+  resumed_from_step_ = pos_.global_step;
+  result_.skipped_steps = pos_.skipped_steps;
+  log_->info("resumed from {} at step {} (epoch {}, batch {})", config_.resume, pos_.global_step,
+             pos_.data.epoch, pos_.data.batch_index);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<text::TextConditioning> Run::Conditioning(const std::vector<std::string>& captions) {
+  if (train_text_) return model_->EncodeText(captions);
+  // Frozen encoders: no graph, and each caption's output is computed once when caching.
+  torch::NoGradGuard no_grad;
+  if (!config_.cache_text_encoder_outputs) return model_->EncodeText(captions);
+  std::vector<std::string> missing;
+  for (const auto& c : captions) {
+    if (!text_cache_.count(c)) missing.push_back(c);
+  }
+  if (!missing.empty()) {
+    ASSIGN_OR_RETURN(text::TextConditioning fresh, model_->EncodeText(missing));
+    for (size_t i = 0; i < missing.size(); ++i) {
+      text::TextConditioning one;
+      one.context = fresh.context[static_cast<int64_t>(i)].unsqueeze(0).clone();
+      if (fresh.pooled.defined()) one.pooled = fresh.pooled[static_cast<int64_t>(i)].unsqueeze(0).clone();
+      text_cache_[missing[i]] = std::move(one);
+    }
+  }
+  std::vector<torch::Tensor> contexts, pooled;
+  for (const auto& c : captions) {
+    contexts.push_back(text_cache_[c].context);
+    if (text_cache_[c].pooled.defined()) pooled.push_back(text_cache_[c].pooled);
+  }
+  text::TextConditioning out;
+  out.context = torch::cat(contexts);
+  if (!pooled.empty()) out.pooled = torch::cat(pooled);
+  return out;
+}
+
+absl::StatusOr<torch::Tensor> Run::MicroBatchLoss(const data::Batch& batch, double* loss_value) {
+  torch::Tensor latents;
+  if (batch.latents.defined()) {
+    latents = batch.latents.to(device_, torch::kFloat32);
+  } else {
+    latents = model_->EncodeImages(batch.images, vae_gen_);
+  }
+  ASSIGN_OR_RETURN(text::TextConditioning cond, Conditioning(batch.captions));
+  diffusion::NoisyBatch noisy =
+      diffusion::SampleNoisyLatents(latents, *schedule_, noise_options_, noise_gen_, uniform_);
+  torch::Tensor pred;
+  {
+    AutocastScope autocast(autocast_, device_, autocast_dtype_);
+    pred = model_->Predict(noisy.noisy_latents.to(weight_dtype_), noisy.timesteps, cond, batch.original_hw,
+                           batch.crop_top_left, batch.target_hw);
+  }
+  torch::Tensor target = diffusion::TrainingTarget(*schedule_, weighting_.prediction, latents, noisy.noise,
+                                                   noisy.timesteps);
+  torch::Tensor huber_c;
+  if (loss_type_ == diffusion::LossType::kHuber || loss_type_ == diffusion::LossType::kSmoothL1) {
+    huber_c = diffusion::HuberThreshold(*schedule_, huber_, noisy.timesteps);
+  }
+  torch::Tensor loss = diffusion::ConditionalLoss(pred.to(torch::kFloat32), target.to(torch::kFloat32), loss_type_,
+                                                  diffusion::Reduction::kNone, huber_c);
+  loss = loss.mean({1, 2, 3});
+  if (batch.loss_weights.defined()) loss = loss * batch.loss_weights.to(loss.device(), torch::kFloat32);
+  loss = diffusion::PostProcessLoss(loss, noisy.timesteps, *schedule_, weighting_).mean();
+  *loss_value = loss.item<double>();
+  return loss;
+}
+
+absl::Status Run::OptimizerStep(bool* skipped, double* grad_norm) {
+  *skipped = false;
+  const auto params = optimizer_->AllParams();
+  if (use_scaler_) {
+    const bool finite = scaler_.UnscaleAndCheck(params);
+    scaler_.Update(!finite);
+    if (!finite) {
+      *skipped = true;
+      optimizer_->ZeroGrad();
+      return absl::OkStatus();
+    }
+  }
+  ASSIGN_OR_RETURN(*grad_norm, optim::ClipGradNorm(params, config_.max_grad_norm));
+  if (!std::isfinite(*grad_norm)) {
+    return absl::DataLossError(absl::StrFormat(
+        "gradients became %s at step %d: training diverged; lower learning_rate, set max_grad_norm, or use "
+        "mixed_precision=bf16",
+        std::isnan(*grad_norm) ? "NaN" : "inf", pos_.global_step + 1));
+  }
+  RETURN_IF_ERROR(scheduler_->Apply(pos_.global_step, *optimizer_));
+  RETURN_IF_ERROR(optimizer_->Step());
+  optimizer_->ZeroGrad();
+  return absl::OkStatus();
+}
+
+io::Metadata Run::BuildMetadata(bool is_final) const {
+  networks::LoraMetadataBuilder b;
+  b.SetNetwork(network_->config());
+  b.SetBaseModel(model_->is_sdxl() ? networks::BaseModel::kSdxl : networks::BaseModel::kSd15,
+                 config_.v_parameterization);
+  if (config_.no_metadata) return b.MinimalMetadata();
+  const auto ignore = [](absl::Status) {};
+  ignore(b.Set("ss_session_id", std::to_string(pos_.seed)));
+  ignore(b.Set("ss_training_started_at", started_at_));
+  ignore(b.Set("ss_training_finished_at",
+               std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
+                                  std::chrono::system_clock::now().time_since_epoch())
+                                  .count())));
+  ignore(b.Set("ss_output_name", config_.output_name));
+  ignore(b.SetFloat("ss_learning_rate", config_.learning_rate));
+  ignore(b.SetFloat("ss_unet_lr", config_.unet_lr));
+  ignore(b.SetFloat("ss_text_encoder_lr", config_.text_encoder_lr));
+  ignore(b.SetInt("ss_num_train_images", inputs_.source->num_train_images()));
+  ignore(b.SetInt("ss_num_batches_per_epoch", plan_.batches_per_epoch));
+  ignore(b.SetInt("ss_num_epochs", plan_.num_epochs));
+  ignore(b.SetInt("ss_epoch", pos_.data.epoch - (pos_.data.batch_index == 0 ? 1 : 0)));
+  ignore(b.SetInt("ss_steps", pos_.global_step));
+  ignore(b.SetInt("ss_max_train_steps", plan_.max_train_steps));
+  ignore(b.SetInt("ss_lr_warmup_steps", plan_.warmup_steps));
+  ignore(b.Set("ss_lr_scheduler", config_.lr_scheduler));
+  ignore(b.Set("ss_mixed_precision", config_.mixed_precision));
+  ignore(b.SetBool("ss_full_fp16", config_.full_fp16));
+  ignore(b.SetBool("ss_full_bf16", config_.full_bf16));
+  ignore(b.SetInt("ss_clip_skip", config_.clip_skip));
+  ignore(b.SetInt("ss_max_token_length", config_.max_token_length));
+  ignore(b.SetBool("ss_cache_latents", config_.cache_latents));
+  ignore(b.SetInt("ss_seed", pos_.seed));
+  ignore(b.SetBool("ss_lowram", false));
+  ignore(b.SetFloat("ss_noise_offset", config_.noise_offset));
+  ignore(b.SetFloat("ss_adaptive_noise_scale", config_.adaptive_noise_scale));
+  ignore(b.SetInt("ss_multires_noise_iterations", config_.multires_noise_iterations));
+  ignore(b.SetFloat("ss_multires_noise_discount", config_.multires_noise_discount));
+  ignore(b.SetFloat("ss_min_snr_gamma", config_.min_snr_gamma));
+  ignore(b.SetBool("ss_debiased_estimation", config_.debiased_estimation_loss));
+  ignore(b.SetBool("ss_zero_terminal_snr", config_.zero_terminal_snr));
+  ignore(b.SetFloat("ss_ip_noise_gamma", config_.ip_noise_gamma));
+  ignore(b.SetBool("ss_noise_offset_random_strength", config_.noise_offset_random_strength));
+  ignore(b.SetBool("ss_ip_noise_gamma_random_strength", config_.ip_noise_gamma_random_strength));
+  ignore(b.Set("ss_loss_type", config_.loss_type));
+  ignore(b.Set("ss_huber_schedule", config_.huber_schedule));
+  ignore(b.SetFloat("ss_huber_c", config_.huber_c));
+  ignore(b.Set("ss_training_comment", config_.training_comment.empty() ? "None" : config_.training_comment));
+  ignore(b.Set("ss_optimizer", optimizer_->Describe()));
+  ignore(b.SetFloat("ss_max_grad_norm", config_.max_grad_norm));
+  ignore(b.SetFloat("ss_scale_weight_norms", config_.scale_weight_norms));
+  ignore(b.SetFloat("ss_caption_dropout_rate", config_.caption_dropout_rate));
+  ignore(b.SetInt("ss_caption_dropout_every_n_epochs", config_.caption_dropout_every_n_epochs));
+  ignore(b.SetFloat("ss_caption_tag_dropout_rate", config_.caption_tag_dropout_rate));
+  ignore(b.SetFloat("ss_prior_loss_weight", config_.prior_loss_weight));
+  ignore(b.SetBool("ss_gradient_checkpointing", config_.gradient_checkpointing));
+  ignore(b.SetInt("ss_gradient_accumulation_steps", config_.gradient_accumulation_steps));
+  ignore(b.Set("ss_sd_model_name", std::filesystem::path(config_.pretrained_model_name_or_path).filename().string()));
+  ignore(b.Set("ss_vae_name", config_.vae.empty() ? "None" : config_.vae));
+  ignore(b.Set("ss_resolution", absl::StrCat("(", resolution_.first, ", ", resolution_.second, ")")));
+  ignore(b.SetBool("ss_enable_bucket", config_.enable_bucket));
+  ignore(b.SetBool("ss_bucket_no_upscale", config_.bucket_no_upscale));
+  ignore(b.SetInt("ss_min_bucket_reso", config_.min_bucket_reso));
+  ignore(b.SetInt("ss_max_bucket_reso", config_.max_bucket_reso));
+  ignore(b.SetBool("ss_color_aug", config_.color_aug));
+  ignore(b.SetBool("ss_flip_aug", config_.flip_aug));
+  ignore(b.SetBool("ss_random_crop", config_.random_crop));
+  ignore(b.SetBool("ss_shuffle_caption", config_.shuffle_caption));
+  ignore(b.SetInt("ss_keep_tokens", config_.keep_tokens));
+  ignore(b.SetInt("ss_total_batch_size", config_.train_batch_size * config_.gradient_accumulation_steps));
+  ignore(b.SetInt("ss_batch_size_per_device", config_.train_batch_size));
+  for (const auto& [key, value] : inputs_.dataset_metadata) {
+    if (networks::IsKnownSsKey(key)) ignore(b.Set(key, value));
+  }
+  io::Metadata metadata = b.metadata();
+  networks::ModelSpecInput spec;
+  spec.base = model_->is_sdxl() ? networks::BaseModel::kSdxl : networks::BaseModel::kSd15;
+  spec.v_prediction = config_.v_parameterization;
+  spec.title = config_.metadata_title.empty() ? config_.output_name : config_.metadata_title;
+  spec.resolution = absl::StrCat(resolution_.first, "x", resolution_.second);
+  spec.description = config_.metadata_description;
+  spec.author = config_.metadata_author;
+  spec.license = config_.metadata_license;
+  spec.tags = config_.metadata_tags;
+  spec.min_timestep = config_.min_timestep;
+  spec.max_timestep = config_.max_timestep;
+  spec.clip_skip = config_.clip_skip;
+  spec.implementation_version = absl::StrCat("lorad/", LORAD_VERSION);
+  for (auto& [k, v] : networks::BuildModelSpec(spec)) metadata[k] = v;
+  (void)is_final;
+  return metadata;
+}
+
+absl::Status Run::SaveLora(const std::filesystem::path& path, bool is_final) {
+  ASSIGN_OR_RETURN(torch::ScalarType dtype, networks::ParseSavePrecision(config_.save_precision));
+  RETURN_IF_ERROR(network_->Save(path, dtype, BuildMetadata(is_final)));
+  last_lora_ = path.string();
+  result_.checkpoints.push_back(path);
+  observers_.OnCheckpoint({path.string(), pos_.global_step, pos_.data.epoch, CheckpointKind::kLora, is_final});
+  return absl::OkStatus();
+}
+
+absl::Status Run::SaveState(const std::filesystem::path& dir) {
+  ASSIGN_OR_RETURN(TrainingState state, CaptureState());
+  RETURN_IF_ERROR(SaveTrainingState(dir, state));
+  result_.checkpoints.push_back(dir);
+  observers_.OnCheckpoint({dir.string(), pos_.global_step, pos_.data.epoch, CheckpointKind::kState, false});
+  return absl::OkStatus();
+}
+
+absl::Status Run::SaveStepCheckpoints() {
+  const int64_t step = pos_.global_step;
+  if (!config_.save_every_n_steps || step % *config_.save_every_n_steps != 0 || step >= plan_.max_train_steps) {
+    return absl::OkStatus();
+  }
+  const CheckpointNames names(config_.output_dir, config_.output_name);
+  RETURN_IF_ERROR(SaveLora(names.StepLora(step), false));
+  if (config_.save_state) RETURN_IF_ERROR(SaveState(names.StepState(step)));
+  checkpoints_.RemoveOldSteps(names, step, config_.save_last_n_steps,
+                              config_.save_last_n_steps_state ? config_.save_last_n_steps_state
+                                                              : config_.save_last_n_steps);
+  return absl::OkStatus();
+}
+
+absl::Status Run::SaveEpochCheckpoints(int64_t epoch) {
+  if (!config_.save_every_n_epochs || epoch % *config_.save_every_n_epochs != 0 || epoch >= plan_.num_epochs) {
+    return absl::OkStatus();
+  }
+  const CheckpointNames names(config_.output_dir, config_.output_name);
+  RETURN_IF_ERROR(SaveLora(names.EpochLora(epoch), false));
+  if (config_.save_state) RETURN_IF_ERROR(SaveState(names.EpochState(epoch)));
+  checkpoints_.RemoveOldEpochs(names, epoch, *config_.save_every_n_epochs, config_.save_last_n_epochs,
+                               config_.save_last_n_epochs_state ? config_.save_last_n_epochs_state
+                                                                : config_.save_last_n_epochs);
+  return absl::OkStatus();
+}
+
+absl::Status Run::RenderSamples(int64_t epoch) {
+  if (prompts_.empty()) return absl::OkStatus();
+  torch::NoGradGuard no_grad;
+  network_->Train(false);
+  const CheckpointNames names(config_.output_dir, config_.output_name);
+  for (size_t i = 0; i < prompts_.size(); ++i) {
+    const SamplePrompt& p = prompts_[i];
+    const int64_t width = p.width.value_or(model_->native_resolution());
+    const int64_t height = p.height.value_or(model_->native_resolution());
+    const std::string sampler_name = p.sampler.empty() ? config_.sample_sampler : p.sampler;
+    auto kind = diffusion::ParseSamplerKind(sampler_name);
+    if (!kind.ok()) kind = diffusion::SamplerKind::kEuler;
+    ASSIGN_OR_RETURN(text::TextConditioning cond, model_->EncodeText({p.negative_prompt, p.prompt}));
+    auto sizes = torch::tensor({height, width}, torch::kInt64).repeat({2, 1});
+    auto zeros = torch::zeros({2, 2}, torch::kInt64);
+    at::Generator gen = SeededGenerator(static_cast<uint64_t>(p.seed.value_or(pos_.seed + static_cast<int64_t>(i))));
+    const int64_t channels = model_->unet().config().in_channels;
+    torch::Tensor noise = torch::randn({1, channels, height / 8, width / 8}, gen, torch::kFloat32).to(device_);
+    diffusion::Denoiser model = [&](const torch::Tensor& x, int64_t t) {
+      AutocastScope autocast(autocast_, device_, autocast_dtype_);
+      auto timesteps = torch::full({x.size(0)}, t, torch::TensorOptions().dtype(torch::kInt64).device(device_));
+      return model_->Predict(x.to(weight_dtype_), timesteps, cond, sizes, zeros, sizes).to(torch::kFloat32);
+    };
+    torch::Tensor latents =
+        diffusion::SampleLatents(*kind, *schedule_, p.steps, weighting_.prediction, noise,
+                                 diffusion::ClassifierFreeGuidance(model, p.cfg_scale));
+    torch::Tensor image = model_->DecodeLatents(latents)[0];
+    const std::filesystem::path path = names.Sample(pos_.global_step, epoch, static_cast<int64_t>(i));
+    RETURN_IF_ERROR(WritePng(path, image));
+    result_.samples.push_back(path);
+    observers_.OnSample({path.string(), pos_.global_step, static_cast<int64_t>(i), p.prompt});
+  }
+  network_->Train(true);
+  return absl::OkStatus();
+}
+
+absl::Status Run::Finish(absl::Status status) {
+  RunFinished finished;
+  finished.final_step = pos_.global_step;
+  finished.final_lora_path = last_lora_;
+  if (status.ok()) {
+    finished.outcome = RunOutcome::kSucceeded;
+  } else {
+    finished.outcome = status.code() == absl::StatusCode::kCancelled ? RunOutcome::kCancelled : RunOutcome::kFailed;
+    finished.reason = std::string(status.message());
+  }
+  observers_.OnFinish(finished);
+  return status;
+}
+
+absl::StatusOr<TrainResult> Run::Execute() {
+  absl::Status setup = Setup();
+  if (!setup.ok()) return Finish(setup);
+
+  RunStarted started;
+  started.total_steps = plan_.max_train_steps;
+  started.total_epochs = plan_.num_epochs;
+  started.steps_per_epoch = plan_.steps_per_epoch;
+  started.resumed_from_step = resumed_from_step_;
+  started.num_train_images = inputs_.source->num_train_images();
+  started.device = device_.str();
+  started.model_arch = model_->arch_name();
+  started.config_toml = ConfigToToml(config_);
+  started.hyperparameters = EffectiveOptions(config_);
+  observers_.OnStart(started);
+  log_->info("{} steps ({} per epoch, {} epochs), {} adapter parameters", plan_.max_train_steps,
+             plan_.steps_per_epoch, plan_.num_epochs, network_->NumParameters());
+
+  const int64_t accumulation = std::max<int64_t>(1, config_.gradient_accumulation_steps);
+  const auto run_start = Clock::now();
+  auto last_step_time = run_start;
+  double last_step_seconds = 0;
+  int64_t images_since_start = 0;
+
+  auto fail = [&](absl::Status status) -> absl::StatusOr<TrainResult> {
+    if (status.code() == absl::StatusCode::kDataLoss && !last_lora_.empty()) {
+      status = absl::DataLossError(absl::StrCat(status.message(), "; the last good LoRA is ", last_lora_));
+    }
+    return Finish(status);
+  };
+  auto guarded = [&](auto&& fn) -> absl::Status {
+    try {
+      return fn();
+    } catch (const c10::Error& e) {
+      const std::string what = e.what_without_backtrace();
+      if (IsOutOfMemory(what)) {
+        return absl::ResourceExhaustedError(absl::StrFormat(
+            "out of memory on %s at step %d with train_batch_size=%d at resolution %dx%d: lower "
+            "train_batch_size or resolution, or enable gradient_checkpointing / cache_latents / mixed_precision",
+            device_.str(), pos_.global_step + 1, config_.train_batch_size, resolution_.first, resolution_.second));
+      }
+      return absl::InternalError(absl::StrCat("training step ", pos_.global_step + 1, ": ", what));
+    }
+  };
+
+  if (config_.sample_at_first && pos_.global_step == 0) {
+    absl::Status s = guarded([&] { return RenderSamples(pos_.data.epoch); });
+    if (!s.ok()) return fail(s);
+  }
+
+  bool done = pos_.global_step >= plan_.max_train_steps;
+  int64_t consecutive_skips = 0;
+  while (!done && pos_.data.epoch <= plan_.num_epochs) {
+    const int64_t epoch = pos_.data.epoch;
+    auto iterator = inputs_.source->Iterate(pos_.data, pos_.global_step);
+    if (!iterator.ok()) return fail(iterator.status());
+    int64_t micro = 0;
+    double step_loss = 0;
+    int64_t step_images = 0;
+    while (!done) {
+      auto next = (*iterator)->Next();
+      if (!next.ok()) return fail(next.status());
+      if (!next->has_value()) break;
+      const data::Batch& batch = **next;
+      const bool epoch_end = batch.position.batch_index + 1 >= plan_.batches_per_epoch;
+      absl::Status s = guarded([&]() -> absl::Status {
+        double value = 0;
+        ASSIGN_OR_RETURN(torch::Tensor loss, MicroBatchLoss(batch, &value));
+        if (!std::isfinite(value) && !use_scaler_) {
+          return absl::DataLossError(absl::StrFormat(
+              "loss became %s at step %d (epoch %d): training diverged; lower learning_rate or use "
+              "mixed_precision=bf16",
+              std::isnan(value) ? "NaN" : "inf", pos_.global_step + 1, epoch));
+        }
+        torch::Tensor scaled = loss / static_cast<double>(accumulation);
+        if (use_scaler_) scaled = scaler_.Scale(scaled);
+        scaled.backward();
+        step_loss += value;
+        step_images += batch.size();
+        return absl::OkStatus();
+      });
+      if (!s.ok()) return fail(s);
+      ++micro;
+      if (micro < accumulation && !epoch_end) continue;
+
+      bool skipped = false;
+      double grad_norm = 0;
+      s = guarded([&] { return OptimizerStep(&skipped, &grad_norm); });
+      if (!s.ok()) return fail(s);
+      const double loss_value = step_loss / static_cast<double>(micro);
+      micro = 0;
+      step_loss = 0;
+      ++pos_.global_step;
+      ++steps_this_process_;
+      pos_.data = (*iterator)->position();
+      if (pos_.data.batch_index >= plan_.batches_per_epoch) pos_.data = {static_cast<int>(epoch) + 1, 0};
+      if (skipped) {
+        ++result_.skipped_steps;
+        ++pos_.skipped_steps;
+        if (++consecutive_skips > 50) {
+          return fail(absl::DataLossError(absl::StrFormat(
+              "the fp16 loss scaler skipped 50 steps in a row (scale %.3g) at step %d: the loss is not finite; "
+              "training diverged",
+              scaler_.scale(), pos_.global_step)));
+        }
+      } else {
+        consecutive_skips = 0;
+      }
+      if (std::isfinite(loss_value)) {
+        pos_.epoch_loss_sum += loss_value;
+        ++pos_.epoch_loss_count;
+      }
+      images_since_start += step_images;
+      step_images = 0;
+
+      const auto now = Clock::now();
+      last_step_seconds = std::chrono::duration<double>(now - last_step_time).count();
+      last_step_time = now;
+      const double elapsed = std::chrono::duration<double>(now - run_start).count();
+      StepReport report;
+      report.step = pos_.global_step;
+      report.total_steps = plan_.max_train_steps;
+      report.epoch = epoch;
+      report.total_epochs = plan_.num_epochs;
+      report.loss = loss_value;
+      report.loss_avg = pos_.epoch_loss_count ? pos_.epoch_loss_sum / pos_.epoch_loss_count : loss_value;
+      for (int g = 0; g < optimizer_->num_groups(); ++g) {
+        report.lrs.push_back({group_names_[static_cast<size_t>(g)], optimizer_->EffectiveLr(g)});
+      }
+      report.it_per_s = elapsed > 0 ? steps_this_process_ / elapsed : 0;
+      report.images_per_s = elapsed > 0 ? images_since_start / elapsed : 0;
+      report.eta_s = report.it_per_s > 0 ? (plan_.max_train_steps - pos_.global_step) / report.it_per_s : 0;
+      report.grad_norm = grad_norm;
+      report.skipped = skipped;
+      (void)last_step_seconds;
+      observers_.OnStep(report);
+      if (options_.on_step) options_.on_step(pos_.global_step);
+
+      done = pos_.global_step >= plan_.max_train_steps;
+      s = guarded([&]() -> absl::Status {
+        RETURN_IF_ERROR(SaveStepCheckpoints());
+        if (!done && config_.sample_every_n_steps && pos_.global_step % *config_.sample_every_n_steps == 0) {
+          RETURN_IF_ERROR(RenderSamples(epoch));
+        }
+        return absl::OkStatus();
+      });
+      if (!s.ok()) return fail(s);
+
+      const bool simulated_stop = options_.stop_after_steps && steps_this_process_ >= *options_.stop_after_steps;
+      if (!done && ((cancel_ && cancel_->cancelled()) || simulated_stop)) {
+        const bool save = simulated_stop || cancel_->save_state_requested();
+        std::string where;
+        if (save) {
+          const CheckpointNames names(config_.output_dir, config_.output_name);
+          s = guarded([&] { return SaveState(names.LastState()); });
+          if (!s.ok()) return fail(s);
+          where = absl::StrCat("; state saved to ", names.LastState().string(), " (resume with --resume)");
+        }
+        return Finish(absl::CancelledError(absl::StrCat("cancelled at step ", pos_.global_step, where)));
+      }
+    }
+    if (pos_.data.epoch == epoch && !done) pos_.data = {static_cast<int>(epoch) + 1, 0};
+    const double epoch_avg = pos_.epoch_loss_count ? pos_.epoch_loss_sum / pos_.epoch_loss_count : 0;
+    result_.final_loss_avg = epoch_avg;
+    observers_.OnEpochEnd(epoch, epoch_avg);
+    if (pos_.data.epoch > epoch) {
+      pos_.epoch_loss_sum = 0;
+      pos_.epoch_loss_count = 0;
+      absl::Status s = guarded([&]() -> absl::Status {
+        RETURN_IF_ERROR(SaveEpochCheckpoints(epoch));
+        if (config_.sample_every_n_epochs && epoch % *config_.sample_every_n_epochs == 0 &&
+            epoch < plan_.num_epochs) {
+          RETURN_IF_ERROR(RenderSamples(epoch));
+        }
+        return absl::OkStatus();
+      });
+      if (!s.ok()) return fail(s);
+    }
+    result_.epochs = epoch;
+  }
+
+  const CheckpointNames names(config_.output_dir, config_.output_name);
+  absl::Status s = guarded([&]() -> absl::Status {
+    RETURN_IF_ERROR(SaveLora(names.FinalLora(), true));
+    if (config_.save_state || config_.save_state_on_train_end) RETURN_IF_ERROR(SaveState(names.LastState()));
+    if (config_.sample_every_n_steps || config_.sample_every_n_epochs) RETURN_IF_ERROR(RenderSamples(result_.epochs));
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return fail(s);
+  result_.steps = pos_.global_step;
+  result_.final_lora = names.FinalLora();
+  RETURN_IF_ERROR(Finish(absl::OkStatus()));
+  return result_;
+}
+
+}  // namespace
+
+absl::StatusOr<TrainResult> Train(const TrainConfig& config, const TrainInputs& inputs, TrainObserver* observer,
+                                  const CancellationToken* cancel, const TrainOptions& options) {
+  Run run(config, inputs, observer, cancel, options);
+  try {
+    return run.Execute();
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("training: ", e.what_without_backtrace()));
+  }
+}
+
+}  // namespace lorad::train

@@ -1,0 +1,79 @@
+// The LoRA training loop (issue 5, spec 4 and 7.4): loads an SD1.5 / SDXL
+// checkpoint, attaches a LoRA / LoCon / DoRA / LoHa / LoKr network, and trains
+// it on batches from a data::BatchSource with kohya's noise, loss weighting,
+// optimizers and schedules; saves LoRA files and resumable states, renders
+// previews, reports through a TrainObserver and stops on a CancellationToken.
+//
+//   ASSIGN_OR_RETURN(TrainConfig config, LoadTrainConfig(path, overrides));
+//   ASSIGN_OR_RETURN(auto dataset, data::Dataset::Open(DatasetArgsFor(config)));   // or any BatchSource
+//   TrainInputs inputs{.source = dataset.get()};
+//   ASSIGN_OR_RETURN(TrainResult r, Train(config, inputs, observer, cancel));
+//
+// Errors (absl::Status, message names the cause and what to do): INVALID_ARGUMENT
+// for config values, NOT_FOUND for a missing checkpoint / state / prompt file,
+// DATA_LOSS when the loss or gradients become NaN/inf (the last good LoRA is
+// kept), RESOURCE_EXHAUSTED for out of memory (names batch size and resolution),
+// CANCELLED when the token was set (after saving state if it asked for it).
+// One run per call; not thread-safe (one training thread).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/data/batch.h"
+#include "core/train/config.h"
+#include "core/train/observer.h"
+
+namespace lorad::train {
+
+// Maps images [B,3,H,W] in [-1,1] to scaled latents (the VAE encode).
+using LatentEncodeFn = std::function<absl::StatusOr<torch::Tensor>(const torch::Tensor& images)>;
+
+struct TrainInputs {
+  // Where batches come from (not owned; must outlive the run).
+  data::BatchSource* source = nullptr;
+  // Asks the source to serve cached latents (data::Dataset::CacheLatents); called
+  // once before training when config.cache_latents. `vae_identity` names the
+  // encoder for the cache key. Unset: latents are encoded per batch.
+  std::function<absl::Status(LatentEncodeFn encoder, const std::string& vae_identity)> cache_latents;
+  // kohya ss_* dataset statistics (data::Dataset::KohyaMetadata()).
+  std::map<std::string, std::string> dataset_metadata;
+};
+
+// Knobs that are not kohya options (tests, the benchmark, the daemon).
+struct TrainOptions {
+  // fp16 dynamic loss scaler: initial scale, growth every N clean steps.
+  double loss_scale_init = 65536.0;
+  int64_t loss_scale_growth_interval = 2000;
+  // Stop after this many optimizer steps in this process (a simulated interrupt
+  // for resume tests): saves a state like a cancel with save_state, returns CANCELLED.
+  std::optional<int64_t> stop_after_steps;
+  // Called after every optimizer step with the global step (tests measure the loss here).
+  std::function<void(int64_t step)> on_step;
+};
+
+struct TrainResult {
+  int64_t steps = 0;                  // optimizer steps completed (global)
+  int64_t epochs = 0;                 // epochs completed
+  std::filesystem::path final_lora;   // the LoRA written at the end
+  std::vector<std::filesystem::path> checkpoints;  // every LoRA and state written, in order
+  std::vector<std::filesystem::path> samples;
+  double final_loss_avg = 0;
+  int64_t skipped_steps = 0;          // fp16 steps the loss scaler skipped
+};
+
+// Runs a whole training job. `observer` and `cancel` may be null.
+absl::StatusOr<TrainResult> Train(const TrainConfig& config, const TrainInputs& inputs,
+                                  TrainObserver* observer = nullptr, const CancellationToken* cancel = nullptr,
+                                  const TrainOptions& options = {});
+
+}  // namespace lorad::train
