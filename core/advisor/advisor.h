@@ -104,6 +104,9 @@ struct AdviseOptions {
   bool force = false;  // --force: "never" findings stay, but do not block
 };
 
+// The facts the rules see (names documented in rules.toml / KnownFacts()).
+FactMap ComputeFacts(const AdvisorInput& input);
+
 // Evaluates `rules` (default: the built-in table) on `input`.
 AdviceReport Advise(const AdvisorInput& input, const AdviseOptions& options = {});
 AdviceReport Advise(const AdvisorInput& input, const RuleSet& rules,
