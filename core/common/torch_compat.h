@@ -3,6 +3,7 @@
 
 #include <torch/torch.h>
 #include <torch/version.h>
+#include <ATen/autocast_mode.h>
 
 namespace lorad::compat {
 
@@ -34,6 +35,45 @@ inline torch::Tensor ScaledDotProductAttention(const torch::Tensor& q, const tor
     }
   }
   return torch::matmul(torch::softmax(scores, -1), v);
+#endif
+}
+
+// Autocast (automatic mixed precision) state, captured and restored around a
+// recomputation (gradient checkpointing).
+struct AutocastState {
+  bool gpu_enabled = false;
+  bool cpu_enabled = false;
+  at::ScalarType gpu_dtype = at::kHalf;
+  at::ScalarType cpu_dtype = at::kBFloat16;
+};
+
+inline AutocastState CaptureAutocast() {
+  AutocastState s;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  s.gpu_enabled = at::autocast::is_autocast_enabled(at::kCUDA);
+  s.cpu_enabled = at::autocast::is_autocast_enabled(at::kCPU);
+  s.gpu_dtype = at::autocast::get_autocast_dtype(at::kCUDA);
+  s.cpu_dtype = at::autocast::get_autocast_dtype(at::kCPU);
+#else
+  s.gpu_enabled = at::autocast::is_enabled();
+  s.cpu_enabled = at::autocast::is_cpu_enabled();
+  s.gpu_dtype = at::autocast::get_autocast_gpu_dtype();
+  s.cpu_dtype = at::autocast::get_autocast_cpu_dtype();
+#endif
+  return s;
+}
+
+inline void RestoreAutocast(const AutocastState& s) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  at::autocast::set_autocast_enabled(at::kCUDA, s.gpu_enabled);
+  at::autocast::set_autocast_enabled(at::kCPU, s.cpu_enabled);
+  at::autocast::set_autocast_dtype(at::kCUDA, s.gpu_dtype);
+  at::autocast::set_autocast_dtype(at::kCPU, s.cpu_dtype);
+#else
+  at::autocast::set_enabled(s.gpu_enabled);
+  at::autocast::set_cpu_enabled(s.cpu_enabled);
+  at::autocast::set_autocast_gpu_dtype(s.gpu_dtype);
+  at::autocast::set_autocast_cpu_dtype(s.cpu_dtype);
 #endif
 }
 

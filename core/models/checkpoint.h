@@ -17,6 +17,7 @@
 #include "core/io/tensor_source.h"
 #include "core/models/unet.h"
 #include "core/models/vae.h"
+#include "core/models/weights.h"
 #include "core/text/clip_text_encoder.h"
 
 namespace lorad::models {
@@ -105,10 +106,5 @@ absl::StatusOr<StableDiffusion> LoadStableDiffusion(const std::filesystem::path&
 // Expected single-file keys and shapes of a layout (U-Net, VAE, text encoders
 // under their single-file prefixes), computed on the meta device.
 std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedCheckpointKeys(const CheckpointLayout& layout);
-
-// Copies `source` tensors named `prefix + parameter name` into every parameter
-// and buffer of `module` (converted to the parameter's dtype/device). Missing
-// key or shape mismatch -> error naming the key.
-absl::Status LoadModuleWeights(torch::nn::Module& module, const io::TensorSource& source, const std::string& prefix);
 
 }  // namespace lorad::models
