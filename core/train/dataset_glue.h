@@ -1,0 +1,27 @@
+// TrainConfig -> data::Dataset: the dataset keys of a kohya config mapped to
+// data::DatasetArgs, and the TrainInputs the loop needs from a Dataset (latent
+// caching, ss_* statistics). Part of lorad_train_data, built only with core/data
+// (OpenCV); the loop itself (lorad_train) does not need it.
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "core/data/dataset.h"
+#include "core/train/config.h"
+#include "core/train/trainer.h"
+
+namespace lorad::train {
+
+// `native_resolution` (512 / 1024) is used when config.resolution is empty.
+// config.seed must be set (the data order depends on it).
+absl::StatusOr<data::DatasetArgs> DatasetArgsFor(const TrainConfig& config, int64_t native_resolution);
+
+// The base model's native resolution from its header alone (no weights loaded).
+absl::StatusOr<int64_t> NativeResolutionOf(const std::string& checkpoint_path);
+
+// TrainInputs over `dataset` (which must outlive them); latents are cached on
+// disk under <output_dir>/latent_cache with cache_latents_to_disk.
+TrainInputs InputsFor(const TrainConfig& config, data::Dataset& dataset);
+
+}  // namespace lorad::train

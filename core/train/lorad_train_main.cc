@@ -1,0 +1,120 @@
+// lorad-train: the standalone kohya-style trainer, and the daemon's worker.
+//
+//   lorad-train --config_file CONFIG.toml [--dataset_config DATA.toml] [--key value ...]
+//               [--events-fd N] [--resume STATE_DIR]
+//
+// Prints a progress bar on stderr; with --events-fd writes lorad.v1.Event
+// messages to fd N. SIGTERM / SIGINT save a resumable state and exit with
+// kExitCancelled. Exit codes: core/train/exit_codes.h.
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <random>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/common/logging.h"
+#include "core/train/config.h"
+#include "core/train/dataset_glue.h"
+#include "core/train/events_observer.h"
+#include "core/train/exit_codes.h"
+#include "core/train/observer.h"
+#include "core/train/trainer.h"
+
+namespace {
+
+lorad::train::CancellationToken* g_cancel = nullptr;
+
+extern "C" void OnSignal(int) {
+  if (g_cancel) g_cancel->Cancel(/*save_state=*/true);
+}
+
+constexpr char kUsage[] =
+    "usage: lorad-train --config_file CONFIG.toml [--dataset_config DATA.toml] [--key value ...]\n"
+    "                   [--events-fd N] [--resume STATE_DIR]\n"
+    "Options are kohya sd-scripts names (e.g. --network_dim 16 --learning_rate 1e-4);\n"
+    "the command line overrides the TOML file. --help-keys lists every option.\n";
+
+int Fail(lorad::train::TrainObserver& observer, const absl::Status& status) {
+  observer.OnFinish({lorad::train::RunOutcome::kFailed, std::string(status.message()), "", 0});
+  return lorad::train::ExitCodeFor(status);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace lorad::train;
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h") {
+    std::cerr << kUsage;
+    return args.empty() ? kExitUsage : kExitOk;
+  }
+  if (args[0] == "--help-keys") {
+    std::cout << absl::StrJoin(KnownOptionNames(), "\n") << "\n";
+    return kExitOk;
+  }
+  // `lorad-train config.toml ...` is accepted as --config_file config.toml.
+  if (!args[0].starts_with("--")) args.insert(args.begin(), "--config_file");
+
+  ProgressBarObserver bar;
+  ObserverList observers;
+  observers.Add(&bar);
+  std::unique_ptr<EventsObserver> events;
+
+  auto parsed = ParseCommandLine(args);
+  if (!parsed.ok()) {
+    std::cerr << parsed.status().message() << "\n" << kUsage;
+    return kExitUsage;
+  }
+  std::string config_file;
+  std::vector<std::pair<std::string, std::string>> overrides;
+  for (const auto& [key, value] : *parsed) {
+    if (key == "config_file") {
+      config_file = value;
+    } else if (key == "events_fd") {
+      int fd = -1;
+      if (!absl::SimpleAtoi(value, &fd) || fd < 0) {
+        std::cerr << "--events-fd needs a file descriptor number, got \"" << value << "\"\n";
+        return kExitUsage;
+      }
+      events = std::make_unique<EventsObserver>(fd);
+      observers.Add(events.get());
+    } else {
+      overrides.emplace_back(key, value);
+    }
+  }
+
+  auto config = LoadTrainConfig(config_file, overrides);
+  if (!config.ok()) return Fail(observers, config.status());
+  if (!config->seed) {
+    std::random_device rd;
+    config->seed = static_cast<int64_t>(rd() & 0x7fffffff);
+  }
+
+  auto native = NativeResolutionOf(config->pretrained_model_name_or_path);
+  if (!native.ok()) return Fail(observers, native.status());
+  auto dataset_args = DatasetArgsFor(*config, *native);
+  if (!dataset_args.ok()) return Fail(observers, dataset_args.status());
+  auto dataset = lorad::data::Dataset::Open(*dataset_args);
+  if (!dataset.ok()) {
+    return Fail(observers, absl::Status(dataset.status().code(),
+                                        absl::StrCat("dataset: ", dataset.status().message())));
+  }
+  for (const std::string& w : (*dataset)->warnings()) observers.OnWarning("dataset", w);
+  for (const std::string& s : (*dataset)->skipped()) observers.OnWarning("image_skipped", s);
+
+  CancellationToken cancel;
+  g_cancel = &cancel;
+  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGINT, OnSignal);
+
+  const TrainInputs inputs = InputsFor(*config, **dataset);
+  auto result = Train(*config, inputs, &observers, &cancel);
+  g_cancel = nullptr;
+  if (events && !events->status().ok()) {
+    std::cerr << "events: " << events->status().message() << "\n";
+    if (result.ok()) return kExitEventsBroken;
+  }
+  return ExitCodeFor(result.status());
+}
