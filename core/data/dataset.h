@@ -21,6 +21,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <torch/torch.h>
@@ -128,15 +129,20 @@ class Dataset : public BatchSource {
   // Loads one planned batch (decode + resize + crop, or cached latents).
   absl::StatusOr<Batch> LoadBatch(const std::vector<PlannedSample>& plan, DataPosition position,
                                   int64_t global_step) const;
-  // The processed caption of an image for an epoch/step (deterministic).
-  std::string CaptionFor(int64_t image, int epoch, int64_t global_step, int64_t batch_index) const;
+  // The processed caption of image `image` at sample `slot` of batch
+  // `batch_index` in `epoch` (deterministic from seed and those numbers; an
+  // image repeated in an epoch gets a different shuffle per occurrence).
+  std::string CaptionFor(int64_t image, int epoch, int64_t global_step, int64_t batch_index, int slot) const;
+  // Where the pixels of a sample come from: (left, top) of the crop taken from
+  // the resized image (centre, or seeded with random_crop).
+  std::pair<int, int> CropOffsets(int64_t image, int epoch, int64_t batch_index, int slot) const;
 
   // kohya's training metadata: ss_num_train_images, ss_num_reg_images,
   // ss_num_batches_per_epoch, ss_tag_frequency, ss_dataset_dirs,
   // ss_reg_dataset_dirs, ss_bucket_info, ss_datasets (JSON strings as kohya writes).
   std::map<std::string, std::string> KohyaMetadata() const;
-  // Tag frequency per image folder name: {dir: {tag: count}} (counted per image
-  // with repeats, as kohya's ss_tag_frequency).
+  // Tag frequency per image folder name: {dir: {tag: count}}, as kohya's
+  // ss_tag_frequency: raw captions split on ",", lower-cased, once per image.
   std::map<std::string, std::map<std::string, int64_t>> TagFrequency() const;
 
  private:
@@ -149,6 +155,8 @@ class Dataset : public BatchSource {
   std::vector<std::string> skipped_;
   std::vector<std::string> warnings_;
   std::unique_ptr<LatentCache> latent_cache_;
+  std::vector<std::string> content_sha256_;  // per image, filled by CacheLatents
+  LatentEncoder encoder_;
   bool serve_latents_ = false;
 };
 
