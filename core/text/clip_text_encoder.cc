@@ -301,14 +301,10 @@ bool IsOptionalClipKey(const std::string& key) {
 
 KeyShapes ClipCheckpointKeys(const ClipTextConfig& config, const std::string& prefix, ClipKeyLayout layout) {
   KeyShapes keys;
-  std::string last;
-  for (const auto& binding : Bindings(config, layout, "text_model.")) {
-    if (binding.key == last) continue;  // in_proj feeds three parameters
-    last = binding.key;
-    keys.emplace_back(prefix + binding.key, binding.shape);
-  }
+  for (const auto& binding : Bindings(config, layout, "text_model.")) keys.emplace_back(prefix + binding.key, binding.shape);
   if (layout == ClipKeyLayout::kOpenClip) keys.emplace_back(prefix + "logit_scale", std::vector<int64_t>{});
   std::sort(keys.begin(), keys.end());
+  keys.erase(std::unique(keys.begin(), keys.end()), keys.end());  // in_proj feeds three parameters
   return keys;
 }
 

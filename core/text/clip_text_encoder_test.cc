@@ -102,3 +102,187 @@ TEST(ClipTextEncoderParity, Sd15ClipL) {
 
 }  // namespace
 }  // namespace lorad::text
+
+namespace lorad::text {
+namespace {
+
+// An in-memory TensorSource for layout variations of the fixtures.
+class MapSource : public io::TensorSource {
+ public:
+  std::map<std::string, torch::Tensor> tensors;
+  std::vector<std::string> Names() const override {
+    std::vector<std::string> n;
+    for (const auto& [k, v] : tensors) n.push_back(k);
+    return n;
+  }
+  bool Has(std::string_view name) const override { return tensors.count(std::string(name)) > 0; }
+  absl::StatusOr<std::vector<int64_t>> Shape(std::string_view name) const override {
+    auto it = tensors.find(std::string(name));
+    if (it == tensors.end()) return absl::NotFoundError(std::string(name));
+    return it->second.sizes().vec();
+  }
+  absl::StatusOr<torch::Tensor> Get(std::string_view name, std::optional<torch::ScalarType> dtype) const override {
+    auto it = tensors.find(std::string(name));
+    if (it == tensors.end()) return absl::NotFoundError(std::string(name));
+    return dtype ? it->second.to(*dtype) : it->second;
+  }
+  absl::StatusOr<std::string> DTypeName(std::string_view) const override { return std::string("F32"); }
+};
+
+// Every tensor of `file` under `prefix`, renamed by `rename` (prefix stripped).
+MapSource Extract(const io::SafetensorsFile& file, const std::string& prefix,
+                  const std::function<std::string(const std::string&)>& rename) {
+  MapSource out;
+  for (const auto& name : file.Names()) {
+    if (name.rfind(prefix, 0) != 0) continue;
+    out.tensors[rename(name.substr(prefix.size()))] = *file.Get(name);
+  }
+  return out;
+}
+
+const std::string kTe1 = "conditioner.embedders.0.transformer.";
+const std::string kTe2 = "conditioner.embedders.1.model.";
+
+ClipTextEncoder LoadOrDie(const io::TensorSource& src, const std::string& prefix, ClipKeyLayout layout,
+                          const nlohmann::json* meta) {
+  auto config = DetectClipTextConfig(src, prefix, layout, meta);
+  EXPECT_TRUE(config.ok()) << config.status();
+  ClipTextEncoder enc(*config, torch::TensorOptions().dtype(torch::kFloat32));
+  auto status = LoadClipTextWeights(*enc, src, prefix, layout);
+  EXPECT_TRUE(status.ok()) << status;
+  return enc;
+}
+
+TEST(ClipTextEncoderLayouts, OldSd15FilesWithoutTextModelSegment) {
+  auto ckpt = OpenFixture("tiny_sd15.safetensors");
+  const auto meta = FixtureConfig(*ckpt).at("text_encoder_1_config");
+  const std::string prefix = "cond_stage_model.transformer.";
+  auto src = Extract(*ckpt, prefix, [](const std::string& k) {
+    return k.rfind("text_model.", 0) == 0 ? "cond_stage_model.transformer." + k.substr(11)
+                                          : "cond_stage_model.transformer." + k;
+  });
+  auto modern = LoadOrDie(*ckpt, prefix, ClipKeyLayout::kHuggingFace, &meta);
+  auto old = LoadOrDie(src, prefix, ClipKeyLayout::kHuggingFace, &meta);
+  auto ids = torch::randint(0, 49406, {1, 77}, torch::kLong);
+  torch::NoGradGuard ng;
+  EXPECT_TRUE(torch::equal(modern->forward(ids).last_hidden_state, old->forward(ids).last_hidden_state));
+}
+
+TEST(ClipTextEncoderLayouts, DiffusersTextEncoder2EqualsOpenClip) {
+  auto ckpt = OpenFixture("tiny_sdxl.safetensors");
+  auto ref = OpenFixture("tiny_sdxl_reference.safetensors");
+  const auto meta = FixtureConfig(*ckpt).at("text_encoder_2_config");
+  auto openclip = LoadOrDie(*ckpt, kTe2, ClipKeyLayout::kOpenClip, &meta);
+  // Convert the OpenCLIP tensors to diffusers text_encoder_2 names (spec 2.1 table).
+  MapSource hf;
+  const int64_t d = openclip->config().hidden_size;
+  for (const auto& item : openclip->named_parameters()) hf.tensors[item.key()] = item.value().detach().clone();
+  auto in_proj = *ckpt->Get(kTe2 + "transformer.resblocks.0.attn.in_proj_weight", torch::kFloat32);
+  EXPECT_TRUE(torch::equal(hf.tensors["text_model.encoder.layers.0.self_attn.k_proj.weight"], in_proj.narrow(0, d, d)));
+  auto p = *ckpt->Get(kTe2 + "text_projection", torch::kFloat32);
+  EXPECT_TRUE(torch::equal(hf.tensors["text_projection.weight"], p.t()));
+  auto diffusers = LoadOrDie(hf, "", ClipKeyLayout::kHuggingFaceWithProjection, &meta);
+  EXPECT_EQ(diffusers->config(), openclip->config());
+  torch::NoGradGuard ng;
+  auto ids = *ref->Get("clip_g.input_ids");
+  auto want = *ref->Get("clip_g.text_embeds", torch::kFloat32);
+  auto got = diffusers->forward(ids).text_embeds;
+  EXPECT_LE(RelativeL2(got, want), 1e-4);
+}
+
+TEST(ClipTextEncoderLayouts, FamilyDefaultsWithoutMetadata) {
+  auto ckpt = OpenFixture("tiny_sdxl.safetensors");
+  auto l = DetectClipTextConfig(*ckpt, kTe1, ClipKeyLayout::kHuggingFace, nullptr);
+  ASSERT_TRUE(l.ok()) << l.status();
+  EXPECT_EQ(l->activation, "quick_gelu");
+  EXPECT_EQ(l->projection_dim, 0);
+  auto g = DetectClipTextConfig(*ckpt, kTe2, ClipKeyLayout::kOpenClip, nullptr);
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_EQ(g->activation, "gelu");
+  EXPECT_EQ(g->projection_dim, ckpt->Shape(kTe2 + "text_projection")->at(1));
+  EXPECT_EQ(g->head_dim(), g->hidden_size < 64 ? g->hidden_size : 64);
+}
+
+TEST(ClipTextEncoderErrors, MissingKeyAndWrongShapeAreNamed) {
+  auto ckpt = OpenFixture("tiny_sdxl.safetensors");
+  const auto meta = FixtureConfig(*ckpt).at("text_encoder_2_config");
+  auto config = DetectClipTextConfig(*ckpt, kTe2, ClipKeyLayout::kOpenClip, &meta);
+  ASSERT_TRUE(config.ok());
+  auto src = Extract(*ckpt, kTe2, [](const std::string& k) { return k; });
+  const std::string victim = "transformer.resblocks.1.attn.in_proj_bias";
+  src.tensors.erase(victim);
+  ClipTextEncoder enc(*config, torch::TensorOptions());
+  auto missing = LoadClipTextWeights(*enc, src, "", ClipKeyLayout::kOpenClip);
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(std::string(missing.message()).find(victim), std::string::npos) << missing;
+
+  src = Extract(*ckpt, kTe2, [](const std::string& k) { return k; });
+  src.tensors["text_projection"] = src.tensors["text_projection"].t().contiguous();  // the HF orientation
+  auto shape = LoadClipTextWeights(*enc, src, "", ClipKeyLayout::kOpenClip);
+  EXPECT_EQ(shape.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(shape.message()).find("text_projection"), std::string::npos) << shape;
+
+  auto none = DetectClipTextConfig(*ckpt, "no.such.prefix.", ClipKeyLayout::kOpenClip, nullptr);
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(std::string(none.status().message()).find("no.such.prefix.token_embedding.weight"), std::string::npos);
+  nlohmann::json bad_heads = meta;
+  bad_heads["num_attention_heads"] = 5;
+  EXPECT_FALSE(DetectClipTextConfig(*ckpt, kTe2, ClipKeyLayout::kOpenClip, &bad_heads).ok());
+}
+
+// The full-size key sets equal the real checkpoints' (fixtures_keys.json),
+// and the meta-device module matches them without allocating.
+TEST(ClipTextEncoderStructure, FullSizeKeysMatchRealCheckpoints) {
+  std::ifstream in(FixturePath("fixtures_keys.json"));
+  const auto keys = nlohmann::json::parse(in);
+  struct Expect {
+    std::string set, prefix;
+    ClipTextConfig config;
+    ClipKeyLayout layout;
+  };
+  for (const auto& e : {Expect{"sd15_checkpoint_keys", "cond_stage_model.transformer.", ClipTextConfig::ClipL(),
+                               ClipKeyLayout::kHuggingFace},
+                        Expect{"sdxl_checkpoint_keys", kTe1, ClipTextConfig::ClipL(), ClipKeyLayout::kHuggingFace},
+                        Expect{"sdxl_checkpoint_keys", kTe2, ClipTextConfig::OpenClipBigG(), ClipKeyLayout::kOpenClip}}) {
+    std::vector<std::pair<std::string, std::vector<int64_t>>> want;
+    for (const auto& [name, shape] : keys.at(e.set).items()) {
+      if (name.rfind(e.prefix, 0) == 0) want.emplace_back(name, shape.get<std::vector<int64_t>>());
+    }
+    std::sort(want.begin(), want.end());
+    ASSERT_FALSE(want.empty());
+    EXPECT_EQ(ClipCheckpointKeys(e.config, e.prefix, e.layout), want) << e.set << " " << e.prefix;
+
+    ClipTextEncoder meta(e.config, torch::TensorOptions().device(torch::kMeta).dtype(torch::kFloat16));
+    int64_t params = 0;
+    for (const auto& p : meta->parameters()) {
+      EXPECT_TRUE(p.is_meta());
+      params += p.numel();
+    }
+    int64_t stored = 0;
+    for (const auto& [name, shape] : want) {
+      int64_t n = 1;
+      for (int64_t s : shape) n *= s;
+      if (!IsOptionalClipKey(name.substr(e.prefix.size()))) stored += n;
+    }
+    EXPECT_EQ(params, stored) << e.prefix;
+  }
+}
+
+TEST(ClipTextEncoderStructure, ModuleNamesForLora) {
+  auto config = ClipTextConfig::OpenClipBigG();
+  ClipTextEncoder enc(config, torch::TensorOptions().device(torch::kMeta));
+  auto layers = nn::FindLayers(*enc);
+  // 6 Linear per block + text_projection.
+  EXPECT_EQ(layers.size(), static_cast<size_t>(6 * config.num_layers + 1));
+  int attention = 0, mlp = 0;
+  for (const auto& item : enc->named_modules()) {
+    if (std::dynamic_pointer_cast<ClipAttentionImpl>(item.value())) ++attention;
+    if (std::dynamic_pointer_cast<ClipMlpImpl>(item.value())) ++mlp;
+  }
+  EXPECT_EQ(attention, config.num_layers);
+  EXPECT_EQ(mlp, config.num_layers);
+  EXPECT_EQ(layers.front().first, "text_model.encoder.layers.0.self_attn.q_proj");
+}
+
+}  // namespace
+}  // namespace lorad::text

@@ -59,7 +59,8 @@ class TextConditioner {
   absl::StatusOr<TextConditioning> Encode(const std::vector<std::string>& captions) const;
 
   const TextConditionerOptions& options() const { return options_; }
-  const std::vector<ClipTextEncoder>& encoders() const { return encoders_; }
+  // The encoders (holders share the modules: train or wrap them through these).
+  std::vector<ClipTextEncoder> encoders() const { return encoders_; }
   const std::vector<ClipTokenizer>& tokenizers() const { return tokenizers_; }
   // Context width (sum of encoder widths) and pooled width (0 for SD1.5).
   int64_t context_dim() const;
