@@ -175,5 +175,46 @@ TEST(TextConditioner, RejectsMismatchedSetups) {
   EXPECT_FALSE(TextConditioner::Create({TextFamily::kSdxl, 75, 0}, {enc, enc}, {RealTokenizer(), RealTokenizer()}).ok());
 }
 
+// The demo path: a tiny random model whose token_embedding has the demo
+// vocabulary's size, with the vocabulary lorad-mkmodel writes next to it.
+TEST(TextConditioner, TinyModelWithDemoVocabulary) {
+  const auto dir = std::filesystem::temp_directory_path() / ("lorad_demo_cond_" + std::to_string(::getpid()));
+  const std::vector<std::string> captions = {"a watercolor fox", "a red bird on a branch"};
+  ASSERT_TRUE(WriteDemoBpeVocabulary(dir, captions).ok());
+  auto tok = ClipTokenizer::Load(dir);
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  ClipTextConfig l;
+  l.vocab_size = kDemoVocabularySize;
+  l.hidden_size = 16;
+  l.num_layers = 2;
+  l.num_heads = 2;
+  l.intermediate_size = 32;
+  ClipTextConfig g = l;
+  g.hidden_size = 24;
+  g.activation = "gelu";
+  g.projection_dim = 8;
+  torch::manual_seed(0);
+  auto cond = TextConditioner::Create({TextFamily::kSdxl, 150, 0},
+                                      {ClipTextEncoder(l, torch::TensorOptions()), ClipTextEncoder(g, torch::TensorOptions())},
+                                      {*tok, *tok});
+  ASSERT_TRUE(cond.ok()) << cond.status();
+  torch::NoGradGuard ng;
+  auto tokens = cond->Tokenize(captions);
+  ASSERT_TRUE(tokens.ok());
+  EXPECT_EQ((*tokens)[0][0][0][0].item<int64_t>(), kDemoVocabularySize - 2);  // BOS
+  EXPECT_LT((*tokens)[0].max().item<int64_t>(), kDemoVocabularySize);
+  auto out = cond->EncodeTokens(*tokens);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->context.sizes(), (std::vector<int64_t>{2, 152, 40}));
+  EXPECT_EQ(out->pooled.sizes(), (std::vector<int64_t>{2, 8}));
+  // Pooled at the first EOS = vocab_size - 1 of window 0.
+  auto enc = cond->encoders()[1]->forward((*tokens)[1].select(1, 0));
+  const auto ids = (*tokens)[1][0][0];
+  const int64_t eos_at = ids.eq(kDemoVocabularySize - 1).nonzero()[0][0].item<int64_t>();
+  EXPECT_TRUE(torch::allclose(enc.pooled[0], enc.last_hidden_state[0][eos_at]));
+  EXPECT_TRUE(torch::allclose(out->pooled[0], enc.text_embeds[0]));
+}
+
 }  // namespace
 }  // namespace lorad::text
