@@ -1,0 +1,311 @@
+// The training loop on the tiny SDXL fixture (CPU).
+#include "core/train/trainer.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+#include "absl/strings/match.h"
+#include "core/io/safetensors.h"
+#include "core/networks/lora_network.h"
+#include "core/train/events_observer.h"
+#include "core/train/model_bundle.h"
+#include "core/train/test_support.h"
+#include "proto/event_stream.h"
+
+namespace lorad::train {
+namespace {
+
+using testing::CaptionedImages;
+using testing::MemoryBatchSource;
+using testing::TinySdxlConfig;
+
+std::filesystem::path FreshDir(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() / ("lorad_train_test_" + name);
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+std::map<std::string, torch::Tensor> ReadLora(const std::filesystem::path& path, io::Metadata* metadata = nullptr) {
+  auto file = io::SafetensorsFile::Open(path);
+  EXPECT_TRUE(file.ok()) << file.status();
+  std::map<std::string, torch::Tensor> out;
+  if (!file.ok()) return out;
+  for (const auto& name : (*file)->Names()) out[name] = (*file)->Get(name).value().clone();
+  if (metadata) *metadata = (*file)->metadata();
+  return out;
+}
+
+void ExpectBitIdentical(const std::map<std::string, torch::Tensor>& a, const std::map<std::string, torch::Tensor>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [k, v] : a) {
+    ASSERT_TRUE(b.count(k)) << k;
+    EXPECT_TRUE(torch::equal(v, b.at(k))) << k << " differs by " << (v - b.at(k)).abs().max().item<double>();
+  }
+}
+
+// A LoRA file loaded into a fresh network on the same model: training-set loss.
+double LossWithLora(const TrainConfig& config, const CaptionedImages& data, const std::filesystem::path& lora) {
+  ModelBundleOptions options;
+  auto model = ModelBundle::Load(config, options);
+  EXPECT_TRUE(model.ok()) << model.status();
+  if (!model.ok()) return std::nan("");
+  if (lora.empty()) return testing::FixedLoss(**model, data, 99);
+  networks::NetworkConfigInput input;
+  input.network_module = config.network_module;
+  input.network_dim = config.network_dim;
+  input.network_alpha = config.network_alpha;
+  input.network_args = config.network_args;
+  auto net_config = networks::ParseNetworkConfig(input);
+  EXPECT_TRUE(net_config.ok());
+  auto targets = (*model)->NetworkTargets(true, !config.network_train_unet_only, net_config->TargetsConvBlocks());
+  EXPECT_TRUE(targets.ok());
+  auto network = networks::LoraNetwork::Create(*net_config, *targets);
+  EXPECT_TRUE(network.ok()) << network.status();
+  auto loaded = (*network)->LoadWeights(lora);
+  EXPECT_TRUE(loaded.ok()) << loaded;
+  // Loads back bit for bit.
+  std::map<std::string, torch::Tensor> state;
+  for (auto& [k, v] : (*network)->StateDict(torch::kFloat32)) state[k] = v;
+  auto saved = ReadLora(lora);
+  for (auto& [k, v] : saved) {
+    EXPECT_TRUE(state.count(k) && torch::equal(state[k], v.to(torch::kFloat32))) << k;
+  }
+  (*network)->Apply();
+  (*network)->Train(false);
+  return testing::FixedLoss(**model, data, 99);
+}
+
+// Decodes every event written to a file.
+std::vector<lorad::v1::Event> ReadEvents(const std::filesystem::path& path) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  events::EventReader reader(fd);
+  std::vector<lorad::v1::Event> out;
+  while (true) {
+    auto next = reader.Next();
+    if (!next.ok() || !next->has_value()) break;
+    out.push_back(**next);
+  }
+  ::close(fd);
+  return out;
+}
+
+TEST(TrainerTest, EndToEndTinySdxlLossDropsAndLoraLoadsBack) {
+  const auto dir = FreshDir("e2e");
+  CaptionedImages data = testing::MakeShapesDataset(16, 64);
+  MemoryBatchSource source(data, 4, 1234);
+  TrainConfig config = TinySdxlConfig(dir);
+  config.cache_text_encoder_outputs = true;
+  config.save_every_n_steps = 30;
+  config.sample_every_n_steps = 30;
+  config.sample_prompts = (dir / "prompts.txt").string();
+  std::ofstream(config.sample_prompts) << "# preview\na red square on green --n blurry --w 64 --h 64 --s 4 --d 5\n";
+  const auto events_path = dir / "events.bin";
+  int fd = ::open(events_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ASSERT_GE(fd, 0);
+  EventsObserver events(fd);
+  TrainInputs inputs{&source, {}, {}};
+  auto result = Train(config, inputs, &events);
+  ::close(fd);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->steps, 60);
+  EXPECT_EQ(result->epochs, 15);  // 4 batches per epoch
+  ASSERT_TRUE(std::filesystem::exists(result->final_lora));
+  EXPECT_TRUE(std::filesystem::exists(dir / "tiny-step00000030.safetensors"));
+  ASSERT_EQ(result->samples.size(), 2u);  // step 30 and the end
+  EXPECT_TRUE(std::filesystem::exists(result->samples[0]));
+
+  const double before = LossWithLora(config, data, "");
+  const double after = LossWithLora(config, data, result->final_lora);
+  const double drop = 1.0 - after / before;
+  std::printf("[ e2e ] tiny SDXL, 16 images, 60 steps: training-set loss at fixed t/noise %.5f -> %.5f (%.1f%% drop)\n",
+              before, after, 100 * drop);
+  EXPECT_GE(drop, 0.30);
+
+  io::Metadata metadata;
+  auto tensors = ReadLora(result->final_lora, &metadata);
+  ASSERT_FALSE(tensors.empty());
+  for (const auto& [key, t] : tensors) {
+    EXPECT_TRUE(key.rfind("lora_unet_", 0) == 0) << key;
+    EXPECT_TRUE(absl::EndsWith(key, ".lora_down.weight") || absl::EndsWith(key, ".lora_up.weight") ||
+                absl::EndsWith(key, ".alpha"))
+        << key;
+  }
+  EXPECT_TRUE(tensors.count("lora_unet_input_blocks_4_1_proj_in.lora_down.weight"));
+  EXPECT_EQ(metadata["ss_network_dim"], "8");
+  EXPECT_EQ(metadata["ss_base_model_version"], "sdxl_base_v1-0");
+  EXPECT_EQ(metadata["ss_steps"], "60");
+  EXPECT_EQ(metadata["ss_seed"], "1234");
+  EXPECT_EQ(metadata["modelspec.architecture"], "stable-diffusion-xl-v1-base/lora");
+  EXPECT_FALSE(metadata["sshs_model_hash"].empty());
+  EXPECT_NE(metadata["ss_optimizer"].find("AdamW"), std::string::npos);
+
+  auto all = ReadEvents(events_path);
+  ASSERT_GE(all.size(), 3u);
+  EXPECT_TRUE(all.front().has_job_started());
+  EXPECT_EQ(all.front().job_started().total_steps(), 60);
+  EXPECT_EQ(all.front().job_started().model_arch(), "sdxl");
+  int progress = 0, loras = 0, samples = 0;
+  for (const auto& e : all) {
+    progress += e.has_progress();
+    loras += e.has_checkpoint() && e.checkpoint().kind() == lorad::v1::ARTIFACT_KIND_LORA;
+    samples += e.has_sample();
+  }
+  EXPECT_EQ(progress, 60);
+  EXPECT_EQ(loras, 2);
+  EXPECT_EQ(samples, 2);
+  ASSERT_TRUE(all.back().has_finished());
+  EXPECT_EQ(all.back().finished().status(), lorad::v1::Finished::SUCCEEDED);
+}
+
+// Cancels (with state) when the run reaches `step`.
+struct CancelAt : TrainObserver {
+  CancelAt(CancellationToken* token, int64_t step) : token(token), step(step) {}
+  void OnStep(const StepReport& r) override {
+    if (r.step == step) token->Cancel(true);
+  }
+  CancellationToken* token;
+  int64_t step;
+};
+
+TEST(TrainerTest, InterruptedAt30AndResumedEqualsUninterrupted60BitForBit) {
+  CaptionedImages data = testing::MakeShapesDataset(8, 64);
+  const auto dir_a = FreshDir("resume_a");
+  const auto dir_b = FreshDir("resume_b");
+  TrainConfig config = TinySdxlConfig(dir_a);
+  config.train_batch_size = 3;  // a short last batch per epoch
+  config.gradient_accumulation_steps = 2;
+  config.network_dropout = 0.1;  // dropout draws must resume too
+  config.noise_offset = 0.05;
+  config.lr_scheduler = "cosine";
+  config.lr_warmup_steps = 5;
+  {
+    MemoryBatchSource source(data, 3, 7);
+    auto full = Train(config, {&source, {}, {}});
+    ASSERT_TRUE(full.ok()) << full.status();
+    EXPECT_EQ(full->steps, 60);
+  }
+  config.output_dir = dir_b.string();
+  CancellationToken token;
+  CancelAt cancel_at(&token, 30);
+  {
+    MemoryBatchSource source(data, 3, 7);
+    auto first = Train(config, {&source, {}, {}}, &cancel_at, &token);
+    ASSERT_EQ(first.status().code(), absl::StatusCode::kCancelled) << first.status();
+    EXPECT_NE(first.status().message().find("state saved"), std::string::npos);
+  }
+  config.resume = (dir_b / "tiny-state").string();
+  {
+    MemoryBatchSource source(data, 3, 7);
+    auto second = Train(config, {&source, {}, {}});
+    ASSERT_TRUE(second.ok()) << second.status();
+    EXPECT_EQ(second->steps, 60);
+  }
+  ExpectBitIdentical(ReadLora(dir_a / "tiny.safetensors"), ReadLora(dir_b / "tiny.safetensors"));
+}
+
+TEST(TrainerTest, EveryNetworkTypeTrainsAndRoundTrips) {
+  CaptionedImages data = testing::MakeShapesDataset(4, 64);
+  struct Case {
+    std::string name, module;
+    std::vector<std::string> args;
+  };
+  const std::vector<Case> cases = {
+      {"lora", "networks.lora", {}},
+      {"locon", "networks.lora", {"conv_dim=4", "conv_alpha=2"}},
+      {"lycoris_locon", "lycoris.kohya", {"algo=locon", "conv_dim=4", "conv_alpha=2"}},
+      {"dora", "lycoris.kohya", {"algo=lora", "dora_wd=True"}},
+      {"loha", "lycoris.kohya", {"algo=loha", "conv_dim=4", "conv_alpha=2"}},
+      {"lokr", "lycoris.kohya", {"algo=lokr", "factor=4"}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const auto dir = FreshDir("net_" + c.name);
+    TrainConfig config = TinySdxlConfig(dir);
+    config.network_module = c.module;
+    config.network_args = c.args;
+    config.network_dim = 4;
+    config.network_alpha = 4;
+    config.max_train_steps = 12;
+    config.network_train_unet_only = c.name != "lora";  // plain LoRA also trains both text encoders
+    config.text_encoder_lr = 1e-3;
+    MemoryBatchSource source(data, 4, 3);
+    auto result = Train(config, {&source, {}, {}});
+    ASSERT_TRUE(result.ok()) << result.status();
+    const double before = LossWithLora(config, data, "");
+    const double after = LossWithLora(config, data, result->final_lora);
+    std::printf("[ net ] %-14s loss %.5f -> %.5f\n", c.name.c_str(), before, after);
+    EXPECT_LT(after, before);
+    if (c.name == "lora") {
+      auto tensors = ReadLora(result->final_lora);
+      EXPECT_TRUE(std::any_of(tensors.begin(), tensors.end(), [](auto& kv) { return kv.first.rfind("lora_te1_", 0) == 0; }));
+      EXPECT_TRUE(std::any_of(tensors.begin(), tensors.end(), [](auto& kv) { return kv.first.rfind("lora_te2_", 0) == 0; }));
+    }
+  }
+}
+
+TEST(TrainerTest, SameSeedSameLoraAndFp16ScalerSkipsInfSteps) {
+  CaptionedImages data = testing::MakeShapesDataset(4, 64);
+  const auto dir = FreshDir("fp16");
+  TrainConfig config = TinySdxlConfig(dir);
+  config.max_train_steps = 6;
+  config.mixed_precision = "fp16";
+  TrainOptions options;
+  options.loss_scale_init = 1e38;  // float32 overflows: the first steps must be skipped
+  MemoryBatchSource source(data, 4, 3);
+  auto run1 = Train(config, {&source, {}, {}}, nullptr, nullptr, options);
+  ASSERT_TRUE(run1.ok()) << run1.status();
+  EXPECT_GE(run1->skipped_steps, 1);
+  EXPECT_LT(run1->skipped_steps, 6);
+  auto first = ReadLora(run1->final_lora);
+  // Some up weights moved (later steps were taken).
+  bool moved = false;
+  for (auto& [k, v] : first) moved |= absl::EndsWith(k, "lora_up.weight") && v.abs().sum().item<double>() > 0;
+  EXPECT_TRUE(moved);
+  auto run2 = Train(config, {&source, {}, {}}, nullptr, nullptr, options);
+  ASSERT_TRUE(run2.ok());
+  ExpectBitIdentical(first, ReadLora(run2->final_lora));
+}
+
+TEST(TrainerTest, DivergenceStopsWithReasonAndKeepsLastGoodLora) {
+  CaptionedImages data = testing::MakeShapesDataset(4, 64);
+  const auto dir = FreshDir("nan");
+  TrainConfig config = TinySdxlConfig(dir);
+  config.learning_rate = 1e30;
+  config.max_grad_norm = 0;
+  config.save_every_n_steps = 1;
+  config.max_train_steps = 20;
+  MemoryBatchSource source(data, 4, 3);
+  auto result = Train(config, {&source, {}, {}});
+  ASSERT_EQ(result.status().code(), absl::StatusCode::kDataLoss) << result.status();
+  EXPECT_NE(result.status().message().find("diverged"), std::string::npos) << result.status();
+  EXPECT_NE(result.status().message().find("last good LoRA"), std::string::npos) << result.status();
+}
+
+TEST(TrainerTest, ClearErrors) {
+  CaptionedImages data = testing::MakeShapesDataset(4, 64);
+  MemoryBatchSource source(data, 4, 3);
+  TrainConfig config = TinySdxlConfig(FreshDir("errors"));
+  config.pretrained_model_name_or_path = "/nonexistent/model.safetensors";
+  auto missing = Train(config, {&source, {}, {}});
+  ASSERT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(missing.status().message().find("/nonexistent/model.safetensors"), std::string::npos);
+
+  config = TinySdxlConfig(FreshDir("errors"));
+  config.optimizer_type = "SGD9000";
+  auto bad_optimizer = Train(config, {&source, {}, {}});
+  ASSERT_FALSE(bad_optimizer.ok());
+  EXPECT_NE(bad_optimizer.status().message().find("optimizer_type"), std::string::npos);
+
+  config = TinySdxlConfig(FreshDir("errors"));
+  config.resume = "/nonexistent/state";
+  auto bad_resume = Train(config, {&source, {}, {}});
+  ASSERT_EQ(bad_resume.status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace lorad::train
