@@ -1,0 +1,186 @@
+#include "server/config.h"
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace lorad::server {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<std::string> StringList(const toml::node* node) {
+  std::vector<std::string> out;
+  if (node == nullptr) return out;
+  if (auto s = node->value<std::string>()) {
+    out.push_back(*s);
+  } else if (const auto* arr = node->as_array()) {
+    for (const auto& item : *arr) {
+      if (auto s = item.value<std::string>()) out.push_back(*s);
+      if (auto i = item.value<int64_t>()) out.push_back(std::to_string(*i));
+    }
+  }
+  return out;
+}
+
+absl::Status LoadToml(const std::string& path, ServerConfig* c) {
+  toml::table table;
+  try {
+    table = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream where;
+    where << e.source().begin;
+    return absl::InvalidArgumentError(
+        absl::StrCat("config ", path, ": ", std::string(e.description()), " at ", where.str()));
+  }
+  for (const auto& [key, node] : table) {
+    const std::string k(key.str());
+    if (k == "listen") c->listen = node.value_or(c->listen);
+    else if (k == "data_dir") c->data_dir = node.value_or(c->data_dir.string());
+    else if (k == "slots") c->slots = static_cast<int>(node.value_or(int64_t{c->slots}));
+    else if (k == "gpus") c->gpus = StringList(&node);
+    else if (k == "token" || k == "tokens") c->tokens = StringList(&node);
+    else if (k == "tls_cert") c->tls_cert = node.value_or(std::string());
+    else if (k == "tls_key") c->tls_key = node.value_or(std::string());
+    else if (k == "models_root") c->models_root = node.value_or(std::string());
+    else if (k == "datasets_root") c->datasets_root = node.value_or(std::string());
+    else if (k == "allowed_roots") {
+      for (const auto& r : StringList(&node)) c->allowed_roots.emplace_back(r);
+    } else if (k == "worker_binary") c->worker_binary = node.value_or(std::string());
+    else if (k == "worker_args") c->worker_args = StringList(&node);
+    else if (k == "curate_binary") c->curate_binary = node.value_or(std::string());
+    else if (k == "cancel_grace_s") c->cancel_grace_s = node.value_or(c->cancel_grace_s);
+    else if (k == "max_upload_bytes") c->max_upload_bytes = node.value_or(c->max_upload_bytes);
+    else if (k == "max_upload_files")
+      c->max_upload_files = static_cast<int>(node.value_or(int64_t{c->max_upload_files}));
+    else if (k == "log_level") c->log_level = node.value_or(c->log_level);
+    else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config ", path, ": unknown key '", k, "' (see `lorad --help` for the keys)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string ServerUsage() {
+  return "usage: lorad [--config lorad.toml] [--listen ADDR] [--data-dir DIR] [--token T]\n"
+         "             [--slots N] [--gpus 0,1] [--worker PATH] [--worker-arg ARG]...\n"
+         "             [--curate PATH] [--grace-s SECONDS] [--tls-cert PEM --tls-key PEM]\n"
+         "             [--models-root DIR] [--datasets-root DIR] [--allowed-root DIR]...\n"
+         "             [--max-upload-bytes N] [--log-level debug|info|warn]\n"
+         "Defaults: listen 127.0.0.1:50051 (reach it through `ssh -L 50051:127.0.0.1:50051 box`),\n"
+         "data dir ./lorad-data, one slot per visible GPU. LORAD_TOKEN sets a token too.\n";
+}
+
+absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
+  ServerConfig config;
+  std::vector<std::pair<std::string, std::string>> flags;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") return absl::CancelledError(ServerUsage());
+    if (arg.rfind("--", 0) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'\n", ServerUsage()));
+    }
+    std::string name = arg.substr(2), value;
+    if (auto eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("flag --", name, " needs a value"));
+    }
+    flags.emplace_back(name, value);
+  }
+  for (const auto& [name, value] : flags) {
+    if (name == "config") {
+      absl::Status status = LoadToml(value, &config);
+      if (!status.ok()) return status;
+    }
+  }
+  if (const char* token = std::getenv("LORAD_TOKEN"); token && *token && config.tokens.empty()) {
+    config.tokens.push_back(token);
+  }
+  for (const auto& [name, value] : flags) {
+    auto as_int = [&](int64_t* out) -> absl::Status {
+      if (!absl::SimpleAtoi(value, out)) {
+        return absl::InvalidArgumentError(absl::StrCat("--", name, " expects an integer, got '", value, "'"));
+      }
+      return absl::OkStatus();
+    };
+    int64_t number = 0;
+    if (name == "config") continue;
+    if (name == "listen") config.listen = value;
+    else if (name == "data-dir") config.data_dir = value;
+    else if (name == "slots") {
+      if (auto s = as_int(&number); !s.ok()) return s;
+      config.slots = static_cast<int>(number);
+    } else if (name == "gpus") config.gpus = absl::StrSplit(value, ',', absl::SkipEmpty());
+    else if (name == "token") config.tokens = {value};
+    else if (name == "tls-cert") config.tls_cert = value;
+    else if (name == "tls-key") config.tls_key = value;
+    else if (name == "models-root") config.models_root = value;
+    else if (name == "datasets-root") config.datasets_root = value;
+    else if (name == "allowed-root") config.allowed_roots.emplace_back(value);
+    else if (name == "worker") config.worker_binary = value;
+    else if (name == "worker-arg") config.worker_args.push_back(value);
+    else if (name == "curate") config.curate_binary = value;
+    else if (name == "grace-s") {
+      if (!absl::SimpleAtod(value, &config.cancel_grace_s)) {
+        return absl::InvalidArgumentError(absl::StrCat("--grace-s expects seconds, got '", value, "'"));
+      }
+    } else if (name == "max-upload-bytes") {
+      if (auto s = as_int(&config.max_upload_bytes); !s.ok()) return s;
+    } else if (name == "log-level") config.log_level = value;
+    else {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name, "\n", ServerUsage()));
+    }
+  }
+  if (config.slots < 0) return absl::InvalidArgumentError("--slots must be >= 0");
+  if (config.tls_cert.empty() != config.tls_key.empty()) {
+    return absl::InvalidArgumentError("TLS needs both tls_cert and tls_key (PEM files)");
+  }
+  return config;
+}
+
+absl::Status FinalizeServerConfig(ServerConfig* c, const fs::path& self_path) {
+  std::error_code ec;
+  fs::create_directories(c->data_dir, ec);
+  if (ec) {
+    return absl::PermissionDeniedError(absl::StrCat("cannot create data dir ", c->data_dir.string(),
+                                                    ": ", ec.message()));
+  }
+  c->data_dir = fs::canonical(c->data_dir);
+  if (c->models_root.empty()) c->models_root = c->data_dir / "models";
+  if (c->datasets_root.empty()) c->datasets_root = c->data_dir / "datasets";
+  for (const auto& dir : {c->models_root, c->datasets_root, c->jobs_dir(), c->logs_dir()}) {
+    fs::create_directories(dir, ec);
+    if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", dir.string(), ": ", ec.message()));
+  }
+  c->models_root = fs::canonical(c->models_root);
+  c->datasets_root = fs::canonical(c->datasets_root);
+  const fs::path self_dir = fs::weakly_canonical(self_path).parent_path();
+  auto sibling = [&](const char* name) {
+    // Build trees keep lorad-train in core/train; an install keeps it next to lorad.
+    for (const fs::path& candidate :
+         {self_dir / name, self_dir.parent_path() / "core" / "train" / name,
+          self_dir.parent_path() / "core" / "data" / name}) {
+      if (fs::exists(candidate)) return candidate.string();
+    }
+    return (self_dir / name).string();
+  };
+  if (c->worker_binary.empty()) c->worker_binary = sibling("lorad-train");
+  if (c->curate_binary.empty()) c->curate_binary = sibling("lorad-curate");
+  if (c->cancel_grace_s < 0) return absl::InvalidArgumentError("cancel_grace_s must be >= 0");
+  return absl::OkStatus();
+}
+
+}  // namespace lorad::server

@@ -1,0 +1,47 @@
+// lorad's configuration: defaults, then the TOML file (--config), then flags.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace lorad::server {
+
+struct ServerConfig {
+  std::string listen = "127.0.0.1:50051";  // loopback: reach it through an SSH tunnel
+  std::filesystem::path data_dir = "lorad-data";  // db, datasets, models, jobs, logs
+  int slots = 0;                       // 0: one per visible GPU, 1 without GPUs
+  std::vector<std::string> gpus;       // CUDA_VISIBLE_DEVICES value per slot; empty: detect
+  std::vector<std::string> tokens;     // bearer tokens; empty: no auth
+  std::string tls_cert;                // PEM files; both set: TLS
+  std::string tls_key;
+  std::filesystem::path models_root;   // default <data_dir>/models
+  std::filesystem::path datasets_root; // default <data_dir>/datasets
+  std::vector<std::filesystem::path> allowed_roots;  // extra read-only roots for job paths
+  std::string worker_binary;           // default: lorad-train next to lorad
+  std::vector<std::string> worker_args;  // inserted before lorad-train's own arguments
+  std::string curate_binary;           // default: lorad-curate next to lorad
+  double cancel_grace_s = 30;          // SIGTERM -> SIGKILL
+  int64_t max_upload_bytes = int64_t{8} << 30;
+  int max_upload_files = 100000;
+  std::string log_level = "info";
+
+  std::filesystem::path db_path() const { return data_dir / "lorad.db"; }
+  std::filesystem::path jobs_dir() const { return data_dir / "jobs"; }
+  std::filesystem::path logs_dir() const { return data_dir / "logs"; }
+};
+
+// Parses `lorad [--config FILE] [--listen ADDR] [--data-dir DIR] [--token T]...
+// [--slots N] [--worker PATH] [--grace-s S] ...`. Flags override the file.
+// `self_path` (argv[0] resolved) locates the default lorad-train/lorad-curate.
+absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv);
+
+// Applies derived defaults (roots under data_dir, binaries next to self) and
+// creates the data folders.
+absl::Status FinalizeServerConfig(ServerConfig* config, const std::filesystem::path& self_path);
+
+std::string ServerUsage();
+
+}  // namespace lorad::server

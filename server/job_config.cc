@@ -1,0 +1,182 @@
+#include "server/job_config.h"
+
+#include <charconv>
+#include <set>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+#include "absl/strings/str_cat.h"
+#include "server/paths.h"
+
+namespace lorad::server {
+namespace fs = std::filesystem;
+namespace {
+
+// kohya keys that name files or folders, and which root a relative value is under.
+enum class PathBase { kModels, kData };
+const std::map<std::string, PathBase>& PathKeys() {
+  static const std::map<std::string, PathBase> keys = {
+      {"pretrained_model_name_or_path", PathBase::kModels},
+      {"vae", PathBase::kModels},
+      {"network_weights", PathBase::kModels},
+      {"tokenizer_path", PathBase::kModels},
+      {"train_data_dir", PathBase::kData},
+      {"reg_data_dir", PathBase::kData},
+      {"conditioning_data_dir", PathBase::kData},
+      {"image_dir", PathBase::kData},
+      {"metadata_file", PathBase::kData},
+      {"sample_prompts", PathBase::kData},
+      {"dataset_config", PathBase::kData},
+      {"in_json", PathBase::kData},
+  };
+  return keys;
+}
+
+// Keys the daemon owns: it sets them itself.
+const std::set<std::string>& DaemonKeys() {
+  static const std::set<std::string> keys = {"output_dir", "logging_dir", "resume", "save_state"};
+  return keys;
+}
+
+absl::StatusOr<toml::table> ParseToml(const std::string& text, const std::string& what) {
+  try {
+    return toml::parse(text);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream where;
+    where << e.source().begin;
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": ", std::string(e.description()), " at line:column ", where.str()));
+  }
+}
+
+std::string ValueText(const toml::node& node) {
+  if (auto s = node.value_exact<std::string>()) return *s;
+  if (auto d = node.value_exact<double>()) {
+    char buffer[64];  // shortest text that round-trips ("2e-04", not 0.00020000000000000001)
+    auto result = std::to_chars(buffer, buffer + sizeof(buffer), *d);
+    return std::string(buffer, result.ptr);
+  }
+  std::ostringstream os;
+  if (const auto* arr = node.as_array()) {
+    os << *arr;
+  } else if (const auto* tbl = node.as_table()) {
+    os << *tbl;
+  } else {
+    node.visit([&os](const auto& v) {
+      if constexpr (toml::is_value<decltype(v)>) os << v;
+    });
+  }
+  return os.str();
+}
+
+// Confines every path key in the tree (tables, arrays of tables) in place.
+absl::Status ConfineTree(toml::table& table, const fs::path& data_base, const JobRoots& roots,
+                         const std::vector<fs::path>& allowed) {
+  for (auto&& [key, node] : table) {
+    const std::string k(key.str());
+    if (auto* sub = node.as_table()) {
+      if (auto s = ConfineTree(*sub, data_base, roots, allowed); !s.ok()) return s;
+      continue;
+    }
+    if (auto* arr = node.as_array()) {
+      for (auto& item : *arr) {
+        if (auto* t = item.as_table()) {
+          if (auto s = ConfineTree(*t, data_base, roots, allowed); !s.ok()) return s;
+        }
+      }
+      continue;
+    }
+    auto it = PathKeys().find(k);
+    if (it == PathKeys().end()) continue;
+    auto value = node.value<std::string>();
+    if (!value) {
+      return absl::InvalidArgumentError(absl::StrCat(k, " must be a string path"));
+    }
+    if (value->empty()) continue;
+    const fs::path base = it->second == PathBase::kModels ? roots.models_root : data_base;
+    auto confined = ConfinePath(k, *value, base, allowed);
+    if (!confined.ok()) return confined.status();
+    node.ref<std::string>() = confined->string();
+  }
+  return absl::OkStatus();
+}
+
+// Removes `key` from the top level and from one section deep (as kohya flattens).
+void EraseEverywhere(toml::table& table, const std::string& key) {
+  table.erase(key);
+  for (auto&& [name, node] : table) {
+    if (auto* sub = node.as_table()) sub->erase(key);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ApplyOverrides(const std::string& config_toml,
+                                           const std::map<std::string, std::string>& overrides) {
+  if (overrides.empty()) return config_toml;
+  auto parsed = ParseToml(config_toml, "training config");
+  if (!parsed.ok()) return parsed.status();
+  toml::table config = std::move(*parsed);
+  for (const auto& [key, value_text] : overrides) {
+    if (key.empty() || key.find_first_of(" =[]\"'\n") != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("override key '", key, "' is not a kohya option name"));
+    }
+    auto one = ParseToml(absl::StrCat("v = ", value_text), absl::StrCat("override ", key));
+    if (!one.ok()) {
+      // A bare word is taken as a string ("AdamW" without quotes).
+      toml::table fallback;
+      fallback.insert("v", value_text);
+      one = std::move(fallback);
+    }
+    EraseEverywhere(config, key);
+    config.insert_or_assign(key, *one->get("v"));
+  }
+  std::ostringstream os;
+  os << config << "\n";
+  return os.str();
+}
+
+absl::StatusOr<PreparedJobConfig> PrepareJobConfig(const JobConfigInput& input, const JobRoots& roots) {
+  auto parsed = ParseToml(input.config_toml, "training config");
+  if (!parsed.ok()) return parsed.status();
+  toml::table config = std::move(*parsed);
+
+  std::vector<fs::path> allowed = {roots.models_root, roots.datasets_root, input.job_dir};
+  allowed.insert(allowed.end(), roots.extra_roots.begin(), roots.extra_roots.end());
+  const fs::path data_base = input.dataset_dir.empty() ? roots.datasets_root : input.dataset_dir;
+
+  if (!input.dataset_dir.empty() && input.dataset_config_toml.empty()) {
+    EraseEverywhere(config, "train_data_dir");
+    config.insert_or_assign("train_data_dir", input.dataset_dir.string());
+  }
+  for (const auto& key : DaemonKeys()) EraseEverywhere(config, key);
+  if (auto s = ConfineTree(config, data_base, roots, allowed); !s.ok()) return s;
+  config.insert_or_assign("output_dir", (input.job_dir / "output").string());
+  config.insert_or_assign("logging_dir", (input.job_dir / "logs").string());
+  config.insert_or_assign("save_state", true);
+
+  PreparedJobConfig prepared;
+  for (auto&& [key, node] : config) {
+    if (const auto* sub = node.as_table()) {
+      for (auto&& [k2, n2] : *sub) prepared.hyperparameters[std::string(k2.str())] = ValueText(n2);
+    } else {
+      prepared.hyperparameters[std::string(key.str())] = ValueText(node);
+    }
+  }
+  std::ostringstream os;
+  os << config << "\n";
+  prepared.config_toml = os.str();
+
+  if (!input.dataset_config_toml.empty()) {
+    auto dataset = ParseToml(input.dataset_config_toml, "dataset config");
+    if (!dataset.ok()) return dataset.status();
+    if (auto s = ConfineTree(*dataset, data_base, roots, allowed); !s.ok()) return s;
+    std::ostringstream ds;
+    ds << *dataset << "\n";
+    prepared.dataset_config_toml = ds.str();
+  }
+  return prepared;
+}
+
+}  // namespace lorad::server

@@ -1,0 +1,151 @@
+// lorad: the LoRA training daemon. See `lorad --help` and server/config.h.
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_split.h"
+#include "server/config.h"
+#include "server/event_hub.h"
+#include "server/scheduler.h"
+#include "server/server_info.h"
+#include "server/service.h"
+#include "spdlog/sinks/basic_file_sink.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+#include "storage/job_store.h"
+
+namespace fs = std::filesystem;
+using namespace lorad;
+
+namespace {
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Slots and the GPU each one gets: explicit config, else CUDA_VISIBLE_DEVICES,
+// else the GPUs nvidia-smi sees; one CPU slot without GPUs.
+void PlanSlots(const server::ServerConfig& config, server::SchedulerOptions* options) {
+  std::vector<std::string> gpus = config.gpus;
+  if (gpus.empty()) {
+    if (const char* visible = std::getenv("CUDA_VISIBLE_DEVICES"); visible != nullptr) {
+      gpus = absl::StrSplit(visible, ',', absl::SkipEmpty());
+    } else {
+      for (const auto& gpu : server::QueryGpus()) gpus.push_back(std::to_string(gpu.index));
+    }
+  }
+  options->slots = config.slots > 0 ? config.slots : std::max<int>(1, static_cast<int>(gpus.size()));
+  for (int i = 0; i < options->slots && !gpus.empty(); ++i) {
+    options->slot_gpus.push_back(gpus[i % gpus.size()]);
+  }
+}
+
+int Run(int argc, char** argv) {
+  auto parsed = server::ParseServerConfig(argc, argv);
+  if (!parsed.ok()) {
+    const bool help = parsed.status().code() == absl::StatusCode::kCancelled;
+    std::fprintf(help ? stdout : stderr, "%s\n", std::string(parsed.status().message()).c_str());
+    return help ? 0 : 2;
+  }
+  server::ServerConfig config = std::move(*parsed);
+  if (auto s = server::FinalizeServerConfig(&config, fs::read_symlink("/proc/self/exe")); !s.ok()) {
+    std::fprintf(stderr, "lorad: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+
+  auto console = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
+  auto file = std::make_shared<spdlog::sinks::basic_file_sink_mt>((config.logs_dir() / "lorad.log").string());
+  auto logger = std::make_shared<spdlog::logger>("lorad", spdlog::sinks_init_list{console, file});
+  logger->set_level(spdlog::level::from_str(config.log_level));
+  logger->flush_on(spdlog::level::info);
+  spdlog::set_default_logger(logger);
+
+  auto store = storage::JobStore::Open(config.db_path().string());
+  if (!store.ok()) {
+    spdlog::critical("{}", store.status().ToString());
+    return 3;
+  }
+  server::EventHub hub(store->get());
+  server::SchedulerOptions options;
+  PlanSlots(config, &options);
+  options.worker_binary = config.worker_binary;
+  options.worker_args = config.worker_args;
+  options.jobs_dir = config.jobs_dir();
+  options.roots = {config.models_root, config.datasets_root, config.allowed_roots};
+  options.grace_s = config.cancel_grace_s;
+  server::Scheduler scheduler(store->get(), &hub, options);
+  server::LoradService service(&config, store->get(), &hub, &scheduler);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!config.tls_cert.empty()) {
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({ReadFile(config.tls_key), ReadFile(config.tls_cert)});
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+  int port = 0;
+  builder.AddListeningPort(config.listen, credentials, &port);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.SetMaxReceiveMessageSize(16 << 20);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
+  if (!grpc_server || port == 0) {
+    spdlog::critical("cannot listen on {} (in use? try --listen 127.0.0.1:PORT)", config.listen);
+    return 4;
+  }
+  if (auto s = scheduler.Start(); !s.ok()) {
+    spdlog::critical("scheduler: {}", s.ToString());
+    return 3;
+  }
+  grpc_server->GetHealthCheckService()->SetServingStatus(true);
+  // The bound port (useful with --listen 127.0.0.1:0), written atomically.
+  {
+    const fs::path port_file = config.data_dir / "lorad.port";
+    std::ofstream(port_file.string() + ".tmp") << port << "\n";
+    fs::rename(port_file.string() + ".tmp", port_file);
+  }
+  spdlog::info("lorad {} listening on {} (port {}), data dir {}, {} slot(s), worker {}{}", LORAD_VERSION,
+               config.listen, port, config.data_dir.string(), options.slots, config.worker_binary,
+               config.tokens.empty() ? " — no token configured: anyone who reaches the port can submit"
+                                     : "");
+
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  int received = 0;
+  sigwait(&stop_signals, &received);
+  spdlog::info("received {}: stopping (running jobs save their state and resume on the next start)",
+               received == SIGTERM ? "SIGTERM" : "SIGINT");
+  grpc_server->GetHealthCheckService()->SetServingStatus(false);
+  scheduler.Shutdown();
+  hub.Shutdown();
+  grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(3));
+  spdlog::info("lorad stopped cleanly");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Block the stop signals in every thread (threads inherit the mask); main sigwaits.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  return Run(argc, argv);
+}

@@ -1,0 +1,146 @@
+// Unit tests of the daemon's pieces that need no lorad-train: path confinement,
+// job config preparation, the worker supervisor's pipes and signals (with
+// /bin/sh children), and the event hub.
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+#include "server/event_hub.h"
+#include "server/job_config.h"
+#include "server/paths.h"
+#include "server/worker_process.h"
+
+namespace lorad::server {
+namespace {
+namespace fs = std::filesystem;
+
+fs::path TempDir(const std::string& name) {
+  fs::path dir = fs::temp_directory_path() / ("lorad_server_test_" + std::to_string(getpid()) + "_" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return fs::canonical(dir);
+}
+
+TEST(PathsTest, RelativePathValidation) {
+  EXPECT_TRUE(ValidateRelativePath("10_cat/001.png").ok());
+  for (const char* bad : {"", "/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a\\b"}) {
+    EXPECT_EQ(ValidateRelativePath(bad).code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+}
+
+TEST(PathsTest, ConfinementResolvesDotDotAndSymlinks) {
+  fs::path root = TempDir("confine");
+  fs::create_directories(root / "models");
+  fs::create_symlink("/etc", root / "models" / "escape");
+  std::vector<fs::path> roots = {root / "models"};
+  EXPECT_TRUE(ConfinePath("k", "a.safetensors", root / "models", roots).ok());
+  EXPECT_EQ(ConfinePath("k", "../x", root / "models", roots).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(ConfinePath("k", "escape/passwd", root / "models", roots).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(ConfinePath("k", "/etc/passwd", root / "models", roots).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  fs::remove_all(root);
+}
+
+TEST(JobConfigTest, RewritesPathsForcesOutputAndRefusesEscapes) {
+  fs::path root = TempDir("jobconfig");
+  JobRoots roots{root / "models", root / "datasets", {}};
+  fs::create_directories(roots.models_root);
+  fs::create_directories(roots.datasets_root / "cats");
+  auto merged = ApplyOverrides("[model]\npretrained_model_name_or_path = \"tiny.safetensors\"\n"
+                               "learning_rate = 1e-4\noutput_dir = \"/tmp/elsewhere\"\n",
+                               {{"learning_rate", "2e-4"}, {"optimizer_type", "AdamW"}});
+  ASSERT_TRUE(merged.ok()) << merged.status();
+  JobConfigInput input{*merged, "", roots.datasets_root / "cats", root / "jobs" / "1"};
+  auto prepared = PrepareJobConfig(input, roots);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  EXPECT_EQ(prepared->hyperparameters.at("learning_rate"), "2e-04");  // shortest round-trip text
+  EXPECT_EQ(prepared->hyperparameters.at("optimizer_type"), "AdamW");
+  EXPECT_EQ(prepared->hyperparameters.at("pretrained_model_name_or_path"),
+            (roots.models_root / "tiny.safetensors").string());
+  EXPECT_EQ(prepared->hyperparameters.at("train_data_dir"), (roots.datasets_root / "cats").string());
+  EXPECT_EQ(prepared->hyperparameters.at("output_dir"), (root / "jobs" / "1" / "output").string());
+  EXPECT_EQ(prepared->hyperparameters.at("save_state"), "true");
+
+  input.config_toml = "pretrained_model_name_or_path = \"/etc/passwd\"\n";
+  EXPECT_EQ(PrepareJobConfig(input, roots).status().code(), absl::StatusCode::kPermissionDenied);
+  input.config_toml = "x = 1\n";
+  input.dataset_config_toml = "[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"../../../etc\"\n";
+  EXPECT_EQ(PrepareJobConfig(input, roots).status().code(), absl::StatusCode::kPermissionDenied);
+  input.config_toml = "x = [1,\n";
+  input.dataset_config_toml = "";
+  auto bad = PrepareJobConfig(input, roots);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("line"), std::string::npos) << bad.status();
+  fs::remove_all(root);
+}
+
+TEST(WorkerProcessTest, ReportsExitStatusStderrAndEventsFd) {
+  auto worker = WorkerProcess::Start(
+      {{"/bin/sh", "-c", "echo to-stderr >&2; printf 'abc' >&3; exit 7"}, {{"LORAD_X", "1"}}, ""});
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  ExitInfo info = (*worker)->Wait();
+  EXPECT_EQ(info.exit_code, 7);
+  EXPECT_EQ(info.Describe(), "exit status 7");
+  char buffer[64];
+  EXPECT_EQ(read((*worker)->events_fd(), buffer, sizeof(buffer)), 3);
+  ssize_t n = read((*worker)->stderr_fd(), buffer, sizeof(buffer));
+  ASSERT_GT(n, 0);
+  EXPECT_EQ(std::string(buffer, n), "to-stderr\n");
+}
+
+TEST(WorkerProcessTest, SigtermReachesTheWholeGroupAndSignalsAreNamed) {
+  auto worker = WorkerProcess::Start({{"/bin/sh", "-c", "sleep 30 & wait"}, {}, ""});
+  ASSERT_TRUE(worker.ok());
+  usleep(100000);
+  (*worker)->Signal(SIGTERM);
+  ExitInfo info = (*worker)->Wait();
+  EXPECT_EQ(info.term_signal, SIGTERM);
+  EXPECT_EQ(info.Describe(), "killed by signal 15 (SIGTERM)");
+  auto missing = WorkerProcess::Start({{"/nonexistent/lorad-train"}, {}, ""});
+  ASSERT_TRUE(missing.ok());
+  EXPECT_EQ((*missing)->Wait().exit_code, 127);
+}
+
+TEST(EventHubTest, ServesCachedAndStoredEventsAndWakesSubscribers) {
+  fs::path dir = TempDir("hub");
+  auto store = storage::JobStore::Open((dir / "db").string());
+  ASSERT_TRUE(store.ok());
+  storage::JobSpec spec;
+  spec.name = "hub";
+  spec.config_toml = "x = 1";
+  auto job = (*store)->Submit(spec);
+  ASSERT_TRUE(job.ok());
+  EventHub hub(store->get());
+  int wakes = 0;
+  auto waker = hub.Subscribe(job->job.id, [&] { ++wakes; });
+  for (int i = 0; i < 3; ++i) {
+    storage::EventWrite write;
+    write.event.mutable_progress()->set_step(i + 1);
+    auto stored = (*store)->AppendEvent(job->job.id, write);
+    ASSERT_TRUE(stored.ok());
+    hub.Publish(*stored, false);
+  }
+  EXPECT_EQ(wakes, 3);
+  auto all = hub.Fetch(job->job.id, 0, 100);  // seq 1 predates the cache: read from SQLite
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->events.size(), 4u);
+  EXPECT_FALSE(all->done);
+  auto cached = hub.Fetch(job->job.id, 2, 100);
+  ASSERT_TRUE(cached.ok());
+  ASSERT_EQ(cached->events.size(), 2u);
+  EXPECT_EQ(cached->events[0].seq, 3);
+  waker->Kill();
+  hub.Unsubscribe(job->job.id, waker);
+  hub.Shutdown();
+  EXPECT_EQ(hub.Fetch(job->job.id, 0, 1).status().code(), absl::StatusCode::kUnavailable);
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace lorad::server

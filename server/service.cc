@@ -1,0 +1,316 @@
+#include "server/service.h"
+
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "server/dataset_upload.h"
+#include "server/job_config.h"
+#include "server/server_info.h"
+#include "server/status_util.h"
+#include "server/stream_reactors.h"
+#include "spdlog/spdlog.h"
+
+namespace lorad::server {
+namespace {
+
+bool ConstantTimeEquals(const std::string& a, const std::string& b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+void ToProto(const storage::ArtifactRecord& a, lorad::v1::Artifact* out) {
+  out->set_id(a.id);
+  out->set_job_id(a.job_id);
+  out->set_kind(a.kind);
+  out->set_name(a.name);
+  out->set_bytes(a.bytes);
+  out->set_sha256(a.sha256);
+  out->set_step(a.step);
+  out->set_created_unix_ms(a.created_ms);
+  out->set_is_directory(a.is_directory);
+  out->set_is_final(a.is_final);
+}
+
+std::string JobName(const lorad::v1::SubmitJobRequest& request) {
+  if (!request.name().empty()) return request.name();
+  return "job";
+}
+
+}  // namespace
+
+void ToProto(const storage::JobRecord& job, lorad::v1::Job* out) {
+  out->set_id(job.id);
+  out->set_name(job.name);
+  out->set_state(static_cast<lorad::v1::JobState>(job.state));
+  out->set_priority(job.priority);
+  out->set_request_id(job.request_id);
+  out->set_sweep(job.sweep);
+  out->set_dataset(job.dataset);
+  out->set_config_toml(job.config_toml);
+  out->set_dataset_config_toml(job.dataset_config_toml);
+  out->set_created_unix_ms(job.created_ms);
+  out->set_started_unix_ms(job.started_ms);
+  out->set_finished_unix_ms(job.finished_ms);
+  out->set_step(job.step);
+  out->set_total_steps(job.total_steps);
+  out->set_loss(job.loss);
+  out->set_reason(job.reason);
+  out->set_exit_code(job.exit_code);
+  out->set_term_signal(job.term_signal);
+  out->set_slot(job.slot);
+  out->set_attempts(job.attempts);
+  out->set_last_seq(job.last_seq);
+  out->set_final_lora_path(job.final_lora_path);
+  out->set_resumed_from_step(job.resumed_from_step);
+  out->set_cancel_requested(job.cancel_requested);
+}
+
+LoradService::LoradService(const ServerConfig* config, storage::JobStore* store, EventHub* hub,
+                           Scheduler* scheduler)
+    : config_(config),
+      store_(store),
+      hub_(hub),
+      scheduler_(scheduler),
+      started_(std::chrono::steady_clock::now()) {}
+
+grpc::Status LoradService::Authorize(grpc::CallbackServerContext* ctx) const {
+  if (config_->tokens.empty()) return grpc::Status::OK;
+  const auto& metadata = ctx->client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "missing bearer token: pass --token or set LORAD_TOKEN");
+  }
+  const std::string value(it->second.data(), it->second.size());
+  const std::string prefix = "Bearer ";
+  if (value.rfind(prefix, 0) == 0) {
+    const std::string token = value.substr(prefix.size());
+    bool match = false;
+    for (const auto& t : config_->tokens) match |= ConstantTimeEquals(t, token);
+    if (match) return grpc::Status::OK;
+  }
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "invalid bearer token");
+}
+
+grpc::ServerUnaryReactor* LoradService::Reply(grpc::CallbackServerContext* ctx,
+                                              const grpc::Status& status) {
+  auto* reactor = ctx->DefaultReactor();
+  reactor->Finish(status);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* LoradService::SubmitJob(grpc::CallbackServerContext* ctx,
+                                                  const lorad::v1::SubmitJobRequest* request,
+                                                  lorad::v1::Job* response) {
+  if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
+  if (request->config_toml().empty() && request->overrides().empty()) {
+    return Reply(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                   "config_toml is empty: send a kohya training config"));
+  }
+  std::map<std::string, std::string> overrides(request->overrides().begin(), request->overrides().end());
+  auto config = ApplyOverrides(request->config_toml(), overrides);
+  if (!config.ok()) return Reply(ctx, ToGrpcStatus(config.status()));
+  // Validate now (paths, TOML) so a bad job is refused rather than queued to fail.
+  const JobRoots& roots = scheduler_->options().roots;
+  auto dataset_dir = Scheduler::ResolveDataset(store_, roots, request->dataset());
+  if (!dataset_dir.ok()) return Reply(ctx, ToGrpcStatus(dataset_dir.status()));
+  JobConfigInput input{*config, request->dataset_config_toml(), *dataset_dir,
+                       config_->jobs_dir() / "validation"};
+  auto prepared = PrepareJobConfig(input, roots);
+  if (!prepared.ok()) return Reply(ctx, ToGrpcStatus(prepared.status()));
+
+  storage::JobSpec spec;
+  spec.name = JobName(*request);
+  spec.priority = request->priority();
+  spec.request_id = request->request_id();
+  spec.sweep = request->sweep();
+  spec.dataset = request->dataset();
+  spec.config_toml = *config;
+  spec.dataset_config_toml = request->dataset_config_toml();
+  spec.hyperparameters = prepared->hyperparameters;
+  for (const auto& [key, value] : request->sweep_values()) spec.hyperparameters[key] = value;
+  for (const char* daemon_key : {"output_dir", "logging_dir", "save_state"}) {
+    spec.hyperparameters.erase(daemon_key);
+  }
+  auto result = store_->Submit(spec);
+  if (!result.ok()) return Reply(ctx, ToGrpcStatus(result.status()));
+  for (const auto& event : result->events) hub_->Publish(event, false);
+  if (result->created) {
+    spdlog::info("job {} '{}' queued (priority {})", result->job.id, result->job.name, spec.priority);
+    scheduler_->NotifyQueued();
+  }
+  ToProto(result->job, response);
+  return Reply(ctx, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* LoradService::GetJob(grpc::CallbackServerContext* ctx,
+                                               const lorad::v1::GetJobRequest* request,
+                                               lorad::v1::Job* response) {
+  if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
+  auto job = store_->GetJob(request->job_id());
+  if (!job.ok()) return Reply(ctx, ToGrpcStatus(job.status()));
+  ToProto(*job, response);
+  auto hp = store_->GetHyperparameters(request->job_id());
+  if (hp.ok()) response->mutable_hyperparameters()->insert(hp->begin(), hp->end());
+  return Reply(ctx, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* LoradService::ListJobs(grpc::CallbackServerContext* ctx,
+                                                 const lorad::v1::ListJobsRequest* request,
+                                                 lorad::v1::ListJobsResponse* response) {
+  if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
+  storage::JobFilter filter;
+  for (int state : request->states()) {
+    if (state < 1 || state > 5) {
+      return Reply(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "unknown job state in filter"));
+    }
+    filter.states.push_back(static_cast<storage::JobState>(state));
+  }
+  filter.name_contains = request->name_contains();
+  filter.sweep = request->sweep();
+  filter.page_size = request->page_size();
+  if (!request->page_token().empty() && !absl::SimpleAtoi(request->page_token(), &filter.before_id)) {
+    return Reply(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "malformed page_token"));
+  }
+  auto page = store_->ListJobs(filter);
+  if (!page.ok()) return Reply(ctx, ToGrpcStatus(page.status()));
+  for (const auto& job : page->jobs) ToProto(job, response->add_jobs());
+  if (page->next_before_id > 0) response->set_next_page_token(std::to_string(page->next_before_id));
+  return Reply(ctx, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* LoradService::CancelJob(grpc::CallbackServerContext* ctx,
+                                                  const lorad::v1::CancelJobRequest* request,
+                                                  lorad::v1::Job* response) {
+  if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
+  auto result = store_->RequestCancel(request->job_id(), request->reason());
+  if (!result.ok()) return Reply(ctx, ToGrpcStatus(result.status()));
+  for (const auto& event : result->events) {
+    hub_->Publish(event, storage::IsTerminal(result->job.state) && event.event.has_finished());
+  }
+  if (result->needs_signal) scheduler_->Cancel(request->job_id());
+  ToProto(result->job, response);
+  return Reply(ctx, grpc::Status::OK);
+}
+
+grpc::ServerWriteReactor<lorad::v1::JobEvent>* LoradService::StreamEvents(
+    grpc::CallbackServerContext* ctx, const lorad::v1::StreamEventsRequest* request) {
+  if (auto s = Authorize(ctx); !s.ok()) return FailedStream<lorad::v1::JobEvent>(s);
+  if (request->after_seq() < 0) {
+    return FailedStream<lorad::v1::JobEvent>(
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "after_seq must be >= 0"));
+  }
+  return NewEventStream(hub_, request->job_id(), request->after_seq(), !request->no_follow());
+}
+
+grpc::ServerUnaryReactor* LoradService::ListArtifacts(grpc::CallbackServerContext* ctx,
+                                                      const lorad::v1::ListArtifactsRequest* request,
+                                                      lorad::v1::ListArtifactsResponse* response) {
+  if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
+  if (auto job = store_->GetJob(request->job_id()); !job.ok()) return Reply(ctx, ToGrpcStatus(job.status()));
+  auto artifacts = store_->ListArtifacts(request->job_id(), request->kind());
+  if (!artifacts.ok()) return Reply(ctx, ToGrpcStatus(artifacts.status()));
+  for (const auto& a : *artifacts) ToProto(a, response->add_artifacts());
+  return Reply(ctx, grpc::Status::OK);
+}
+
+grpc::ServerWriteReactor<lorad::v1::ArtifactChunk>* LoradService::FetchArtifact(
+    grpc::CallbackServerContext* ctx, const lorad::v1::FetchArtifactRequest* request) {
+  if (auto s = Authorize(ctx); !s.ok()) return FailedStream<lorad::v1::ArtifactChunk>(s);
+  auto artifact = store_->GetArtifact(request->artifact_id());
+  if (!artifact.ok()) return FailedStream<lorad::v1::ArtifactChunk>(ToGrpcStatus(artifact.status()));
+  if (artifact->is_directory) {
+    return FailedStream<lorad::v1::ArtifactChunk>(grpc::Status(
+        grpc::StatusCode::FAILED_PRECONDITION,
+        absl::StrCat("artifact ", artifact->id, " (", artifact->name,
+                     ") is a training-state folder; only files can be fetched")));
+  }
+  const int chunk = request->chunk_bytes() <= 0 ? (1 << 20) : std::min(request->chunk_bytes(), 4 << 20);
+  return NewArtifactStream(*artifact, request->offset(), chunk);
+}
+
+grpc::ServerReadReactor<lorad::v1::UploadDatasetRequest>* LoradService::UploadDataset(
+    grpc::CallbackServerContext* ctx, lorad::v1::Dataset* response) {
+  if (auto s = Authorize(ctx); !s.ok()) return FailedUpload<lorad::v1::UploadDatasetRequest>(s);
+  return NewDatasetUpload(config_, store_, response);
+}
+
+grpc::ServerUnaryReactor* LoradService::ListDatasets(grpc::CallbackServerContext* ctx,
+                                                     const lorad::v1::ListDatasetsRequest*,
+                                                     lorad::v1::ListDatasetsResponse* response) {
+  if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
+  auto datasets = store_->ListDatasets();
+  if (!datasets.ok()) return Reply(ctx, ToGrpcStatus(datasets.status()));
+  for (const auto& d : *datasets) ToProto(d, response->add_datasets());
+  return Reply(ctx, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* LoradService::InspectDataset(grpc::CallbackServerContext* ctx,
+                                                       const lorad::v1::InspectDatasetRequest* request,
+                                                       lorad::v1::InspectDatasetResponse* response) {
+  if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
+  auto dataset = store_->GetDataset(request->dataset_id());
+  if (!dataset.ok()) return Reply(ctx, ToGrpcStatus(dataset.status()));
+  ToProto(*dataset, response->mutable_dataset());
+  // The curation report decodes every image (OpenCV): run `lorad-curate --json`
+  // as a child process off the RPC threads, so a bad image cannot take the daemon down.
+  auto* reactor = ctx->DefaultReactor();
+  std::thread([reactor, response, binary = config_->curate_binary, path = dataset->path] {
+    const std::string command = absl::StrCat("'", binary, "' --json '", path, "' 2>&1");
+    FILE* pipe = ::popen(command.c_str(), "r");
+    if (pipe == nullptr) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::INTERNAL, "cannot start lorad-curate"));
+      return;
+    }
+    std::string output;
+    char buffer[65536];
+    size_t n;
+    while ((n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) output.append(buffer, n);
+    const int status = ::pclose(pipe);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      reactor->Finish(grpc::Status(
+          grpc::StatusCode::UNAVAILABLE,
+          absl::StrCat("curation report failed (", binary, "; exit ", WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+                       "): ", output.substr(0, 2000))));
+      return;
+    }
+    response->set_report_json(output);
+    reactor->Finish(grpc::Status::OK);
+  }).detach();
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* LoradService::GetServerInfo(grpc::CallbackServerContext* ctx,
+                                                      const lorad::v1::GetServerInfoRequest*,
+                                                      lorad::v1::ServerInfo* response) {
+  if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
+  response->set_version(LORAD_VERSION);
+  response->set_libtorch_version(LibTorchVersion());
+  const auto gpus = QueryGpus();
+  response->set_cuda_available(LibTorchHasCuda() && !gpus.empty());
+  for (const auto& g : gpus) {
+    auto* gpu = response->add_gpus();
+    gpu->set_index(g.index);
+    gpu->set_name(g.name);
+    gpu->set_memory_total_bytes(g.memory_total_bytes);
+    gpu->set_memory_free_bytes(g.memory_free_bytes);
+  }
+  auto queued = store_->CountJobs(storage::JobState::kQueued);
+  response->set_queue_length(queued.ok() ? static_cast<int32_t>(*queued) : -1);
+  response->set_slots(scheduler_->slots());
+  response->set_running(scheduler_->running());
+  response->set_data_dir(config_->data_dir.string());
+  response->set_uptime_s(std::chrono::duration_cast<std::chrono::seconds>(
+                             std::chrono::steady_clock::now() - started_)
+                             .count());
+  response->set_worker_binary(config_->worker_binary);
+  return Reply(ctx, grpc::Status::OK);
+}
+
+}  // namespace lorad::server

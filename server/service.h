@@ -1,0 +1,71 @@
+// LoradService: the lorad.v1.Lorad gRPC service on the callback API. Unary RPCs
+// answer inline (short SQLite transactions); streams are reactors with one
+// write in flight (modelled on gRPC's health WatchReactor). Thread-safe.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lorad/v1/lorad.grpc.pb.h"
+#include "server/config.h"
+#include "server/event_hub.h"
+#include "server/scheduler.h"
+#include "storage/job_store.h"
+
+namespace lorad::server {
+
+class LoradService final : public lorad::v1::Lorad::CallbackService {
+ public:
+  LoradService(const ServerConfig* config, storage::JobStore* store, EventHub* hub,
+               Scheduler* scheduler);
+
+  grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* ctx,
+                                      const lorad::v1::SubmitJobRequest* request,
+                                      lorad::v1::Job* response) override;
+  grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* ctx,
+                                   const lorad::v1::GetJobRequest* request,
+                                   lorad::v1::Job* response) override;
+  grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* ctx,
+                                     const lorad::v1::ListJobsRequest* request,
+                                     lorad::v1::ListJobsResponse* response) override;
+  grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* ctx,
+                                      const lorad::v1::CancelJobRequest* request,
+                                      lorad::v1::Job* response) override;
+  grpc::ServerWriteReactor<lorad::v1::JobEvent>* StreamEvents(
+      grpc::CallbackServerContext* ctx, const lorad::v1::StreamEventsRequest* request) override;
+  grpc::ServerUnaryReactor* ListArtifacts(grpc::CallbackServerContext* ctx,
+                                          const lorad::v1::ListArtifactsRequest* request,
+                                          lorad::v1::ListArtifactsResponse* response) override;
+  grpc::ServerWriteReactor<lorad::v1::ArtifactChunk>* FetchArtifact(
+      grpc::CallbackServerContext* ctx, const lorad::v1::FetchArtifactRequest* request) override;
+  grpc::ServerReadReactor<lorad::v1::UploadDatasetRequest>* UploadDataset(
+      grpc::CallbackServerContext* ctx, lorad::v1::Dataset* response) override;
+  grpc::ServerUnaryReactor* ListDatasets(grpc::CallbackServerContext* ctx,
+                                         const lorad::v1::ListDatasetsRequest* request,
+                                         lorad::v1::ListDatasetsResponse* response) override;
+  grpc::ServerUnaryReactor* InspectDataset(grpc::CallbackServerContext* ctx,
+                                           const lorad::v1::InspectDatasetRequest* request,
+                                           lorad::v1::InspectDatasetResponse* response) override;
+  grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* ctx,
+                                          const lorad::v1::GetServerInfoRequest* request,
+                                          lorad::v1::ServerInfo* response) override;
+
+ private:
+  // OK, or UNAUTHENTICATED when tokens are configured and the call's
+  // `authorization: Bearer <token>` matches none.
+  grpc::Status Authorize(grpc::CallbackServerContext* ctx) const;
+  grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* ctx, const grpc::Status& status);
+
+  const ServerConfig* config_;
+  storage::JobStore* store_;
+  EventHub* hub_;
+  Scheduler* scheduler_;
+  const std::chrono::steady_clock::time_point started_;
+};
+
+// Fills a lorad.v1.Job from the store's record.
+void ToProto(const storage::JobRecord& job, lorad::v1::Job* out);
+
+}  // namespace lorad::server
