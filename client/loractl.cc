@@ -1,0 +1,556 @@
+// loractl: the lorad command line. `loractl --help` lists the commands.
+// Exit codes: 0 ok, 1 other error, 2 usage, 3 server unreachable, 4 bad or
+// missing token, 5 unknown job/artifact/dataset, 6 request refused (invalid,
+// outside the roots, too large), 7 checksum mismatch, 10 job FAILED, 11 job CANCELLED.
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <thread>
+
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "client/client.h"
+
+namespace fs = std::filesystem;
+using lorad::client::Client;
+using lorad::client::Connection;
+using lorad::client::FromGrpc;
+
+namespace {
+
+enum Exit { kOk = 0, kError = 1, kUsage = 2, kUnreachable = 3, kAuth = 4, kNotFound = 5,
+            kRefused = 6, kChecksum = 7, kJobFailed = 10, kJobCancelled = 11 };
+
+constexpr char kUsageText[] =
+    "usage: loractl [--server HOST:PORT] [--token T] [--tls [--ca PEM]] [--timeout S] COMMAND ...\n"
+    "  submit CONFIG.toml [--dataset-config D.toml] [--dataset DIR|ID] [--name N] [--priority P]\n"
+    "         [--set key=value]... [--sweep NAME] [--request-id ID]   prints the job id\n"
+    "  ls [--state queued|running|succeeded|failed|cancelled] [--name TEXT] [--sweep NAME] [--limit N] [--json]\n"
+    "  show JOB [--json]\n"
+    "  tail JOB [--after SEQ] [--json]        follows to the end; reconnects and resumes\n"
+    "  cancel JOB [--reason TEXT]\n"
+    "  fetch JOB [--out DIR] [--all|--lora|--samples]   resumes partial downloads, verifies sha256\n"
+    "  datasets upload DIR [--name N] | datasets ls | datasets inspect ID\n"
+    "  info\n"
+    "Server and token also come from LORAD_SERVER and LORAD_TOKEN.\n"
+    "Exit codes: 0 ok, 1 error, 2 usage, 3 unreachable, 4 auth, 5 not found, 6 refused,\n"
+    "7 checksum mismatch, 10 job failed, 11 job cancelled.\n";
+
+int ExitFor(const absl::Status& status, const std::string& what) {
+  if (status.ok()) return kOk;
+  std::string message(status.message());
+  int code = kError;
+  switch (status.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+      message = absl::StrCat("cannot reach lorad (", message,
+                             "); is it running, and is --server / LORAD_SERVER right?");
+      code = kUnreachable;
+      break;
+    case absl::StatusCode::kUnauthenticated:
+      message = absl::StrCat(message, " (check --token / LORAD_TOKEN)");
+      code = kAuth;
+      break;
+    case absl::StatusCode::kNotFound: code = kNotFound; break;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kAlreadyExists:
+      code = kRefused;
+      break;
+    case absl::StatusCode::kDataLoss: code = kChecksum; break;
+    default: break;
+  }
+  std::fprintf(stderr, "loractl: %s: %s\n", what.c_str(), message.c_str());
+  return code;
+}
+
+int ExitFor(const grpc::Status& status, const std::string& what) { return ExitFor(FromGrpc(status), what); }
+
+// argv after the command: positional args and --flag [value] pairs.
+struct Args {
+  std::vector<std::string> positional;
+  std::map<std::string, std::vector<std::string>> flags;
+  bool Has(const std::string& f) const { return flags.count(f) > 0; }
+  std::string Get(const std::string& f, const std::string& def = "") const {
+    auto it = flags.find(f);
+    return it == flags.end() || it->second.empty() ? def : it->second.back();
+  }
+};
+
+const std::set<std::string> kBoolFlags = {"json", "all", "lora", "samples", "tls", "help"};
+
+absl::StatusOr<Args> ParseArgs(int argc, char** argv, int start) {
+  Args args;
+  for (int i = start; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--", 0) == 0) {
+      std::string name = a.substr(2), value;
+      if (auto eq = name.find('='); eq != std::string::npos) {
+        value = name.substr(eq + 1);
+        name = name.substr(0, eq);
+      } else if (kBoolFlags.count(name) == 0) {
+        if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+        value = argv[++i];
+      }
+      args.flags[name].push_back(value);
+    } else {
+      args.positional.push_back(a);
+    }
+  }
+  return args;
+}
+
+std::string StateName(lorad::v1::JobState s) {
+  std::string name = lorad::v1::JobState_Name(s);
+  return name.rfind("JOB_STATE_", 0) == 0 ? name.substr(10) : name;
+}
+
+std::string Json(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, options);
+  return out;
+}
+
+std::string Duration(double seconds) {
+  if (seconds < 0 || seconds > 1e7) return "?";
+  const int64_t s = static_cast<int64_t>(seconds);
+  return s >= 3600 ? absl::StrFormat("%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60)
+                   : absl::StrFormat("%d:%02d", s / 60, s % 60);
+}
+
+bool ParseJobId(const Args& args, int64_t* id) {
+  return !args.positional.empty() && absl::SimpleAtoi(args.positional[0], id) && *id > 0;
+}
+
+std::string NewRequestId() {
+  std::random_device rd;
+  return absl::StrFormat("%08x%08x%08x%08x", rd(), rd(), rd(), rd());
+}
+
+std::string ReadText(const std::string& path, absl::Status* status) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    *status = absl::NotFoundError(absl::StrCat("cannot read ", path));
+    return "";
+  }
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+int Submit(Client& client, const Args& args) {
+  if (args.positional.size() != 1) {
+    std::fprintf(stderr, "loractl submit: expected one CONFIG.toml\n%s", kUsageText);
+    return kUsage;
+  }
+  absl::Status read_status;
+  lorad::v1::SubmitJobRequest request;
+  request.set_config_toml(ReadText(args.positional[0], &read_status));
+  if (!read_status.ok()) return ExitFor(read_status, "submit");
+  if (args.Has("dataset-config")) {
+    request.set_dataset_config_toml(ReadText(args.Get("dataset-config"), &read_status));
+    if (!read_status.ok()) return ExitFor(read_status, "submit");
+  }
+  std::string dataset = args.Get("dataset");
+  if (!dataset.empty() && fs::is_directory(dataset)) {
+    std::fprintf(stderr, "uploading %s ...\n", dataset.c_str());
+    auto uploaded = client.UploadDataset(dataset, fs::path(dataset).filename().string());
+    if (!uploaded.ok()) return ExitFor(uploaded.status(), "uploading the dataset");
+    std::fprintf(stderr, "dataset %s (%d files, %d images)\n", uploaded->id().c_str(), uploaded->files(),
+                 uploaded->images());
+    dataset = uploaded->id();
+  }
+  request.set_dataset(dataset);
+  request.set_name(args.Get("name", fs::path(args.positional[0]).stem().string()));
+  int64_t priority = 0;
+  if (args.Has("priority") && !absl::SimpleAtoi(args.Get("priority"), &priority)) {
+    std::fprintf(stderr, "loractl submit: --priority expects an integer\n");
+    return kUsage;
+  }
+  request.set_priority(static_cast<int32_t>(priority));
+  request.set_sweep(args.Get("sweep"));
+  if (args.Has("set")) {
+    for (const auto& kv : args.flags.at("set")) {
+      auto eq = kv.find('=');
+      if (eq == std::string::npos) {
+        std::fprintf(stderr, "loractl submit: --set expects key=value, got '%s'\n", kv.c_str());
+        return kUsage;
+      }
+      (*request.mutable_overrides())[kv.substr(0, eq)] = kv.substr(eq + 1);
+    }
+  }
+  request.set_request_id(args.Get("request-id", NewRequestId()));
+  // Retrying with the same request id can never create a second job.
+  grpc::Status status;
+  lorad::v1::Job job;
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    auto ctx = client.Context();
+    status = client.stub()->SubmitJob(ctx.get(), request, &job);
+    if (status.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(500 << attempt));
+  }
+  if (!status.ok()) return ExitFor(status, "submit");
+  std::printf("%lld\n", static_cast<long long>(job.id()));
+  return kOk;
+}
+
+int List(Client& client, const Args& args) {
+  lorad::v1::ListJobsRequest request;
+  if (args.Has("state")) {
+    lorad::v1::JobState state;
+    std::string name = "JOB_STATE_" + args.Get("state");
+    for (auto& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    if (!lorad::v1::JobState_Parse(name, &state)) {
+      std::fprintf(stderr, "loractl ls: unknown state '%s'\n", args.Get("state").c_str());
+      return kUsage;
+    }
+    request.add_states(state);
+  }
+  request.set_name_contains(args.Get("name"));
+  request.set_sweep(args.Get("sweep"));
+  int64_t limit = 50;
+  if (args.Has("limit")) (void)absl::SimpleAtoi(args.Get("limit"), &limit);
+  request.set_page_size(static_cast<int32_t>(std::min<int64_t>(limit, 1000)));
+  lorad::v1::ListJobsResponse response;
+  auto ctx = client.Context();
+  grpc::Status status = client.stub()->ListJobs(ctx.get(), request, &response);
+  if (!status.ok()) return ExitFor(status, "ls");
+  if (args.Has("json")) {
+    std::printf("%s\n", Json(response).c_str());
+    return kOk;
+  }
+  std::printf("%-6s %-10s %-24s %-13s %-9s %s\n", "ID", "STATE", "NAME", "STEP", "LOSS", "REASON");
+  for (const auto& job : response.jobs()) {
+    std::printf("%-6lld %-10s %-24s %-13s %-9.4f %s\n", static_cast<long long>(job.id()),
+                StateName(job.state()).c_str(), job.name().substr(0, 24).c_str(),
+                absl::StrCat(job.step(), "/", job.total_steps()).c_str(), job.loss(),
+                job.reason().substr(0, job.reason().find('\n')).c_str());
+  }
+  return kOk;
+}
+
+int Show(Client& client, const Args& args) {
+  int64_t id = 0;
+  if (!ParseJobId(args, &id)) {
+    std::fprintf(stderr, "loractl show: expected a job id\n");
+    return kUsage;
+  }
+  lorad::v1::GetJobRequest request;
+  request.set_job_id(id);
+  lorad::v1::Job job;
+  auto ctx = client.Context();
+  grpc::Status status = client.stub()->GetJob(ctx.get(), request, &job);
+  if (!status.ok()) return ExitFor(status, absl::StrCat("show ", id));
+  lorad::v1::ListArtifactsRequest list;
+  list.set_job_id(id);
+  lorad::v1::ListArtifactsResponse artifacts;
+  auto ctx2 = client.Context();
+  status = client.stub()->ListArtifacts(ctx2.get(), list, &artifacts);
+  if (!status.ok()) return ExitFor(status, absl::StrCat("show ", id));
+  if (args.Has("json")) {
+    std::printf("{\"job\": %s, \"artifacts\": %s}\n", Json(job).c_str(), Json(artifacts).c_str());
+    return kOk;
+  }
+  std::printf("job %lld  %s  %s\n", static_cast<long long>(job.id()), job.name().c_str(),
+              StateName(job.state()).c_str());
+  std::printf("step %lld/%lld  loss %.4f  attempts %d  priority %d  events %lld\n",
+              static_cast<long long>(job.step()), static_cast<long long>(job.total_steps()), job.loss(),
+              job.attempts(), job.priority(), static_cast<long long>(job.last_seq()));
+  if (!job.dataset().empty()) std::printf("dataset %s\n", job.dataset().c_str());
+  if (!job.reason().empty()) std::printf("reason: %s\n", job.reason().c_str());
+  if (!job.final_lora_path().empty()) std::printf("lora: %s\n", job.final_lora_path().c_str());
+  std::printf("hyperparameters:\n");
+  for (const auto& [k, v] : std::map<std::string, std::string>(job.hyperparameters().begin(),
+                                                               job.hyperparameters().end())) {
+    std::printf("  %s = %s\n", k.c_str(), v.c_str());
+  }
+  std::printf("artifacts:\n");
+  for (const auto& a : artifacts.artifacts()) {
+    std::printf("  %-4lld %-7s step %-6lld %10lld B  %s\n", static_cast<long long>(a.id()),
+                lorad::v1::ArtifactKind_Name(a.kind()).substr(14).c_str(), static_cast<long long>(a.step()),
+                static_cast<long long>(a.bytes()), a.name().c_str());
+  }
+  return kOk;
+}
+
+void RenderEvent(const lorad::v1::JobEvent& e, bool tty) {
+  const auto& ev = e.event();
+  if (ev.has_progress()) {
+    const auto& p = ev.progress();
+    const double fraction = p.total_steps() > 0 ? double(p.step()) / double(p.total_steps()) : 0;
+    const int filled = static_cast<int>(fraction * 30);
+    const std::string bar = std::string(filled, '#') + std::string(30 - filled, '.');
+    std::fprintf(stderr, "%s[%s] %lld/%lld  loss %.4f  %.2f it/s  ETA %s%s", tty ? "\r" : "", bar.c_str(),
+                 static_cast<long long>(p.step()), static_cast<long long>(p.total_steps()), p.loss_avg(),
+                 p.it_per_s(), Duration(p.eta_s()).c_str(), tty ? "   " : "\n");
+    return;
+  }
+  if (tty) std::fprintf(stderr, "\n");
+  if (ev.has_job_started()) {
+    std::fprintf(stderr, "started: %lld steps, %d epochs on %s%s\n",
+                 static_cast<long long>(ev.job_started().total_steps()), ev.job_started().total_epochs(),
+                 ev.job_started().device().c_str(),
+                 ev.job_started().resumed_from_step() > 0
+                     ? absl::StrCat(", resumed from step ", ev.job_started().resumed_from_step()).c_str()
+                     : "");
+  } else if (ev.has_checkpoint()) {
+    std::fprintf(stderr, "saved %s at step %lld: %s\n",
+                 ev.checkpoint().kind() == lorad::v1::ARTIFACT_KIND_STATE ? "state" : "LoRA",
+                 static_cast<long long>(ev.checkpoint().step()), ev.checkpoint().path().c_str());
+  } else if (ev.has_sample()) {
+    std::fprintf(stderr, "sample %d at step %lld: %s\n", ev.sample().prompt_index(),
+                 static_cast<long long>(ev.sample().step()), ev.sample().path().c_str());
+  } else if (ev.has_warning()) {
+    std::fprintf(stderr, "warning [%s]: %s\n", ev.warning().code().c_str(), ev.warning().message().c_str());
+  } else if (ev.has_log()) {
+    std::fprintf(stderr, "%s\n", ev.log().message().c_str());
+  } else if (ev.has_finished()) {
+    std::fprintf(stderr, "%s at step %lld%s%s\n",
+                 lorad::v1::Finished::Status_Name(ev.finished().status()).c_str(),
+                 static_cast<long long>(ev.finished().final_step()),
+                 ev.finished().reason().empty() ? "" : ": ", ev.finished().reason().c_str());
+  }
+}
+
+int Tail(Client& client, const Args& args) {
+  int64_t id = 0;
+  if (!ParseJobId(args, &id)) {
+    std::fprintf(stderr, "loractl tail: expected a job id\n");
+    return kUsage;
+  }
+  int64_t after = 0;
+  if (args.Has("after")) (void)absl::SimpleAtoi(args.Get("after"), &after);
+  const bool json = args.Has("json");
+  const bool tty = !json && isatty(STDERR_FILENO);
+  auto backoff = std::chrono::milliseconds(250);
+  auto gave_up_at = std::chrono::steady_clock::now() + std::chrono::minutes(30);
+  lorad::v1::Finished::Status outcome = lorad::v1::Finished::STATUS_UNSPECIFIED;
+  while (true) {
+    auto ctx = client.Context(true);
+    lorad::v1::StreamEventsRequest request;
+    request.set_job_id(id);
+    request.set_after_seq(after);
+    auto reader = client.stub()->StreamEvents(ctx.get(), request);
+    lorad::v1::JobEvent event;
+    while (reader->Read(&event)) {
+      if (event.seq() <= after) continue;  // never show an event twice
+      after = event.seq();
+      backoff = std::chrono::milliseconds(250);
+      gave_up_at = std::chrono::steady_clock::now() + std::chrono::minutes(30);
+      if (event.event().has_finished()) outcome = event.event().finished().status();
+      if (json) {
+        std::printf("%s\n", Json(event).c_str());
+        std::fflush(stdout);
+      } else {
+        RenderEvent(event, tty);
+      }
+    }
+    grpc::Status status = reader->Finish();
+    if (status.ok()) break;
+    const auto code = status.error_code();
+    const bool transient = code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::DEADLINE_EXCEEDED ||
+                           code == grpc::StatusCode::CANCELLED || code == grpc::StatusCode::INTERNAL;
+    if (!transient || std::chrono::steady_clock::now() > gave_up_at) return ExitFor(status, absl::StrCat("tail ", id));
+    std::fprintf(stderr, "%sconnection lost (%s); reconnecting in %.1fs from event %lld\n", tty ? "\n" : "",
+                 status.error_message().c_str(), backoff.count() / 1000.0, static_cast<long long>(after));
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(10000));
+  }
+  if (tty) std::fprintf(stderr, "\n");
+  if (outcome == lorad::v1::Finished::FAILED) return kJobFailed;
+  if (outcome == lorad::v1::Finished::CANCELLED) return kJobCancelled;
+  return kOk;
+}
+
+int Cancel(Client& client, const Args& args) {
+  int64_t id = 0;
+  if (!ParseJobId(args, &id)) {
+    std::fprintf(stderr, "loractl cancel: expected a job id\n");
+    return kUsage;
+  }
+  lorad::v1::CancelJobRequest request;
+  request.set_job_id(id);
+  request.set_reason(args.Get("reason", "cancelled with loractl"));
+  lorad::v1::Job job;
+  auto ctx = client.Context();
+  grpc::Status status = client.stub()->CancelJob(ctx.get(), request, &job);
+  if (!status.ok()) return ExitFor(status, absl::StrCat("cancel ", id));
+  std::printf("job %lld: %s%s\n", static_cast<long long>(id), StateName(job.state()).c_str(),
+              job.state() == lorad::v1::JOB_STATE_RUNNING ? " (stopping)" : "");
+  return kOk;
+}
+
+int Fetch(Client& client, const Args& args) {
+  int64_t id = 0;
+  if (!ParseJobId(args, &id)) {
+    std::fprintf(stderr, "loractl fetch: expected a job id\n");
+    return kUsage;
+  }
+  const fs::path out = args.Get("out", ".");
+  lorad::v1::ListArtifactsRequest request;
+  request.set_job_id(id);
+  lorad::v1::ListArtifactsResponse response;
+  auto ctx = client.Context();
+  grpc::Status status = client.stub()->ListArtifacts(ctx.get(), request, &response);
+  if (!status.ok()) return ExitFor(status, absl::StrCat("fetch ", id));
+  std::vector<lorad::v1::Artifact> chosen;
+  const lorad::v1::Artifact* final_lora = nullptr;
+  for (const auto& a : response.artifacts()) {
+    if (a.is_directory()) continue;
+    if (args.Has("all") || (args.Has("samples") && a.kind() == lorad::v1::ARTIFACT_KIND_SAMPLE) ||
+        (args.Has("lora") && a.kind() == lorad::v1::ARTIFACT_KIND_LORA)) {
+      chosen.push_back(a);
+    }
+    if (a.kind() == lorad::v1::ARTIFACT_KIND_LORA && (final_lora == nullptr || a.is_final() || a.step() > final_lora->step()) &&
+        !(final_lora && final_lora->is_final())) {
+      final_lora = &a;
+    }
+  }
+  if (!args.Has("all") && !args.Has("samples") && !args.Has("lora")) {
+    if (final_lora == nullptr) {
+      std::fprintf(stderr, "loractl fetch: job %lld has no LoRA file yet (see `loractl show %lld`)\n",
+                   static_cast<long long>(id), static_cast<long long>(id));
+      return kNotFound;
+    }
+    chosen.push_back(*final_lora);
+  }
+  for (const auto& a : chosen) {
+    const fs::path target = out / a.name();
+    absl::Status fetched = absl::UnavailableError("not tried");
+    for (int attempt = 0; attempt < 5 && !fetched.ok(); ++attempt) {
+      fetched = client.FetchArtifact(a, target);
+      if (fetched.code() != absl::StatusCode::kUnavailable) break;
+      std::fprintf(stderr, "download interrupted (%s); resuming\n", std::string(fetched.message()).c_str());
+      std::this_thread::sleep_for(std::chrono::milliseconds(500 << attempt));
+    }
+    if (!fetched.ok()) return ExitFor(fetched, absl::StrCat("fetch ", a.name()));
+    std::printf("%s\n", target.string().c_str());
+  }
+  return kOk;
+}
+
+int Datasets(Client& client, const Args& args) {
+  const std::string sub = args.positional.empty() ? "ls" : args.positional[0];
+  if (sub == "upload") {
+    if (args.positional.size() != 2) {
+      std::fprintf(stderr, "loractl datasets upload: expected a folder\n");
+      return kUsage;
+    }
+    auto dataset = client.UploadDataset(args.positional[1], args.Get("name"));
+    if (!dataset.ok()) return ExitFor(dataset.status(), "datasets upload");
+    std::printf("%s\n", dataset->id().c_str());
+    return kOk;
+  }
+  if (sub == "ls") {
+    lorad::v1::ListDatasetsResponse response;
+    auto ctx = client.Context();
+    grpc::Status status = client.stub()->ListDatasets(ctx.get(), {}, &response);
+    if (!status.ok()) return ExitFor(status, "datasets ls");
+    if (args.Has("json")) {
+      std::printf("%s\n", Json(response).c_str());
+      return kOk;
+    }
+    for (const auto& d : response.datasets()) {
+      std::printf("%s  %-20s %5d files %5d images %12lld B\n", d.id().c_str(), d.name().c_str(), d.files(),
+                  d.images(), static_cast<long long>(d.bytes()));
+    }
+    return kOk;
+  }
+  if (sub == "inspect" && args.positional.size() == 2) {
+    lorad::v1::InspectDatasetRequest request;
+    request.set_dataset_id(args.positional[1]);
+    lorad::v1::InspectDatasetResponse response;
+    auto ctx = client.Context();
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(10));
+    grpc::Status status = client.stub()->InspectDataset(ctx.get(), request, &response);
+    if (!status.ok()) return ExitFor(status, "datasets inspect");
+    std::printf("%s\n", response.report_json().c_str());
+    return kOk;
+  }
+  std::fprintf(stderr, "loractl datasets: upload DIR | ls | inspect ID\n");
+  return kUsage;
+}
+
+int Info(Client& client, const Args& args) {
+  lorad::v1::ServerInfo info;
+  auto ctx = client.Context();
+  grpc::Status status = client.stub()->GetServerInfo(ctx.get(), {}, &info);
+  if (!status.ok()) return ExitFor(status, "info");
+  if (args.Has("json")) {
+    std::printf("%s\n", Json(info).c_str());
+    return kOk;
+  }
+  std::printf("lorad %s (LibTorch %s, CUDA %s), up %llds\n", info.version().c_str(),
+              info.libtorch_version().c_str(), info.cuda_available() ? "yes" : "no",
+              static_cast<long long>(info.uptime_s()));
+  std::printf("slots %d, running %d, queued %d\ndata dir %s\nworker %s\n", info.slots(), info.running(),
+              info.queue_length(), info.data_dir().c_str(), info.worker_binary().c_str());
+  for (const auto& gpu : info.gpus()) {
+    std::printf("gpu %d: %s, %.1f/%.1f GiB free\n", gpu.index(), gpu.name().c_str(),
+                gpu.memory_free_bytes() / 1073741824.0, gpu.memory_total_bytes() / 1073741824.0);
+  }
+  return kOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Connection connection;
+  connection.server.clear();
+  int i = 1;
+  for (; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&](std::string* out) {
+      if (i + 1 >= argc) return false;
+      *out = argv[++i];
+      return true;
+    };
+    std::string v;
+    if (a == "--server" && value(&v)) connection.server = v;
+    else if (a == "--token" && value(&v)) connection.token = v;
+    else if (a == "--tls") connection.tls = true;
+    else if (a == "--ca" && value(&v)) connection.ca_file = v;
+    else if (a == "--timeout" && value(&v)) {
+      double seconds = 0;
+      if (!absl::SimpleAtod(v, &seconds) || seconds <= 0) {
+        std::fprintf(stderr, "loractl: --timeout expects seconds\n");
+        return kUsage;
+      }
+      connection.timeout = std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+    } else if (a == "--help" || a == "-h") {
+      std::printf("%s", kUsageText);
+      return kOk;
+    } else break;
+  }
+  if (i >= argc) {
+    std::fprintf(stderr, "%s", kUsageText);
+    return kUsage;
+  }
+  const std::string command = argv[i];
+  auto args = ParseArgs(argc, argv, i + 1);
+  if (!args.ok()) {
+    std::fprintf(stderr, "loractl %s: %s\n", command.c_str(), std::string(args.status().message()).c_str());
+    return kUsage;
+  }
+  Client client(lorad::client::ConnectionFromEnv(connection));
+  if (command == "submit") return Submit(client, *args);
+  if (command == "ls") return List(client, *args);
+  if (command == "show") return Show(client, *args);
+  if (command == "tail") return Tail(client, *args);
+  if (command == "cancel") return Cancel(client, *args);
+  if (command == "fetch") return Fetch(client, *args);
+  if (command == "datasets") return Datasets(client, *args);
+  if (command == "info") return Info(client, *args);
+  std::fprintf(stderr, "loractl: unknown command '%s'\n%s", command.c_str(), kUsageText);
+  return kUsage;
+}
