@@ -1,0 +1,105 @@
+// torch.optim.AdamW, single-tensor (foreach=False) path, op for op (spec 6.1).
+#include <cmath>
+
+#include "core/common/status_macros.h"
+#include "core/optim/optim_internal.h"
+
+namespace lorad::optim {
+namespace {
+
+struct AdamWConfig {
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01;
+  bool amsgrad = false, maximize = false;
+};
+
+class AdamW final : public Optimizer {
+ public:
+  AdamW(std::vector<ParamGroup> groups, std::vector<std::string> args, AdamWConfig config, std::string class_path)
+      : Optimizer(std::move(groups), std::move(args)), c_(config), class_path_(std::move(class_path)) {}
+
+  std::string_view name() const override { return "AdamW"; }
+  std::string_view class_path() const override { return class_path_; }
+
+  absl::Status Step() override {
+    torch::NoGradGuard no_grad;
+    bool any = false;
+    try {
+      for (int g = 0; g < num_groups(); ++g) {
+        const double lr = lrs_[g];
+        for (size_t i = 0; i < groups_[g].params.size(); ++i) {
+          ASSIGN_OR_RETURN(std::optional<WorkTensor> w, PrepareParam(groups_[g].params[i], name()));
+          if (!w) continue;
+          any = true;
+          ParamState& s = state(g, static_cast<int>(i));
+          if (s.tensors.empty()) {
+            s.tensors["exp_avg"] = torch::zeros_like(w->param);
+            s.tensors["exp_avg_sq"] = torch::zeros_like(w->param);
+            if (c_.amsgrad) s.tensors["max_exp_avg_sq"] = torch::zeros_like(w->param);
+          }
+          torch::Tensor& exp_avg = s.tensors["exp_avg"];
+          torch::Tensor& exp_avg_sq = s.tensors["exp_avg_sq"];
+          torch::Tensor grad = c_.maximize ? -w->grad : w->grad;
+          s.step += 1;
+          const double step = static_cast<double>(s.step);
+
+          w->param.mul_(1 - lr * c_.weight_decay);
+          exp_avg.lerp_(grad, 1 - c_.beta1);
+          exp_avg_sq.mul_(c_.beta2).addcmul_(grad, grad, 1 - c_.beta2);
+          const double bias_correction1 = 1 - std::pow(c_.beta1, step);
+          const double bias_correction2 = 1 - std::pow(c_.beta2, step);
+          const double step_size = lr / bias_correction1;
+          const double bias_correction2_sqrt = std::sqrt(bias_correction2);
+          torch::Tensor denom;
+          if (c_.amsgrad) {
+            torch::Tensor& max_sq = s.tensors["max_exp_avg_sq"];
+            torch::maximum_out(max_sq, max_sq, exp_avg_sq);
+            denom = (max_sq.sqrt() / bias_correction2_sqrt).add_(c_.eps);
+          } else {
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(c_.eps);
+          }
+          w->param.addcdiv_(exp_avg, denom, -step_size);
+          w->Commit();
+        }
+      }
+    } catch (const c10::Error& e) {
+      return TorchError(name(), e);
+    }
+    if (any) ++step_count_;
+    return absl::OkStatus();
+  }
+
+ private:
+  AdamWConfig c_;
+  std::string class_path_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Optimizer>> MakeAdamW(const OptimizerArgs& args, std::vector<ParamGroup> groups,
+                                                     std::string class_path) {
+  const std::string n = "AdamW";
+  RETURN_IF_ERROR(args.CheckKnown(n, {"betas", "eps", "weight_decay", "amsgrad", "maximize", "foreach", "fused",
+                                      "capturable", "differentiable"}));
+  AdamWConfig c;
+  ASSIGN_OR_RETURN(std::vector<double> betas, args.Floats("betas", {c.beta1, c.beta2}));
+  c.beta1 = betas[0];
+  c.beta2 = betas[1];
+  ASSIGN_OR_RETURN(c.eps, args.Float("eps", c.eps));
+  ASSIGN_OR_RETURN(c.weight_decay, args.Float("weight_decay", c.weight_decay));
+  ASSIGN_OR_RETURN(c.amsgrad, args.Bool("amsgrad", false));
+  ASSIGN_OR_RETURN(c.maximize, args.Bool("maximize", false));
+  // Implementation selectors that do not change the math.
+  for (const char* k : {"foreach", "fused", "capturable", "differentiable"}) {
+    if (args.Has(k)) {
+      ASSIGN_OR_RETURN(bool ignored, args.Bool(k, false));
+      (void)ignored;
+    }
+  }
+  RETURN_IF_ERROR(RequireRange(n, "betas[0]", c.beta1, 0, true, 1, false));
+  RETURN_IF_ERROR(RequireRange(n, "betas[1]", c.beta2, 0, true, 1, false));
+  RETURN_IF_ERROR(RequireRange(n, "eps", c.eps, 0, false, INFINITY, false));
+  RETURN_IF_ERROR(RequireRange(n, "weight_decay", c.weight_decay, 0, true, INFINITY, false));
+  return std::unique_ptr<Optimizer>(new AdamW(std::move(groups), args.DescribeArgs(), c, std::move(class_path)));
+}
+
+}  // namespace lorad::optim

@@ -1,0 +1,81 @@
+// lion_pytorch.Lion (lucidrains), op for op (spec 6.3).
+#include <cmath>
+
+#include "core/common/status_macros.h"
+#include "core/optim/optim_internal.h"
+
+namespace lorad::optim {
+namespace {
+
+struct LionConfig {
+  double beta1 = 0.9, beta2 = 0.99, weight_decay = 0.0;
+  bool decoupled_weight_decay = false;
+};
+
+class Lion final : public Optimizer {
+ public:
+  Lion(std::vector<ParamGroup> groups, std::vector<std::string> args, LionConfig config, std::string class_path)
+      : Optimizer(std::move(groups), std::move(args)), c_(config), class_path_(std::move(class_path)) {}
+
+  std::string_view name() const override { return "Lion"; }
+  std::string_view class_path() const override { return class_path_; }
+
+  absl::Status Step() override {
+    torch::NoGradGuard no_grad;
+    bool any = false;
+    try {
+      for (int g = 0; g < num_groups(); ++g) {
+        const double lr = lrs_[g];
+        // decoupled_weight_decay divides wd by the lr the optimizer was created with.
+        const double wd = c_.decoupled_weight_decay ? c_.weight_decay / initial_lr_ : c_.weight_decay;
+        for (size_t i = 0; i < groups_[g].params.size(); ++i) {
+          ASSIGN_OR_RETURN(std::optional<WorkTensor> w, PrepareParam(groups_[g].params[i], name()));
+          if (!w) continue;
+          any = true;
+          ParamState& s = state(g, static_cast<int>(i));
+          if (s.tensors.empty()) s.tensors["exp_avg"] = torch::zeros_like(w->param);
+          torch::Tensor& exp_avg = s.tensors["exp_avg"];
+          s.step += 1;
+          w->param.mul_(1.0 - lr * wd);
+          torch::Tensor update = exp_avg.clone().mul_(c_.beta1).add(w->grad, 1.0 - c_.beta1).sign_();
+          w->param.add_(update, -lr);
+          exp_avg.mul_(c_.beta2).add_(w->grad, 1.0 - c_.beta2);
+          w->Commit();
+        }
+      }
+    } catch (const c10::Error& e) {
+      return TorchError(name(), e);
+    }
+    if (any) ++step_count_;
+    return absl::OkStatus();
+  }
+
+ private:
+  LionConfig c_;
+  std::string class_path_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Optimizer>> MakeLion(const OptimizerArgs& args, std::vector<ParamGroup> groups,
+                                                    std::string class_path) {
+  const std::string n = "Lion";
+  RETURN_IF_ERROR(args.CheckKnown(n, {"betas", "weight_decay", "decoupled_weight_decay", "use_triton"}));
+  LionConfig c;
+  ASSIGN_OR_RETURN(std::vector<double> betas, args.Floats("betas", {c.beta1, c.beta2}));
+  c.beta1 = betas[0];
+  c.beta2 = betas[1];
+  ASSIGN_OR_RETURN(c.weight_decay, args.Float("weight_decay", c.weight_decay));
+  ASSIGN_OR_RETURN(c.decoupled_weight_decay, args.Bool("decoupled_weight_decay", false));
+  ASSIGN_OR_RETURN(bool use_triton, args.Bool("use_triton", false));
+  (void)use_triton;  // a kernel choice, same math
+  RETURN_IF_ERROR(RequireRange(n, "betas[0]", c.beta1, 0, true, 1, false));
+  RETURN_IF_ERROR(RequireRange(n, "betas[1]", c.beta2, 0, true, 1, false));
+  RETURN_IF_ERROR(RequireRange(n, "weight_decay", c.weight_decay, 0, true, INFINITY, false));
+  if (c.decoupled_weight_decay && !groups.empty() && groups.front().lr <= 0) {
+    return absl::InvalidArgumentError("Lion decoupled_weight_decay=True needs a positive learning rate");
+  }
+  return std::unique_ptr<Optimizer>(new Lion(std::move(groups), args.DescribeArgs(), c, std::move(class_path)));
+}
+
+}  // namespace lorad::optim

@@ -1,0 +1,45 @@
+#include "core/optim/optim_internal.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace lorad::optim {
+
+absl::StatusOr<std::optional<WorkTensor>> PrepareParam(const torch::Tensor& param, std::string_view optimizer) {
+  const torch::Tensor& grad = param.grad();
+  if (!grad.defined()) return std::optional<WorkTensor>();
+  if (!param.is_floating_point()) {
+    return absl::InvalidArgumentError(absl::StrCat(std::string(optimizer), " can only optimize floating-point parameters, got ",
+                                                   c10::toString(param.scalar_type())));
+  }
+  if (grad.sizes() != param.sizes()) {
+    return absl::InvalidArgumentError(absl::StrCat(std::string(optimizer), ": gradient shape ", c10::str(grad.sizes()),
+                                                   " differs from parameter shape ", c10::str(param.sizes())));
+  }
+  WorkTensor w;
+  w.original = param.detach();
+  auto type = param.scalar_type();
+  if (type == torch::kFloat || type == torch::kDouble) {
+    w.param = w.original;
+    w.grad = grad.detach().to(type);
+  } else {
+    w.param = w.original.to(torch::kFloat);
+    w.grad = grad.detach().to(torch::kFloat);
+  }
+  return std::optional<WorkTensor>(std::move(w));
+}
+
+torch::Tensor Rms(const torch::Tensor& x) { return x.norm(2) / std::sqrt(static_cast<double>(x.numel())); }
+
+torch::Tensor ApproxSqGrad(const torch::Tensor& row, const torch::Tensor& col) {
+  torch::Tensor r_factor = (row / row.mean(-1, /*keepdim=*/true)).rsqrt_().unsqueeze(-1);
+  torch::Tensor c_factor = col.unsqueeze(-2).rsqrt();
+  return torch::mul(r_factor, c_factor);
+}
+
+absl::Status TorchError(std::string_view optimizer, const c10::Error& e) {
+  return absl::InternalError(absl::StrCat(std::string(optimizer), " step failed: ", e.what_without_backtrace()));
+}
+
+}  // namespace lorad::optim

@@ -1,0 +1,53 @@
+// Shared pieces of the optimizer implementations (not part of the public API).
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "absl/status/statusor.h"
+#include "core/optim/optimizer.h"
+#include "core/optim/optimizer_args.h"
+
+namespace lorad::optim {
+
+// A parameter and its gradient in the dtype the math runs in: the parameter's
+// own dtype for float32/float64; float32 working copies for float16/bfloat16
+// (as transformers/CAME do), written back by Commit().
+struct WorkTensor {
+  torch::Tensor param;  // updated in place
+  torch::Tensor grad;
+  torch::Tensor original;
+
+  void Commit() {
+    if (!original.is_same(param)) original.detach().copy_(param);
+  }
+};
+
+// nullopt when the parameter has no gradient (skipped, as torch does); an
+// error for non-floating parameters or a gradient of another shape.
+absl::StatusOr<std::optional<WorkTensor>> PrepareParam(const torch::Tensor& param, std::string_view optimizer);
+
+// transformers' Adafactor._rms: ||x||_2 / sqrt(numel), as a 0-d tensor.
+torch::Tensor Rms(const torch::Tensor& x);
+// Adafactor/CAME _approx_sq_grad: (row / mean(row))^-1/2 outer col^-1/2.
+torch::Tensor ApproxSqGrad(const torch::Tensor& row, const torch::Tensor& col);
+
+using OptimizerFactory = absl::StatusOr<std::unique_ptr<Optimizer>> (*)(const OptimizerArgs& args,
+                                                                        std::vector<ParamGroup> groups,
+                                                                        std::string class_path);
+
+absl::StatusOr<std::unique_ptr<Optimizer>> MakeAdamW(const OptimizerArgs&, std::vector<ParamGroup>, std::string);
+absl::StatusOr<std::unique_ptr<Optimizer>> MakeAdamW8bit(const OptimizerArgs&, std::vector<ParamGroup>, std::string);
+absl::StatusOr<std::unique_ptr<Optimizer>> MakeLion(const OptimizerArgs&, std::vector<ParamGroup>, std::string);
+absl::StatusOr<std::unique_ptr<Optimizer>> MakeAdafactor(const OptimizerArgs&, std::vector<ParamGroup>, std::string);
+absl::StatusOr<std::unique_ptr<Optimizer>> MakeProdigy(const OptimizerArgs&, std::vector<ParamGroup>, std::string);
+absl::StatusOr<std::unique_ptr<Optimizer>> MakeCame(const OptimizerArgs&, std::vector<ParamGroup>, std::string);
+
+// Wraps a LibTorch failure inside Step() into a status naming the optimizer.
+absl::Status TorchError(std::string_view optimizer, const c10::Error& e);
+
+}  // namespace lorad::optim
