@@ -6,6 +6,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -50,7 +51,12 @@ struct KeyReport {
   std::vector<std::string> missing;     // expected but absent
   std::vector<std::string> unexpected;  // present, not used, not a known extra
   std::vector<std::string> ignored;     // known extras: model_ema.*, alphas_cumprod, position_ids, logit_scale, ...
+  std::vector<std::string> wrong_shape; // "key: [stored] vs [expected]"
+  bool clean() const { return missing.empty() && unexpected.empty() && wrong_shape.empty(); }
 };
+
+// The real models' layout of a family (spec 2.3): SD1.5 or SDXL base, single-file locations.
+CheckpointLayout DefaultLayout(ModelFamily family);
 
 // An opened checkpoint (single file or diffusers folder), names presented in
 // the single-file layout for the U-Net and VAE. Thread-compatible.
@@ -62,17 +68,18 @@ class Checkpoint {
 
   // Detected family and configs (errors name the key that was looked for).
   virtual absl::StatusOr<CheckpointLayout> DetectLayout() const = 0;
-  // U-Net / VAE tensors under their single-file names without the prefix.
+  // U-Net / VAE tensors under their single-file names, with the kUnetPrefix /
+  // kVaePrefix prefixes (a diffusers folder presents renamed views).
   virtual const io::TensorSource& unet_source() const = 0;
   virtual const io::TensorSource& vae_source() const = 0;
   // Text encoder i's tensor source (paired with layout.text_locations[i]).
   virtual const io::TensorSource& text_source(size_t i) const = 0;
-  // Every stored tensor name (single file: as stored; folder: "<sub>/<name>").
-  virtual std::vector<std::string> AllNames() const = 0;
+  // Number of stored tensors.
+  virtual int64_t TensorCount() const = 0;
   // Stored dtype name -> tensor count.
   virtual std::map<std::string, int64_t> DTypeCounts() const = 0;
   // Metadata of the main file (single file) or the unet file (folder).
-  virtual std::map<std::string, std::string> Metadata() const = 0;
+  virtual const std::map<std::string, std::string>& Metadata() const = 0;
   // Missing / unexpected / ignored keys against `layout`'s expected key set.
   virtual KeyReport CompareKeys(const CheckpointLayout& layout) const = 0;
   virtual uint64_t TotalBytes() const = 0;
@@ -103,8 +110,9 @@ struct StableDiffusion {
 absl::StatusOr<StableDiffusion> LoadStableDiffusion(const std::filesystem::path& path,
                                                     const LoadOptions& options = {});
 
-// Expected single-file keys and shapes of a layout (U-Net, VAE, text encoders
-// under their single-file prefixes), computed on the meta device.
+// Expected keys and shapes of a layout (U-Net and VAE under their single-file
+// prefixes, text encoders under their locations' prefixes), computed on the
+// meta device: nothing is allocated even for full-size SDXL.
 std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedCheckpointKeys(const CheckpointLayout& layout);
 
 }  // namespace lorad::models
