@@ -130,7 +130,8 @@ absl::StatusOr<lorad::v1::Dataset> Client::UploadDataset(const fs::path& dir, co
 
 absl::Status Client::FetchArtifact(const lorad::v1::Artifact& artifact, const fs::path& target,
                                    int64_t stop_after_bytes,
-                                   const std::function<void(int64_t, int64_t)>& progress) {
+                                   const std::function<void(int64_t, int64_t)>& progress,
+                                   int chunk_bytes) {
   const fs::path part = target.string() + ".part";
   std::error_code ec;
   fs::create_directories(target.parent_path().empty() ? fs::path(".") : target.parent_path(), ec);
@@ -156,6 +157,7 @@ absl::Status Client::FetchArtifact(const lorad::v1::Artifact& artifact, const fs
   lorad::v1::FetchArtifactRequest request;
   request.set_artifact_id(artifact.id());
   request.set_offset(offset);
+  request.set_chunk_bytes(chunk_bytes);
   auto reader = stub_->FetchArtifact(ctx.get(), request);
   lorad::v1::ArtifactChunk chunk;
   std::string server_sha;

@@ -44,7 +44,8 @@ class Client {
   // `stop_after_bytes` > 0 aborts after that many bytes (tests interrupt with it).
   absl::Status FetchArtifact(const lorad::v1::Artifact& artifact, const std::filesystem::path& target,
                              int64_t stop_after_bytes = 0,
-                             const std::function<void(int64_t, int64_t)>& progress = nullptr);
+                             const std::function<void(int64_t, int64_t)>& progress = nullptr,
+                             int chunk_bytes = 0);
 
  private:
   Connection connection_;
