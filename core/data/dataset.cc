@@ -28,6 +28,20 @@ namespace fs = std::filesystem;
 // Stream tags keep the seeded streams of different uses independent.
 enum StreamTag : uint64_t { kEpochOrder = 1, kBucketOrder = 2, kFlip = 3, kCrop = 4, kCaption = 5, kColor = 6 };
 
+bool IsValidUtf8(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    const int n = c < 0x80 ? 0 : (c >> 5) == 0x6 ? 1 : (c >> 4) == 0xE ? 2 : (c >> 3) == 0x1E ? 3 : -1;
+    if (n < 0 || i + n >= s.size() + (n == 0 ? 1 : 0)) return false;
+    for (int k = 1; k <= n; ++k) {
+      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 0x2) return false;
+    }
+    i += n + 1;
+  }
+  return true;
+}
+
 std::string ReadCaptionFile(const fs::path& path, bool keep_all_lines, std::string* problem) {
   auto bytes = ReadFileBytes(path);
   if (!bytes.ok()) {
@@ -36,6 +50,10 @@ std::string ReadCaptionFile(const fs::path& path, bool keep_all_lines, std::stri
   }
   std::string text = *bytes;
   if (text.rfind("\xEF\xBB\xBF", 0) == 0) text = text.substr(3);
+  if (!IsValidUtf8(text)) {
+    *problem = "not valid UTF-8 text";
+    return "";
+  }
   std::vector<std::string> lines = PySplit(text, "\n");
   if (!keep_all_lines) return PyStrip(lines[0]);
   std::vector<std::string> kept;
@@ -140,13 +158,20 @@ absl::Status Dataset::Load() {
         std::string problem;
         if (fs::is_regular_file(cap, ec)) {
           e.caption = ReadCaptionFile(cap, s.enable_wildcard, &problem);
-          if (problem.empty() && e.caption.empty()) problem = "it is empty";
-          if (problem.empty()) e.caption_from_file = true;
+          if (!problem.empty()) {
+            e.caption_problem = "unreadable: " + problem;
+          } else if (e.caption.empty()) {
+            e.caption_problem = "empty";
+          } else {
+            e.caption_from_file = true;
+          }
+        } else {
+          e.caption_problem = "missing";
         }
         if (!e.caption_from_file) {
-          if (!problem.empty()) {
-            warnings_.push_back(absl::StrCat("caption '", cap.string(), "' unusable (", problem,
-                                             "); using the class tokens"));
+          if (e.caption_problem != "missing") {
+            warnings_.push_back(absl::StrCat("caption '", cap.string(), "' is ", e.caption_problem,
+                                             "; using the class tokens"));
           }
           e.caption = s.class_tokens;
         }

@@ -72,6 +72,9 @@ struct ImageEntry {
   int height = 0;
   std::string caption;   // raw caption (first line rules applied later), or class tokens
   bool caption_from_file = false;
+  // Why the class tokens were used instead: "" (caption file used), "missing",
+  // "empty", or "unreadable: <reason>".
+  std::string caption_problem;
   // Bucket assignment (spec 7.2).
   int bucket_width = 0;
   int bucket_height = 0;
