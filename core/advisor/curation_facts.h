@@ -1,0 +1,21 @@
+// Bridges core/data's curation report to the advisor's DatasetFacts. A separate
+// library (lorad_advisor_data) because core/data brings LibTorch and OpenCV,
+// which lorad_advisor itself stays free of.
+#pragma once
+
+#include <optional>
+
+#include "core/advisor/advisor.h"
+#include "core/data/curation.h"
+
+namespace lorad::advisor {
+
+// images, images_with_repeats (training subsets), below_512/below_1024,
+// duplicates (each identical group of n files counts n-1), near-duplicate
+// pairs, caption style counts, the leading trigger word (from the report's
+// keep_tokens preview captions), and keep_tokens when every training subset
+// of a dataset_config agrees on a non-zero value (`from_dataset_config`).
+DatasetFacts FactsFromCurationReport(const data::CurationReport& report, ModelFamily family,
+                                     bool from_dataset_config = false);
+
+}  // namespace lorad::advisor
