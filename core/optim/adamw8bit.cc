@@ -33,15 +33,9 @@ torch::Tensor CreateDynamicMap(bool is_signed) {
   return map;
 }
 
-// Index of the nearest entry of the sorted `map` for each element of x.
-torch::Tensor NearestCode(const torch::Tensor& map, const torch::Tensor& x) {
-  const int64_t last = map.numel() - 1;
-  torch::Tensor hi = torch::searchsorted(map, x).clamp_(0, last);
-  torch::Tensor lo = (hi - 1).clamp_(0, last);
-  torch::Tensor pick_hi = (map.index_select(0, hi.flatten()).view_as(x) - x).abs() <
-                          (x - map.index_select(0, lo.flatten()).view_as(x)).abs();
-  return torch::where(pick_hi, hi, lo);
-}
+// Midpoints between consecutive map entries: searchsorted over them gives the
+// nearest entry (ties to the lower one) in one pass.
+torch::Tensor Midpoints(const torch::Tensor& map) { return (map.slice(0, 1) + map.slice(0, 0, -1)) / 2; }
 
 struct Adam8Config {
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01;
@@ -52,7 +46,11 @@ class AdamW8bit final : public Optimizer {
  public:
   AdamW8bit(std::vector<ParamGroup> groups, std::vector<std::string> args, Adam8Config config, std::string class_path)
       : Optimizer(std::move(groups), std::move(args)), c_(config), class_path_(std::move(class_path)),
-        qmap1_(CreateDynamicMap(true)), qmap2_(CreateDynamicMap(false)) {}
+        qmap1_(CreateDynamicMap(true)), qmap2_(CreateDynamicMap(false)) {
+    mid1_ = Midpoints(qmap1_);
+    mid2_ = Midpoints(qmap2_);
+    zero_code1_ = qmap1_.lt(0).sum().item<int64_t>();
+  }
 
   std::string_view name() const override { return "AdamW8bit"; }
   std::string_view class_path() const override { return class_path_; }
@@ -124,51 +122,66 @@ class AdamW8bit final : public Optimizer {
       s.tensors["absmax1"] = torch::zeros({blocks}, f32);
       s.tensors["absmax2"] = torch::zeros({blocks}, f32);
     }
-    const torch::Tensor qmap1 = qmap1_.to(w.param.device()), qmap2 = qmap2_.to(w.param.device());
+    if (w.param.device() != qmap1_.device()) MoveMaps(w.param.device());
     torch::Tensor& c1 = s.tensors["state1"];
     torch::Tensor& c2 = s.tensors["state2"];
     torch::Tensor& absmax1 = s.tensors["absmax1"];
     torch::Tensor& absmax2 = s.tensors["absmax2"];
     const int64_t pad = blocks * kBlock - n;
     auto blocked = [&](const torch::Tensor& flat) {
-      return torch::constant_pad_nd(flat, {0, pad}, 0).view({blocks, kBlock});
+      return (pad == 0 ? flat : torch::constant_pad_nd(flat, {0, pad}, 0)).view({blocks, kBlock});
     };
     torch::Tensor g = blocked(w.grad.flatten().to(torch::kFloat));
-    // 1. dequantise, 2. moment updates (state of non-finite gradients resets to 0, as in the kernel).
-    torch::Tensor m = blocked(qmap1.index_select(0, c1.to(torch::kLong))) * absmax1.unsqueeze(1);
-    torch::Tensor v = blocked(qmap2.index_select(0, c2.to(torch::kLong))) * absmax2.unsqueeze(1);
-    torch::Tensor finite = torch::isfinite(g);
-    torch::Tensor g0 = torch::where(finite, g, torch::zeros({}, f32));
-    m.mul_(c_.beta1).add_(g0, 1.0 - c_.beta1);
-    v.mul_(c_.beta2).addcmul_(g0, g0, 1.0 - c_.beta2);
-    // 3. new per-block absmax.
-    torch::Tensor new_absmax1 = std::get<0>(m.abs().max(1));
-    torch::Tensor new_absmax2 = std::get<0>(v.abs().max(1));
-    // 4. parameter update, then decay, only where the gradient is finite.
+    // Non-finite gradients leave their parameter alone and reset its state to 0, as in the kernel.
+    const bool all_finite = torch::isfinite(g).all().item<bool>();
+    torch::Tensor finite = all_finite ? torch::Tensor() : torch::isfinite(g);
+    if (!all_finite) g = torch::where(finite, g, torch::zeros({}, f32));
+    // 1. dequantise, 2. moment updates.
+    torch::Tensor m = blocked(qmap1_.index_select(0, c1.to(torch::kInt))).mul_(absmax1.unsqueeze(1));
+    torch::Tensor v = blocked(qmap2_.index_select(0, c2.to(torch::kInt))).mul_(absmax2.unsqueeze(1));
+    m.mul_(c_.beta1).add_(g, 1.0 - c_.beta1);
+    v.mul_(c_.beta2).addcmul_(g, g, 1.0 - c_.beta2);
+    if (!all_finite) {
+      m.masked_fill_(finite.logical_not(), 0);
+      v.masked_fill_(finite.logical_not(), 0);
+    }
+    // 3. new per-block absmax (v >= 0).
+    torch::Tensor new_absmax1 = m.abs().amax(1);
+    torch::Tensor new_absmax2 = v.amax(1);
+    // 4. parameter update, then decay.
     const Scalars k = Coefficients(lr, s.step);
     torch::Tensor p = blocked(w.param.flatten().to(torch::kFloat));
     torch::Tensor stepped = torch::addcdiv(p, m, v.sqrt().add_(c_.eps * k.correction2), k.step_size);
     if (c_.weight_decay > 0) stepped.mul_(k.decay);
-    stepped = torch::where(finite, stepped, p);
-    w.param.copy_(stepped.flatten().slice(0, 0, n).view_as(w.param));
-    // 5. re-quantise: nearest code of x / absmax; state1's code keeps m's sign.
-    torch::Tensor x1 = m / new_absmax1.unsqueeze(1);
-    torch::Tensor x2 = v / new_absmax2.unsqueeze(1);
-    x1 = torch::where(new_absmax1.unsqueeze(1) > 0, x1, torch::zeros({}, f32));
-    x2 = torch::where(new_absmax2.unsqueeze(1) > 0, x2, torch::zeros({}, f32));
-    torch::Tensor code1 = NearestCode(qmap1, x1);
-    torch::Tensor wrong_sign = torch::signbit(qmap1.index_select(0, code1.flatten()).view_as(x1)) != torch::signbit(x1);
-    code1 = torch::where(wrong_sign, code1 + ((x1 > 0).to(torch::kLong) * 2 - 1), code1).clamp_(0, 255);
-    torch::Tensor code2 = NearestCode(qmap2, x2);
-    c1.copy_(code1.flatten().slice(0, 0, n));
-    c2.copy_(code2.flatten().slice(0, 0, n));
+    if (!all_finite) stepped = torch::where(finite, stepped, p);
+    w.param.copy_(stepped.view({-1}).slice(0, 0, n).view_as(w.param));
+    // 5. re-quantise: nearest code of moment / absmax (0 for an all-zero block).
+    torch::Tensor x1 = m.div_(new_absmax1.unsqueeze(1));
+    torch::Tensor x2 = v.div_(new_absmax2.unsqueeze(1));
+    if (!new_absmax1.gt(0).all().item<bool>()) x1.nan_to_num_(0.0);  // 0/0 in an all-zero block
+    if (!new_absmax2.gt(0).all().item<bool>()) x2.nan_to_num_(0.0);
+    torch::Tensor code1 = torch::searchsorted(mid1_, x1, /*out_int32=*/true);
+    // State1's code must keep m's sign: codes below zero_code_ are the negative entries.
+    torch::Tensor wrong_sign = code1.lt(zero_code1_).ne(torch::signbit(x1));
+    code1.add_(wrong_sign.to(torch::kInt) * (x1.gt(0).to(torch::kInt) * 2 - 1)).clamp_(0, 255);
+    torch::Tensor code2 = torch::searchsorted(mid2_, x2, /*out_int32=*/true);
+    c1.copy_(code1.view({-1}).slice(0, 0, n));
+    c2.copy_(code2.view({-1}).slice(0, 0, n));
     absmax1.copy_(new_absmax1);
     absmax2.copy_(new_absmax2);
   }
 
+  void MoveMaps(const torch::Device& device) {
+    qmap1_ = qmap1_.to(device);
+    qmap2_ = qmap2_.to(device);
+    mid1_ = Midpoints(qmap1_);
+    mid2_ = Midpoints(qmap2_);
+  }
+
   Adam8Config c_;
   std::string class_path_;
-  torch::Tensor qmap1_, qmap2_;
+  torch::Tensor qmap1_, qmap2_, mid1_, mid2_;
+  int64_t zero_code1_ = 0;  // index of 0.0 in the signed map
 };
 
 }  // namespace

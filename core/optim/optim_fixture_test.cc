@@ -1,6 +1,8 @@
 // Optimizer trajectories against optim_reference.safetensors. Cases, params and
 // settings all come from the file's __metadata__.
+#include <algorithm>
 #include <cmath>
+#include <map>
 #include <cstdio>
 #include <filesystem>
 
@@ -382,6 +384,72 @@ TEST(OptimFixture, AdamW8bitTracksAdamW) {
   EXPECT_LE(worst_elem, 0.5 * lr);
   EXPECT_LE(final_diff, 3.0 * lr);
   EXPECT_LE(static_cast<double>(quantized_state_bytes) / quantized_params, 2.1);
+}
+
+// The 8-bit state after one step holds exactly-known moments, m = (1-b1) g and
+// v = (1-b2) g^2: each code must be the nearest entry of the dynamic map
+// (rebuilt here from spec 6.2 in double precision) to moment / block absmax,
+// except where the sign fix moved it one code toward the moment's sign, and
+// absmax must be the block's max |moment|.
+TEST(OptimFixture, AdamW8bitStateIsNearestDynamicCode) {
+  auto map = [](bool is_signed) {
+    std::vector<double> v = {0.0, 1.0};
+    for (int i = 0; i < 7; ++i) {
+      const int n = is_signed ? (1 << i) + 1 : (1 << (i + 1)) + 1;
+      for (int j = 0; j + 1 < n; ++j) {
+        const double a = 0.1 + 0.9 * j / (n - 1), b = 0.1 + 0.9 * (j + 1) / (n - 1);
+        const double mid = std::pow(10.0, i - 6) * (a + b) / 2;
+        v.push_back(mid);
+        if (is_signed) v.push_back(-mid);
+      }
+    }
+    std::sort(v.begin(), v.end());
+    return v;
+  };
+  const std::vector<double> qmap1 = map(true), qmap2 = map(false);
+  ASSERT_EQ(qmap1.size(), 256u);
+  ASSERT_EQ(qmap2.size(), 256u);
+  const Fixture& f = GetFixture();
+  std::vector<torch::Tensor> params = InitParams(torch::kFloat);
+  auto opt = Make("AdamW8bit", {}, 1e-3, params);
+  SetGrads("adamw_default", params, 1);
+  ASSERT_TRUE(opt->Step().ok());
+  auto state = opt->SaveState();
+  ASSERT_TRUE(state.ok());
+  std::map<std::string, torch::Tensor> st(state->tensors.begin(), state->tensors.end());
+  int checked = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (params[i].numel() < 4096) continue;
+    const std::string prefix = absl::StrCat("0/", i, "/");
+    torch::Tensor g = params[i].grad().flatten().to(torch::kDouble);
+    for (int which = 1; which <= 2; ++which) {
+      const std::vector<double>& qmap = which == 1 ? qmap1 : qmap2;
+      torch::Tensor exact = which == 1 ? (g * (1 - 0.9)).to(torch::kFloat).to(torch::kDouble)
+                                       : (g * g * (1 - 0.999)).to(torch::kFloat).to(torch::kDouble);
+      torch::Tensor codes = st.at(prefix + absl::StrCat("state", which)).to(torch::kLong);
+      torch::Tensor absmax = st.at(prefix + absl::StrCat("absmax", which)).to(torch::kDouble);
+      const int64_t n = exact.numel();
+      for (int64_t b = 0; b * 256 < n; ++b) {
+        const int64_t end = std::min(n, (b + 1) * 256);
+        const double block_max = exact.slice(0, b * 256, end).abs().max().item<double>();
+        EXPECT_NEAR(absmax[b].item<double>(), block_max, 1e-6 * block_max) << f.param_names[i] << " block " << b;
+        for (int64_t e = b * 256; e < end; ++e) {
+          const double x = exact[e].item<double>() / block_max;
+          const int64_t code = codes[e].item<int64_t>();
+          double best = INFINITY;
+          for (double q : qmap) best = std::min(best, std::fabs(q - x));
+          const bool nearest = std::fabs(qmap[code] - x) <= best + 1e-6;
+          const bool sign_fixed = which == 1 && code > 0 && code < 255 && ((x > 0 && qmap[code] > 0 && qmap[code - 1] <= 0) ||
+                                                                          (x < 0 && qmap[code] < 0 && qmap[code + 1] >= 0));
+          EXPECT_TRUE(nearest || sign_fixed) << f.param_names[i] << " state" << which << " element " << e << ": x=" << x
+                                             << " code value " << qmap[code];
+          if (which == 1 && x != 0) EXPECT_EQ(qmap[code] > 0, x > 0) << "element " << e;
+          ++checked;
+        }
+      }
+    }
+  }
+  EXPECT_GT(checked, 0);
 }
 
 }  // namespace
