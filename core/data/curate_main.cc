@@ -12,6 +12,7 @@ namespace {
 constexpr char kUsage[] =
     "usage: lorad-curate DATASET [--json] [--batch-size N] [--near-threshold D] [--top-tags N]\n"
     "                    [--reg DIR] [--caption-extension EXT] [--resolution W[,H]] [--no-bucket]\n"
+    "                    [--keep-tokens N]\n"
     "  DATASET: a folder of N_name subfolders (kohya train_data_dir) or a dataset_config .toml\n"
     "  defaults: --caption-extension .caption (kohya's), --resolution 1024 with buckets 256..2048,\n"
     "            --near-threshold 8 (pHash bits), --top-tags 20\n";
@@ -57,6 +58,8 @@ int main(int argc, char** argv) {
       args.resolution_width = r->first;
       args.resolution_height = r->second;
       args.max_bucket_reso = std::max({args.max_bucket_reso, r->first, r->second});
+    } else if (a == "--keep-tokens") {
+      if (!value(&args.subset_defaults.keep_tokens)) return Fail("--keep-tokens needs an integer >= 0");
     } else if (a == "--no-bucket") {
       args.enable_bucket = false;
     } else if (a == "-h" || a == "--help") {

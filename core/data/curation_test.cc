@@ -1,6 +1,11 @@
 // The curation report finds exactly the problems planted in a generated dataset.
 #include "core/data/curation.h"
 
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <iostream>
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -113,6 +118,42 @@ TEST(Curation, FindsExactlyThePlantedProblems) {
   ASSERT_TRUE(strict.ok());
   EXPECT_LE(strict->near_duplicates.size(), 2u);
   EXPECT_EQ(strict->steps_per_epoch, 30);
+}
+
+// lorad-curate sits next to this test binary.
+std::string RunCurate(const std::string& args, int* exit_code) {
+  const fs::path tool = fs::read_symlink("/proc/self/exe").parent_path() / "lorad-curate";
+  std::string out;
+  FILE* f = ::popen(("'" + tool.string() + "' " + args + " 2>&1").c_str(), "r");
+  if (f == nullptr) return out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
+  const int status = ::pclose(f);
+  *exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return out;
+}
+
+TEST(Curation, ToolPrintsTextAndJson) {
+  PlantedCuration p;
+  const std::string dir = "'" + (p.tmp.path() / "train").string() + "'";
+  int code = -1;
+  const std::string text = RunCurate(dir + " --caption-extension .txt --batch-size 2 --top-tags 5 --keep-tokens 1", &code);
+  EXPECT_EQ(code, 0) << text;
+  EXPECT_NE(text.find("Exact duplicates: 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("Near duplicates (pHash distance <= 8): 2"), std::string::npos) << text;
+  EXPECT_NE(text.find("img07.jpg"), std::string::npos) << text;
+  EXPECT_NE(text.find("[chara] | 1girl, red hair, smile"), std::string::npos) << text;
+  std::cout << text;  // the planted dataset's report, for the record
+  const std::string json = RunCurate(dir + " --json --caption-extension .txt --near-threshold 0", &code);
+  EXPECT_EQ(code, 0) << json;
+  const auto j = nlohmann::json::parse(json.substr(json.find('{')));
+  EXPECT_EQ(j["exact_duplicates"].size(), 1u);
+  const std::string missing = RunCurate("'" + (p.tmp.path() / "nowhere").string() + "'", &code);
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(missing.find("nowhere"), std::string::npos) << missing;
+  RunCurate(dir + " --batch-size zero", &code);
+  EXPECT_EQ(code, 2);
 }
 
 TEST(Curation, CaptionStyleClassifier) {

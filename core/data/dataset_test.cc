@@ -88,6 +88,20 @@ TEST(ImageDecode, AlphaOnWhiteSixteenBitGrayAndExifOrientation) {
   ASSERT_EQ(opencv.cols, 64);
   cv::cvtColor(opencv, opencv_rgb, cv::COLOR_BGR2RGB);
   EXPECT_EQ(cv::norm(*b, opencv_rgb, cv::NORM_INF), 0.0);
+  // WebP and BMP: header sizes and pixels.
+  for (const char* ext : {".webp", ".bmp"}) {
+    const fs::path f = p.tmp.path() / (std::string("x") + ext);
+    ASSERT_TRUE(cv::imwrite(f.string(), testing::Drawing(50, 30, 3), {cv::IMWRITE_WEBP_QUALITY, 101}));
+    auto fb = ReadFileBytes(f);
+    ASSERT_TRUE(fb.ok());
+    auto fh = ParseImageHeader(*fb, f.string());
+    ASSERT_TRUE(fh.ok()) << fh.status();
+    EXPECT_EQ(fh->width, 50) << ext;
+    EXPECT_EQ(fh->height, 30) << ext;
+    auto img = LoadImageRgb(f);
+    ASSERT_TRUE(img.ok()) << img.status();
+    EXPECT_EQ(img->size(), cv::Size(50, 30));
+  }
   // The truncated JPEG is reported, naming the file.
   auto e = LoadImageRgb(p.sub / "e.jpg");
   ASSERT_FALSE(e.ok());
