@@ -88,6 +88,17 @@ TEST(ImageDecode, AlphaOnWhiteSixteenBitGrayAndExifOrientation) {
   ASSERT_EQ(opencv.cols, 64);
   cv::cvtColor(opencv, opencv_rgb, cv::COLOR_BGR2RGB);
   EXPECT_EQ(cv::norm(*b, opencv_rgb, cv::NORM_INF), 0.0);
+  // Alpha AND orientation together (IMREAD_UNCHANGED ignores EXIF; we apply it):
+  // stored 40x20 with a transparent left half, orientation 6 (90 deg clockwise)
+  // -> 20x40 with the white (ex-transparent) half on top, opaque blue below.
+  cv::Mat rgba2(20, 40, CV_8UC4, cv::Scalar(255, 0, 0, 255));
+  rgba2(cv::Rect(0, 0, 20, 20)).setTo(cv::Scalar(0, 0, 0, 0));
+  testing::WritePngWithOrientation(p.tmp.path() / "rot.png", rgba2, 6);
+  auto rot = LoadImageRgb(p.tmp.path() / "rot.png");
+  ASSERT_TRUE(rot.ok()) << rot.status();
+  ASSERT_EQ(rot->size(), cv::Size(20, 40));
+  EXPECT_EQ(rot->at<cv::Vec3b>(5, 10), cv::Vec3b(255, 255, 255));
+  EXPECT_EQ(rot->at<cv::Vec3b>(35, 10), cv::Vec3b(0, 0, 255));
   // WebP and BMP: header sizes and pixels.
   for (const char* ext : {".webp", ".bmp"}) {
     const fs::path f = p.tmp.path() / (std::string("x") + ext);

@@ -11,6 +11,7 @@
 
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <zlib.h>
 
 namespace lorad::data::testing {
 
@@ -51,6 +52,27 @@ inline void WriteJpegWithOrientation(const std::filesystem::path& p, const cv::M
   std::string out(jpg.begin(), jpg.begin() + 2);
   out += app1;
   out.append(jpg.begin() + 2, jpg.end());
+  WriteText(p, out);
+}
+
+// A PNG (any channels) with an eXIf chunk carrying orientation `orientation`.
+inline void WritePngWithOrientation(const std::filesystem::path& p, const cv::Mat& img, int orientation) {
+  std::vector<uchar> png;
+  cv::imencode(".png", img, png);
+  std::string tiff("MM\x00\x2a\x00\x00\x00\x08", 8);
+  tiff += std::string("\x00\x01", 2);
+  tiff += std::string("\x01\x12\x00\x03\x00\x00\x00\x01", 8);
+  tiff += std::string("\x00", 1) + std::string(1, char(orientation)) + std::string("\x00\x00", 2);
+  tiff += std::string("\x00\x00\x00\x00", 4);
+  const std::string body = "eXIf" + tiff;
+  const uLong crc = crc32(0L, reinterpret_cast<const Bytef*>(body.data()), static_cast<uInt>(body.size()));
+  auto be32 = [](uint32_t v) {
+    return std::string{char(v >> 24), char((v >> 16) & 0xFF), char((v >> 8) & 0xFF), char(v & 0xFF)};
+  };
+  const std::string chunk = be32(static_cast<uint32_t>(tiff.size())) + body + be32(static_cast<uint32_t>(crc));
+  std::string out(png.begin(), png.begin() + 33);  // signature + IHDR
+  out += chunk;
+  out.append(png.begin() + 33, png.end());
   WriteText(p, out);
 }
 
