@@ -2,6 +2,8 @@
 // images generated here.
 #include "core/data/dataset.h"
 
+#include <set>
+
 #include <gtest/gtest.h>
 
 #include "core/data/cache.h"
@@ -429,6 +431,38 @@ TEST(DatasetBadInput, EnormousImageIsRefusedOrReducedWithoutDecodingFully) {
   auto r = DecodeImageRgb(bytes, "huge.png");
   ASSERT_FALSE(r.ok());
   EXPECT_NE(std::string(r.status().message()).find("downscale"), std::string::npos) << r.status();
+
+  // A real JPEG just above the pixel limit is decoded at half scale instead.
+  cv::Mat big(8200, 8400, CV_8UC3, cv::Scalar(30, 60, 90));
+  std::vector<uchar> jpg;
+  ASSERT_TRUE(cv::imencode(".jpg", big, jpg));
+  big.release();
+  auto reduced = DecodeImageRgb(std::string(jpg.begin(), jpg.end()), "big.jpg");
+  ASSERT_TRUE(reduced.ok()) << reduced.status();
+  EXPECT_EQ(reduced->size(), cv::Size(4200, 4100));
+  EXPECT_NEAR(reduced->at<cv::Vec3b>(100, 100)[0], 90, 3);  // RGB order
+}
+
+TEST(DatasetBatches, RandomCropIsSeededAndInsideTheImage) {
+  Planted p;
+  DatasetArgs a = p.Args();
+  a.reg_data_dir.reset();
+  a.subset_defaults.random_crop = true;
+  auto ds = Dataset::Open(a);
+  ASSERT_TRUE(ds.ok()) << ds.status();
+  std::set<std::pair<int, int>> offsets;
+  for (int64_t i = 0; i < static_cast<int64_t>((*ds)->images().size()); ++i) {
+    const auto& e = (*ds)->images()[i];
+    for (int b = 0; b < 8; ++b) {
+      const auto crop = (*ds)->CropOffsets(i, 1, b, 0);
+      EXPECT_EQ(crop, (*ds)->CropOffsets(i, 1, b, 0));
+      EXPECT_GE(crop.first, 0);
+      EXPECT_LE(crop.first, e.resized_width - e.bucket_width);
+      EXPECT_LE(crop.second, e.resized_height - e.bucket_height);
+      offsets.insert(crop);
+    }
+  }
+  EXPECT_GT(offsets.size(), 2u);  // b.jpg (64x96 -> 64x96 in a 64x64 bucket) varies its top offset
 }
 
 }  // namespace
