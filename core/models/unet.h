@@ -30,7 +30,7 @@ struct UNetConfig {
   std::vector<int64_t> attention_levels = {0, 1, 2};
   // Transformer blocks per SpatialTransformer, one entry per level (ignored at
   // levels without attention), and in the middle block (0 = no middle attention).
-  std::vector<int64_t> transformer_depth = {1, 1, 1, 1};
+  std::vector<int64_t> transformer_depth = {1, 1, 1, 0};
   int64_t transformer_depth_middle = 1;
   // Exactly one of these is > 0: a fixed head count (SD1.5) or a fixed head width (SDXL).
   int64_t num_heads = 8;
