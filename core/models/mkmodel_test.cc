@@ -2,6 +2,7 @@
 // and come with a demo vocabulary whose size matches the token embeddings.
 #include <gtest/gtest.h>
 
+#include "core/io/safetensors.h"
 #include "core/models/checkpoint.h"
 #include "core/models/inspect.h"
 #include "core/models/mkmodel.h"
@@ -70,6 +71,34 @@ TEST(MkModel, RejectsUnsupportedDtype) {
   MakeModelOptions options;
   options.dtype = torch::kInt32;
   EXPECT_FALSE(MakeModel(fs::temp_directory_path() / "never_written.safetensors", options).ok());
+}
+
+}  // namespace
+}  // namespace lorad::models
+
+namespace lorad::models {
+namespace {
+
+TEST(Inspect, LoraFileShowsMetadataAndKeyCount) {
+  const auto path = std::filesystem::temp_directory_path() / ("lorad_inspect_lora_" + std::to_string(::getpid()) + ".safetensors");
+  io::NamedTensors t = {
+      {"lora_unet_input_blocks_4_1_proj_in.lora_down.weight", torch::zeros({8, 32})},
+      {"lora_unet_input_blocks_4_1_proj_in.lora_up.weight", torch::zeros({32, 8})},
+      {"lora_unet_input_blocks_4_1_proj_in.alpha", torch::ones({})},
+      {"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight", torch::zeros({8, 32})},
+      {"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight", torch::zeros({128, 8})},
+      {"lora_te1_text_model_encoder_layers_0_mlp_fc1.alpha", torch::ones({})},
+  };
+  ASSERT_TRUE(io::WriteSafetensors(path, t, {{"ss_network_dim", "8"}, {"ss_network_alpha", "1"}, {"other", "x"}}).ok());
+  auto report = InspectModelFile(path);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ((*report)["kind"], "lora");
+  EXPECT_EQ((*report)["tensor_count"], 6);
+  EXPECT_EQ((*report)["module_count"], 2);
+  EXPECT_EQ((*report)["metadata"]["ss_network_dim"], "8");
+  EXPECT_FALSE((*report)["metadata"].contains("other"));
+  EXPECT_NE(FormatInspection(*report).find("ss_network_alpha"), std::string::npos);
+  std::filesystem::remove(path);
 }
 
 }  // namespace

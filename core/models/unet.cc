@@ -227,9 +227,11 @@ torch::Tensor UNetImpl::Run(const torch::Tensor& x, const torch::Tensor& timeste
   const bool ckpt = gradient_checkpointing_ && torch::GradMode::is_enabled();
   const int64_t per_level = c.num_res_blocks + 1;
   std::vector<torch::Tensor> skips;
-  torch::Tensor h = x;
+  // Inputs follow the weights' dtype (a half-precision frozen model takes float32 latents).
+  torch::Tensor h = x.to(param_dtype);
+  const torch::Tensor ctx = context.defined() ? context.to(param_dtype) : context;
   for (size_t i = 0; i < input_blocks_->size(); ++i) {
-    h = input_blocks_->ptr<UNetBlockImpl>(i)->forward(h, emb, context, ckpt);
+    h = input_blocks_->ptr<UNetBlockImpl>(i)->forward(h, emb, ctx, ckpt);
     skips.push_back(h);
     if (i == 0) {
       record("conv_in", h);
@@ -237,12 +239,12 @@ torch::Tensor UNetImpl::Run(const torch::Tensor& x, const torch::Tensor& timeste
       record(absl::StrCat("down_blocks.", (static_cast<int64_t>(i) - 1) / per_level), h);
     }
   }
-  h = middle_block_->forward(h, emb, context, ckpt);
+  h = middle_block_->forward(h, emb, ctx, ckpt);
   record("mid_block", h);
   for (size_t i = 0; i < output_blocks_->size(); ++i) {
     h = torch::cat({h, skips.back()}, 1);
     skips.pop_back();
-    h = output_blocks_->ptr<UNetBlockImpl>(i)->forward(h, emb, context, ckpt);
+    h = output_blocks_->ptr<UNetBlockImpl>(i)->forward(h, emb, ctx, ckpt);
     if (static_cast<int64_t>(i) % per_level == c.num_res_blocks) {
       record(absl::StrCat("up_blocks.", static_cast<int64_t>(i) / per_level), h);
     }
