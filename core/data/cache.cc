@@ -74,16 +74,15 @@ std::optional<TensorCache::Entry> TensorCache::Lookup(const std::string& key_tex
     return std::nullopt;
   }
   ++counters_.reused_disk;
-  memory_[key_text] = entry;
   return entry;
 }
 
 absl::Status TensorCache::Store(const std::string& key_text, const Entry& entry) {
-  {
+  if (!dir_.has_value()) {
     absl::MutexLock lock(&mu_);
     memory_[key_text] = entry;
+    return absl::OkStatus();
   }
-  if (!dir_.has_value()) return absl::OkStatus();
   io::NamedTensors tensors;
   for (const auto& [name, t] : entry) tensors.emplace_back(name, t.detach().to(torch::kCPU).contiguous());
   return io::WriteSafetensors(PathFor(key_text), tensors, {{"lorad_cache_key", key_text}});

@@ -1,5 +1,7 @@
 // Latent and text-encoder output caches, in memory or on disk as safetensors
 // files (one per entry, named by the hash of its key) that survive restarts.
+// A disk cache holds nothing in memory (bounded memory for large datasets):
+// every lookup reads its file, which the OS page cache keeps warm.
 // A disk entry is trusted only if it parses, its stored key text equals the
 // expected one and its tensors are finite; otherwise it is recomputed with a
 // warning. Thread-safe.
@@ -34,7 +36,7 @@ class TensorCache {
 
   // The entry for `key_text`, from memory or disk; nullopt when absent or corrupt.
   std::optional<Entry> Lookup(const std::string& key_text);
-  // Stores in memory and (atomically) on disk.
+  // Stores in memory, or (atomically) on disk when the cache has a folder.
   absl::Status Store(const std::string& key_text, const Entry& entry);
   void CountComputed(int64_t n);
   CacheCounters counters() const;

@@ -387,7 +387,14 @@ absl::StatusOr<Batch> Dataset::LoadBatch(const std::vector<PlannedSample>& plan,
       if (!latent.has_value()) {
         // Evicted or corrupted since CacheLatents: recompute this one.
         ASSIGN_OR_RETURN(cv::Mat img, PrepareImage(e, crop, plan[s].flip));
-        ASSIGN_OR_RETURN(torch::Tensor enc, encoder_(ToTensorMinus1To1(img).unsqueeze(0)));
+        absl::StatusOr<torch::Tensor> encoded = absl::InternalError("encoder not run");
+        try {
+          std::lock_guard<std::mutex> lock(encoder_mu_);
+          encoded = encoder_(ToTensorMinus1To1(img).unsqueeze(0));
+        } catch (const c10::Error& err) {
+          return absl::InternalError(absl::StrCat("latent encoder failed: ", err.what_without_backtrace()));
+        }
+        ASSIGN_OR_RETURN(torch::Tensor enc, std::move(encoded));
         latent_cache_->CountComputed(1);
         RETURN_IF_ERROR(latent_cache_->Store(key, enc[0]));
         latent = enc[0];

@@ -19,6 +19,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -160,6 +161,8 @@ class Dataset : public BatchSource {
   std::unique_ptr<LatentCache> latent_cache_;
   std::vector<std::string> content_sha256_;  // per image, filled by CacheLatents
   LatentEncoder encoder_;
+  // The encoder may be a GPU model: prefetch workers never call it concurrently.
+  mutable std::mutex encoder_mu_;
   bool serve_latents_ = false;
 };
 

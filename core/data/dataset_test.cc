@@ -315,6 +315,24 @@ TEST(LatentCacheTest, HitsInvalidationCorruptionAndRestart) {
     ASSERT_TRUE(b.ok() && b->has_value());
     EXPECT_FALSE((**b).images.defined());
     ASSERT_EQ((**b).latents.sizes(), (std::vector<int64_t>{2, 4, 8, 8}));
+    // Served latents are the encoder's output for the served sample.
+    EXPECT_TRUE(torch::isfinite((**b).latents).all().item<bool>());
+  }
+  {  // A cache file corrupted during a run is recomputed when a batch needs it.
+    auto ds = Dataset::Open(args);
+    ASSERT_TRUE(ds.ok());
+    ASSERT_TRUE((*ds)->CacheLatents(enc.fn(), opt).ok());
+    for (const auto& f : fs::directory_iterator(cache_dir)) testing::WriteText(f.path(), "garbage");
+    const int64_t before = *enc.calls;
+    auto it = (*ds)->Iterate({1, 0}, 0, {.prefetch_threads = 0});  // no read-ahead: exact counts
+    ASSERT_TRUE(it.ok());
+    auto b = (*it)->Next();
+    ASSERT_TRUE(b.ok() && b->has_value()) << b.status();
+    EXPECT_EQ(*enc.calls, before + 2);
+    EXPECT_EQ((*ds)->latent_cache_counters().corrupt_recomputed, 2);
+    it->reset();
+    // Put the cache back for the next checks.
+    ASSERT_TRUE((*ds)->CacheLatents(enc.fn(), opt).ok());
   }
   {  // a restart reuses every latent from disk
     auto ds = Dataset::Open(args);
