@@ -4,6 +4,7 @@
 #include <cmath>
 #include <map>
 #include <set>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 #include <opencv2/imgproc.hpp>
@@ -74,6 +75,26 @@ std::vector<fs::path> ListImages(const fs::path& dir) {
   return out;
 }
 
+// Reads and validates every file's header on a few threads (file reading and
+// the JPEG structure scan dominate opening a large dataset).
+std::vector<absl::StatusOr<ImageHeader>> ReadHeadersInParallel(const std::vector<fs::path>& files) {
+  std::vector<absl::StatusOr<ImageHeader>> out(files.size(), absl::UnknownError("not read"));
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i = next++; i < files.size(); i = next++) {
+      auto bytes = ReadFileBytes(files[i]);
+      out[i] = bytes.ok() ? ParseImageHeader(*bytes, files[i].string())
+                          : absl::StatusOr<ImageHeader>(bytes.status());
+    }
+  };
+  const size_t n = std::min<size_t>(files.size() / 16 + 1, std::max(1u, std::thread::hardware_concurrency()));
+  std::vector<std::thread> threads;
+  for (size_t t = 1; t < n; ++t) threads.emplace_back(work);
+  work();
+  for (auto& t : threads) t.join();
+  return out;
+}
+
 absl::StatusOr<BucketSelector> SelectorFor(const DatasetGroupConfig& g) {
   if (!g.enable_bucket) return BucketSelector::Fixed({g.resolution_width, g.resolution_height});
   return BucketSelector::Create(g.bucket_no_upscale, {g.resolution_width, g.resolution_height}, g.min_bucket_reso,
@@ -134,10 +155,10 @@ absl::Status Dataset::Load() {
         warnings_.push_back(absl::StrCat("image_dir '", s.image_dir.string(),
                                          "' has no images (png, jpg, jpeg, webp, bmp); it contributes nothing"));
       }
-      for (const auto& path : files) {
-        auto bytes = ReadFileBytes(path);
-        absl::StatusOr<ImageHeader> header =
-            bytes.ok() ? ParseImageHeader(*bytes, path.string()) : absl::StatusOr<ImageHeader>(bytes.status());
+      const auto headers = ReadHeadersInParallel(files);
+      for (size_t fi = 0; fi < files.size(); ++fi) {
+        const fs::path& path = files[fi];
+        const absl::StatusOr<ImageHeader>& header = headers[fi];
         absl::StatusOr<BucketSelection> sel =
             header.ok() ? selector.Select(header->width, header->height) : header.status();
         if (!sel.ok()) {
@@ -564,6 +585,14 @@ std::map<std::string, std::string> Dataset::KohyaMetadata() const {
                          {"is_reg", s.is_reg}});
       if (auto t = tag_freq.find(dir); t != tag_freq.end()) group_tags[dir] = t->second;
     }
+    double group_ar_sum = 0;
+    int64_t group_images = 0;
+    for (const auto& e : images_) {
+      if (e.dataset_index != static_cast<int>(gi)) continue;
+      group_ar_sum += std::abs(e.ar_error);
+      ++group_images;
+    }
+    const double group_ar_mean = group_images ? group_ar_sum / static_cast<double>(group_images) : 0.0;
     json buckets = json::object();
     int bi = 0;
     std::map<std::pair<int, int>, int64_t> counts;
@@ -582,7 +611,7 @@ std::map<std::string, std::string> Dataset::KohyaMetadata() const {
                         {"min_bucket_reso", g.min_bucket_reso},
                         {"max_bucket_reso", g.max_bucket_reso},
                         {"tag_frequency", group_tags},
-                        {"bucket_info", {{"buckets", buckets}}},
+                        {"bucket_info", {{"buckets", buckets}, {"mean_img_ar_error", group_ar_mean}}},
                         {"subsets", subsets}});
   }
   json bucket_info = json::object();
