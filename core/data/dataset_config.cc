@@ -1,6 +1,7 @@
 #include "core/data/dataset_config.h"
 
 #include <algorithm>
+#include <cctype>
 #include <fstream>
 #include <sstream>
 
@@ -178,7 +179,7 @@ DatasetGroupConfig GroupFromArgs(const DatasetArgs& a) {
 std::optional<std::pair<int, std::string>> ParseRepeatsName(const std::string& name) {
   const size_t us = name.find('_');
   const std::string head = name.substr(0, us);
-  if (head.empty() || head.size() > 9 || !std::all_of(head.begin(), head.end(), ::isdigit)) return std::nullopt;
+  if (head.empty() || head.size() > 9 || !std::all_of(head.begin(), head.end(), [](unsigned char c) { return std::isdigit(c) != 0; })) return std::nullopt;
   return std::make_pair(std::stoi(head), us == std::string::npos ? std::string() : name.substr(us + 1));
 }
 
@@ -350,6 +351,9 @@ absl::StatusOr<ResolvedDatasets> ResolveDatasets(const DatasetArgs& args) {
     auto r = ParseDatasetConfigToml(ss.str(), p.parent_path(), args);
     if (!r.ok()) {
       return absl::Status(r.status().code(), absl::StrCat("'", p.string(), "': ", r.status().message()));
+    }
+    if (args.train_data_dir.has_value() || args.reg_data_dir.has_value()) {
+      r->warnings.push_back("train_data_dir/reg_data_dir are ignored because dataset_config is given (as in kohya)");
     }
     return r;
   }
