@@ -2,6 +2,7 @@
 // LoadStableDiffusion next to the file size and the time of reading the file
 // once (`cat FILE > /dev/null`), measured in the same run.
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -26,6 +27,15 @@ int64_t ProcStatusBytes(const char* field) {
     if (line.rfind(field, 0) == 0) return std::stoll(line.substr(std::strlen(field) + 1)) * 1024;
   }
   return -1;
+}
+
+// User + system CPU seconds of this process so far: wall time on a shared
+// machine mostly measures the neighbours, CPU time measures the work.
+double CpuSeconds() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  auto s = [](const timeval& t) { return t.tv_sec + t.tv_usec / 1e6; };
+  return s(u.ru_utime) + s(u.ru_stime);
 }
 
 std::vector<fs::path> FilesOf(const fs::path& path) {
@@ -95,11 +105,15 @@ int LoadBench(int argc, char** argv) {
 
   const auto files = FilesOf(path);
   uint64_t file_bytes = 0;
+  const double cpu0 = CpuSeconds();
   const double cat_s = CatSeconds(files, &file_bytes);
+  const double cat_cpu = CpuSeconds() - cpu0;
   const int64_t rss_before = ProcStatusBytes("VmRSS:");
+  const double cpu1 = CpuSeconds();
   const auto start = std::chrono::steady_clock::now();
   auto sd = lorad::models::LoadStableDiffusion(path, options);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double load_cpu = CpuSeconds() - cpu1;
   if (!sd.ok()) {
     std::fprintf(stderr, "load: %s\n", std::string(sd.status().message()).c_str());
     return 1;
@@ -111,12 +125,13 @@ int LoadBench(int argc, char** argv) {
   std::printf("checkpoint        %s (%s, loaded as %s)\n", path.c_str(), lorad::models::ModelFamilyName(sd->family),
               dtype_name.c_str());
   std::printf("file size         %.3f GB\n", file_bytes / gb);
-  std::printf("cat (before)      %.3f s  (%.2f GB/s)\n", cat_s, file_bytes / gb / cat_s);
+  std::printf("cat (before)      %.3f s  (%.2f GB/s), CPU %.3f s\n", cat_s, file_bytes / gb / cat_s, cat_cpu);
   std::printf("cat (after)       %.3f s  (%.2f GB/s)\n", cat2_s, again_bytes / gb / cat2_s);
-  std::printf("load              %.3f s  (%.2f GB/s)\n", load_s, file_bytes / gb / load_s);
+  std::printf("load              %.3f s  (%.2f GB/s), CPU %.3f s\n", load_s, file_bytes / gb / load_s, load_cpu);
   std::printf("peak RSS          %.3f GB (RSS before load %.3f GB)\n", peak / gb, rss_before / gb);
   std::printf("ratio load/cat    %.2f  (vs the faster cat: %.2f; goal <= 2)\n", load_s / cat_s,
               load_s / std::min(cat_s, cat2_s));
+  std::printf("load CPU / wall   %.2f  (well below 1: the process waited for the CPU or the disk)\n", load_cpu / load_s);
   std::printf("ratio RSS/file    %.2f  (goal < 1.2 for an fp16 file loaded as fp16)\n",
               static_cast<double>(peak) / static_cast<double>(file_bytes));
   return 0;

@@ -146,6 +146,12 @@ absl::StatusOr<std::string> RenamedTensorSource::DTypeName(std::string_view name
   return base_->DTypeName(e->base_name);
 }
 
+std::optional<std::string> RenamedTensorSource::BaseName(std::string_view name) const {
+  const Entry* e = Find(name);
+  if (e == nullptr) return std::nullopt;
+  return e->base_name;
+}
+
 absl::Status RenamedTensorSource::ReadInto(std::string_view name, torch::Tensor& dst) const {
   const Entry* e = Find(name);
   if (e == nullptr) return absl::NotFoundError(absl::StrCat("tensor '", std::string(name), "' not found"));
@@ -165,10 +171,35 @@ absl::Status CopyTensorInto(const io::TensorSource& source, const std::string& n
   return absl::OkStatus();
 }
 
+namespace {
+
+// Byte offset of `name` in its file (for reading in file order); 0 when unknown.
+uint64_t FileOffset(const io::TensorSource& source, const std::string& name) {
+  if (const auto* file = dynamic_cast<const FileTensorSource*>(&source)) {
+    const io::TensorInfo* info = file->file().Find(name);
+    return info ? info->begin : 0;
+  }
+  if (const auto* renamed = dynamic_cast<const RenamedTensorSource*>(&source)) {
+    auto base = renamed->BaseName(name);
+    return base ? FileOffset(renamed->base(), *base) : 0;
+  }
+  return 0;
+}
+
+}  // namespace
+
 absl::Status LoadModuleWeights(torch::nn::Module& module, const io::TensorSource& source, const std::string& prefix) {
   std::vector<std::pair<std::string, torch::Tensor>> targets;
   for (const auto& p : module.named_parameters(/*recurse=*/true)) targets.emplace_back(p.key(), p.value());
   for (const auto& b : module.named_buffers(/*recurse=*/true)) targets.emplace_back(b.key(), b.value());
+  // Read in file order: sequential reads let the kernel's readahead work on a cold cache.
+  std::vector<std::pair<uint64_t, size_t>> order;
+  for (size_t i = 0; i < targets.size(); ++i) order.emplace_back(FileOffset(source, prefix + targets[i].first), i);
+  std::sort(order.begin(), order.end());
+  std::vector<std::pair<std::string, torch::Tensor>> sorted;
+  sorted.reserve(targets.size());
+  for (const auto& [offset, i] : order) sorted.push_back(std::move(targets[i]));
+  targets = std::move(sorted);
   for (auto& [name, dst] : targets) {
     const std::string key = prefix + name;
     auto shape = source.Shape(key);

@@ -65,6 +65,8 @@ class RenamedTensorSource : public io::TensorSource {
   absl::StatusOr<std::string> DTypeName(std::string_view name) const override;
 
   absl::Status ReadInto(std::string_view name, torch::Tensor& dst) const;
+  // The base name behind an exposed name.
+  std::optional<std::string> BaseName(std::string_view name) const;
   const io::TensorSource& base() const { return *base_; }
 
  private:
