@@ -89,6 +89,8 @@ class Adapter : public nn::LayerAdapter {
   // Relative key -> tensor reference for LoadStateDict (parameters and dora_scale).
   virtual std::vector<std::pair<std::string, torch::Tensor>> LoadableTensors() const = 0;
   void AppendCommonState(io::NamedTensors* out) const;  // alpha (+ dora_scale)
+  // scale = alpha / dim (LoKr with two full factors: always 1).
+  virtual void RecomputeScale();
 
   std::optional<at::Generator> GeneratorFor(const torch::Device& device) const;
   bool ModuleDropped(bool training);

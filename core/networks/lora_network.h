@@ -71,6 +71,8 @@ class LoraNetwork {
   // The state dict with kohya's keys ("<lora_name>.<key>"), every tensor (alpha
   // too) detached, contiguous, on the CPU, cast to `dtype`, sorted by key.
   io::NamedTensors StateDict(torch::ScalarType dtype = torch::kFloat32) const;
+  // Key -> shape of that state dict without touching values (works on the meta device).
+  std::map<std::string, std::vector<int64_t>> KeyShapes() const;
   // Writes the state dict atomically with `metadata` plus sshs_model_hash /
   // sshs_legacy_hash (computed over the saved tensors and the ss_* keys).
   absl::Status Save(const std::filesystem::path& path, torch::ScalarType dtype, io::Metadata metadata) const;
