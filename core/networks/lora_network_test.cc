@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "core/io/safetensors.h"
 #include "core/networks/lora_network.h"
@@ -150,7 +152,12 @@ TEST_P(EveryNetworkType, TrainsAndRoundTrips) {
     ASSERT_TRUE(file.ok());
     EXPECT_EQ((*file)->metadata().at("ss_network_module"), "lycoris.kohya" == tc.module ? "lycoris.kohya"
                                                                                          : "networks.lora");
-    EXPECT_EQ((*file)->metadata().at("sshs_model_hash").size(), 64u);
+    // sshs_model_hash is the sha256 of the data buffer (the header only adds non-ss metadata).
+    std::ifstream in(path, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    uint64_t header = 0;
+    for (int i = 0; i < 8; ++i) header |= static_cast<uint64_t>(static_cast<uint8_t>(bytes[i])) << (8 * i);
+    EXPECT_EQ((*file)->metadata().at("sshs_model_hash"), Sha256Hex(std::string_view(bytes).substr(8 + header)));
     for (const auto& info : (*file)->tensors()) {
       EXPECT_EQ(info.dtype, *io::DTypeFromTorch(dtype)) << info.name;
     }
