@@ -265,6 +265,7 @@ void Scheduler::RunJob(Slot* slot, int slot_index, storage::JobRecord job) {
   bool signalled = false, killed = false;
   Clock::time_point kill_at;
 
+  std::vector<storage::EventWrite> pending;
   auto handle_event = [&](lorad::v1::Event event) {
     storage::EventWrite write;
     if (event.has_finished()) {
@@ -277,10 +278,9 @@ void Scheduler::RunJob(Slot* slot, int slot_index, storage::JobRecord job) {
     if (event.has_sample()) path = event.sample().path();
     if (!path.empty()) {
       if (!IsWithin(job_dir, path)) {
-        Record(job.id, LogWrite(lorad::v1::Log::WARN,
+        pending.push_back(LogWrite(lorad::v1::Log::WARN,
                                 absl::StrCat("worker reported ", path, " outside ", job_dir.string(),
-                                             "; not recorded as an artifact")),
-               false);
+                                             "; not recorded as an artifact")));
       } else {
         storage::ArtifactRecord a;
         a.path = fs::weakly_canonical(path).string();
@@ -309,7 +309,18 @@ void Scheduler::RunJob(Slot* slot, int slot_index, storage::JobRecord job) {
       }
     }
     write.event = std::move(event);
-    Record(job.id, std::move(write), false);
+    pending.push_back(std::move(write));
+  };
+  // Commits the burst read from the pipe in one transaction, then streams it.
+  auto flush = [&] {
+    if (pending.empty()) return;
+    auto stored = store_->AppendEvents(job.id, pending);
+    if (!stored.ok()) {
+      Log()->error("job {}: cannot record {} events: {}", job.id, pending.size(), stored.status().ToString());
+    } else {
+      for (const auto& e : *stored) hub_->Publish(e, false);
+    }
+    pending.clear();
   };
 
   bool events_open = true, stderr_open = true, exited = false;
@@ -341,6 +352,7 @@ void Scheduler::RunJob(Slot* slot, int slot_index, storage::JobRecord job) {
         if (!next->has_value()) break;
         handle_event(std::move(**next));
       }
+      flush();
       if (!events_open) worker->CloseEvents();
     }
     if (stderr_open) {

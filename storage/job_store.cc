@@ -334,6 +334,20 @@ absl::StatusOr<StoredEvent> JobStore::AppendEvent(int64_t job_id, const EventWri
   return stored;
 }
 
+absl::StatusOr<std::vector<StoredEvent>> JobStore::AppendEvents(int64_t job_id,
+                                                                const std::vector<EventWrite>& writes) {
+  absl::MutexLock lock(&mu_);
+  STORE_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));
+  std::vector<StoredEvent> stored;
+  stored.reserve(writes.size());
+  for (const auto& write : writes) {
+    STORE_ASSIGN_OR_RETURN(StoredEvent event, AppendEventLocked(job_id, write));
+    stored.push_back(std::move(event));
+  }
+  STORE_RETURN_IF_ERROR(txn.Commit());
+  return stored;
+}
+
 // Runs inside the caller's transaction.
 absl::StatusOr<StoredEvent> JobStore::AppendEventLocked(int64_t job_id, const EventWrite& write) {
   STORE_ASSIGN_OR_RETURN(Statement bump,

@@ -153,6 +153,10 @@ class JobStore {
   absl::StatusOr<CancelResult> RequestCancel(int64_t job_id, const std::string& reason);
   // Records one event with the next seq; returns it as stored.
   absl::StatusOr<StoredEvent> AppendEvent(int64_t job_id, const EventWrite& write);
+  // Records several events in one transaction (one fsync: a worker's burst of
+  // events costs one commit), with consecutive seqs.
+  absl::StatusOr<std::vector<StoredEvent>> AppendEvents(int64_t job_id,
+                                                        const std::vector<EventWrite>& writes);
   // RUNNING -> QUEUED (slot -1) with a Log event explaining why; used at daemon
   // start for jobs a crashed daemon left RUNNING, and at shutdown.
   absl::StatusOr<StoredEvent> Requeue(int64_t job_id, const std::string& why);

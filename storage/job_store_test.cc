@@ -127,6 +127,19 @@ TEST_F(JobStoreTest, EventsGetContiguousSeqsAndUpdateTheJob) {
   EXPECT_TRUE(store_->IntegrityCheck().ok());
 }
 
+TEST_F(JobStoreTest, AppendEventsCommitsABatchWithConsecutiveSeqs) {
+  JobRecord job = SubmitNamed("batch");
+  std::vector<EventWrite> writes(5);
+  for (int i = 0; i < 5; ++i) writes[i].event.mutable_progress()->set_step(i + 1);
+  auto stored = store_->AppendEvents(job.id, writes);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  ASSERT_EQ(stored->size(), 5u);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ((*stored)[i].seq, 2 + i);
+  EXPECT_EQ(store_->GetJob(job.id)->step, 5);
+  EXPECT_EQ(store_->AppendEvents(job.id + 99, writes).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->ReadEvents(job.id, 0, 100)->size(), 6u);  // the failed batch left nothing
+}
+
 TEST_F(JobStoreTest, CancelQueuedIsImmediateRunningNeedsSignal) {
   JobRecord running = SubmitNamed("r");
   JobRecord queued = SubmitNamed("q");
