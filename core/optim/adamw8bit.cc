@@ -1,41 +1,17 @@
 // bitsandbytes AdamW8bit (spec 6.2): block-wise (256) dynamic 8-bit quantised
 // moments for tensors with >= min_8bit_size elements, bnb's 32-bit Adam kernel
 // for smaller ones. Both apply weight decay after the Adam step, as the CUDA
-// kernels do. Vectorised with torch ops (bucketize over the 256-entry maps).
+// kernels do. The 8-bit step is a fused kernel on CPU and torch ops elsewhere
+// (adamw8bit_kernel.h); both give the same bits.
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
+#include "core/optim/adamw8bit_kernel.h"
 #include "core/optim/optim_internal.h"
 
 namespace lorad::optim {
 namespace {
-
-constexpr int64_t kBlock = 256;
-
-// bitsandbytes.functional.create_dynamic_map(signed, max_exponent_bits=7, total_bits=8),
-// computed with the same float32 torch ops.
-torch::Tensor CreateDynamicMap(bool is_signed) {
-  const int max_exponent_bits = 7, non_sign_bits = 7;
-  std::vector<torch::Tensor> parts;
-  for (int i = 0; i < max_exponent_bits; ++i) {
-    const int64_t fraction_items = is_signed ? (int64_t{1} << (i + non_sign_bits - max_exponent_bits)) + 1
-                                             : (int64_t{1} << (i + non_sign_bits - max_exponent_bits + 1)) + 1;
-    torch::Tensor boundaries = torch::linspace(0.1, 1, fraction_items, torch::kFloat);
-    torch::Tensor means = (boundaries.slice(0, 0, -1) + boundaries.slice(0, 1)) / 2.0;
-    const double scale = std::pow(10.0, -(max_exponent_bits - 1) + i);
-    parts.push_back(scale * means);
-    if (is_signed) parts.push_back(-scale * means);
-  }
-  parts.push_back(torch::tensor({0.0f, 1.0f}));
-  torch::Tensor map = std::get<0>(torch::sort(torch::cat(parts)));
-  TORCH_CHECK(map.numel() == 256, "dynamic map has ", map.numel(), " entries");
-  return map;
-}
-
-// Midpoints between consecutive map entries: searchsorted over them gives the
-// nearest entry (ties to the lower one) in one pass.
-torch::Tensor Midpoints(const torch::Tensor& map) { return (map.slice(0, 1) + map.slice(0, 0, -1)) / 2; }
 
 struct Adam8Config {
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01;
@@ -45,12 +21,7 @@ struct Adam8Config {
 class AdamW8bit final : public Optimizer {
  public:
   AdamW8bit(std::vector<ParamGroup> groups, std::vector<std::string> args, Adam8Config config, std::string class_path)
-      : Optimizer(std::move(groups), std::move(args)), c_(config), class_path_(std::move(class_path)),
-        qmap1_(CreateDynamicMap(true)), qmap2_(CreateDynamicMap(false)) {
-    mid1_ = Midpoints(qmap1_);
-    mid2_ = Midpoints(qmap2_);
-    zero_code1_ = qmap1_.lt(0).sum().item<int64_t>();
-  }
+      : Optimizer(std::move(groups), std::move(args)), c_(config), class_path_(std::move(class_path)) {}
 
   std::string_view name() const override { return "AdamW8bit"; }
   std::string_view class_path() const override { return class_path_; }
@@ -114,7 +85,7 @@ class AdamW8bit final : public Optimizer {
   // bnb kOptimizerStatic8bit2StateBlockwise (ADAM), per block of 256 elements.
   void Step8bit(double lr, WorkTensor& w, ParamState& s) {
     const int64_t n = w.param.numel();
-    const int64_t blocks = (n + kBlock - 1) / kBlock;
+    const int64_t blocks = (n + kAdam8bitBlock - 1) / kAdam8bitBlock;
     const auto f32 = w.param.options().dtype(torch::kFloat);
     if (s.tensors.empty()) {
       s.tensors["state1"] = torch::zeros({n}, w.param.options().dtype(torch::kUInt8));
@@ -122,66 +93,22 @@ class AdamW8bit final : public Optimizer {
       s.tensors["absmax1"] = torch::zeros({blocks}, f32);
       s.tensors["absmax2"] = torch::zeros({blocks}, f32);
     }
-    if (w.param.device() != qmap1_.device()) MoveMaps(w.param.device());
-    torch::Tensor& c1 = s.tensors["state1"];
-    torch::Tensor& c2 = s.tensors["state2"];
-    torch::Tensor& absmax1 = s.tensors["absmax1"];
-    torch::Tensor& absmax2 = s.tensors["absmax2"];
-    const int64_t pad = blocks * kBlock - n;
-    auto blocked = [&](const torch::Tensor& flat) {
-      return (pad == 0 ? flat : torch::constant_pad_nd(flat, {0, pad}, 0)).view({blocks, kBlock});
-    };
-    torch::Tensor g = blocked(w.grad.flatten().to(torch::kFloat));
-    // Non-finite gradients leave their parameter alone and reset its state to 0, as in the kernel.
-    const bool all_finite = torch::isfinite(g).all().item<bool>();
-    torch::Tensor finite = all_finite ? torch::Tensor() : torch::isfinite(g);
-    if (!all_finite) g = torch::where(finite, g, torch::zeros({}, f32));
-    // 1. dequantise, 2. moment updates.
-    torch::Tensor m = blocked(qmap1_.index_select(0, c1.to(torch::kInt))).mul_(absmax1.unsqueeze(1));
-    torch::Tensor v = blocked(qmap2_.index_select(0, c2.to(torch::kInt))).mul_(absmax2.unsqueeze(1));
-    m.mul_(c_.beta1).add_(g, 1.0 - c_.beta1);
-    v.mul_(c_.beta2).addcmul_(g, g, 1.0 - c_.beta2);
-    if (!all_finite) {
-      m.masked_fill_(finite.logical_not(), 0);
-      v.masked_fill_(finite.logical_not(), 0);
+    for (const char* key : {"state1", "state2", "absmax1", "absmax2"}) {
+      torch::Tensor& t = s.tensors[key];
+      if (!t.is_contiguous()) t = t.contiguous();
     }
-    // 3. new per-block absmax (v >= 0).
-    torch::Tensor new_absmax1 = m.abs().amax(1);
-    torch::Tensor new_absmax2 = v.amax(1);
-    // 4. parameter update, then decay.
-    const Scalars k = Coefficients(lr, s.step);
-    torch::Tensor p = blocked(w.param.flatten().to(torch::kFloat));
-    torch::Tensor stepped = torch::addcdiv(p, m, v.sqrt().add_(c_.eps * k.correction2), k.step_size);
-    if (c_.weight_decay > 0) stepped.mul_(k.decay);
-    if (!all_finite) stepped = torch::where(finite, stepped, p);
-    w.param.copy_(stepped.view({-1}).slice(0, 0, n).view_as(w.param));
-    // 5. re-quantise: nearest code of moment / absmax (0 for an all-zero block).
-    torch::Tensor x1 = m.div_(new_absmax1.unsqueeze(1));
-    torch::Tensor x2 = v.div_(new_absmax2.unsqueeze(1));
-    if (!new_absmax1.gt(0).all().item<bool>()) x1.nan_to_num_(0.0);  // 0/0 in an all-zero block
-    if (!new_absmax2.gt(0).all().item<bool>()) x2.nan_to_num_(0.0);
-    torch::Tensor code1 = torch::searchsorted(mid1_, x1, /*out_int32=*/true);
-    // State1's code must keep m's sign: codes below zero_code_ are the negative entries.
-    torch::Tensor wrong_sign = code1.lt(zero_code1_).ne(torch::signbit(x1));
-    code1.add_(wrong_sign.to(torch::kInt) * (x1.gt(0).to(torch::kInt) * 2 - 1)).clamp_(0, 255);
-    torch::Tensor code2 = torch::searchsorted(mid2_, x2, /*out_int32=*/true);
-    c1.copy_(code1.view({-1}).slice(0, 0, n));
-    c2.copy_(code2.view({-1}).slice(0, 0, n));
-    absmax1.copy_(new_absmax1);
-    absmax2.copy_(new_absmax2);
-  }
-
-  void MoveMaps(const torch::Device& device) {
-    qmap1_ = qmap1_.to(device);
-    qmap2_ = qmap2_.to(device);
-    mid1_ = Midpoints(qmap1_);
-    mid2_ = Midpoints(qmap2_);
+    const Adam8bitState state{s.tensors["state1"], s.tensors["state2"], s.tensors["absmax1"], s.tensors["absmax2"]};
+    const Adam8bitHyper h{c_.beta1, c_.beta2, c_.eps, c_.weight_decay};
+    if (w.param.is_cpu()) {
+      Adam8bitStepFusedCpu(maps_, h, lr, s.step, w.param, w.grad, state);
+    } else {
+      Adam8bitStepTorchOps(maps_, h, lr, s.step, w.param, w.grad, state);
+    }
   }
 
   Adam8Config c_;
   std::string class_path_;
-  torch::Tensor qmap1_, qmap2_, mid1_, mid2_;
-  int64_t zero_code1_ = 0;  // index of 0.0 in the signed map
+  DynamicMaps maps_;
 };
 
 }  // namespace
