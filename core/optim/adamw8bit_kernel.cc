@@ -212,19 +212,26 @@ LORAD_AVX2 inline float HorizontalMaxNan(__m256 acc, float start) {
   return start;
 }
 
+// The tables one Quantize8 call reads, loaded once per block range.
+struct QuantTables {
+  const uint8_t* lut;
+  const float* mid;
+  int zero_code;  // signed map only, else -1
+};
+
 // QuantizeOne for 8 floats; codes as int32 lanes.
-LORAD_AVX2 inline __m256i Quantize8(const DynamicMaps& maps, bool is_signed, __m256 x) {
+LORAD_AVX2 inline __m256i Quantize8(const QuantTables& t, __m256 x) {
   const __m256i bits = _mm256_castps_si256(x);
   const __m256i sign = _mm256_srai_epi32(bits, 31);
   const __m256i key = _mm256_xor_si256(bits, _mm256_or_si256(sign, _mm256_set1_epi32(INT32_MIN)));
   const __m256i bucket = _mm256_srli_epi32(key, DynamicMaps::kKeyShift);
-  const __m256i lut_word = _mm256_i32gather_epi32(reinterpret_cast<const int*>(maps.lut(is_signed)), bucket, 1);
+  const __m256i lut_word = _mm256_i32gather_epi32(reinterpret_cast<const int*>(t.lut), bucket, 1);
   __m256i code = _mm256_and_si256(lut_word, _mm256_set1_epi32(0xff));
-  const __m256 mid = _mm256_i32gather_ps(maps.mid(is_signed), code, 4);
+  const __m256 mid = _mm256_i32gather_ps(t.mid, code, 4);
   code = _mm256_sub_epi32(code, _mm256_castps_si256(_mm256_cmp_ps(mid, x, _CMP_NGE_UQ)));  // +1 where !(mid >= x)
   code = _mm256_blendv_epi8(code, _mm256_set1_epi32(255), _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)));
-  if (is_signed) {
-    const __m256i negative_code = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(maps.zero_code1())), code);
+  if (t.zero_code >= 0) {
+    const __m256i negative_code = _mm256_cmpgt_epi32(_mm256_set1_epi32(t.zero_code), code);
     const __m256i wrong_sign = _mm256_xor_si256(negative_code, sign);
     const __m256i positive = _mm256_castps_si256(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ));
     const __m256i toward = _mm256_sub_epi32(_mm256_and_si256(positive, _mm256_set1_epi32(2)), _mm256_set1_epi32(1));
@@ -239,10 +246,10 @@ LORAD_AVX2 inline __m256 Gather8(const float* qmap, const uint8_t* codes) {
   return _mm256_i32gather_ps(qmap, idx, 4);
 }
 
+// Codes are in [0, 255], so the saturating packs just narrow them.
 LORAD_AVX2 inline void StoreCodes8(uint8_t* out, __m256i code) {
-  alignas(32) int32_t lanes[8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), code);
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<uint8_t>(lanes[i]);
+  const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(code), _mm256_extracti128_si256(code, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packus_epi16(words, words));
 }
 
 LORAD_AVX2 void BlocksAvx2(const Kernel& r, int64_t begin, int64_t end) {
@@ -255,6 +262,8 @@ LORAD_AVX2 void BlocksAvx2(const Kernel& r, int64_t begin, int64_t end) {
   const __m256 decay = _mm256_set1_ps(k.decay), flt_max = _mm256_set1_ps(FLT_MAX);
   const __m256 zero = _mm256_setzero_ps();
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const QuantTables t1{r.maps->lut(true), r.maps->mid(true), static_cast<int>(r.maps->zero_code1())};
+  const QuantTables t2{r.maps->lut(false), r.maps->mid(false), -1};
   alignas(32) float m[kBlock], v[kBlock];
   for (int64_t b = begin; b < end; ++b) {
     const int64_t start = b * kBlock;
@@ -295,8 +304,8 @@ LORAD_AVX2 void BlocksAvx2(const Kernel& r, int64_t begin, int64_t end) {
     for (int j = 0; j < vec_len; j += 8) {
       const __m256 x1 = scale1 ? _mm256_div_ps(_mm256_load_ps(m + j), max1b) : zero;
       const __m256 x2 = scale2 ? _mm256_div_ps(_mm256_load_ps(v + j), max2b) : zero;
-      StoreCodes8(c1 + j, Quantize8(*r.maps, true, x1));
-      StoreCodes8(c2 + j, Quantize8(*r.maps, false, x2));
+      StoreCodes8(c1 + j, Quantize8(t1, x1));
+      StoreCodes8(c2 + j, Quantize8(t2, x2));
     }
     for (int j = vec_len; j < len; ++j) {
       c1[j] = static_cast<uint8_t>(QuantizeOne(*r.maps, true, scale1 ? m[j] / max1 : 0.0f));
