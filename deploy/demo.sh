@@ -52,6 +52,7 @@ PY
 cat > "$WORK/demo.toml" <<TOML
 pretrained_model_name_or_path = "tiny_sdxl.safetensors"
 output_name = "demo"
+caption_extension = ".txt"
 resolution = "64"
 network_module = "networks.lora"
 network_dim = 8

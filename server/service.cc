@@ -3,6 +3,8 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "absl/strings/numbers.h"
@@ -261,8 +263,21 @@ grpc::ServerUnaryReactor* LoradService::InspectDataset(grpc::CallbackServerConte
   // The curation report decodes every image (OpenCV): run `lorad-curate --json`
   // as a child process off the RPC threads, so a bad image cannot take the daemon down.
   auto* reactor = ctx->DefaultReactor();
-  std::thread([reactor, response, binary = config_->curate_binary, path = dataset->path] {
-    const std::string command = absl::StrCat("'", binary, "' --json '", path, "' 2>&1");
+  const std::string stderr_file =
+      (config_->logs_dir() / absl::StrCat("curate-", dataset->id, ".stderr")).string();
+  std::thread([reactor, response, stderr_file, binary = config_->curate_binary, path = dataset->path] {
+    // kohya's default caption extension is .caption; most datasets use .txt.
+    std::error_code ec;
+    int txt = 0, caption = 0;
+    for (auto it = std::filesystem::recursive_directory_iterator(path, ec);
+         !ec && it != std::filesystem::end(it); it.increment(ec)) {
+      const auto ext = it->path().extension();
+      txt += ext == ".txt" ? 1 : 0;
+      caption += ext == ".caption" ? 1 : 0;
+    }
+    const std::string command =
+        absl::StrCat("'", binary, "' '", path, "' --json", txt > caption ? " --caption-extension .txt" : "",
+                     " 2>'", stderr_file, "'");
     FILE* pipe = ::popen(command.c_str(), "r");
     if (pipe == nullptr) {
       reactor->Finish(grpc::Status(grpc::StatusCode::INTERNAL, "cannot start lorad-curate"));
@@ -274,10 +289,12 @@ grpc::ServerUnaryReactor* LoradService::InspectDataset(grpc::CallbackServerConte
     while ((n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) output.append(buffer, n);
     const int status = ::pclose(pipe);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      std::ifstream err(stderr_file);
+      const std::string errors((std::istreambuf_iterator<char>(err)), {});
       reactor->Finish(grpc::Status(
           grpc::StatusCode::UNAVAILABLE,
-          absl::StrCat("curation report failed (", binary, "; exit ", WIFEXITED(status) ? WEXITSTATUS(status) : -1,
-                       "): ", output.substr(0, 2000))));
+          absl::StrCat("curation report failed (", binary, ", exit ", WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+                       "): ", errors.substr(0, 2000))));
       return;
     }
     response->set_report_json(output);

@@ -1,0 +1,433 @@
+// End-to-end tests of lorad: a real daemon on a loopback port, real SQLite, the
+// real lorad-train training the tiny SDXL fixture on CPU for a few steps.
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "storage/job_store.h"
+#include "tests/daemon_harness.h"
+
+namespace lorad::tests {
+namespace {
+namespace fs = std::filesystem;
+using lorad::v1::JobEvent;
+using lorad::v1::JobState;
+
+fs::path TestRoot(const std::string& name) {
+  return fs::temp_directory_path() / absl::StrCat("lorad_it_", getpid(), "_", name);
+}
+
+std::string ReadFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void ExpectContiguous(const std::vector<JobEvent>& events, int64_t first = 1) {
+  for (size_t i = 0; i < events.size(); ++i) {
+    ASSERT_EQ(events[i].seq(), first + static_cast<int64_t>(i)) << "gap or duplicate at index " << i;
+  }
+}
+
+// One daemon with two slots shared by the tests that do not restart it.
+class DaemonTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    daemon_ = new Daemon(TestRoot("shared"), DaemonOptions{2, 5, "test-token", {}});
+    daemon_->Start();
+    dataset_ = new std::string(daemon_->UploadTestDataset(3));
+  }
+  static void TearDownTestSuite() {
+    if (daemon_) EXPECT_EQ(daemon_->Stop(), 0);
+    fs::remove_all(daemon_->data_dir());
+    delete daemon_;
+    delete dataset_;
+    daemon_ = nullptr;
+  }
+  static Daemon* daemon_;
+  static std::string* dataset_;
+};
+Daemon* DaemonTest::daemon_ = nullptr;
+std::string* DaemonTest::dataset_ = nullptr;
+
+TEST_F(DaemonTest, SubmitRunSucceedStreamInOrderAndFetchVerifiedLora) {
+  Daemon& d = *daemon_;
+  const int64_t id = d.Submit(Daemon::TinyConfig(6, 3), *dataset_, "happy");
+  ASSERT_GT(id, 0);
+  std::set<JobState> seen;
+  lorad::v1::Job job = d.WaitFor(id, [&](const lorad::v1::Job& j) {
+    seen.insert(j.state());
+    return IsTerminal(j.state());
+  }, 240);
+  ASSERT_EQ(job.state(), lorad::v1::JOB_STATE_SUCCEEDED) << job.reason();
+  EXPECT_TRUE(seen.count(lorad::v1::JOB_STATE_RUNNING));
+  EXPECT_EQ(job.step(), 6);
+
+  auto events = d.ReadAllEvents(id);
+  ASSERT_FALSE(events.empty());
+  ExpectContiguous(events);
+  EXPECT_EQ(events.back().seq(), job.last_seq());
+  EXPECT_TRUE(events.back().event().has_finished());
+  EXPECT_EQ(events.back().event().finished().status(), lorad::v1::Finished::SUCCEEDED);
+  int64_t last_step = 0;
+  bool started = false;
+  for (const auto& e : events) {
+    if (e.event().has_job_started()) started = true;
+    if (e.event().has_progress()) {
+      EXPECT_GT(e.event().progress().step(), last_step);
+      last_step = e.event().progress().step();
+    }
+  }
+  EXPECT_TRUE(started);
+  EXPECT_EQ(last_step, 6);
+  EXPECT_EQ(job.hyperparameters().at("network_dim"), "4");
+
+  lorad::v1::ListArtifactsRequest list;
+  list.set_job_id(id);
+  list.set_kind(lorad::v1::ARTIFACT_KIND_LORA);
+  lorad::v1::ListArtifactsResponse artifacts;
+  auto ctx = d.client().Context();
+  ASSERT_TRUE(d.client().stub()->ListArtifacts(ctx.get(), list, &artifacts).ok());
+  const lorad::v1::Artifact* final_lora = nullptr;
+  for (const auto& a : artifacts.artifacts()) {
+    if (a.is_final()) final_lora = &a;
+  }
+  ASSERT_NE(final_lora, nullptr) << artifacts.DebugString();
+  const fs::path out = TestRoot("fetch") / "tiny.safetensors";
+  fs::remove_all(out.parent_path());
+  ASSERT_TRUE(d.client().FetchArtifact(*final_lora, out).ok());
+  EXPECT_EQ(ReadFile(out), ReadFile(job.final_lora_path()));
+  fs::remove_all(out.parent_path());
+
+  // Replay from the middle returns exactly the rest; no_follow ends at the tip.
+  auto rest = d.ReadAllEvents(id, 3);
+  ASSERT_EQ(rest.size(), events.size() - 3);
+  ExpectContiguous(rest, 4);
+}
+
+TEST_F(DaemonTest, TailDisconnectAndResumeLosesNothing) {
+  Daemon& d = *daemon_;
+  const int64_t id = d.Submit(Daemon::TinyConfig(8, 0), *dataset_, "tail");
+  std::vector<JobEvent> collected;
+  {
+    auto ctx = d.client().Context(true);
+    lorad::v1::StreamEventsRequest request;
+    request.set_job_id(id);
+    auto reader = d.client().stub()->StreamEvents(ctx.get(), request);
+    JobEvent e;
+    while (reader->Read(&e)) {
+      collected.push_back(e);
+      if (e.event().has_progress() && e.event().progress().step() >= 2) break;  // mid-run
+    }
+    ctx->TryCancel();
+    reader->Finish();
+  }
+  ASSERT_FALSE(collected.empty());
+  ASSERT_FALSE(collected.back().event().has_finished()) << "disconnected too late to test resume";
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // events keep coming meanwhile
+  auto rest = d.ReadAllEvents(id, collected.back().seq());
+  collected.insert(collected.end(), rest.begin(), rest.end());
+  ExpectContiguous(collected);
+  ASSERT_TRUE(collected.back().event().has_finished());
+  EXPECT_EQ(collected.back().seq(), d.GetJob(id).last_seq());
+}
+
+TEST_F(DaemonTest, InterruptedFetchResumesToAnIdenticalFile) {
+  Daemon& d = *daemon_;
+  const int64_t id = d.Submit(Daemon::TinyConfig(2, 0), *dataset_, "fetch");
+  d.WaitFor(id, [](const lorad::v1::Job& j) { return IsTerminal(j.state()); }, 240);
+  lorad::v1::ListArtifactsRequest list;
+  list.set_job_id(id);
+  list.set_kind(lorad::v1::ARTIFACT_KIND_LORA);
+  lorad::v1::ListArtifactsResponse artifacts;
+  auto ctx = d.client().Context();
+  ASSERT_TRUE(d.client().stub()->ListArtifacts(ctx.get(), list, &artifacts).ok());
+  ASSERT_FALSE(artifacts.artifacts().empty());
+  const auto& lora = artifacts.artifacts(0);
+  ASSERT_GT(lora.bytes(), 8 << 10);
+  const fs::path out = TestRoot("resume") / "lora.safetensors";
+  fs::remove_all(out.parent_path());
+  // 4 KiB chunks so "half" is a real mid-stream point.
+  absl::Status first = d.client().FetchArtifact(lora, out, lora.bytes() / 2, nullptr, 4096);
+  EXPECT_EQ(first.code(), absl::StatusCode::kAborted) << first;
+  const fs::path part = out.string() + ".part";
+  ASSERT_TRUE(fs::exists(part));
+  const auto partial = fs::file_size(part);
+  EXPECT_GT(partial, 0u);
+  EXPECT_LT(partial, static_cast<uintmax_t>(lora.bytes()));
+  ASSERT_TRUE(d.client().FetchArtifact(lora, out).ok());
+  EXPECT_FALSE(fs::exists(part));
+  const fs::path server_file = d.data_dir() / "jobs" / std::to_string(id) / "output" / lora.name();
+  EXPECT_EQ(ReadFile(out), ReadFile(server_file));
+  fs::remove_all(out.parent_path());
+}
+
+TEST_F(DaemonTest, DuplicateRequestIdMakesOneJob) {
+  Daemon& d = *daemon_;
+  lorad::v1::ListJobsRequest before_request;
+  before_request.set_name_contains("dedup");
+  const int64_t a = d.Submit(Daemon::TinyConfig(1, 0), *dataset_, "dedup", "same-request-id");
+  const int64_t b = d.Submit(Daemon::TinyConfig(1, 0), *dataset_, "dedup", "same-request-id");
+  EXPECT_EQ(a, b);
+  lorad::v1::ListJobsResponse response;
+  auto ctx = d.client().Context();
+  ASSERT_TRUE(d.client().stub()->ListJobs(ctx.get(), before_request, &response).ok());
+  EXPECT_EQ(response.jobs_size(), 1);
+  d.WaitFor(a, [](const lorad::v1::Job& j) { return IsTerminal(j.state()); }, 240);
+}
+
+TEST_F(DaemonTest, CancelRunningJobEndsCancelledWithinGraceAndChildIsGone) {
+  Daemon& d = *daemon_;
+  const int64_t id = d.Submit(Daemon::TinyConfig(100000, 0), *dataset_, "cancel-me");
+  d.WaitFor(id, [](const lorad::v1::Job& j) { return j.step() >= 1 || IsTerminal(j.state()); }, 240);
+  // The worker's pid is in the "attempt started" event.
+  pid_t pid = 0;
+  {
+    auto ctx = d.client().Context(true);
+    lorad::v1::StreamEventsRequest request;
+    request.set_job_id(id);
+    request.set_no_follow(true);
+    auto reader = d.client().stub()->StreamEvents(ctx.get(), request);
+    JobEvent e;
+    while (reader->Read(&e)) {
+      const std::string& message = e.event().log().message();
+      if (auto at = message.find("(pid "); at != std::string::npos) pid = std::stoi(message.substr(at + 5));
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+  }
+  ASSERT_GT(pid, 0);
+  const auto asked = std::chrono::steady_clock::now();
+  lorad::v1::CancelJobRequest cancel;
+  cancel.set_job_id(id);
+  cancel.set_reason("test cancel");
+  lorad::v1::Job after;
+  auto ctx = d.client().Context();
+  ASSERT_TRUE(d.client().stub()->CancelJob(ctx.get(), cancel, &after).ok());
+  lorad::v1::Job job = d.WaitFor(id, [](const lorad::v1::Job& j) { return IsTerminal(j.state()); }, 30);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - asked).count();
+  EXPECT_EQ(job.state(), lorad::v1::JOB_STATE_CANCELLED);
+  EXPECT_LT(took, 5 + 2.0) << "grace is 5 s";
+  EXPECT_TRUE(absl::StrContains(job.reason(), "test cancel")) << job.reason();
+  EXPECT_EQ(kill(pid, 0), -1);
+  EXPECT_EQ(errno, ESRCH) << "worker " << pid << " still exists";
+}
+
+TEST_F(DaemonTest, CrashingWorkerFailsWithReasonAndDaemonKeepsServing) {
+  Daemon& d = *daemon_;
+  std::ofstream(d.data_dir() / "models" / "corrupt.safetensors") << "this is not a safetensors file";
+  std::string config = Daemon::TinyConfig(2, 0);
+  config.replace(config.find("tiny_sdxl.safetensors"), std::string("tiny_sdxl.safetensors").size(),
+                 "corrupt.safetensors");
+  const int64_t id = d.Submit(config, *dataset_, "corrupt");
+  lorad::v1::Job job = d.WaitFor(id, [](const lorad::v1::Job& j) { return IsTerminal(j.state()); }, 120);
+  EXPECT_EQ(job.state(), lorad::v1::JOB_STATE_FAILED);
+  EXPECT_TRUE(absl::StrContains(job.reason(), "exit status") || absl::StrContains(job.reason(), "signal"))
+      << job.reason();
+  EXPECT_TRUE(absl::StrContains(job.reason(), "corrupt.safetensors")) << job.reason();
+  EXPECT_NE(job.exit_code(), 0);
+  lorad::v1::ServerInfo info;
+  auto ctx = d.client().Context();
+  EXPECT_TRUE(d.client().stub()->GetServerInfo(ctx.get(), {}, &info).ok());
+}
+
+TEST_F(DaemonTest, TwoSlotsRunTwoJobsAtOnce) {
+  Daemon& d = *daemon_;
+  const int64_t a = d.Submit(Daemon::TinyConfig(100000, 0), *dataset_, "slot-a");
+  const int64_t b = d.Submit(Daemon::TinyConfig(100000, 0), *dataset_, "slot-b");
+  bool both = false;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (!both && std::chrono::steady_clock::now() < deadline) {
+    const auto ja = d.GetJob(a), jb = d.GetJob(b);
+    both = ja.state() == lorad::v1::JOB_STATE_RUNNING && jb.state() == lorad::v1::JOB_STATE_RUNNING &&
+           ja.slot() != jb.slot();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(both);
+  for (int64_t id : {a, b}) {
+    lorad::v1::CancelJobRequest cancel;
+    cancel.set_job_id(id);
+    lorad::v1::Job job;
+    auto ctx = d.client().Context();
+    ASSERT_TRUE(d.client().stub()->CancelJob(ctx.get(), cancel, &job).ok());
+  }
+  for (int64_t id : {a, b}) {
+    EXPECT_EQ(d.WaitFor(id, [](const lorad::v1::Job& j) { return IsTerminal(j.state()); }, 30).state(),
+              lorad::v1::JOB_STATE_CANCELLED);
+  }
+}
+
+TEST_F(DaemonTest, EveryRpcNeedsTheTokenAndPathsStayInsideTheRoots) {
+  Daemon& d = *daemon_;
+  for (const std::string token : {"", "wrong-token"}) {
+    auto c = d.NewClient(token);
+    auto* s = c->stub();
+    std::vector<grpc::Status> statuses;
+    { auto ctx = c->Context(); lorad::v1::Job r; statuses.push_back(s->SubmitJob(ctx.get(), {}, &r)); }
+    { auto ctx = c->Context(); lorad::v1::Job r; statuses.push_back(s->GetJob(ctx.get(), {}, &r)); }
+    { auto ctx = c->Context(); lorad::v1::ListJobsResponse r; statuses.push_back(s->ListJobs(ctx.get(), {}, &r)); }
+    { auto ctx = c->Context(); lorad::v1::Job r; statuses.push_back(s->CancelJob(ctx.get(), {}, &r)); }
+    { auto ctx = c->Context(); lorad::v1::ListArtifactsResponse r; statuses.push_back(s->ListArtifacts(ctx.get(), {}, &r)); }
+    { auto ctx = c->Context(); lorad::v1::ListDatasetsResponse r; statuses.push_back(s->ListDatasets(ctx.get(), {}, &r)); }
+    { auto ctx = c->Context(); lorad::v1::InspectDatasetResponse r; statuses.push_back(s->InspectDataset(ctx.get(), {}, &r)); }
+    { auto ctx = c->Context(); lorad::v1::ServerInfo r; statuses.push_back(s->GetServerInfo(ctx.get(), {}, &r)); }
+    {
+      auto ctx = c->Context();
+      auto reader = s->StreamEvents(ctx.get(), {});
+      JobEvent e;
+      while (reader->Read(&e)) {}
+      statuses.push_back(reader->Finish());
+    }
+    {
+      auto ctx = c->Context();
+      auto reader = s->FetchArtifact(ctx.get(), {});
+      lorad::v1::ArtifactChunk chunk;
+      while (reader->Read(&chunk)) {}
+      statuses.push_back(reader->Finish());
+    }
+    {
+      auto ctx = c->Context();
+      lorad::v1::Dataset r;
+      auto writer = s->UploadDataset(ctx.get(), &r);
+      writer->WritesDone();
+      statuses.push_back(writer->Finish());
+    }
+    ASSERT_EQ(statuses.size(), 11u);
+    for (size_t i = 0; i < statuses.size(); ++i) {
+      EXPECT_EQ(statuses[i].error_code(), grpc::StatusCode::UNAUTHENTICATED) << "rpc #" << i << " token '" << token << "'";
+    }
+  }
+  // A config path outside the roots is refused at submit.
+  lorad::v1::SubmitJobRequest request;
+  request.set_config_toml("pretrained_model_name_or_path = \"/etc/passwd\"\n");
+  lorad::v1::Job job;
+  auto ctx = d.client().Context();
+  grpc::Status refused = d.client().stub()->SubmitJob(ctx.get(), request, &job);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::PERMISSION_DENIED) << refused.error_message();
+  // An upload path with ".." is refused and nothing escapes the datasets folder.
+  auto ctx2 = d.client().Context();
+  lorad::v1::Dataset dataset;
+  auto writer = d.client().stub()->UploadDataset(ctx2.get(), &dataset);
+  lorad::v1::UploadDatasetRequest chunk;
+  chunk.mutable_chunk()->set_path("../../escaped.txt");
+  chunk.mutable_chunk()->set_data("x");
+  writer->Write(chunk);
+  writer->WritesDone();
+  grpc::Status upload = writer->Finish();
+  EXPECT_EQ(upload.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << upload.error_message();
+  EXPECT_FALSE(fs::exists(d.data_dir() / "escaped.txt"));
+  EXPECT_FALSE(fs::exists(d.data_dir().parent_path() / "escaped.txt"));
+}
+
+TEST_F(DaemonTest, UploadIsContentAddressedAndInspectRunsTheCurationReport) {
+  Daemon& d = *daemon_;
+  // The suite's dataset again: same files, same id, stored once.
+  EXPECT_EQ(d.UploadTestDataset(3), *dataset_);
+  lorad::v1::ListDatasetsResponse datasets;
+  auto ctx = d.client().Context();
+  ASSERT_TRUE(d.client().stub()->ListDatasets(ctx.get(), {}, &datasets).ok());
+  ASSERT_EQ(datasets.datasets_size(), 1);
+  EXPECT_EQ(datasets.datasets(0).images(), 3);
+  EXPECT_EQ(datasets.datasets(0).files(), 6);
+  lorad::v1::InspectDatasetRequest request;
+  request.set_dataset_id(*dataset_);
+  lorad::v1::InspectDatasetResponse report;
+  auto ctx2 = d.client().Context();
+  grpc::Status status = d.client().stub()->InspectDataset(ctx2.get(), request, &report);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(absl::StrContains(report.report_json(), "\"missing_captions\"")) << report.report_json();
+  EXPECT_TRUE(absl::StrContains(report.report_json(), "\"images\"")) << report.report_json();
+  lorad::v1::InspectDatasetResponse missing;
+  request.set_dataset_id("no-such-dataset");
+  auto ctx3 = d.client().Context();
+  EXPECT_EQ(d.client().stub()->InspectDataset(ctx3.get(), request, &missing).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+}
+
+// kill -9 mid-training, restart: the job resumes from its saved state and
+// succeeds; history is intact; the database passes integrity_check.
+TEST(DaemonRestartTest, Kill9MidTrainingResumesFromLastState) {
+  Daemon d(TestRoot("restart"), DaemonOptions{1, 5, "t", {}});
+  d.Start();
+  const std::string dataset = d.UploadTestDataset(3);
+  const int64_t id = d.Submit(Daemon::TinyConfig(16, 4), dataset, "survivor");
+  // Wait for a saved state past step 4, then pull the plug.
+  std::vector<JobEvent> before;
+  {
+    auto ctx = d.client().Context(true);
+    lorad::v1::StreamEventsRequest request;
+    request.set_job_id(id);
+    auto reader = d.client().stub()->StreamEvents(ctx.get(), request);
+    JobEvent e;
+    while (reader->Read(&e)) {
+      before.push_back(e);
+      if (e.event().has_checkpoint() && e.event().checkpoint().kind() == lorad::v1::ARTIFACT_KIND_STATE) break;
+      ASSERT_FALSE(e.event().has_finished()) << "job ended before a state was saved";
+    }
+    d.Kill9();
+    ctx->TryCancel();
+    reader->Finish();
+  }
+  ASSERT_GE(before.back().event().checkpoint().step(), 4);
+  d.Start();
+  lorad::v1::Job job = d.WaitFor(id, [](const lorad::v1::Job& j) { return IsTerminal(j.state()); }, 240);
+  ASSERT_EQ(job.state(), lorad::v1::JOB_STATE_SUCCEEDED) << job.reason();
+  EXPECT_EQ(job.attempts(), 2);
+  auto all = d.ReadAllEvents(id);
+  // The newest state recorded before the restart (the worker may have saved
+  // another one between our read and the kill) is what the job resumes from.
+  int64_t saved_step = 0;
+  for (const auto& e : all) {
+    if (e.event().has_job_started() && e.event().job_started().resumed_from_step() > 0) break;
+    if (e.event().has_checkpoint() && e.event().checkpoint().kind() == lorad::v1::ARTIFACT_KIND_STATE) {
+      saved_step = e.event().checkpoint().step();
+    }
+  }
+  ASSERT_GE(saved_step, 4);
+  EXPECT_EQ(job.resumed_from_step(), saved_step);
+  ExpectContiguous(all);
+  // Everything streamed before the crash is still there, unchanged.
+  ASSERT_GE(all.size(), before.size());
+  for (size_t i = 0; i < before.size(); ++i) {
+    EXPECT_EQ(all[i].event().SerializeAsString(), before[i].event().SerializeAsString()) << i;
+  }
+  // The second run starts at the saved step: its first progress step continues.
+  int started_runs = 0;
+  int64_t first_step_after_resume = 0;
+  for (const auto& e : all) {
+    if (e.event().has_job_started()) ++started_runs;
+    if (started_runs == 2 && e.event().has_progress() && first_step_after_resume == 0) {
+      first_step_after_resume = e.event().progress().step();
+    }
+  }
+  EXPECT_EQ(started_runs, 2);
+  EXPECT_EQ(first_step_after_resume, saved_step + 1);
+  std::fprintf(stderr, "restart timeline (job %lld):\n", static_cast<long long>(id));
+  for (const auto& e : all) {
+    const auto& ev = e.event();
+    std::string what = ev.has_progress()     ? absl::StrCat("progress step ", ev.progress().step())
+                       : ev.has_checkpoint() ? absl::StrCat("checkpoint step ", ev.checkpoint().step(), " ",
+                                                            lorad::v1::ArtifactKind_Name(ev.checkpoint().kind()))
+                       : ev.has_job_started() ? absl::StrCat("job_started resumed_from_step ",
+                                                             ev.job_started().resumed_from_step())
+                       : ev.has_log()        ? absl::StrCat("log: ", ev.log().message())
+                       : ev.has_finished()   ? absl::StrCat("finished ", lorad::v1::Finished::Status_Name(ev.finished().status()))
+                       : ev.has_warning()    ? absl::StrCat("warning: ", ev.warning().message())
+                                             : "other";
+    std::fprintf(stderr, "  seq %3lld  %s\n", static_cast<long long>(e.seq()), what.c_str());
+  }
+  EXPECT_EQ(d.Stop(), 0);
+  auto store = storage::JobStore::Open((d.data_dir() / "lorad.db").string());
+  ASSERT_TRUE(store.ok());
+  EXPECT_TRUE((*store)->IntegrityCheck().ok());
+  fs::remove_all(d.data_dir());
+}
+
+}  // namespace
+}  // namespace lorad::tests
