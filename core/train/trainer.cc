@@ -190,6 +190,12 @@ absl::Status Run::Setup() {
   if (inputs_.source == nullptr) return absl::InvalidArgumentError("Train: no batch source given");
   if (!config_.seed) config_.seed = RandomSeed();
   pos_.seed = *config_.seed;
+  std::error_code ec;
+  std::filesystem::create_directories(config_.output_dir, ec);
+  if (ec) {
+    return absl::PermissionDeniedError(absl::StrCat("cannot create output_dir ", config_.output_dir, ": ",
+                                                    ec.message()));
+  }
   RETURN_IF_ERROR(SetupPrecision());
   train_text_ = !config_.network_train_unet_only;
   train_unet_ = !config_.network_train_text_encoder_only;
@@ -814,7 +820,7 @@ absl::StatusOr<TrainResult> Run::Execute() {
           if (!s.ok()) return fail(s);
           where = absl::StrCat("; state saved to ", names.LastState().string(), " (resume with --resume)");
         }
-        return Finish(absl::CancelledError(absl::StrCat("cancelled at step ", pos_.global_step, where)));
+        return Finish(absl::CancelledError(absl::StrCat("stopped on request", where)));
       }
     }
     if (pos_.data.epoch == epoch && !done) pos_.data = {static_cast<int>(epoch) + 1, 0};
