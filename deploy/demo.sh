@@ -11,10 +11,12 @@ BUILD=${1:-build}
 STEPS=${STEPS:-30}
 PORT=${LORAD_DEMO_PORT:-50651}
 
-if [ ! -f "$BUILD/build.ninja" ]; then
-  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release
+if [ -z "${LORAD_DEMO_NO_BUILD:-}" ]; then  # set it to use binaries already built in BUILD_DIR
+  if [ ! -f "$BUILD/build.ninja" ]; then
+    cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release
+  fi
+  cmake --build "$BUILD" --parallel "$(nproc)" --target lorad loractl lorad-train lorad-mkmodel
 fi
-cmake --build "$BUILD" --parallel "$(nproc)" --target lorad loractl lorad-train lorad-mkmodel
 LORAD="$BUILD/server/lorad"
 LORACTL="$BUILD/client/loractl"
 
