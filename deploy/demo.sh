@@ -12,10 +12,11 @@ STEPS=${STEPS:-30}
 PORT=${LORAD_DEMO_PORT:-50651}
 
 if [ -z "${LORAD_DEMO_NO_BUILD:-}" ]; then  # set it to use binaries already built in BUILD_DIR
+  ./deploy/install-deps.sh
   if [ ! -f "$BUILD/build.ninja" ]; then
     cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release
   fi
-  cmake --build "$BUILD" --parallel "$(nproc)" --target lorad loractl lorad-train lorad-mkmodel
+  cmake --build "$BUILD" --parallel "$(nproc)" --target lorad loractl lorad-train lorad-mkmodel lorad-inspect
 fi
 LORAD="$BUILD/server/lorad"
 LORACTL="$BUILD/client/loractl"
@@ -84,6 +85,8 @@ echo "== job $JOB"
 "$LORACTL" show "$JOB"
 "$LORACTL" fetch "$JOB" --out "$WORK/out"
 ls -l "$WORK/out"
+# What ComfyUI/A1111/Forge will see: kohya keys and ss_* metadata.
+for lora in "$WORK/out"/*.safetensors; do "$BUILD/core/models/lorad-inspect" "$lora"; break; done
 
 # 6. Stop the daemon (running jobs would save their state and resume on restart).
 kill -TERM "$LORAD_PID"
