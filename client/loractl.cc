@@ -16,7 +16,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "client/charts/charts.h"
 #include "client/client.h"
+#include "client/sweep_view.h"
+#include "core/advisor/sweep_table.h"
 
 namespace fs = std::filesystem;
 using lorad::client::Client;
@@ -39,6 +42,12 @@ constexpr char kUsageText[] =
     "  fetch JOB [--out DIR] [--all|--lora|--samples]   resumes partial downloads, verifies sha256\n"
     "  datasets upload DIR [--name N] | datasets ls | datasets inspect ID\n"
     "  info\n"
+    "  sweep SWEEP.toml [--name N] [--force] [--priority P]   prints the sweep id\n"
+    "  sweep show ID|NAME [--csv|--json]   varied values, state, losses, steps, time, images/s, LoRA\n"
+    "  sweep ls [--json] | sweep cancel ID [--reason TEXT]\n"
+    "  plot JOB|SWEEP_NAME|--sweep ID -o loss.png [--smoothing S]   one smoothed curve per job\n"
+    "  grid SWEEP -o samples.png [--cache DIR] [--cell N]   latest preview per job x prompt\n"
+    "  fetch --sweep ID [--out DIR]          every final LoRA of the sweep\n"
     "Server and token also come from LORAD_SERVER and LORAD_TOKEN.\n"
     "Exit codes: 0 ok, 1 error, 2 usage, 3 unreachable, 4 auth, 5 not found, 6 refused,\n"
     "7 checksum mismatch, 10 job failed, 11 job cancelled.\n";
@@ -87,12 +96,17 @@ struct Args {
   }
 };
 
-const std::set<std::string> kBoolFlags = {"json", "all", "lora", "samples", "tls", "help"};
+const std::set<std::string> kBoolFlags = {"json", "all", "lora", "samples", "tls", "help", "csv", "force"};
 
 absl::StatusOr<Args> ParseArgs(int argc, char** argv, int start) {
   Args args;
   for (int i = start; i < argc; ++i) {
     std::string a = argv[i];
+    if (a == "-o") {  // plot / grid output file
+      if (i + 1 >= argc) return absl::InvalidArgumentError("-o needs a file name");
+      args.flags["o"].push_back(argv[++i]);
+      continue;
+    }
     if (a.rfind("--", 0) == 0) {
       std::string name = a.substr(2), value;
       if (auto eq = name.find('='); eq != std::string::npos) {
@@ -274,6 +288,16 @@ int Show(Client& client, const Args& args) {
                                                                job.hyperparameters().end())) {
     std::printf("  %s = %s\n", k.c_str(), v.c_str());
   }
+  auto events = lorad::client::ReadJobEvents(client, id);
+  if (events.ok()) {
+    bool header = false;
+    for (const auto& e : *events) {
+      if (!e.event().has_warning()) continue;
+      if (!header) std::printf("warnings:\n");
+      header = true;
+      std::printf("  [%s] %s\n", e.event().warning().code().c_str(), e.event().warning().message().c_str());
+    }
+  }
   std::printf("artifacts:\n");
   for (const auto& a : artifacts.artifacts()) {
     std::printf("  %-4lld %-7s step %-6lld %10lld B  %s\n", static_cast<long long>(a.id()),
@@ -390,7 +414,10 @@ int Cancel(Client& client, const Args& args) {
   return kOk;
 }
 
+int FetchSweep(Client& client, const Args& args);
+
 int Fetch(Client& client, const Args& args) {
+  if (args.Has("sweep")) return FetchSweep(client, args);
   int64_t id = 0;
   if (!ParseJobId(args, &id)) {
     std::fprintf(stderr, "loractl fetch: expected a job id\n");
@@ -502,6 +529,195 @@ int Info(Client& client, const Args& args) {
   return kOk;
 }
 
+
+std::string SweepSummary(const lorad::v1::Sweep& s) {
+  return absl::StrFormat("%d jobs: %d succeeded, %d failed, %d cancelled, %d queued/running", s.jobs_total(),
+                         s.jobs_succeeded(), s.jobs_failed(), s.jobs_cancelled(), s.jobs_active());
+}
+
+int SweepSubmit(Client& client, const Args& args) {
+  absl::Status read_status;
+  lorad::v1::SubmitSweepRequest request;
+  request.set_sweep_toml(ReadText(args.positional[0], &read_status));
+  if (!read_status.ok()) return ExitFor(read_status, "sweep");
+  request.set_name(args.Get("name", absl::StrCat(fs::path(args.positional[0]).stem().string(), "-",
+                                                 NewRequestId().substr(0, 6))));
+  request.set_force(args.Has("force"));
+  int64_t priority = 0;
+  if (args.Has("priority") && !absl::SimpleAtoi(args.Get("priority"), &priority)) {
+    std::fprintf(stderr, "loractl sweep: --priority expects an integer\n");
+    return kUsage;
+  }
+  request.set_priority(static_cast<int32_t>(priority));
+  request.set_request_id(args.Get("request-id", NewRequestId()));
+  grpc::Status status;
+  lorad::v1::Sweep sweep;
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    auto ctx = client.Context();
+    status = client.stub()->SubmitSweep(ctx.get(), request, &sweep);
+    if (status.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(500 << attempt));
+  }
+  if (!status.ok()) return ExitFor(status, "sweep");
+  std::fprintf(stderr, "sweep %s: %d job(s) queued\n", sweep.name().c_str(), sweep.jobs_total());
+  for (const auto& e : sweep.submit_errors()) std::fprintf(stderr, "  not queued: %s\n", e.c_str());
+  std::printf("%lld\n", static_cast<long long>(sweep.id()));
+  return sweep.submit_errors_size() > 0 ? kRefused : kOk;
+}
+
+int Sweep(Client& client, const Args& args) {
+  if (args.positional.empty()) {
+    std::fprintf(stderr, "loractl sweep: expected SWEEP.toml, show, ls or cancel\n%s", kUsageText);
+    return kUsage;
+  }
+  const std::string sub = args.positional[0];
+  if (sub == "ls") {
+    lorad::v1::ListSweepsResponse response;
+    auto ctx = client.Context();
+    grpc::Status status = client.stub()->ListSweeps(ctx.get(), lorad::v1::ListSweepsRequest(), &response);
+    if (!status.ok()) return ExitFor(status, "sweep ls");
+    if (args.Has("json")) {
+      std::printf("%s\n", Json(response).c_str());
+      return kOk;
+    }
+    for (const auto& s : response.sweeps()) {
+      std::printf("%-5lld %-32s %s\n", static_cast<long long>(s.id()), s.name().c_str(), SweepSummary(s).c_str());
+    }
+    return kOk;
+  }
+  if (sub == "show" || sub == "cancel") {
+    if (args.positional.size() != 2) {
+      std::fprintf(stderr, "loractl sweep %s: expected a sweep id\n", sub.c_str());
+      return kUsage;
+    }
+    auto sweep = lorad::client::GetSweep(client, args.positional[1]);
+    if (!sweep.ok()) return ExitFor(sweep.status(), absl::StrCat("sweep ", sub));
+    if (sub == "cancel") {
+      lorad::v1::CancelSweepRequest request;
+      request.set_sweep_id(sweep->id());
+      request.set_reason(args.Get("reason"));
+      lorad::v1::Sweep after;
+      auto ctx = client.Context();
+      grpc::Status status = client.stub()->CancelSweep(ctx.get(), request, &after);
+      if (!status.ok()) return ExitFor(status, "sweep cancel");
+      std::printf("sweep %lld %s: %s\n", static_cast<long long>(after.id()), after.name().c_str(),
+                  SweepSummary(after).c_str());
+      return kOk;
+    }
+    auto rows = lorad::client::SweepRows(client, *sweep);
+    if (!rows.ok()) return ExitFor(rows.status(), "sweep show");
+    const auto format = args.Has("json") ? lorad::advisor::TableFormat::kJson
+                        : args.Has("csv") ? lorad::advisor::TableFormat::kCsv
+                                          : lorad::advisor::TableFormat::kText;
+    if (format == lorad::advisor::TableFormat::kText) {
+      std::printf("sweep %lld %s (%s): %s\n", static_cast<long long>(sweep->id()), sweep->name().c_str(),
+                  sweep->mode().c_str(), SweepSummary(*sweep).c_str());
+    }
+    std::printf("%s", lorad::advisor::FormatSweepTable(*rows, format).c_str());
+    return kOk;
+  }
+  if (args.positional.size() != 1) {
+    std::fprintf(stderr, "loractl sweep: expected one SWEEP.toml\n%s", kUsageText);
+    return kUsage;
+  }
+  return SweepSubmit(client, args);
+}
+
+int Plot(Client& client, const Args& args) {
+  if (args.positional.size() + (args.Has("sweep") ? 1 : 0) != 1 || !args.Has("o")) {
+    std::fprintf(stderr, "loractl plot: expected JOB|SWEEP_NAME|--sweep ID -o loss.png\n");
+    return kUsage;
+  }
+  lorad::charts::LossPlotOptions options;
+  if (args.Has("smoothing") && !absl::SimpleAtod(args.Get("smoothing"), &options.smoothing)) {
+    std::fprintf(stderr, "loractl plot: --smoothing expects a number in [0, 1)\n");
+    return kUsage;
+  }
+  std::vector<lorad::charts::LossSeries> series;
+  int64_t job_id = 0;
+  if (!args.Has("sweep") && absl::SimpleAtoi(args.positional[0], &job_id)) {
+    auto events = lorad::client::ReadJobEvents(client, job_id);
+    if (!events.ok()) return ExitFor(events.status(), "plot");
+    auto curve = lorad::client::CurveFromEvents(*events);
+    series.push_back({absl::StrCat("job ", job_id), std::move(curve.loss)});
+    options.title = absl::StrCat("job ", job_id, " loss");
+  } else {
+    auto sweep = lorad::client::GetSweep(client, args.Has("sweep") ? args.Get("sweep") : args.positional[0]);
+    if (!sweep.ok()) return ExitFor(sweep.status(), "plot");
+    auto all = lorad::client::SweepLossSeries(client, *sweep);
+    if (!all.ok()) return ExitFor(all.status(), "plot");
+    series = std::move(*all);
+    options.title = absl::StrCat("sweep ", sweep->name(), " loss");
+  }
+  auto image = lorad::charts::RenderLossPlot(series, options);
+  if (!image.ok()) return ExitFor(image.status(), "plot");
+  if (auto s = lorad::charts::WritePng(*image, args.Get("o")); !s.ok()) return ExitFor(s, "plot");
+  std::printf("%s\n", args.Get("o").c_str());
+  return kOk;
+}
+
+int Grid(Client& client, const Args& args) {
+  if (args.positional.size() != 1 || !args.Has("o")) {
+    std::fprintf(stderr, "loractl grid: expected SWEEP -o samples.png\n");
+    return kUsage;
+  }
+  auto sweep = lorad::client::GetSweep(client, args.positional[0]);
+  if (!sweep.ok()) return ExitFor(sweep.status(), "grid");
+  const fs::path cache = args.Get("cache", (fs::temp_directory_path() /
+                                            absl::StrCat("loractl-previews-", sweep->id())).string());
+  auto grid = lorad::client::FetchSampleGrid(client, *sweep, cache);
+  if (!grid.ok()) return ExitFor(grid.status(), "grid");
+  lorad::charts::SampleGridOptions options;
+  int64_t cell = 0;
+  if (args.Has("cell")) {
+    if (!absl::SimpleAtoi(args.Get("cell"), &cell) || cell < 16) {
+      std::fprintf(stderr, "loractl grid: --cell expects a size in pixels (>= 16)\n");
+      return kUsage;
+    }
+    options.cell_size = static_cast<int>(cell);
+  }
+  auto image = lorad::charts::RenderSampleGrid(*grid, options);
+  if (!image.ok()) return ExitFor(image.status(), "grid");
+  if (auto s = lorad::charts::WritePng(*image, args.Get("o")); !s.ok()) return ExitFor(s, "grid");
+  std::printf("%s\n", args.Get("o").c_str());
+  return kOk;
+}
+
+int FetchSweep(Client& client, const Args& args) {
+  auto sweep = lorad::client::GetSweep(client, args.Get("sweep"));
+  if (!sweep.ok()) return ExitFor(sweep.status(), "fetch --sweep");
+  const fs::path out = args.Get("out", ".");
+  int fetched_count = 0;
+  for (const auto& job : sweep->jobs()) {
+    lorad::v1::ListArtifactsRequest request;
+    request.set_job_id(job.id());
+    request.set_kind(lorad::v1::ARTIFACT_KIND_LORA);
+    lorad::v1::ListArtifactsResponse response;
+    auto ctx = client.Context();
+    grpc::Status status = client.stub()->ListArtifacts(ctx.get(), request, &response);
+    if (!status.ok()) return ExitFor(status, absl::StrCat("fetch --sweep: job ", job.id()));
+    const lorad::v1::Artifact* best = nullptr;
+    for (const auto& a : response.artifacts()) {
+      if (a.is_directory()) continue;
+      if (best == nullptr || (a.is_final() && !best->is_final()) ||
+          (a.is_final() == best->is_final() && a.step() > best->step())) {
+        best = &a;
+      }
+    }
+    if (best == nullptr) {
+      std::fprintf(stderr, "job %lld (%s): no LoRA\n", static_cast<long long>(job.id()), job.name().c_str());
+      continue;
+    }
+    // One folder per job: LoRA file names may repeat across a sweep's jobs.
+    const fs::path target = out / std::to_string(job.id()) / fs::path(best->name()).filename();
+    absl::Status fetched = client.FetchArtifact(*best, target);
+    if (!fetched.ok()) return ExitFor(fetched, absl::StrCat("fetch ", best->name()));
+    std::printf("%s\n", target.string().c_str());
+    ++fetched_count;
+  }
+  return fetched_count > 0 ? kOk : kNotFound;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -551,6 +767,9 @@ int main(int argc, char** argv) {
   if (command == "fetch") return Fetch(client, *args);
   if (command == "datasets") return Datasets(client, *args);
   if (command == "info") return Info(client, *args);
+  if (command == "sweep") return Sweep(client, *args);
+  if (command == "plot") return Plot(client, *args);
+  if (command == "grid") return Grid(client, *args);
   std::fprintf(stderr, "loractl: unknown command '%s'\n%s", command.c_str(), kUsageText);
   return kUsage;
 }

@@ -54,6 +54,7 @@ absl::Status LoadToml(const std::string& path, ServerConfig* c) {
       for (const auto& r : StringList(&node)) c->allowed_roots.emplace_back(r);
     } else if (k == "worker_binary") c->worker_binary = node.value_or(std::string());
     else if (k == "worker_args") c->worker_args = StringList(&node);
+    else if (k == "webhook_urls" || k == "webhook_url") c->webhook_urls = StringList(&node);
     else if (k == "curate_binary") c->curate_binary = node.value_or(std::string());
     else if (k == "cancel_grace_s") c->cancel_grace_s = node.value_or(c->cancel_grace_s);
     else if (k == "max_upload_bytes") c->max_upload_bytes = node.value_or(c->max_upload_bytes);
@@ -76,6 +77,7 @@ std::string ServerUsage() {
          "             [--curate PATH] [--grace-s SECONDS] [--tls-cert PEM --tls-key PEM]\n"
          "             [--models-root DIR] [--datasets-root DIR] [--allowed-root DIR]...\n"
          "             [--max-upload-bytes N] [--log-level debug|info|warn]\n"
+         "             [--webhook http://HOST:PORT/PATH]... (also webhook_urls in lorad.toml)\n"
          "Defaults: listen 127.0.0.1:50051 (reach it through `ssh -L 50051:127.0.0.1:50051 box`),\n"
          "data dir ./lorad-data, one slot per visible GPU. LORAD_TOKEN sets a token too.\n";
 }
@@ -132,6 +134,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
     else if (name == "allowed-root") config.allowed_roots.emplace_back(value);
     else if (name == "worker") config.worker_binary = value;
     else if (name == "worker-arg") config.worker_args.push_back(value);
+    else if (name == "webhook") config.webhook_urls.push_back(value);
     else if (name == "curate") config.curate_binary = value;
     else if (name == "grace-s") {
       if (!absl::SimpleAtod(value, &config.cancel_grace_s)) {

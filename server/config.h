@@ -27,6 +27,8 @@ struct ServerConfig {
   int64_t max_upload_bytes = int64_t{8} << 30;
   int max_upload_files = 100000;
   std::string log_level = "info";
+  // http:// URLs POSTed a JSON body when a job or a whole sweep ends.
+  std::vector<std::string> webhook_urls;
 
   std::filesystem::path db_path() const { return data_dir / "lorad.db"; }
   std::filesystem::path jobs_dir() const { return data_dir / "jobs"; }

@@ -26,6 +26,22 @@ absl::StatusOr<EventHub::JobEntry*> EventHub::EntryLocked(int64_t job_id) {
 }
 
 void EventHub::Publish(const storage::StoredEvent& event, bool terminal) {
+  WakeSubscribers(event, terminal);
+  if (!terminal) return;
+  std::function<void(int64_t)> listener;
+  {
+    absl::MutexLock lock(&mu_);
+    listener = terminal_listener_;
+  }
+  if (listener) listener(event.job_id);
+}
+
+void EventHub::SetTerminalListener(std::function<void(int64_t job_id)> listener) {
+  absl::MutexLock lock(&mu_);
+  terminal_listener_ = std::move(listener);
+}
+
+void EventHub::WakeSubscribers(const storage::StoredEvent& event, bool terminal) {
   std::vector<std::shared_ptr<Waker>> to_wake;
   {
     absl::MutexLock lock(&mu_);

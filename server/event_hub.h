@@ -37,6 +37,9 @@ class EventHub {
   // Call after `event` is committed. `terminal`: the job reached a final state
   // with this event (nothing follows).
   void Publish(const storage::StoredEvent& event, bool terminal);
+  // Called (on the publishing thread, outside the hub's lock) once per job
+  // with the terminal event's job id; used for completion webhooks. Must not block.
+  void SetTerminalListener(std::function<void(int64_t job_id)> listener);
   std::shared_ptr<Waker> Subscribe(int64_t job_id, std::function<void()> wake);
   void Unsubscribe(int64_t job_id, const std::shared_ptr<Waker>& waker);
 
@@ -58,12 +61,14 @@ class EventHub {
     std::vector<std::shared_ptr<Waker>> subscribers;
   };
   static constexpr size_t kRecentEvents = 4096;
+  void WakeSubscribers(const storage::StoredEvent& event, bool terminal);
   absl::StatusOr<JobEntry*> EntryLocked(int64_t job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   storage::JobStore* store_;  // not owned; outlives the hub
   absl::Mutex mu_;
   absl::flat_hash_map<int64_t, JobEntry> jobs_ ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+  std::function<void(int64_t)> terminal_listener_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace lorad::server

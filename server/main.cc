@@ -10,7 +10,9 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_split.h"
+#include "server/completion_notifier.h"
 #include "server/config.h"
+#include "server/notify/webhook.h"
 #include "server/event_hub.h"
 #include "server/scheduler.h"
 #include "server/server_info.h"
@@ -80,6 +82,18 @@ int Run(int argc, char** argv) {
   options.jobs_dir = config.jobs_dir();
   options.roots = {config.models_root, config.datasets_root, config.allowed_roots};
   options.grace_s = config.cancel_grace_s;
+  options.latent_cache_root = config.data_dir / "cache" / "latents";
+  notify::WebhookOptions webhook_options;
+  webhook_options.urls = config.webhook_urls;
+  auto webhooks = notify::WebhookNotifier::Create(webhook_options);
+  if (!webhooks.ok()) {
+    spdlog::critical("webhook_urls: {}", webhooks.status().ToString());
+    return 2;
+  }
+  server::CompletionNotifier completions(store->get(), webhooks->get());
+  if (!config.webhook_urls.empty()) {
+    hub.SetTerminalListener([&completions](int64_t job_id) { completions.OnJobFinished(job_id); });
+  }
   server::Scheduler scheduler(store->get(), &hub, options);
   server::LoradService service(&config, store->get(), &hub, &scheduler);
 
@@ -132,6 +146,8 @@ int Run(int argc, char** argv) {
   grpc_server->GetHealthCheckService()->SetServingStatus(false);
   scheduler.Shutdown();
   hub.Shutdown();
+  hub.SetTerminalListener(nullptr);
+  (*webhooks)->Shutdown(absl::Seconds(5));
   grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(3));
   spdlog::info("lorad stopped cleanly");
   return 0;

@@ -197,6 +197,32 @@ void Scheduler::Record(int64_t job_id, storage::EventWrite write, bool terminal)
   hub_->Publish(*stored, terminal);
 }
 
+absl::Status Scheduler::LinkSharedLatentCache(const fs::path& job_dir, const fs::path& dataset_dir,
+                                              const PreparedJobConfig& prepared) {
+  if (options_.latent_cache_root.empty()) return absl::OkStatus();
+  auto flag = prepared.hyperparameters.find("cache_latents_to_disk");
+  if (flag == prepared.hyperparameters.end() || flag->second != "true") return absl::OkStatus();
+  auto model = prepared.hyperparameters.find("pretrained_model_name_or_path");
+  // The cache keys include the VAE identity and each image's content hash, so
+  // this grouping only decides which jobs can reuse entries, never correctness.
+  Sha256 hasher;
+  hasher.Update(dataset_dir.string());
+  hasher.Update("\n");
+  hasher.Update(prepared.dataset_config_toml);
+  hasher.Update("\n");
+  hasher.Update(model == prepared.hyperparameters.end() ? std::string() : model->second);
+  const fs::path shared = options_.latent_cache_root / hasher.HexDigest().substr(0, 24);
+  const fs::path link = job_dir / "output" / "latent_cache";
+  std::error_code ec;
+  fs::create_directories(shared, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create latent cache ", shared.string(), ": ", ec.message()));
+  if (fs::exists(fs::symlink_status(link, ec))) return absl::OkStatus();  // resumed job: keep what it has
+  fs::create_directory_symlink(shared, link, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot link ", link.string(), ": ", ec.message()));
+  Log()->info("job folder {} shares latent cache {}", job_dir.string(), shared.string());
+  return absl::OkStatus();
+}
+
 void Scheduler::RunJob(Slot* slot, int slot_index, storage::JobRecord job) {
   const fs::path job_dir = options_.jobs_dir / std::to_string(job.id);
   auto fail = [&](const std::string& reason) {
@@ -218,6 +244,9 @@ void Scheduler::RunJob(Slot* slot, int slot_index, storage::JobRecord job) {
   JobConfigInput input{job.config_toml, job.dataset_config_toml, *dataset_dir, job_dir};
   auto prepared = PrepareJobConfig(input, options_.roots);
   if (!prepared.ok()) return fail(std::string(prepared.status().message()));
+  if (auto s = LinkSharedLatentCache(job_dir, *dataset_dir, *prepared); !s.ok()) {
+    return fail(std::string(s.message()));
+  }
   {
     std::ofstream(job_dir / "config.toml") << prepared->config_toml;
     if (!prepared->dataset_config_toml.empty()) {

@@ -31,6 +31,11 @@ struct SchedulerOptions {
   std::filesystem::path jobs_dir;
   JobRoots roots;
   double grace_s = 30;
+  // When set, jobs with cache_latents_to_disk share one latent cache folder per
+  // (dataset, base model) under it: <root>/<hash>, linked as the job's
+  // output/latent_cache (where lorad-train keeps its disk cache), so a sweep
+  // encodes each dataset once.
+  std::filesystem::path latent_cache_root;
 };
 
 class Scheduler {
@@ -69,6 +74,10 @@ class Scheduler {
   void DispatchLoop();
   void RunJob(Slot* slot, int slot_index, storage::JobRecord job);
   void Record(int64_t job_id, storage::EventWrite write, bool terminal);
+  // Links job_dir/output/latent_cache to the shared cache of this (dataset,
+  // model); a no-op without latent_cache_root or disk caching.
+  absl::Status LinkSharedLatentCache(const std::filesystem::path& job_dir, const std::filesystem::path& dataset_dir,
+                                     const PreparedJobConfig& prepared);
 
   storage::JobStore* store_;  // not owned
   EventHub* hub_;             // not owned

@@ -9,6 +9,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "server/advice.h"
 #include "server/dataset_upload.h"
 #include "server/job_config.h"
 #include "server/server_info.h"
@@ -107,47 +108,87 @@ grpc::ServerUnaryReactor* LoradService::Reply(grpc::CallbackServerContext* ctx,
   return reactor;
 }
 
+absl::StatusOr<LoradService::PendingSubmit> LoradService::PrepareSubmit(
+    const lorad::v1::SubmitJobRequest& request) {
+  if (request.config_toml().empty() && request.overrides().empty()) {
+    return absl::InvalidArgumentError("config_toml is empty: send a kohya training config");
+  }
+  std::map<std::string, std::string> overrides(request.overrides().begin(), request.overrides().end());
+  auto config = ApplyOverrides(request.config_toml(), overrides);
+  if (!config.ok()) return config.status();
+  // Validate now (paths, TOML) so a bad job is refused rather than queued to fail.
+  const JobRoots& roots = scheduler_->options().roots;
+  auto dataset_dir = Scheduler::ResolveDataset(store_, roots, request.dataset());
+  if (!dataset_dir.ok()) return dataset_dir.status();
+  JobConfigInput input{*config, request.dataset_config_toml(), *dataset_dir,
+                       config_->jobs_dir() / "validation"};
+  auto prepared = PrepareJobConfig(input, roots);
+  if (!prepared.ok()) return prepared.status();
+  auto advice = AdviseSubmit(*config, *dataset_dir, request.force());
+  if (!advice.ok()) return advice.status();
+
+  PendingSubmit pending;
+  pending.advice = std::move(*advice);
+  storage::JobSpec& spec = pending.spec;
+  spec.name = JobName(request);
+  spec.priority = request.priority();
+  spec.request_id = request.request_id();
+  spec.sweep = request.sweep();
+  spec.dataset = request.dataset();
+  spec.config_toml = *config;
+  spec.dataset_config_toml = request.dataset_config_toml();
+  spec.hyperparameters = prepared->hyperparameters;
+  for (const auto& [key, value] : request.sweep_values()) spec.hyperparameters[key] = value;
+  for (const char* daemon_key : {"output_dir", "logging_dir", "save_state"}) {
+    spec.hyperparameters.erase(daemon_key);
+  }
+  return pending;
+}
+
+absl::StatusOr<storage::JobRecord> LoradService::CommitSubmit(const PendingSubmit& pending) {
+  auto result = store_->Submit(pending.spec);
+  if (!result.ok()) return result.status();
+  for (const auto& event : result->events) hub_->Publish(event, false);
+  if (!result->created) return result->job;
+  if (!pending.advice.findings.empty()) {
+    std::vector<storage::EventWrite> writes;
+    for (const auto& finding : pending.advice.findings) {
+      storage::EventWrite write;
+      write.event.set_time_unix_ms(storage::NowMs());
+      write.event.mutable_warning()->set_code(absl::StrCat("advisor.", finding.rule_id));
+      write.event.mutable_warning()->set_message(
+          absl::StrCat("[", advisor::SeverityName(finding.severity), "] ", finding.message,
+                       finding.citation.empty() ? "" : absl::StrCat(" (", finding.citation, ")")));
+      writes.push_back(std::move(write));
+    }
+    auto stored = store_->AppendEvents(result->job.id, writes);
+    if (stored.ok()) {
+      for (const auto& event : *stored) hub_->Publish(event, false);
+    } else {
+      spdlog::warn("job {}: cannot record advisor findings: {}", result->job.id, stored.status().ToString());
+    }
+  }
+  spdlog::info("job {} '{}' queued (priority {}, {} advisor finding(s))", result->job.id, result->job.name,
+               pending.spec.priority, pending.advice.findings.size());
+  scheduler_->NotifyQueued();
+  auto job = store_->GetJob(result->job.id);
+  return job.ok() ? *job : result->job;
+}
+
 grpc::ServerUnaryReactor* LoradService::SubmitJob(grpc::CallbackServerContext* ctx,
                                                   const lorad::v1::SubmitJobRequest* request,
                                                   lorad::v1::Job* response) {
   if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
-  if (request->config_toml().empty() && request->overrides().empty()) {
-    return Reply(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                   "config_toml is empty: send a kohya training config"));
+  auto pending = PrepareSubmit(*request);
+  if (!pending.ok()) return Reply(ctx, ToGrpcStatus(pending.status()));
+  if (pending->advice.blocking()) {
+    return Reply(ctx, grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                   absl::StrCat("refused by the advisor (pass --force to run anyway): ",
+                                                DescribeNeverFindings(pending->advice))));
   }
-  std::map<std::string, std::string> overrides(request->overrides().begin(), request->overrides().end());
-  auto config = ApplyOverrides(request->config_toml(), overrides);
-  if (!config.ok()) return Reply(ctx, ToGrpcStatus(config.status()));
-  // Validate now (paths, TOML) so a bad job is refused rather than queued to fail.
-  const JobRoots& roots = scheduler_->options().roots;
-  auto dataset_dir = Scheduler::ResolveDataset(store_, roots, request->dataset());
-  if (!dataset_dir.ok()) return Reply(ctx, ToGrpcStatus(dataset_dir.status()));
-  JobConfigInput input{*config, request->dataset_config_toml(), *dataset_dir,
-                       config_->jobs_dir() / "validation"};
-  auto prepared = PrepareJobConfig(input, roots);
-  if (!prepared.ok()) return Reply(ctx, ToGrpcStatus(prepared.status()));
-
-  storage::JobSpec spec;
-  spec.name = JobName(*request);
-  spec.priority = request->priority();
-  spec.request_id = request->request_id();
-  spec.sweep = request->sweep();
-  spec.dataset = request->dataset();
-  spec.config_toml = *config;
-  spec.dataset_config_toml = request->dataset_config_toml();
-  spec.hyperparameters = prepared->hyperparameters;
-  for (const auto& [key, value] : request->sweep_values()) spec.hyperparameters[key] = value;
-  for (const char* daemon_key : {"output_dir", "logging_dir", "save_state"}) {
-    spec.hyperparameters.erase(daemon_key);
-  }
-  auto result = store_->Submit(spec);
-  if (!result.ok()) return Reply(ctx, ToGrpcStatus(result.status()));
-  for (const auto& event : result->events) hub_->Publish(event, false);
-  if (result->created) {
-    spdlog::info("job {} '{}' queued (priority {})", result->job.id, result->job.name, spec.priority);
-    scheduler_->NotifyQueued();
-  }
-  ToProto(result->job, response);
+  auto job = CommitSubmit(*pending);
+  if (!job.ok()) return Reply(ctx, ToGrpcStatus(job.status()));
+  ToProto(*job, response);
   return Reply(ctx, grpc::Status::OK);
 }
 
@@ -187,17 +228,23 @@ grpc::ServerUnaryReactor* LoradService::ListJobs(grpc::CallbackServerContext* ct
   return Reply(ctx, grpc::Status::OK);
 }
 
+absl::StatusOr<storage::JobRecord> LoradService::CancelOne(int64_t job_id, const std::string& reason) {
+  auto result = store_->RequestCancel(job_id, reason);
+  if (!result.ok()) return result.status();
+  for (const auto& event : result->events) {
+    hub_->Publish(event, storage::IsTerminal(result->job.state) && event.event.has_finished());
+  }
+  if (result->needs_signal) scheduler_->Cancel(job_id);
+  return result->job;
+}
+
 grpc::ServerUnaryReactor* LoradService::CancelJob(grpc::CallbackServerContext* ctx,
                                                   const lorad::v1::CancelJobRequest* request,
                                                   lorad::v1::Job* response) {
   if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
-  auto result = store_->RequestCancel(request->job_id(), request->reason());
-  if (!result.ok()) return Reply(ctx, ToGrpcStatus(result.status()));
-  for (const auto& event : result->events) {
-    hub_->Publish(event, storage::IsTerminal(result->job.state) && event.event.has_finished());
-  }
-  if (result->needs_signal) scheduler_->Cancel(request->job_id());
-  ToProto(result->job, response);
+  auto job = CancelOne(request->job_id(), request->reason());
+  if (!job.ok()) return Reply(ctx, ToGrpcStatus(job.status()));
+  ToProto(*job, response);
   return Reply(ctx, grpc::Status::OK);
 }
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "lorad/v1/lorad.grpc.pb.h"
+#include "core/advisor/advisor.h"
 #include "server/config.h"
 #include "server/event_hub.h"
 #include "server/scheduler.h"
@@ -51,8 +52,37 @@ class LoradService final : public lorad::v1::Lorad::CallbackService {
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* ctx,
                                           const lorad::v1::GetServerInfoRequest* request,
                                           lorad::v1::ServerInfo* response) override;
+  // Sweeps (server/sweep_service.cc).
+  grpc::ServerUnaryReactor* SubmitSweep(grpc::CallbackServerContext* ctx,
+                                        const lorad::v1::SubmitSweepRequest* request,
+                                        lorad::v1::Sweep* response) override;
+  grpc::ServerUnaryReactor* GetSweep(grpc::CallbackServerContext* ctx,
+                                     const lorad::v1::GetSweepRequest* request,
+                                     lorad::v1::Sweep* response) override;
+  grpc::ServerUnaryReactor* ListSweeps(grpc::CallbackServerContext* ctx,
+                                       const lorad::v1::ListSweepsRequest* request,
+                                       lorad::v1::ListSweepsResponse* response) override;
+  grpc::ServerUnaryReactor* CancelSweep(grpc::CallbackServerContext* ctx,
+                                        const lorad::v1::CancelSweepRequest* request,
+                                        lorad::v1::Sweep* response) override;
 
  private:
+  // A validated submit, not yet recorded: the spec to store and the advisor's
+  // findings to attach.
+  struct PendingSubmit {
+    storage::JobSpec spec;
+    advisor::AdviceReport advice;
+  };
+  // SubmitJob's checks: overrides, dataset resolution, path confinement, TOML,
+  // advisor. Does not refuse on "never" findings (the caller decides).
+  absl::StatusOr<PendingSubmit> PrepareSubmit(const lorad::v1::SubmitJobRequest& request);
+  // Records the job (idempotent by request_id), attaches one Warning event per
+  // finding to a newly created job, and wakes the scheduler.
+  absl::StatusOr<storage::JobRecord> CommitSubmit(const PendingSubmit& pending);
+  // CancelJob's path: records the cancel, publishes, signals a running worker.
+  absl::StatusOr<storage::JobRecord> CancelOne(int64_t job_id, const std::string& reason);
+  // The sweep with counts and, when `with_jobs`, its jobs (with hyperparameters).
+  absl::StatusOr<lorad::v1::Sweep> SweepProto(const storage::SweepRecord& sweep, bool with_jobs);
   // OK, or UNAUTHENTICATED when tokens are configured and the call's
   // `authorization: Bearer <token>` matches none.
   grpc::Status Authorize(grpc::CallbackServerContext* ctx) const;

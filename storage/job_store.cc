@@ -590,6 +590,97 @@ absl::StatusOr<int64_t> JobStore::CountJobs(JobState state) {
   return row ? stmt.Int(0) : 0;
 }
 
+namespace {
+
+constexpr char kSweepColumns[] = "id, name, created_ms, mode, varied_keys";
+
+SweepRecord ReadSweep(const Statement& row) {
+  SweepRecord sweep;
+  sweep.id = row.Int(0);
+  sweep.name = row.Text(1);
+  sweep.created_ms = row.Int(2);
+  sweep.mode = row.Text(3);
+  const std::string keys = row.Text(4);
+  size_t start = 0;
+  while (start < keys.size()) {
+    size_t end = keys.find('\n', start);
+    if (end == std::string::npos) end = keys.size();
+    if (end > start) sweep.varied_keys.push_back(keys.substr(start, end - start));
+    start = end + 1;
+  }
+  return sweep;
+}
+
+}  // namespace
+
+absl::StatusOr<SweepRecord> JobStore::CreateSweep(const SweepRecord& sweep, bool reuse_existing) {
+  if (sweep.name.empty()) return absl::InvalidArgumentError("a sweep needs a name");
+  std::string keys;
+  for (const auto& key : sweep.varied_keys) {
+    if (key.find('\n') != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("sweep key '", key, "' contains a newline"));
+    }
+    absl::StrAppend(&keys, keys.empty() ? "" : "\n", key);
+  }
+  absl::MutexLock lock(&mu_);
+  STORE_ASSIGN_OR_RETURN(Statement find,
+                         db_.Prepare(absl::StrCat("SELECT ", kSweepColumns, " FROM sweeps WHERE name = ?")));
+  find.Bind(1, sweep.name);
+  STORE_ASSIGN_OR_RETURN(bool exists, find.Step());
+  if (exists) {
+    if (reuse_existing) return ReadSweep(find);
+    return absl::AlreadyExistsError(absl::StrCat("a sweep named '", sweep.name,
+                                                 "' exists already (see `loractl sweep ls`); pick another name"));
+  }
+  STORE_ASSIGN_OR_RETURN(
+      Statement insert,
+      db_.Prepare("INSERT INTO sweeps(name, created_ms, mode, varied_keys) VALUES(?, ?, ?, ?)"));
+  STORE_RETURN_IF_ERROR(insert.Bind(1, sweep.name).Bind(2, NowMs()).Bind(3, sweep.mode).Bind(4, keys).Run());
+  STORE_ASSIGN_OR_RETURN(Statement again,
+                         db_.Prepare(absl::StrCat("SELECT ", kSweepColumns, " FROM sweeps WHERE name = ?")));
+  again.Bind(1, sweep.name);
+  STORE_ASSIGN_OR_RETURN(bool row, again.Step());
+  if (!row) return absl::InternalError("sweep vanished right after insert");
+  return ReadSweep(again);
+}
+
+absl::StatusOr<SweepRecord> JobStore::GetSweep(int64_t sweep_id) {
+  absl::MutexLock lock(&mu_);
+  STORE_ASSIGN_OR_RETURN(Statement get,
+                         db_.Prepare(absl::StrCat("SELECT ", kSweepColumns, " FROM sweeps WHERE id = ?")));
+  get.Bind(1, sweep_id);
+  STORE_ASSIGN_OR_RETURN(bool row, get.Step());
+  if (!row) {
+    return absl::NotFoundError(absl::StrCat("sweep ", sweep_id, " does not exist (see `loractl sweep ls`)"));
+  }
+  return ReadSweep(get);
+}
+
+absl::StatusOr<SweepRecord> JobStore::GetSweepByName(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  STORE_ASSIGN_OR_RETURN(Statement get,
+                         db_.Prepare(absl::StrCat("SELECT ", kSweepColumns, " FROM sweeps WHERE name = ?")));
+  get.Bind(1, name);
+  STORE_ASSIGN_OR_RETURN(bool row, get.Step());
+  if (!row) {
+    return absl::NotFoundError(absl::StrCat("no sweep named '", name, "' (see `loractl sweep ls`)"));
+  }
+  return ReadSweep(get);
+}
+
+absl::StatusOr<std::vector<SweepRecord>> JobStore::ListSweeps() {
+  absl::MutexLock lock(&mu_);
+  STORE_ASSIGN_OR_RETURN(Statement stmt,
+                         db_.Prepare(absl::StrCat("SELECT ", kSweepColumns, " FROM sweeps ORDER BY id DESC")));
+  std::vector<SweepRecord> result;
+  while (true) {
+    STORE_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    result.push_back(ReadSweep(stmt));
+  }
+  return result;
+}
+
 absl::Status JobStore::IntegrityCheck() {
   absl::MutexLock lock(&mu_);
   return db_.IntegrityCheck();

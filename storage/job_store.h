@@ -94,6 +94,14 @@ struct DatasetRecord {
   int64_t created_ms = 0;
 };
 
+struct SweepRecord {
+  int64_t id = 0;
+  std::string name;
+  int64_t created_ms = 0;
+  std::string mode = "grid";             // "grid" | "zip"
+  std::vector<std::string> varied_keys;  // [sweep] table order
+};
+
 struct JobFilter {
   std::vector<JobState> states;  // empty: any
   std::string name_contains;
@@ -174,6 +182,13 @@ class JobStore {
   absl::StatusOr<DatasetRecord> GetDataset(const std::string& dataset_id);
   absl::StatusOr<std::vector<DatasetRecord>> ListDatasets();
   absl::StatusOr<int64_t> CountJobs(JobState state);
+  // Records a sweep. A taken name is AlreadyExists unless `reuse_existing`
+  // (an idempotent retry), which returns the stored record unchanged.
+  absl::StatusOr<SweepRecord> CreateSweep(const SweepRecord& sweep, bool reuse_existing);
+  absl::StatusOr<SweepRecord> GetSweep(int64_t sweep_id);
+  absl::StatusOr<SweepRecord> GetSweepByName(const std::string& name);
+  // Newest first.
+  absl::StatusOr<std::vector<SweepRecord>> ListSweeps();
   absl::Status IntegrityCheck();
 
  private:

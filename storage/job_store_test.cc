@@ -224,5 +224,49 @@ TEST_F(JobStoreTest, RefusesADatabaseFromTheFuture) {
   EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
+TEST_F(JobStoreTest, SweepsRecordModeAndKeysAndGroupTheirJobs) {
+  SweepRecord sweep;
+  sweep.name = "night";
+  sweep.mode = "zip";
+  sweep.varied_keys = {"dataset", "learning_rate"};
+  auto created = store_->CreateSweep(sweep, false);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_GT(created->id, 0);
+  EXPECT_EQ(created->varied_keys, sweep.varied_keys);
+  EXPECT_EQ(created->mode, "zip");
+  // A second create with the same name is refused, unless it is a retry.
+  EXPECT_EQ(store_->CreateSweep(sweep, false).status().code(), absl::StatusCode::kAlreadyExists);
+  auto again = store_->CreateSweep(sweep, true);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->id, created->id);
+
+  JobSpec spec;
+  spec.name = "night/lr-1e-4";
+  spec.sweep = "night";
+  spec.config_toml = "learning_rate = 1e-4\n";
+  ASSERT_TRUE(store_->Submit(spec).ok());
+  SubmitNamed("unrelated");
+  JobFilter filter;
+  filter.sweep = "night";
+  auto page = store_->ListJobs(filter);
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->jobs.size(), 1u);
+  EXPECT_EQ(page->jobs[0].sweep, "night");
+
+  auto by_id = store_->GetSweep(created->id);
+  ASSERT_TRUE(by_id.ok());
+  EXPECT_EQ(by_id->name, "night");
+  EXPECT_EQ(store_->GetSweep(999).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetSweepByName("nope").status().code(), absl::StatusCode::kNotFound);
+  SweepRecord second;
+  second.name = "later";
+  ASSERT_TRUE(store_->CreateSweep(second, false).ok());
+  auto all = store_->ListSweeps();
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 2u);
+  EXPECT_EQ((*all)[0].name, "later");  // newest first
+  EXPECT_TRUE((*all)[0].varied_keys.empty());
+}
+
 }  // namespace
 }  // namespace lorad::storage

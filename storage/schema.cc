@@ -92,6 +92,11 @@ CREATE TABLE artifacts (
   UNIQUE (job_id, path)
 );
 )sql",
+      // 2: sweeps remember how they were expanded (for the morning table).
+      R"sql(
+ALTER TABLE sweeps ADD COLUMN mode TEXT NOT NULL DEFAULT 'grid';
+ALTER TABLE sweeps ADD COLUMN varied_keys TEXT NOT NULL DEFAULT '';
+)sql",
   };
   return migrations;
 }

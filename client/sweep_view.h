@@ -1,0 +1,48 @@
+// What `loractl sweep show`, `plot`, `grid` and `fetch --sweep` read from the
+// daemon: a sweep's jobs, their loss curves (from the persisted Progress
+// events), and their preview images (Sample events + artifacts, downloaded).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "client/client.h"
+#include "client/charts/charts.h"
+#include "core/advisor/loss_stats.h"
+#include "core/advisor/sweep_table.h"
+#include "lorad/v1/lorad.pb.h"
+
+namespace lorad::client {
+
+// Every recorded event of a job (replay only, no follow).
+absl::StatusOr<std::vector<lorad::v1::JobEvent>> ReadJobEvents(Client& client, int64_t job_id);
+
+// The raw per-step loss of a job, in step order (a resumed job's repeated
+// steps keep their latest value), and the mean images/s of its progress events.
+struct JobCurve {
+  advisor::LossCurve loss;
+  std::optional<double> mean_images_per_s;
+};
+JobCurve CurveFromEvents(const std::vector<lorad::v1::JobEvent>& events);
+
+// The sweep by numeric id, or by name when `reference` is not a number.
+absl::StatusOr<lorad::v1::Sweep> GetSweep(Client& client, const std::string& reference);
+
+// "learning_rate=1e-4 dataset=cats": the job's varied values, for legends and labels.
+std::string VariedLabel(const lorad::v1::Sweep& sweep, const lorad::v1::Job& job);
+
+// One table row per job of the sweep (reads each job's events).
+absl::StatusOr<std::vector<advisor::SweepTableRow>> SweepRows(Client& client, const lorad::v1::Sweep& sweep);
+
+// Loss series (one per job that logged progress), labelled with VariedLabel.
+absl::StatusOr<std::vector<charts::LossSeries>> SweepLossSeries(Client& client, const lorad::v1::Sweep& sweep);
+
+// Downloads each job's latest preview per prompt into cache_dir/<job id>/ and
+// lays them out jobs x prompts. FailedPrecondition when no job has previews.
+absl::StatusOr<charts::SampleGrid> FetchSampleGrid(Client& client, const lorad::v1::Sweep& sweep,
+                                                   const std::filesystem::path& cache_dir);
+
+}  // namespace lorad::client
