@@ -3,7 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/common/logging.h"
 #include "core/common/status_macros.h"
-#include "core/data/sha256.h"
+#include "core/common/sha256.h"
 #include "core/io/safetensors.h"
 
 namespace lorad::data {

@@ -13,7 +13,7 @@
 #include "core/common/status_macros.h"
 #include "core/data/caption.h"
 #include "core/data/image_io.h"
-#include "core/data/sha256.h"
+#include "core/common/sha256.h"
 
 namespace lorad::data {
 namespace {

@@ -19,7 +19,7 @@
 #include "core/data/image_io.h"
 #include "core/data/prefetch.h"
 #include "core/data/rng.h"
-#include "core/data/sha256.h"
+#include "core/common/sha256.h"
 
 namespace lorad::data {
 namespace {

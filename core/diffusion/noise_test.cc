@@ -2,7 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "core/diffusion/noise.h"
-#include "core/diffusion/test_fixtures.h"
+#include "core/common/test_fixtures.h"
 
 namespace lorad::diffusion {
 namespace {

@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "core/diffusion/sampler.h"
-#include "core/diffusion/test_fixtures.h"
+#include "core/common/test_fixtures.h"
 
 namespace lorad::diffusion {
 namespace {

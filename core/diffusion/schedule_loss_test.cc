@@ -5,7 +5,7 @@
 #include "absl/strings/str_split.h"
 #include "core/diffusion/loss.h"
 #include "core/diffusion/noise_schedule.h"
-#include "core/diffusion/test_fixtures.h"
+#include "core/common/test_fixtures.h"
 
 namespace lorad::diffusion {
 namespace {

@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/networks/adapter.h"
-#include "core/networks/test_fixtures.h"
+#include "core/common/test_fixtures.h"
 
 namespace lorad::networks {
 namespace {

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/common/sha256.h"
 #include "core/io/safetensors.h"
 #include "core/networks/network_config.h"
 
@@ -74,7 +75,7 @@ struct SafetensorsHashes {
 absl::StatusOr<SafetensorsHashes> ComputeSafetensorsHashes(const io::NamedTensors& tensors,
                                                            const io::Metadata& metadata);
 
-// SHA-256 hex digest.
-std::string Sha256Hex(std::string_view bytes);
+// SHA-256 hex digest (the one implementation, core/common/sha256.h).
+using ::lorad::Sha256Hex;
 
 }  // namespace lorad::networks

@@ -10,7 +10,7 @@
 
 #include "core/io/safetensors.h"
 
-namespace lorad::diffusion::testing {
+namespace lorad::testing {
 
 // Opens a fixture file (fails the test if missing).
 std::shared_ptr<io::SafetensorsFile> OpenFixture(const std::string& name);
@@ -23,4 +23,4 @@ nlohmann::json MetadataJson(const io::SafetensorsFile& file, const std::string& 
 ::testing::AssertionResult AllClose(const torch::Tensor& actual, const torch::Tensor& expected, double rtol = 1e-5,
                                     double atol = 1e-5);
 
-}  // namespace lorad::diffusion::testing
+}  // namespace lorad::testing

@@ -1,8 +1,8 @@
-#include "core/diffusion/test_fixtures.h"
+#include "core/common/test_fixtures.h"
 
 #include "core/common/fixtures.h"
 
-namespace lorad::diffusion::testing {
+namespace lorad::testing {
 
 std::shared_ptr<io::SafetensorsFile> OpenFixture(const std::string& name) {
   auto file = io::SafetensorsFile::Open(FixturePath(name));
@@ -46,4 +46,4 @@ nlohmann::json MetadataJson(const io::SafetensorsFile& file, const std::string& 
                                        << (excess.numel() ? (a - e).abs().max().item<double>() : 0.0);
 }
 
-}  // namespace lorad::diffusion::testing
+}  // namespace lorad::testing

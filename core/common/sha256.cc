@@ -1,9 +1,13 @@
-#include "core/data/sha256.h"
+#include "core/common/sha256.h"
 
-#include <array>
+#include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <vector>
 
-namespace lorad::data {
+#include "absl/strings/str_cat.h"
+
+namespace lorad {
 namespace {
 
 constexpr std::array<uint32_t, 64> kK = {
@@ -51,29 +55,65 @@ void Compress(std::array<uint32_t, 8>& h, const uint8_t* block) {
 
 }  // namespace
 
-std::string Sha256Hex(std::string_view bytes) {
-  std::array<uint32_t, 8> h = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                               0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+Sha256::Sha256()
+    : state_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19} {}
+
+void Sha256::Update(std::string_view bytes) {
   const auto* data = reinterpret_cast<const uint8_t*>(bytes.data());
-  const size_t n = bytes.size();
-  size_t i = 0;
-  for (; i + 64 <= n; i += 64) Compress(h, data + i);
-  uint8_t tail[128] = {};
-  const size_t rem = n - i;
-  std::memcpy(tail, data + i, rem);
-  tail[rem] = 0x80;
-  const size_t tail_len = rem + 1 + 8 <= 64 ? 64 : 128;
-  const uint64_t bits = static_cast<uint64_t>(n) * 8;
+  size_t n = bytes.size();
+  total_bytes_ += n;
+  if (buffered_ > 0) {
+    const size_t take = std::min(n, sizeof(buffer_) - buffered_);
+    std::memcpy(buffer_ + buffered_, data, take);
+    buffered_ += take;
+    data += take;
+    n -= take;
+    if (buffered_ < sizeof(buffer_)) return;
+    Compress(state_, buffer_);
+    buffered_ = 0;
+  }
+  for (; n >= 64; n -= 64, data += 64) Compress(state_, data);
+  std::memcpy(buffer_, data, n);
+  buffered_ = n;
+}
+
+std::string Sha256::HexDigest() {
+  uint8_t tail[128] = {0};
+  std::memcpy(tail, buffer_, buffered_);
+  tail[buffered_] = 0x80;
+  const size_t tail_len = buffered_ + 9 <= 64 ? 64 : 128;
+  const uint64_t bits = total_bytes_ * 8;
   for (int k = 0; k < 8; ++k) tail[tail_len - 1 - k] = static_cast<uint8_t>(bits >> (8 * k));
-  Compress(h, tail);
-  if (tail_len == 128) Compress(h, tail + 64);
+  Compress(state_, tail);
+  if (tail_len == 128) Compress(state_, tail + 64);
   static const char* kHex = "0123456789abcdef";
   std::string out;
   out.reserve(64);
-  for (uint32_t v : h) {
-    for (int s = 28; s >= 0; s -= 4) out += kHex[(v >> s) & 0xF];
+  for (uint32_t word : state_) {
+    for (int k = 28; k >= 0; k -= 4) out.push_back(kHex[(word >> k) & 0xf]);
   }
   return out;
 }
 
-}  // namespace lorad::data
+std::string Sha256Hex(std::string_view bytes) {
+  Sha256 hasher;
+  hasher.Update(bytes);
+  return hasher.HexDigest();
+}
+
+absl::StatusOr<std::string> Sha256File(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat(path.string(), ": cannot open for hashing: ", std::strerror(errno)));
+  }
+  Sha256 hasher;
+  std::vector<char> chunk(1 << 20);
+  while (in) {
+    in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    hasher.Update(std::string_view(chunk.data(), static_cast<size_t>(in.gcount())));
+  }
+  if (in.bad()) return absl::DataLossError(absl::StrCat(path.string(), ": read failed while hashing"));
+  return hasher.HexDigest();
+}
+
+}  // namespace lorad
