@@ -29,6 +29,18 @@ struct AdaptedModule {
   bool is_text_encoder = false;
 };
 
+// What one max-norm pass did (kohya apply_max_norm_regularization): norms are
+// of the merged deltas after scaling.
+struct MaxNormStats {
+  int64_t keys_scaled = 0;
+  double average_key_norm = 0;
+  double max_key_norm = 0;
+};
+
+// kohya supports scale_weight_norms for LoRA / LoCon only: INVALID_ARGUMENT
+// naming the key and the algorithm for LoHa, LoKr and DoRA.
+absl::Status CheckMaxNormSupported(const NetworkConfig& config);
+
 // Not thread-safe. The network must outlive its attachment (Remove() or destroy
 // it before the models if they live on).
 class LoraNetwork {
@@ -83,6 +95,13 @@ class LoraNetwork {
   // alpha that differs from the config's changes the module's scale.
   absl::Status LoadStateDict(const std::map<std::string, torch::Tensor>& tensors);
   absl::Status LoadWeights(const std::filesystem::path& path);
+
+  // Max-norm regularisation (kohya `scale_weight_norms`), called after each
+  // optimizer step: for every module whose merged delta ||scale * up @ down||
+  // exceeds `max_norm`, scales up and down by sqrt(max_norm / norm) so the
+  // delta's norm becomes max_norm. INVALID_ARGUMENT for max_norm <= 0 or a
+  // network CheckMaxNormSupported rejects.
+  absl::StatusOr<MaxNormStats> ApplyMaxNorm(double max_norm);
 
   // lora_name -> weight with the adapter merged (multiplier m), for previews / tests.
   torch::Tensor MergedWeight(const std::string& lora_name, double multiplier = 1.0) const;

@@ -245,5 +245,83 @@ TEST(LoraNetwork, SavePrecisionNames) {
   EXPECT_NE(bad.status().message().find("fp8"), std::string::npos);
 }
 
+// kohya scale_weight_norms: a module above the limit ends exactly at it, one below is untouched.
+TEST(LoraNetwork, MaxNormScalesOnlyModulesAboveTheLimit) {
+  TinyModel model;
+  auto net = LoraNetwork::Create(Config({"conv_dim=4", "conv_alpha=2"}, "networks.lora"), Targets(model, true),
+                                 at::detail::createCPUGenerator(3));
+  ASSERT_TRUE(net.ok()) << net.status();
+  ASSERT_EQ((*net)->modules().size(), 3u);
+  const std::string big = "lora_unet_block_conv3";  // the LoCon (3x3) module
+  {
+    torch::NoGradGuard no_grad;
+    at::Generator gen = at::detail::createCPUGenerator(11);
+    for (const auto& m : (*net)->modules()) {
+      auto named = m.adapter->named_parameters(false);
+      named["lora_up"].copy_(torch::randn(named["lora_up"].sizes(), gen) * (m.lora_name == big ? 10.0 : 1e-3));
+    }
+  }
+  std::map<std::string, double> before;
+  std::map<std::string, torch::Tensor> up_before, down_before;
+  double small_max = 0;
+  for (const auto& m : (*net)->modules()) {
+    before[m.lora_name] = m.adapter->DeltaWeight().norm().item<double>();
+    auto named = m.adapter->named_parameters(false);
+    up_before[m.lora_name] = named["lora_up"].clone();
+    down_before[m.lora_name] = named["lora_down"].clone();
+    if (m.lora_name != big) small_max = std::max(small_max, before[m.lora_name]);
+  }
+  const double limit = 1.0;
+  ASSERT_GT(before[big], 2 * limit);
+  ASSERT_LT(small_max, limit);
+
+  auto stats = (*net)->ApplyMaxNorm(limit);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->keys_scaled, 1);
+  EXPECT_NEAR(stats->max_key_norm, limit, 1e-6);
+  double expected_sum = limit;
+  for (const auto& m : (*net)->modules()) {
+    const double after = m.adapter->DeltaWeight().norm().item<double>();
+    auto named = m.adapter->named_parameters(false);
+    if (m.lora_name == big) {
+      EXPECT_NEAR(after, limit, 1e-6);
+      // Both factors scaled by the same sqrt(limit / norm).
+      const double root = std::sqrt(limit / before[big]);
+      EXPECT_TRUE(torch::allclose(named["lora_up"], up_before[big] * root, 1e-5, 1e-7));
+      EXPECT_TRUE(torch::allclose(named["lora_down"], down_before[big] * root, 1e-5, 1e-7));
+    } else {
+      EXPECT_TRUE(torch::equal(named["lora_up"], up_before[m.lora_name])) << m.lora_name;
+      EXPECT_TRUE(torch::equal(named["lora_down"], down_before[m.lora_name])) << m.lora_name;
+      EXPECT_DOUBLE_EQ(after, before[m.lora_name]);
+      expected_sum += before[m.lora_name];
+    }
+  }
+  EXPECT_NEAR(stats->average_key_norm, expected_sum / 3.0, 1e-6);
+
+  auto bad = (*net)->ApplyMaxNorm(0.0);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("scale_weight_norms"), std::string::npos);
+}
+
+TEST(LoraNetwork, MaxNormRejectsLohaLokrAndDora) {
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"algo=loha"}, {"algo=lokr"}, {"algo=locon", "dora_wd=True"}}) {
+    TinyModel model;
+    const NetworkConfig config = Config(args);
+    const absl::Status check = CheckMaxNormSupported(config);
+    ASSERT_FALSE(check.ok()) << args[0];
+    EXPECT_EQ(check.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(check.message().find("scale_weight_norms"), std::string::npos) << check.message();
+    EXPECT_NE(check.message().find(AlgoName(config.algo)), std::string::npos) << check.message();
+    auto net = LoraNetwork::Create(config, Targets(model, false));
+    ASSERT_TRUE(net.ok()) << net.status();
+    auto applied = (*net)->ApplyMaxNorm(1.0);
+    ASSERT_FALSE(applied.ok());
+    EXPECT_NE(applied.status().message().find("scale_weight_norms"), std::string::npos);
+  }
+  EXPECT_TRUE(CheckMaxNormSupported(Config({"algo=locon"})).ok());
+  EXPECT_TRUE(CheckMaxNormSupported(Config({}, "networks.lora")).ok());
+}
+
 }  // namespace
 }  // namespace lorad::networks
