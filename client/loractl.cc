@@ -2,6 +2,7 @@
 // Exit codes: 0 ok, 1 other error, 2 usage, 3 server unreachable, 4 bad or
 // missing token, 5 unknown job/artifact/dataset, 6 request refused (invalid,
 // outside the roots, too large), 7 checksum mismatch, 10 job FAILED, 11 job CANCELLED.
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -19,6 +20,8 @@
 #include "client/charts/charts.h"
 #include "client/client.h"
 #include "client/sweep_view.h"
+#include "core/advisor/advisor.h"
+#include "core/advisor/curation_json.h"
 #include "core/advisor/sweep_table.h"
 
 namespace fs = std::filesystem;
@@ -48,6 +51,8 @@ constexpr char kUsageText[] =
     "  plot JOB|SWEEP_NAME|--sweep ID -o loss.png [--smoothing S]   one smoothed curve per job\n"
     "  grid SWEEP -o samples.png [--cache DIR] [--cell N]   latest preview per job x prompt\n"
     "  fetch --sweep ID [--out DIR]          every final LoRA of the sweep\n"
+    "  advise DATASET --kind character|style [--config C.toml] [--family sdxl|sd15] [--json]\n"
+    "         DATASET: a local folder (runs lorad-curate here) or an uploaded dataset id\n"
     "Server and token also come from LORAD_SERVER and LORAD_TOKEN.\n"
     "Exit codes: 0 ok, 1 error, 2 usage, 3 unreachable, 4 auth, 5 not found, 6 refused,\n"
     "7 checksum mismatch, 10 job failed, 11 job cancelled.\n";
@@ -718,6 +723,88 @@ int FetchSweep(Client& client, const Args& args) {
   return fetched_count > 0 ? kOk : kNotFound;
 }
 
+
+// lorad-curate next to loractl (installed), in the build tree, or on PATH.
+std::string CurateBinary(const char* argv0) {
+  std::error_code ec;
+  const fs::path self = fs::canonical("/proc/self/exe", ec);
+  const fs::path dir = ec ? fs::path(argv0).parent_path() : self.parent_path();
+  for (const fs::path& candidate : {dir / "lorad-curate", dir / ".." / "core" / "data" / "lorad-curate"}) {
+    if (fs::exists(candidate, ec)) return candidate.string();
+  }
+  return "lorad-curate";
+}
+
+absl::StatusOr<std::string> LocalCurationJson(const fs::path& folder, const char* argv0) {
+  int txt = 0, caption = 0;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(folder, ec); !ec && it != fs::end(it); it.increment(ec)) {
+    txt += it->path().extension() == ".txt" ? 1 : 0;
+    caption += it->path().extension() == ".caption" ? 1 : 0;
+  }
+  const std::string command = absl::StrCat("'", CurateBinary(argv0), "' '", folder.string(), "' --json",
+                                           txt > caption ? " --caption-extension .txt" : "");
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) return absl::UnavailableError("cannot start lorad-curate");
+  std::string output;
+  char buffer[65536];
+  size_t n;
+  while ((n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) output.append(buffer, n);
+  const int status = ::pclose(pipe);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("lorad-curate failed on ", folder.string(), " (see its message above)"));
+  }
+  return output;
+}
+
+int Advise(Client& client, const Args& args, const char* argv0) {
+  if (args.positional.size() != 1 || !args.Has("kind")) {
+    std::fprintf(stderr, "loractl advise: expected DATASET --kind character|style\n");
+    return kUsage;
+  }
+  auto kind = lorad::advisor::ParseTrainingKind(args.Get("kind"));
+  if (!kind.ok()) return ExitFor(kind.status(), "advise");
+  lorad::advisor::ModelFamily family = lorad::advisor::ModelFamily::kUnknown;
+  if (args.Has("family")) {
+    auto parsed = lorad::advisor::ParseModelFamily(args.Get("family"));
+    if (!parsed.ok()) return ExitFor(parsed.status(), "advise");
+    family = *parsed;
+  }
+  lorad::advisor::AdvisorInput input;
+  input.kind = *kind;
+  if (args.Has("config")) {
+    absl::Status read_status;
+    const std::string config = ReadText(args.Get("config"), &read_status);
+    if (!read_status.ok()) return ExitFor(read_status, "advise");
+    auto training = lorad::advisor::TrainingFactsFromToml(config);
+    if (!training.ok()) return ExitFor(training.status(), "advise");
+    input.config = *training;
+  }
+  const std::string dataset = args.positional[0];
+  std::string report_json;
+  if (fs::is_directory(dataset)) {
+    auto local = LocalCurationJson(dataset, argv0);
+    if (!local.ok()) return ExitFor(local.status(), "advise");
+    report_json = std::move(*local);
+  } else {
+    lorad::v1::InspectDatasetRequest request;
+    request.set_dataset_id(dataset);
+    lorad::v1::InspectDatasetResponse response;
+    auto ctx = client.Context();
+    grpc::Status status = client.stub()->InspectDataset(ctx.get(), request, &response);
+    if (!status.ok()) return ExitFor(status, "advise");
+    report_json = response.report_json();
+  }
+  auto facts = lorad::advisor::FactsFromCurationJson(report_json, family);
+  if (!facts.ok()) return ExitFor(facts.status(), "advise");
+  input.dataset = *facts;
+  const lorad::advisor::AdviceReport report = lorad::advisor::Advise(input);
+  std::printf("%s", (args.Has("json") ? lorad::advisor::RenderJson(report) + "\n"
+                                      : lorad::advisor::RenderText(report)).c_str());
+  return report.blocking() ? kRefused : kOk;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -770,6 +857,7 @@ int main(int argc, char** argv) {
   if (command == "sweep") return Sweep(client, *args);
   if (command == "plot") return Plot(client, *args);
   if (command == "grid") return Grid(client, *args);
+  if (command == "advise") return Advise(client, *args, argv[0]);
   std::fprintf(stderr, "loractl: unknown command '%s'\n%s", command.c_str(), kUsageText);
   return kUsage;
 }

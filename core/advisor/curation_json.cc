@@ -1,0 +1,61 @@
+#include "core/advisor/curation_json.h"
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+
+namespace lorad::advisor {
+
+absl::StatusOr<DatasetFacts> FactsFromCurationJson(absl::string_view report_json, ModelFamily family,
+                                                   bool from_dataset_config) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(report_json.begin(), report_json.end());
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("curation report is not JSON: ", e.what()));
+  }
+  if (!j.is_object() || !j.contains("images")) {
+    return absl::InvalidArgumentError("curation report JSON lacks 'images' (expected lorad-curate --json output)");
+  }
+  try {
+    DatasetFacts facts;
+    facts.family = family;
+    facts.image_count = j.at("images").get<int64_t>();
+    facts.images_with_repeats = j.value("train_images_with_repeats", int64_t{0});
+    facts.below_512 = static_cast<int64_t>(j.value("below_512", nlohmann::json::array()).size());
+    facts.below_1024 = static_cast<int64_t>(j.value("below_1024", nlohmann::json::array()).size());
+    for (const auto& group : j.value("exact_duplicates", nlohmann::json::array())) {
+      if (!group.empty()) facts.exact_duplicates += static_cast<int64_t>(group.size()) - 1;
+    }
+    facts.near_duplicates = static_cast<int64_t>(j.value("near_duplicates", nlohmann::json::array()).size());
+    facts.booru_captions = j.value("booru_captions", int64_t{0});
+    facts.natural_captions = j.value("natural_captions", int64_t{0});
+    std::vector<std::string> captions;
+    for (const auto& preview : j.value("keep_tokens_preview", nlohmann::json::array())) {
+      const std::string kept = preview.value("kept", std::string());
+      const std::string rest = preview.value("rest", std::string());
+      captions.push_back(kept.empty() ? rest : (rest.empty() ? kept : kept + ", " + rest));
+    }
+    facts.leading_trigger_word = DetectLeadingTriggerWord(captions);
+    if (from_dataset_config) {
+      std::optional<int64_t> shared;
+      bool agree = true;
+      for (const auto& subset : j.value("subsets", nlohmann::json::array())) {
+        if (subset.value("is_reg", false)) continue;
+        const int64_t keep = subset.value("keep_tokens", int64_t{0});
+        if (shared && *shared != keep) agree = false;
+        shared = keep;
+      }
+      if (agree && shared && *shared > 0) facts.keep_tokens = shared;
+    }
+    return facts;
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("curation report JSON has a field of the wrong type: ", e.what()));
+  }
+}
+
+}  // namespace lorad::advisor

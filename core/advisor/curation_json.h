@@ -1,0 +1,16 @@
+// DatasetFacts from a curation report's JSON (`lorad-curate --json`, or the
+// daemon's InspectDataset.report_json), for clients that do not link core/data.
+// Mirrors FactsFromCurationReport (curation_facts.h) field for field.
+#pragma once
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "core/advisor/advisor.h"
+
+namespace lorad::advisor {
+
+// InvalidArgument when the text is not a curation report (names the field).
+absl::StatusOr<DatasetFacts> FactsFromCurationJson(absl::string_view report_json, ModelFamily family,
+                                                   bool from_dataset_config = false);
+
+}  // namespace lorad::advisor
