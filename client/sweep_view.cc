@@ -5,9 +5,27 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "core/advisor/number_format.h"
 
 namespace lorad::client {
 namespace fs = std::filesystem;
+namespace {
+
+// A varied value as the sweep named it: lorad-train re-records the job's
+// hyperparameters with full float precision ("0.00050000000000000001"), so
+// numbers are shown in the sweep's compact form ("5e-4") again.
+std::string VariedValue(const lorad::v1::Job& job, const std::string& key) {
+  auto it = job.hyperparameters().find(key);
+  if (it == job.hyperparameters().end()) return "";
+  double number = 0;
+  if (key != "dataset" && it->second.find_first_of(".eE") != std::string::npos &&
+      absl::SimpleAtod(it->second, &number)) {
+    return advisor::FormatNumber(number);
+  }
+  return it->second;
+}
+
+}  // namespace
 
 absl::StatusOr<std::vector<lorad::v1::JobEvent>> ReadJobEvents(Client& client, int64_t job_id) {
   lorad::v1::StreamEventsRequest request;
@@ -60,9 +78,7 @@ absl::StatusOr<lorad::v1::Sweep> GetSweep(Client& client, const std::string& ref
 std::string VariedLabel(const lorad::v1::Sweep& sweep, const lorad::v1::Job& job) {
   std::string label;
   for (const auto& key : sweep.varied_keys()) {
-    auto it = job.hyperparameters().find(key);
-    absl::StrAppend(&label, label.empty() ? "" : " ", key, "=",
-                    it == job.hyperparameters().end() ? "" : it->second);
+    absl::StrAppend(&label, label.empty() ? "" : " ", key, "=", VariedValue(job, key));
   }
   return label.empty() ? job.name() : label;
 }
@@ -77,10 +93,7 @@ absl::StatusOr<std::vector<advisor::SweepTableRow>> SweepRows(Client& client, co
     advisor::SweepTableRow row;
     row.job_id = std::to_string(job.id());
     row.name = job.name();
-    for (const auto& key : sweep.varied_keys()) {
-      auto it = job.hyperparameters().find(key);
-      row.varied.emplace_back(key, it == job.hyperparameters().end() ? "" : it->second);
-    }
+    for (const auto& key : sweep.varied_keys()) row.varied.emplace_back(key, VariedValue(job, key));
     std::string state = lorad::v1::JobState_Name(job.state());
     row.state = state.rfind("JOB_STATE_", 0) == 0 ? state.substr(10) : state;
     row.final_smoothed_loss = summary.final_smoothed;
