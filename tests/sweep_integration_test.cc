@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <map>
 #include <set>
@@ -247,6 +248,78 @@ TEST(SweepIntegrationTest, FourJobSweepOneFailureTableCachePlotsGridAndWebhooks)
   }
   EXPECT_EQ(job_posts, 4);
   EXPECT_EQ(sweep_posts, 1);
+  EXPECT_EQ(d.Stop(), 0);
+  fs::remove_all(root);
+}
+
+lorad::v1::Sweep WaitForSweep(Daemon& d, int64_t sweep_id, const std::function<bool(const lorad::v1::Sweep&)>& done,
+                              double timeout_s) {
+  lorad::v1::Sweep sweep;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  while (std::chrono::steady_clock::now() < deadline) {
+    lorad::v1::GetSweepRequest request;
+    request.set_sweep_id(sweep_id);
+    auto ctx = d.client().Context();
+    if (d.client().stub()->GetSweep(ctx.get(), request, &sweep).ok() && done(sweep)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return sweep;
+}
+
+TEST(SweepIntegrationTest, NeverRulesRefuseUnlessForcedAndCancelSweepStopsItsJobs) {
+  const fs::path root = fs::temp_directory_path() / absl::StrCat("lorad_sweep_cancel_it_", ::getpid());
+  fs::remove_all(root);
+  Daemon d(root / "daemon", DaemonOptions{});
+  d.Start();
+  const std::string dataset = d.UploadTestDataset(3);
+
+  // CAME at 5e-4: refused with the rule named; --force queues it with the finding attached.
+  lorad::v1::SubmitJobRequest request;
+  request.set_config_toml(Daemon::TinyConfig(100000, 0));
+  request.set_dataset(dataset);
+  request.set_name("came-high");
+  (*request.mutable_overrides())["optimizer_type"] = "\"came_pytorch.CAME\"";
+  (*request.mutable_overrides())["learning_rate"] = "5e-4";
+  lorad::v1::Job job;
+  {
+    auto ctx = d.client().Context();
+    const grpc::Status refused = d.client().stub()->SubmitJob(ctx.get(), request, &job);
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_NE(refused.error_message().find("never-came-high-lr"), std::string::npos) << refused.error_message();
+  }
+  request.set_force(true);
+  {
+    auto ctx = d.client().Context();
+    ASSERT_TRUE(d.client().stub()->SubmitJob(ctx.get(), request, &job).ok());
+  }
+  const CommandResult shown = Loractl(d, absl::StrCat("show ", job.id()));
+  EXPECT_EQ(shown.exit_code, 0);
+  EXPECT_NE(shown.out.find("advisor.never-came-high-lr"), std::string::npos) << shown.out;
+  EXPECT_EQ(Loractl(d, absl::StrCat("cancel ", job.id())).exit_code, 0);
+  d.WaitFor(job.id(), [](const lorad::v1::Job& j) { return IsTerminal(j.state()); }, 60);
+
+  // A sweep of three long jobs: cancelling it ends the running one and the queued ones.
+  const fs::path sweep_file = root / "long.toml";
+  std::ofstream(sweep_file) << absl::StrCat(Daemon::TinyConfig(100000, 0), "dataset = \"", dataset, "\"\n",
+                                            "[sweep]\nlearning_rate = [1e-4, 2e-4, 3e-4]\n");
+  const CommandResult submitted = Loractl(d, absl::StrCat("sweep ", sweep_file.string(), " --name long"));
+  ASSERT_EQ(submitted.exit_code, 0);
+  int64_t sweep_id = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(absl::StripAsciiWhitespace(submitted.out), &sweep_id)) << submitted.out;
+  lorad::v1::Sweep sweep = WaitForSweep(
+      d, sweep_id,
+      [](const lorad::v1::Sweep& s) {
+        return s.jobs_size() > 0 && s.jobs(0).state() == lorad::v1::JOB_STATE_RUNNING && s.jobs(0).step() > 0;
+      },
+      120);
+  ASSERT_EQ(sweep.jobs_total(), 3);
+  ASSERT_EQ(sweep.jobs(0).state(), lorad::v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(Loractl(d, absl::StrCat("sweep cancel ", sweep_id)).exit_code, 0);
+  sweep = WaitForSweep(d, sweep_id, [](const lorad::v1::Sweep& s) { return s.jobs_active() == 0; }, 60);
+  EXPECT_EQ(sweep.jobs_active(), 0);
+  EXPECT_EQ(sweep.jobs_cancelled(), 3);
+  const CommandResult listed = Loractl(d, "sweep ls");
+  EXPECT_NE(listed.out.find("long"), std::string::npos) << listed.out;
   EXPECT_EQ(d.Stop(), 0);
   fs::remove_all(root);
 }
