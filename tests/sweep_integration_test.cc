@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <fstream>
@@ -220,6 +221,12 @@ TEST(SweepIntegrationTest, FourJobSweepOneFailureTableCachePlotsGridAndWebhooks)
   EXPECT_EQ(grid.cols, expected_grid.width);
   EXPECT_EQ(grid.rows, expected_grid.height);
   EXPECT_GT(NonBackgroundFraction(grid), 0.05);
+  // Keep the pictures for a closing note / CI artifact when asked to.
+  if (const char* keep = std::getenv("LORAD_TEST_ARTIFACTS"); keep != nullptr && *keep != '\0') {
+    fs::create_directories(keep);
+    fs::copy_file(loss_png, fs::path(keep) / "sweep_loss.png", fs::copy_options::overwrite_existing);
+    fs::copy_file(grid_png, fs::path(keep) / "sweep_samples.png", fs::copy_options::overwrite_existing);
+  }
 
   // Every LoRA home.
   const CommandResult fetched =
