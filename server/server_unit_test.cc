@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include "server/advice.h"
 #include "server/event_hub.h"
 #include "server/job_config.h"
 #include "server/paths.h"
@@ -140,6 +141,39 @@ TEST(EventHubTest, ServesCachedAndStoredEventsAndWakesSubscribers) {
   hub.Shutdown();
   EXPECT_EQ(hub.Fetch(job->job.id, 0, 1).status().code(), absl::StatusCode::kUnavailable);
   fs::remove_all(dir);
+}
+
+TEST(AdviceTest, CountsImagesWithKohyaFolderRepeats) {
+  const fs::path dir = TempDir("advice_counts");
+  fs::create_directories(dir / "10_cat");
+  fs::create_directories(dir / "misc");
+  for (const char* name : {"10_cat/a.png", "10_cat/b.JPG", "10_cat/a.txt", "misc/c.webp", "notes.md"}) {
+    std::ofstream(dir / name) << "x";
+  }
+  const advisor::DatasetFacts facts = CountDatasetImages(dir);
+  EXPECT_EQ(facts.image_count, 3);            // captions and notes are not images
+  EXPECT_EQ(facts.images_with_repeats, 21);   // 2 x 10 + 1 x 1
+  EXPECT_EQ(CountDatasetImages(fs::path()).image_count, 0);
+  fs::remove_all(dir);
+}
+
+TEST(AdviceTest, NeverRulesBlockUnlessForcedAndWarningsDoNot) {
+  const std::string came_high = "optimizer_type = \"came_pytorch.CAME\"\nlearning_rate = 5e-4\n";
+  auto refused = AdviseSubmit(came_high, fs::path(), /*force=*/false);
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  EXPECT_TRUE(refused->blocking());
+  EXPECT_NE(DescribeNeverFindings(*refused).find("never-came-high-lr"), std::string::npos);
+  auto forced = AdviseSubmit(came_high, fs::path(), /*force=*/true);
+  ASSERT_TRUE(forced.ok());
+  EXPECT_FALSE(forced->blocking());
+  EXPECT_FALSE(forced->never_findings().empty());  // still attached as warnings
+
+  auto fine = AdviseSubmit("optimizer_type = \"AdamW\"\nlearning_rate = 1e-4\n", fs::path(), false);
+  ASSERT_TRUE(fine.ok());
+  EXPECT_FALSE(fine->blocking());
+  EXPECT_TRUE(fine->never_findings().empty());
+  EXPECT_EQ(AdviseSubmit("learning_rate = \"fast\"\n", fs::path(), false).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
