@@ -37,7 +37,7 @@ enum Exit { kOk = 0, kError = 1, kUsage = 2, kUnreachable = 3, kAuth = 4, kNotFo
 constexpr char kUsageText[] =
     "usage: loractl [--server HOST:PORT] [--token T] [--tls [--ca PEM]] [--timeout S] COMMAND ...\n"
     "  submit CONFIG.toml [--dataset-config D.toml] [--dataset DIR|ID] [--name N] [--priority P]\n"
-    "         [--set key=value]... [--sweep NAME] [--request-id ID]   prints the job id\n"
+    "         [--set key=value]... [--sweep NAME] [--request-id ID] [--force]   prints the job id\n"
     "  ls [--state queued|running|succeeded|failed|cancelled] [--name TEXT] [--sweep NAME] [--limit N] [--json]\n"
     "  show JOB [--json]\n"
     "  tail JOB [--after SEQ] [--json]        follows to the end; reconnects and resumes\n"
@@ -198,6 +198,7 @@ int Submit(Client& client, const Args& args) {
   }
   request.set_priority(static_cast<int32_t>(priority));
   request.set_sweep(args.Get("sweep"));
+  request.set_force(args.Has("force"));  // run despite "never" advisor findings
   if (args.Has("set")) {
     for (const auto& kv : args.flags.at("set")) {
       auto eq = kv.find('=');
