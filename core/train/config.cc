@@ -459,6 +459,15 @@ absl::Status ValidateTrainConfig(const TrainConfig& config) {
     return absl::InvalidArgumentError(
         "config key 'cache_text_encoder_outputs' needs network_train_unet_only = true (the text encoders must be frozen)");
   }
+  if (config.cache_text_encoder_outputs_to_disk && !config.network_train_unet_only) {
+    return absl::InvalidArgumentError(
+        "config key 'cache_text_encoder_outputs_to_disk' needs network_train_unet_only = true (the text encoders must "
+        "be frozen)");
+  }
+  // kohya: 0 disables max-norm; negative limits are meaningless.
+  if (config.scale_weight_norms && !(*config.scale_weight_norms >= 0)) {
+    return BadValue("scale_weight_norms", FormatDouble(*config.scale_weight_norms), "a positive max norm, or 0 to disable");
+  }
   if (config.cache_latents && (config.color_aug || config.random_crop)) {
     return absl::InvalidArgumentError(
         "config key 'cache_latents' cannot be combined with color_aug or random_crop (the cached latent would be stale)");

@@ -128,6 +128,14 @@ TEST(ConfigTest, CrossKeyRules) {
   EXPECT_TRUE(ParseTrainConfig(kRequired, {{"lr_warmup_steps", "10"}, {"lr_scheduler", "linear"}}).ok());
   EXPECT_FALSE(ParseTrainConfig(kRequired, {{"min_timestep", "500"}, {"max_timestep", "400"}}).ok());
   EXPECT_FALSE(ParseTrainConfig(kRequired, {{"cache_text_encoder_outputs", "true"}}).ok());
+  EXPECT_FALSE(ParseTrainConfig(kRequired, {{"cache_text_encoder_outputs_to_disk", "true"}}).ok());
+  EXPECT_TRUE(ParseTrainConfig(kRequired, {{"cache_text_encoder_outputs_to_disk", "true"},
+                                           {"network_train_unet_only", "true"}}).ok());
+  auto negative_norm = ParseTrainConfig(kRequired, {{"scale_weight_norms", "-1"}});
+  ASSERT_FALSE(negative_norm.ok());
+  EXPECT_NE(negative_norm.status().message().find("scale_weight_norms"), std::string::npos);
+  EXPECT_TRUE(ParseTrainConfig(kRequired, {{"scale_weight_norms", "0"}}).ok());  // 0 disables, as in kohya
+  EXPECT_TRUE(ParseTrainConfig(kRequired, {{"scale_weight_norms", "1.5"}}).ok());
   auto missing_model = ParseTrainConfig("train_data_dir = \"/d\"", {});
   ASSERT_FALSE(missing_model.ok());
   EXPECT_NE(missing_model.status().message().find("pretrained_model_name_or_path"), std::string::npos);

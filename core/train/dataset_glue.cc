@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
+#include "core/data/cache.h"
 #include "core/models/checkpoint.h"
 
 namespace lorad::train {
@@ -56,6 +57,16 @@ absl::StatusOr<int64_t> NativeResolutionOf(const std::string& checkpoint_path) {
   return layout.family == models::ModelFamily::kSdxl ? 1024 : 512;
 }
 
+std::function<absl::StatusOr<TextEncodeFn>(const std::string&, TextEncodeFn)> DiskTextEncoderCacheHook(
+    std::filesystem::path dir) {
+  return [dir](const std::string& identity, TextEncodeFn encode) -> absl::StatusOr<TextEncodeFn> {
+    ASSIGN_OR_RETURN(std::shared_ptr<data::TextEncoderCache> cache, data::TextEncoderCache::Create(identity, dir));
+    return TextEncodeFn([cache, encode](const std::vector<std::string>& captions) {
+      return cache->Get(captions, [&encode](const std::vector<std::string>& missing) { return encode(missing); });
+    });
+  };
+}
+
 TrainInputs InputsFor(const TrainConfig& config, data::Dataset& dataset) {
   TrainInputs inputs;
   inputs.source = &dataset;
@@ -70,6 +81,8 @@ TrainInputs InputsFor(const TrainConfig& config, data::Dataset& dataset) {
         [encoder](const torch::Tensor& images) -> absl::StatusOr<torch::Tensor> { return encoder(images); },
         options);
   };
+  inputs.cache_text_encoder_outputs =
+      DiskTextEncoderCacheHook(std::filesystem::path(config.output_dir) / "text_encoder_cache");
   return inputs;
 }
 

@@ -4,7 +4,10 @@
 // (OpenCV); the loop itself (lorad_train) does not need it.
 #pragma once
 
+#include <filesystem>
+#include <functional>
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "core/data/dataset.h"
@@ -20,8 +23,15 @@ absl::StatusOr<data::DatasetArgs> DatasetArgsFor(const TrainConfig& config, int6
 // The base model's native resolution from its header alone (no weights loaded).
 absl::StatusOr<int64_t> NativeResolutionOf(const std::string& checkpoint_path);
 
+// A TrainInputs::cache_text_encoder_outputs hook backed by core/data's
+// TextEncoderCache: one safetensors file per caption under `dir` (created),
+// reused across runs while the encoders' identity matches.
+std::function<absl::StatusOr<TextEncodeFn>(const std::string&, TextEncodeFn)> DiskTextEncoderCacheHook(
+    std::filesystem::path dir);
+
 // TrainInputs over `dataset` (which must outlive them); latents are cached on
-// disk under <output_dir>/latent_cache with cache_latents_to_disk.
+// disk under <output_dir>/latent_cache with cache_latents_to_disk, text-encoder
+// outputs under <output_dir>/text_encoder_cache with cache_text_encoder_outputs_to_disk.
 TrainInputs InputsFor(const TrainConfig& config, data::Dataset& dataset);
 
 }  // namespace lorad::train

@@ -68,10 +68,16 @@ std::string ProgressBarObserver::FormatBar(const StepReport& r, int width) {
   if (filled < width) bar[static_cast<size_t>(filled)] = '>';
   std::string lr;
   for (const GroupLr& g : r.lrs) absl::StrAppend(&lr, lr.empty() ? " lr " : "/", absl::StrFormat("%.1e", g.lr));
-  return absl::StrFormat("steps %*d/%d [%s] %3d%% epoch %d/%d loss %.4f avg %.4f%s %.2f it/s ETA %s%s",
+  // kohya's progress postfix with scale_weight_norms: "Keys Scaled", "Average key norm".
+  std::string max_norm;
+  if (r.max_norm) {
+    max_norm = absl::StrFormat(" keys scaled %d avg key norm %.4f max %.4f", r.max_norm->keys_scaled,
+                               r.max_norm->average_key_norm, r.max_norm->max_key_norm);
+  }
+  return absl::StrFormat("steps %*d/%d [%s] %3d%% epoch %d/%d loss %.4f avg %.4f%s %.2f it/s ETA %s%s%s",
                          static_cast<int>(std::to_string(r.total_steps).size()), r.step, r.total_steps, bar,
                          static_cast<int>(fraction * 100), r.epoch, r.total_epochs, r.loss, r.loss_avg, lr,
-                         r.it_per_s, FormatDuration(r.eta_s), r.skipped ? " (skipped: inf grads)" : "");
+                         r.it_per_s, FormatDuration(r.eta_s), max_norm, r.skipped ? " (skipped: inf grads)" : "");
 }
 
 void ProgressBarObserver::WriteLine(const std::string& text, bool finish_line) {

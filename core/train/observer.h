@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,14 @@ struct GroupLr {
   double lr = 0;
 };
 
+// kohya's max-norm postfix (scale_weight_norms): keys scaled in the last
+// step, and the mean / max norm of the merged deltas after scaling.
+struct MaxNormReport {
+  int64_t keys_scaled = 0;
+  double average_key_norm = 0;
+  double max_key_norm = 0;
+};
+
 struct StepReport {
   int64_t step = 0;         // optimizer steps completed
   int64_t total_steps = 0;
@@ -45,6 +54,7 @@ struct StepReport {
   double eta_s = 0;
   double grad_norm = 0;     // 0 when not computed
   bool skipped = false;     // fp16: the loss scaler found inf/NaN gradients and skipped the update
+  std::optional<MaxNormReport> max_norm;  // set when scale_weight_norms is on
 };
 
 enum class CheckpointKind { kLora, kState };

@@ -23,6 +23,19 @@ TEST(ProgressBarTest, FormatsStepEpochLossLrAndEta) {
             "steps 30/60 [=====>    ]  50% epoch 2/4 loss 0.1235 avg 0.2000 lr 1.0e-04/5.0e-05 2.50 it/s ETA 1:15");
 }
 
+TEST(ProgressBarTest, ShowsMaxNormPostfixWhenScaleWeightNormsIsOn) {
+  StepReport r;
+  r.step = 1;
+  r.total_steps = 2;
+  r.epoch = 1;
+  r.total_epochs = 1;
+  r.max_norm = MaxNormReport{3, 0.5, 1.0};
+  const std::string line = ProgressBarObserver::FormatBar(r, 4);
+  EXPECT_NE(line.find(" keys scaled 3 avg key norm 0.5000 max 1.0000"), std::string::npos) << line;
+  r.max_norm.reset();
+  EXPECT_EQ(ProgressBarObserver::FormatBar(r, 4).find("keys scaled"), std::string::npos);
+}
+
 TEST(ProgressBarTest, WritesLinesToANonTerminal) {
   int fds[2];
   ASSERT_EQ(::pipe(fds), 0);

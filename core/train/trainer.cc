@@ -88,11 +88,16 @@ class Run {
  private:
   absl::Status Setup();
   absl::Status SetupPrecision();
+  absl::Status ParseNetworkOptions();
+  absl::Status SetupTextEncoderDiskCache();
+  std::string TextEncoderIdentity() const;
   absl::Status SetupNetworkAndOptimizer();
+  std::vector<optim::ParamGroup> ParameterGroups() const;
   absl::Status RestoreState();
   absl::StatusOr<torch::Tensor> MicroBatchLoss(const data::Batch& batch, double* loss_value);
   absl::StatusOr<text::TextConditioning> Conditioning(const std::vector<std::string>& captions);
   absl::Status OptimizerStep(bool* skipped, double* grad_norm);
+  bool MaxNormEnabled() const { return config_.scale_weight_norms && *config_.scale_weight_norms != 0; }
   absl::Status SaveLora(const std::filesystem::path& path, bool is_final);
   absl::Status SaveState(const std::filesystem::path& dir);
   absl::Status SaveStepCheckpoints();
@@ -121,10 +126,12 @@ class Run {
   bool train_text_ = false;
 
   std::unique_ptr<ModelBundle> model_;
+  networks::NetworkConfig net_config_;
   std::unique_ptr<networks::LoraNetwork> network_;
   std::unique_ptr<optim::Optimizer> optimizer_;
   std::optional<optim::LrScheduler> scheduler_;
   std::vector<std::string> group_names_;
+  std::optional<MaxNormReport> max_norm_;  // the last step's max-norm pass (scale_weight_norms)
   DynamicLossScaler scaler_;
   std::unique_ptr<diffusion::NoiseSchedule> schedule_;
   diffusion::NoiseOptions noise_options_;
@@ -132,6 +139,7 @@ class Run {
   diffusion::LossType loss_type_ = diffusion::LossType::kL2;
   diffusion::HuberOptions huber_;
   std::map<std::string, text::TextConditioning> text_cache_;
+  TextEncodeFn disk_text_cache_;  // cache_text_encoder_outputs_to_disk
   std::vector<SamplePrompt> prompts_;
 
   // Generators: noise/timesteps (+ pyramid draws), VAE posterior samples, adapter dropouts.
@@ -198,6 +206,7 @@ absl::Status Run::Setup() {
   }
   RETURN_IF_ERROR(SetupPrecision());
   train_text_ = !config_.network_train_unet_only;
+  if (config_.cache_text_encoder_outputs_to_disk) config_.cache_text_encoder_outputs = true;
   train_unet_ = !config_.network_train_text_encoder_only;
 
   if (!config_.sample_prompts.empty()) {
@@ -208,6 +217,9 @@ absl::Status Run::Setup() {
                                         "\" is not implemented here; previews use euler"));
     config_.sample_sampler = "euler";
   }
+
+  // Network options are checked before the (slow) model load.
+  RETURN_IF_ERROR(ParseNetworkOptions());
 
   ModelBundleOptions model_options;
   model_options.device = device_;
@@ -286,22 +298,103 @@ absl::Status Run::Setup() {
       Warn("cache_latents", "this batch source cannot cache latents; encoding every batch instead");
     }
   }
+  RETURN_IF_ERROR(SetupTextEncoderDiskCache());
   if (!config_.resume.empty()) RETURN_IF_ERROR(RestoreState());
   return absl::OkStatus();
 }
 
-absl::Status Run::SetupNetworkAndOptimizer() {
+// Everything that changes the frozen encoders' outputs for a caption.
+std::string Run::TextEncoderIdentity() const {
+  std::error_code ec;
+  const std::filesystem::path path(config_.pretrained_model_name_or_path);
+  const auto size = std::filesystem::file_size(path, ec);
+  return absl::StrCat(std::filesystem::absolute(path).string(), ":", ec ? 0 : size, ":", model_->arch_name(),
+                      ":clip_skip=", config_.clip_skip.value_or(0),
+                      ":max_token_length=", config_.max_token_length.value_or(75), ":",
+                      c10::toString(weight_dtype_));
+}
+
+absl::Status Run::SetupTextEncoderDiskCache() {
+  if (!config_.cache_text_encoder_outputs_to_disk || train_text_) return absl::OkStatus();
+  if (!inputs_.cache_text_encoder_outputs) {
+    Warn("cache_text_encoder_outputs_to_disk",
+         "cache_text_encoder_outputs_to_disk: this batch source has no disk cache for text-encoder outputs; they "
+         "are kept in memory only");
+    return absl::OkStatus();
+  }
+  TextEncodeFn encode = [this](const std::vector<std::string>& captions)
+      -> absl::StatusOr<std::map<std::string, torch::Tensor>> {
+    torch::NoGradGuard no_grad;
+    try {
+      ASSIGN_OR_RETURN(text::TextConditioning c, model_->EncodeText(captions));
+      std::map<std::string, torch::Tensor> out{{"context", c.context.cpu()}};
+      if (c.pooled.defined()) out["pooled"] = c.pooled.cpu();
+      return out;
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat("text encode for the cache: ", e.what_without_backtrace()));
+    }
+  };
+  auto cache = inputs_.cache_text_encoder_outputs(TextEncoderIdentity(), std::move(encode));
+  if (!cache.ok()) {
+    return absl::Status(cache.status().code(), absl::StrCat("config key 'cache_text_encoder_outputs_to_disk': ",
+                                                            cache.status().message()));
+  }
+  disk_text_cache_ = std::move(*cache);
+  return absl::OkStatus();
+}
+
+absl::Status Run::ParseNetworkOptions() {
   networks::NetworkConfigInput input;
   input.network_module = config_.network_module;
   input.network_dim = config_.network_dim;
   input.network_alpha = config_.network_alpha;
   input.network_dropout = config_.network_dropout;
   input.network_args = config_.network_args;
-  ASSIGN_OR_RETURN(networks::NetworkConfig net_config, networks::ParseNetworkConfig(input));
-  ASSIGN_OR_RETURN(auto targets, model_->NetworkTargets(train_unet_, train_text_, net_config.TargetsConvBlocks()));
+  ASSIGN_OR_RETURN(net_config_, networks::ParseNetworkConfig(input));
+  // kohya: scale_weight_norms = 0 (or unset) disables max-norm.
+  if (MaxNormEnabled()) {
+    if (!(*config_.scale_weight_norms > 0) || !std::isfinite(*config_.scale_weight_norms)) {
+      return absl::InvalidArgumentError(absl::StrCat("config key 'scale_weight_norms' must be a positive number, got ",
+                                                     *config_.scale_weight_norms, " (0 disables it)"));
+    }
+    RETURN_IF_ERROR(networks::CheckMaxNormSupported(net_config_));
+  }
+  return absl::OkStatus();
+}
+
+// kohya's prepare_optimizer_params: per part (text encoder first, then U-Net)
+// one group, split by LoRA+ into the "up" tensors at lr x ratio ("<part>_plus")
+// and the rest. The scheduler multiplies every group's base lr, so the ratio holds.
+std::vector<optim::ParamGroup> Run::ParameterGroups() const {
+  std::vector<optim::ParamGroup> groups;
+  auto add_part = [&](const std::string& name, bool text_encoder, double lr, std::optional<double> ratio) {
+    if (!ratio) {
+      auto params = text_encoder ? network_->TextEncoderParameters() : network_->UnetParameters();
+      if (!params.empty()) groups.push_back({name, params, lr});
+      return;
+    }
+    auto rest = network_->NonUpParameters(text_encoder);
+    auto up = network_->UpParameters(text_encoder);
+    if (!rest.empty()) groups.push_back({name, rest, lr});
+    if (!up.empty()) groups.push_back({absl::StrCat(name, "_plus"), up, lr * *ratio});
+  };
+  if (train_text_) {
+    add_part("text_encoder", true, config_.TextEncoderLr(),
+             net_config_.loraplus_text_encoder_lr_ratio ? net_config_.loraplus_text_encoder_lr_ratio
+                                                        : net_config_.loraplus_lr_ratio);
+  }
+  if (train_unet_) {
+    add_part("unet", false, config_.UnetLr(),
+             net_config_.loraplus_unet_lr_ratio ? net_config_.loraplus_unet_lr_ratio : net_config_.loraplus_lr_ratio);
+  }
+  return groups;
+}
+
+absl::Status Run::SetupNetworkAndOptimizer() {
+  ASSIGN_OR_RETURN(auto targets, model_->NetworkTargets(train_unet_, train_text_, net_config_.TargetsConvBlocks()));
   if (targets.empty()) return absl::FailedPreconditionError("the network found no layers to adapt in this model");
   at::Generator init_gen = SeededGenerator(static_cast<uint64_t>(*config_.seed));
-  ASSIGN_OR_RETURN(network_, networks::LoraNetwork::Create(net_config, targets, init_gen));
+  ASSIGN_OR_RETURN(network_, networks::LoraNetwork::Create(net_config_, targets, init_gen));
   if (!config_.network_weights.empty()) {
     auto loaded = network_->LoadWeights(config_.network_weights);
     if (!loaded.ok()) {
@@ -314,16 +407,7 @@ absl::Status Run::SetupNetworkAndOptimizer() {
   network_->Apply();
   network_->Train(true);
 
-  std::vector<optim::ParamGroup> groups;
-  // kohya's order: text encoder group first, then the U-Net's.
-  if (train_text_) {
-    auto params = network_->TextEncoderParameters();
-    if (!params.empty()) groups.push_back({"text_encoder", params, config_.TextEncoderLr()});
-  }
-  if (train_unet_) {
-    auto params = network_->UnetParameters();
-    if (!params.empty()) groups.push_back({"unet", params, config_.UnetLr()});
-  }
+  std::vector<optim::ParamGroup> groups = ParameterGroups();
   for (const auto& g : groups) {
     group_names_.push_back(g.name);
     for (const auto& p : g.params) p.set_requires_grad(true);
@@ -396,6 +480,17 @@ absl::StatusOr<text::TextConditioning> Run::Conditioning(const std::vector<std::
   // Frozen encoders: no graph, and each caption's output is computed once when caching.
   torch::NoGradGuard no_grad;
   if (!config_.cache_text_encoder_outputs) return model_->EncodeText(captions);
+  if (disk_text_cache_) {
+    ASSIGN_OR_RETURN(auto outputs, disk_text_cache_(captions));
+    auto context = outputs.find("context");
+    if (context == outputs.end()) {
+      return absl::DataLossError("the text-encoder disk cache returned no \"context\"; delete the cache folder");
+    }
+    text::TextConditioning out;
+    out.context = context->second.to(device_);
+    if (auto pooled = outputs.find("pooled"); pooled != outputs.end()) out.pooled = pooled->second.to(device_);
+    return out;
+  }
   std::vector<std::string> missing;
   for (const auto& c : captions) {
     if (!text_cache_.count(c)) missing.push_back(c);
@@ -460,6 +555,7 @@ absl::Status Run::OptimizerStep(bool* skipped, double* grad_norm) {
     if (!finite) {
       *skipped = true;
       optimizer_->ZeroGrad();
+      if (max_norm_) max_norm_->keys_scaled = 0;  // weights unchanged: same norms, nothing scaled
       return absl::OkStatus();
     }
   }
@@ -473,6 +569,10 @@ absl::Status Run::OptimizerStep(bool* skipped, double* grad_norm) {
   RETURN_IF_ERROR(scheduler_->Apply(pos_.global_step, *optimizer_));
   RETURN_IF_ERROR(optimizer_->Step());
   optimizer_->ZeroGrad();
+  if (MaxNormEnabled()) {
+    ASSIGN_OR_RETURN(networks::MaxNormStats stats, network_->ApplyMaxNorm(*config_.scale_weight_norms));
+    max_norm_ = MaxNormReport{stats.keys_scaled, stats.average_key_norm, stats.max_key_norm};
+  }
   return absl::OkStatus();
 }
 
@@ -796,6 +896,7 @@ absl::StatusOr<TrainResult> Run::Execute() {
       report.eta_s = report.it_per_s > 0 ? (plan_.max_train_steps - pos_.global_step) / report.it_per_s : 0;
       report.grad_norm = grad_norm;
       report.skipped = skipped;
+      report.max_norm = max_norm_;
       (void)last_step_seconds;
       observers_.OnStep(report);
       if (options_.on_step) options_.on_step(pos_.global_step);

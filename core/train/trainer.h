@@ -37,6 +37,9 @@ namespace lorad::train {
 
 // Maps images [B,3,H,W] in [-1,1] to scaled latents (the VAE encode).
 using LatentEncodeFn = std::function<absl::StatusOr<torch::Tensor>(const torch::Tensor& images)>;
+// Maps captions to text-encoder outputs, batch first, on the CPU: {"context", "pooled" (SDXL)}.
+using TextEncodeFn =
+    std::function<absl::StatusOr<std::map<std::string, torch::Tensor>>(const std::vector<std::string>& captions)>;
 
 struct TrainInputs {
   // Where batches come from (not owned; must outlive the run).
@@ -47,6 +50,13 @@ struct TrainInputs {
   std::function<absl::Status(LatentEncodeFn encoder, const std::string& vae_identity)> cache_latents;
   // kohya ss_* dataset statistics (data::Dataset::KohyaMetadata()).
   std::map<std::string, std::string> dataset_metadata;
+  // Opens a disk cache of text-encoder outputs (cache_text_encoder_outputs_to_disk):
+  // given the encoders' identity and `encode`, returns a TextEncodeFn that serves
+  // captions from the cache and encodes only the missing ones. Called once before
+  // training. InputsFor sets it (core/data's TextEncoderCache); unset: the outputs
+  // stay in memory and the run warns.
+  std::function<absl::StatusOr<TextEncodeFn>(const std::string& encoder_identity, TextEncodeFn encode)>
+      cache_text_encoder_outputs;
 };
 
 // Knobs that are not kohya options (tests, the benchmark, the daemon).

@@ -315,5 +315,146 @@ TEST(TrainerTest, ClearErrors) {
   ASSERT_EQ(bad_resume.status().code(), absl::StatusCode::kNotFound);
 }
 
+// Records every step report and warning of a run.
+struct Recorder : TrainObserver {
+  void OnStep(const StepReport& r) override { steps.push_back(r); }
+  void OnWarning(const std::string& code, const std::string& message) override {
+    warnings.emplace_back(code, message);
+  }
+  std::vector<StepReport> steps;
+  std::vector<std::pair<std::string, std::string>> warnings;
+};
+
+double GroupLrOf(const StepReport& r, const std::string& group) {
+  for (const GroupLr& g : r.lrs) {
+    if (g.group == group) return g.lr;
+  }
+  ADD_FAILURE() << "no lr group " << group;
+  return std::nan("");
+}
+
+TEST(TrainerTest, LoraPlusGivesUpWeightsRatioTimesTheScheduledLr) {
+  CaptionedImages data = testing::MakeShapesDataset(4, 64);
+  MemoryBatchSource source(data, 4, 3);
+  TrainConfig config = TinySdxlConfig(FreshDir("loraplus"));
+  config.max_train_steps = 4;
+  config.network_train_unet_only = false;
+  config.learning_rate = 1e-3;
+  config.text_encoder_lr = 1e-4;
+  config.lr_scheduler = "cosine";
+  config.lr_warmup_steps = 2;
+  config.network_args = {"loraplus_lr_ratio=16", "loraplus_text_encoder_lr_ratio=4"};
+  Recorder recorder;
+  auto result = Train(config, {&source, {}, {}}, &recorder);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(recorder.steps.size(), 4u);
+  for (const StepReport& r : recorder.steps) {
+    SCOPED_TRACE(r.step);
+    ASSERT_EQ(r.lrs.size(), 4u);
+    EXPECT_EQ(r.lrs[0].group, "text_encoder");
+    EXPECT_EQ(r.lrs[1].group, "text_encoder_plus");
+    EXPECT_EQ(r.lrs[2].group, "unet");
+    EXPECT_EQ(r.lrs[3].group, "unet_plus");
+    const double unet = GroupLrOf(r, "unet");
+    const double te = GroupLrOf(r, "text_encoder");
+    EXPECT_NEAR(GroupLrOf(r, "unet_plus"), 16 * unet, 1e-12);
+    EXPECT_NEAR(GroupLrOf(r, "text_encoder_plus"), 4 * te, 1e-12);
+    if (r.step > 1) {  // the first warmup step runs at lr 0
+      EXPECT_GT(unet, 0);
+      EXPECT_NEAR(unet / te, 10.0, 1e-9);
+    }
+  }
+  // The scheduler moved the lrs (warmup then cosine), the ratio held throughout.
+  EXPECT_LT(GroupLrOf(recorder.steps[0], "unet"), 1e-3);
+  EXPECT_NE(GroupLrOf(recorder.steps[0], "unet_plus"), GroupLrOf(recorder.steps[1], "unet_plus"));
+
+  // Without LoRA+ the groups stay whole.
+  config.output_dir = FreshDir("loraplus_off").string();
+  config.network_args = {};
+  Recorder plain;
+  ASSERT_TRUE(Train(config, {&source, {}, {}}, &plain).ok());
+  ASSERT_FALSE(plain.steps.empty());
+  ASSERT_EQ(plain.steps[0].lrs.size(), 2u);
+  EXPECT_EQ(plain.steps[0].lrs[1].group, "unet");
+}
+
+// Largest ||scale * up @ down|| over the modules of a saved LoRA.
+double MaxDeltaNorm(const std::map<std::string, torch::Tensor>& lora) {
+  double max_norm = 0;
+  for (const auto& [key, down] : lora) {
+    if (!absl::EndsWith(key, ".lora_down.weight")) continue;
+    const std::string name = key.substr(0, key.size() - std::string(".lora_down.weight").size());
+    const torch::Tensor up = lora.at(name + ".lora_up.weight").to(torch::kFloat64);
+    const double scale = lora.at(name + ".alpha").item<double>() / static_cast<double>(down.size(0));
+    const torch::Tensor delta = up.flatten(1).matmul(down.to(torch::kFloat64).flatten(1)) * scale;
+    max_norm = std::max(max_norm, delta.norm().item<double>());
+  }
+  return max_norm;
+}
+
+TEST(TrainerTest, ScaleWeightNormsCapsEveryModuleAndReportsIt) {
+  CaptionedImages data = testing::MakeShapesDataset(4, 64);
+  MemoryBatchSource source(data, 4, 3);
+  TrainConfig config = TinySdxlConfig(FreshDir("maxnorm_off"));
+  config.max_train_steps = 6;
+  config.network_args = {"conv_dim=4", "conv_alpha=4"};  // LoCon modules too
+  auto free_run = Train(config, {&source, {}, {}});
+  ASSERT_TRUE(free_run.ok()) << free_run.status();
+  const double free_max = MaxDeltaNorm(ReadLora(free_run->final_lora));
+  const double limit = free_max / 4;  // well below what training reaches unconstrained
+  ASSERT_GT(limit, 0);
+
+  config.output_dir = FreshDir("maxnorm_on").string();
+  config.scale_weight_norms = limit;
+  Recorder recorder;
+  auto capped = Train(config, {&source, {}, {}}, &recorder);
+  ASSERT_TRUE(capped.ok()) << capped.status();
+  const double capped_max = MaxDeltaNorm(ReadLora(capped->final_lora));
+  std::printf("[ max-norm ] free max delta norm %.5f, limit %.5f, capped %.5f\n", free_max, limit, capped_max);
+  EXPECT_LE(capped_max, limit * (1 + 1e-5));
+  EXPECT_GT(capped_max, limit * 0.5);
+  ASSERT_EQ(recorder.steps.size(), 6u);
+  int64_t scaled = 0;
+  for (const StepReport& r : recorder.steps) {
+    ASSERT_TRUE(r.max_norm.has_value());
+    scaled += r.max_norm->keys_scaled;
+    EXPECT_LE(r.max_norm->max_key_norm, limit * (1 + 1e-6));
+    EXPECT_LE(r.max_norm->average_key_norm, r.max_norm->max_key_norm + 1e-12);
+  }
+  EXPECT_GT(scaled, 0);
+  EXPECT_NEAR(recorder.steps.back().max_norm->max_key_norm, capped_max, limit * 1e-4);
+}
+
+TEST(TrainerTest, ScaleWeightNormsRejectsLohaBeforeLoadingTheModel) {
+  CaptionedImages data = testing::MakeShapesDataset(4, 64);
+  MemoryBatchSource source(data, 4, 3);
+  TrainConfig config = TinySdxlConfig(FreshDir("maxnorm_loha"));
+  config.pretrained_model_name_or_path = "/nonexistent/model.safetensors";  // never reached
+  config.network_module = "lycoris.kohya";
+  config.network_args = {"algo=loha"};
+  config.scale_weight_norms = 1.0;
+  auto result = Train(config, {&source, {}, {}});
+  ASSERT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << result.status();
+  EXPECT_NE(result.status().message().find("scale_weight_norms"), std::string::npos) << result.status();
+  EXPECT_NE(result.status().message().find("loha"), std::string::npos) << result.status();
+}
+
+TEST(TrainerTest, TextEncoderDiskCacheWithoutAHookWarnsThatItStaysInMemory) {
+  CaptionedImages data = testing::MakeShapesDataset(4, 64);
+  MemoryBatchSource source(data, 4, 3);
+  TrainConfig config = TinySdxlConfig(FreshDir("te_disk_nohook"));
+  config.max_train_steps = 1;
+  config.cache_text_encoder_outputs_to_disk = true;
+  Recorder recorder;
+  ASSERT_TRUE(Train(config, {&source, {}, {}}, &recorder).ok());
+  bool warned = false;
+  for (const auto& [code, message] : recorder.warnings) {
+    warned |= code == "cache_text_encoder_outputs_to_disk" &&
+              absl::StrContains(message, "cache_text_encoder_outputs_to_disk") &&
+              absl::StrContains(message, "memory only");
+  }
+  EXPECT_TRUE(warned);
+}
+
 }  // namespace
 }  // namespace lorad::train
