@@ -51,7 +51,9 @@ void CompletionNotifier::MaybeNotifySweep(const std::string& sweep_name) {
   }
   {
     absl::MutexLock lock(&mu_);
-    if (!sweeps_notified_.insert(sweep_name).second) return;
+    int64_t& notified = sweeps_notified_[sweep_name];
+    if (notified >= event.jobs_total) return;
+    notified = event.jobs_total;
   }
   event.state = event.jobs_succeeded == event.jobs_total ? "SUCCEEDED"
                 : event.jobs_succeeded > 0               ? "PARTIAL"

@@ -8,7 +8,7 @@
 #include <string>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_set.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "server/notify/webhook.h"
 #include "storage/job_store.h"
@@ -29,7 +29,9 @@ class CompletionNotifier {
   storage::JobStore* store_;           // not owned
   notify::WebhookNotifier* notifier_;  // not owned
   absl::Mutex mu_;
-  absl::flat_hash_set<std::string> sweeps_notified_ ABSL_GUARDED_BY(mu_);
+  // Sweep name -> job count when its "all done" post went out: one post per
+  // sweep, unless jobs were added to it afterwards.
+  absl::flat_hash_map<std::string, int64_t> sweeps_notified_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace lorad::server

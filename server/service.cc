@@ -145,7 +145,7 @@ absl::StatusOr<LoradService::PendingSubmit> LoradService::PrepareSubmit(
   return pending;
 }
 
-absl::StatusOr<storage::JobRecord> LoradService::CommitSubmit(const PendingSubmit& pending) {
+absl::StatusOr<storage::JobRecord> LoradService::CommitSubmit(const PendingSubmit& pending, bool defer_dispatch) {
   auto result = store_->Submit(pending.spec);
   if (!result.ok()) return result.status();
   for (const auto& event : result->events) hub_->Publish(event, false);
@@ -170,7 +170,7 @@ absl::StatusOr<storage::JobRecord> LoradService::CommitSubmit(const PendingSubmi
   }
   spdlog::info("job {} '{}' queued (priority {}, {} advisor finding(s))", result->job.id, result->job.name,
                pending.spec.priority, pending.advice.findings.size());
-  scheduler_->NotifyQueued();
+  if (!defer_dispatch) scheduler_->NotifyQueued();
   auto job = store_->GetJob(result->job.id);
   return job.ok() ? *job : result->job;
 }

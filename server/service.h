@@ -77,8 +77,9 @@ class LoradService final : public lorad::v1::Lorad::CallbackService {
   // advisor. Does not refuse on "never" findings (the caller decides).
   absl::StatusOr<PendingSubmit> PrepareSubmit(const lorad::v1::SubmitJobRequest& request);
   // Records the job (idempotent by request_id), attaches one Warning event per
-  // finding to a newly created job, and wakes the scheduler.
-  absl::StatusOr<storage::JobRecord> CommitSubmit(const PendingSubmit& pending);
+  // finding to a newly created job, and (unless `defer_dispatch`, as a sweep
+  // does until all its jobs are recorded) wakes the scheduler.
+  absl::StatusOr<storage::JobRecord> CommitSubmit(const PendingSubmit& pending, bool defer_dispatch = false);
   // CancelJob's path: records the cancel, publishes, signals a running worker.
   absl::StatusOr<storage::JobRecord> CancelOne(int64_t job_id, const std::string& reason);
   // The sweep with counts and, when `with_jobs`, its jobs (with hyperparameters).

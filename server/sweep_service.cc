@@ -97,10 +97,13 @@ grpc::ServerUnaryReactor* LoradService::SubmitSweep(grpc::CallbackServerContext*
   record.varied_keys = plan->varied_keys;
   auto sweep = store_->CreateSweep(record, !request->request_id().empty());
   if (!sweep.ok()) return Reply(ctx, ToGrpcStatus(sweep.status()));
+  // Record every job before any starts, so the sweep's "all done" webhook
+  // cannot fire while some of its jobs are still being recorded.
   for (const auto& one : pending) {
-    auto job = CommitSubmit(one);
+    auto job = CommitSubmit(one, /*defer_dispatch=*/true);
     if (!job.ok()) errors.push_back(absl::StrCat(one.spec.name, ": ", job.status().message()));
   }
+  scheduler_->NotifyQueued();
   spdlog::info("sweep {} '{}': {} job(s) prepared, {} error(s)", sweep->id, name, pending.size(),
                errors.size());
   auto proto = SweepProto(*sweep, true);
