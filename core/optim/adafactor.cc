@@ -14,11 +14,11 @@ struct AdafactorConfig {
   bool scale_parameter = true, relative_step = true, warmup_init = false;
 };
 
-class Adafactor final : public Optimizer {
+class Adafactor final : public PerParameterOptimizer {
  public:
   Adafactor(std::vector<ParamGroup> groups, std::vector<std::string> args, AdafactorConfig config,
             std::string class_path)
-      : Optimizer(std::move(groups), std::move(args)), c_(config), class_path_(std::move(class_path)) {}
+      : PerParameterOptimizer(std::move(groups), std::move(args)), c_(config), class_path_(std::move(class_path)) {}
 
   std::string_view name() const override { return "Adafactor"; }
   std::string_view class_path() const override { return class_path_; }
@@ -31,26 +31,6 @@ class Adafactor final : public Optimizer {
     const ParamState& s = state(group, 0);
     if (s.step == 0) return lr(group);
     return LrTensor(lr(group), s).item<double>();
-  }
-
-  absl::Status Step() override {
-    torch::NoGradGuard no_grad;
-    bool any = false;
-    try {
-      for (int g = 0; g < num_groups(); ++g) {
-        for (size_t i = 0; i < groups_[g].params.size(); ++i) {
-          ASSIGN_OR_RETURN(std::optional<WorkTensor> w, PrepareParam(groups_[g].params[i], name()));
-          if (!w) continue;
-          any = true;
-          StepParam(lrs_[g], *w, state(g, static_cast<int>(i)));
-          w->Commit();
-        }
-      }
-    } catch (const c10::Error& e) {
-      return TorchError(name(), e);
-    }
-    if (any) ++step_count_;
-    return absl::OkStatus();
   }
 
  private:
@@ -69,7 +49,7 @@ class Adafactor final : public Optimizer {
     return torch::tensor(scale * rel_step, torch::TensorOptions().dtype(torch::kDouble));
   }
 
-  void StepParam(double group_lr, WorkTensor& w, ParamState& s) {
+  void StepParam(double group_lr, WorkTensor& w, ParamState& s) override {
     const torch::Tensor& grad = w.grad;
     const bool factored = grad.dim() >= 2;
     const bool first_moment = c_.beta1.has_value();

@@ -12,63 +12,45 @@ struct AdamWConfig {
   bool amsgrad = false, maximize = false;
 };
 
-class AdamW final : public Optimizer {
+class AdamW final : public PerParameterOptimizer {
  public:
   AdamW(std::vector<ParamGroup> groups, std::vector<std::string> args, AdamWConfig config, std::string class_path)
-      : Optimizer(std::move(groups), std::move(args)), c_(config), class_path_(std::move(class_path)) {}
+      : PerParameterOptimizer(std::move(groups), std::move(args)), c_(config), class_path_(std::move(class_path)) {}
 
   std::string_view name() const override { return "AdamW"; }
   std::string_view class_path() const override { return class_path_; }
 
-  absl::Status Step() override {
-    torch::NoGradGuard no_grad;
-    bool any = false;
-    try {
-      for (int g = 0; g < num_groups(); ++g) {
-        const double lr = lrs_[g];
-        for (size_t i = 0; i < groups_[g].params.size(); ++i) {
-          ASSIGN_OR_RETURN(std::optional<WorkTensor> w, PrepareParam(groups_[g].params[i], name()));
-          if (!w) continue;
-          any = true;
-          ParamState& s = state(g, static_cast<int>(i));
-          if (s.tensors.empty()) {
-            s.tensors["exp_avg"] = torch::zeros_like(w->param);
-            s.tensors["exp_avg_sq"] = torch::zeros_like(w->param);
-            if (c_.amsgrad) s.tensors["max_exp_avg_sq"] = torch::zeros_like(w->param);
-          }
-          torch::Tensor& exp_avg = s.tensors["exp_avg"];
-          torch::Tensor& exp_avg_sq = s.tensors["exp_avg_sq"];
-          torch::Tensor grad = c_.maximize ? -w->grad : w->grad;
-          s.step += 1;
-          const double step = static_cast<double>(s.step);
-
-          w->param.mul_(1 - lr * c_.weight_decay);
-          exp_avg.lerp_(grad, 1 - c_.beta1);
-          exp_avg_sq.mul_(c_.beta2).addcmul_(grad, grad, 1 - c_.beta2);
-          const double bias_correction1 = 1 - std::pow(c_.beta1, step);
-          const double bias_correction2 = 1 - std::pow(c_.beta2, step);
-          const double step_size = lr / bias_correction1;
-          const double bias_correction2_sqrt = std::sqrt(bias_correction2);
-          torch::Tensor denom;
-          if (c_.amsgrad) {
-            torch::Tensor& max_sq = s.tensors["max_exp_avg_sq"];
-            torch::maximum_out(max_sq, max_sq, exp_avg_sq);
-            denom = (max_sq.sqrt() / bias_correction2_sqrt).add_(c_.eps);
-          } else {
-            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(c_.eps);
-          }
-          w->param.addcdiv_(exp_avg, denom, -step_size);
-          w->Commit();
-        }
-      }
-    } catch (const c10::Error& e) {
-      return TorchError(name(), e);
+ private:
+  void StepParam(double lr, WorkTensor& w, ParamState& s) override {
+    if (s.tensors.empty()) {
+      s.tensors["exp_avg"] = torch::zeros_like(w.param);
+      s.tensors["exp_avg_sq"] = torch::zeros_like(w.param);
+      if (c_.amsgrad) s.tensors["max_exp_avg_sq"] = torch::zeros_like(w.param);
     }
-    if (any) ++step_count_;
-    return absl::OkStatus();
+    torch::Tensor& exp_avg = s.tensors["exp_avg"];
+    torch::Tensor& exp_avg_sq = s.tensors["exp_avg_sq"];
+    torch::Tensor grad = c_.maximize ? -w.grad : w.grad;
+    s.step += 1;
+    const double step = static_cast<double>(s.step);
+
+    w.param.mul_(1 - lr * c_.weight_decay);
+    exp_avg.lerp_(grad, 1 - c_.beta1);
+    exp_avg_sq.mul_(c_.beta2).addcmul_(grad, grad, 1 - c_.beta2);
+    const double bias_correction1 = 1 - std::pow(c_.beta1, step);
+    const double bias_correction2 = 1 - std::pow(c_.beta2, step);
+    const double step_size = lr / bias_correction1;
+    const double bias_correction2_sqrt = std::sqrt(bias_correction2);
+    torch::Tensor denom;
+    if (c_.amsgrad) {
+      torch::Tensor& max_sq = s.tensors["max_exp_avg_sq"];
+      torch::maximum_out(max_sq, max_sq, exp_avg_sq);
+      denom = (max_sq.sqrt() / bias_correction2_sqrt).add_(c_.eps);
+    } else {
+      denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(c_.eps);
+    }
+    w.param.addcdiv_(exp_avg, denom, -step_size);
   }
 
- private:
   AdamWConfig c_;
   std::string class_path_;
 };

@@ -18,41 +18,24 @@ struct Adam8Config {
   int64_t min_8bit_size = 4096;
 };
 
-class AdamW8bit final : public Optimizer {
+class AdamW8bit final : public PerParameterOptimizer {
  public:
   AdamW8bit(std::vector<ParamGroup> groups, std::vector<std::string> args, Adam8Config config, std::string class_path)
-      : Optimizer(std::move(groups), std::move(args)), c_(config), class_path_(std::move(class_path)) {}
+      : PerParameterOptimizer(std::move(groups), std::move(args)), c_(config), class_path_(std::move(class_path)) {}
 
   std::string_view name() const override { return "AdamW8bit"; }
   std::string_view class_path() const override { return class_path_; }
 
-  absl::Status Step() override {
-    torch::NoGradGuard no_grad;
-    bool any = false;
-    try {
-      for (int g = 0; g < num_groups(); ++g) {
-        for (size_t i = 0; i < groups_[g].params.size(); ++i) {
-          ASSIGN_OR_RETURN(std::optional<WorkTensor> w, PrepareParam(groups_[g].params[i], name()));
-          if (!w) continue;
-          any = true;
-          ParamState& s = state(g, static_cast<int>(i));
-          s.step += 1;
-          if (w->param.numel() >= c_.min_8bit_size) {
-            Step8bit(lrs_[g], *w, s);
-          } else {
-            Step32bit(lrs_[g], *w, s);
-          }
-          w->Commit();
-        }
-      }
-    } catch (const c10::Error& e) {
-      return TorchError(name(), e);
+ private:
+  void StepParam(double lr, WorkTensor& w, ParamState& s) override {
+    s.step += 1;
+    if (w.param.numel() >= c_.min_8bit_size) {
+      Step8bit(lr, w, s);
+    } else {
+      Step32bit(lr, w, s);
     }
-    if (any) ++step_count_;
-    return absl::OkStatus();
   }
 
- private:
   struct Scalars {
     float correction2, step_size, decay;
   };

@@ -13,36 +13,16 @@ struct CameConfig {
   double beta1 = 0.9, beta2 = 0.999, beta3 = 0.9999, weight_decay = 0.0;
 };
 
-class Came final : public Optimizer {
+class Came final : public PerParameterOptimizer {
  public:
   Came(std::vector<ParamGroup> groups, std::vector<std::string> args, CameConfig config, std::string class_path)
-      : Optimizer(std::move(groups), std::move(args)), c_(config), class_path_(std::move(class_path)) {}
+      : PerParameterOptimizer(std::move(groups), std::move(args)), c_(config), class_path_(std::move(class_path)) {}
 
   std::string_view name() const override { return "CAME"; }
   std::string_view class_path() const override { return class_path_; }
 
-  absl::Status Step() override {
-    torch::NoGradGuard no_grad;
-    bool any = false;
-    try {
-      for (int g = 0; g < num_groups(); ++g) {
-        for (size_t i = 0; i < groups_[g].params.size(); ++i) {
-          ASSIGN_OR_RETURN(std::optional<WorkTensor> w, PrepareParam(groups_[g].params[i], name()));
-          if (!w) continue;
-          any = true;
-          StepParam(lrs_[g], *w, state(g, static_cast<int>(i)));
-          w->Commit();
-        }
-      }
-    } catch (const c10::Error& e) {
-      return TorchError(name(), e);
-    }
-    if (any) ++step_count_;
-    return absl::OkStatus();
-  }
-
  private:
-  void StepParam(double lr, WorkTensor& w, ParamState& s) {
+  void StepParam(double lr, WorkTensor& w, ParamState& s) override {
     const torch::Tensor& grad = w.grad;
     const bool factored = grad.dim() >= 2;
     if (s.tensors.empty()) {

@@ -12,45 +12,27 @@ struct LionConfig {
   bool decoupled_weight_decay = false;
 };
 
-class Lion final : public Optimizer {
+class Lion final : public PerParameterOptimizer {
  public:
   Lion(std::vector<ParamGroup> groups, std::vector<std::string> args, LionConfig config, std::string class_path)
-      : Optimizer(std::move(groups), std::move(args)), c_(config), class_path_(std::move(class_path)) {}
+      : PerParameterOptimizer(std::move(groups), std::move(args)), c_(config), class_path_(std::move(class_path)) {}
 
   std::string_view name() const override { return "Lion"; }
   std::string_view class_path() const override { return class_path_; }
 
-  absl::Status Step() override {
-    torch::NoGradGuard no_grad;
-    bool any = false;
-    try {
-      for (int g = 0; g < num_groups(); ++g) {
-        const double lr = lrs_[g];
-        // decoupled_weight_decay divides wd by the lr the optimizer was created with.
-        const double wd = c_.decoupled_weight_decay ? c_.weight_decay / initial_lr_ : c_.weight_decay;
-        for (size_t i = 0; i < groups_[g].params.size(); ++i) {
-          ASSIGN_OR_RETURN(std::optional<WorkTensor> w, PrepareParam(groups_[g].params[i], name()));
-          if (!w) continue;
-          any = true;
-          ParamState& s = state(g, static_cast<int>(i));
-          if (s.tensors.empty()) s.tensors["exp_avg"] = torch::zeros_like(w->param);
-          torch::Tensor& exp_avg = s.tensors["exp_avg"];
-          s.step += 1;
-          w->param.mul_(1.0 - lr * wd);
-          torch::Tensor update = exp_avg.clone().mul_(c_.beta1).add(w->grad, 1.0 - c_.beta1).sign_();
-          w->param.add_(update, -lr);
-          exp_avg.mul_(c_.beta2).add_(w->grad, 1.0 - c_.beta2);
-          w->Commit();
-        }
-      }
-    } catch (const c10::Error& e) {
-      return TorchError(name(), e);
-    }
-    if (any) ++step_count_;
-    return absl::OkStatus();
+ private:
+  void StepParam(double lr, WorkTensor& w, ParamState& s) override {
+    // decoupled_weight_decay divides wd by the lr the optimizer was created with.
+    const double wd = c_.decoupled_weight_decay ? c_.weight_decay / initial_lr_ : c_.weight_decay;
+    if (s.tensors.empty()) s.tensors["exp_avg"] = torch::zeros_like(w.param);
+    torch::Tensor& exp_avg = s.tensors["exp_avg"];
+    s.step += 1;
+    w.param.mul_(1.0 - lr * wd);
+    torch::Tensor update = exp_avg.clone().mul_(c_.beta1).add(w.grad, 1.0 - c_.beta1).sign_();
+    w.param.add_(update, -lr);
+    exp_avg.mul_(c_.beta2).add_(w.grad, 1.0 - c_.beta2);
   }
 
- private:
   LionConfig c_;
   std::string class_path_;
 };

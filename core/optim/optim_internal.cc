@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "core/common/status_macros.h"
 
 namespace lorad::optim {
 
@@ -40,6 +41,26 @@ torch::Tensor ApproxSqGrad(const torch::Tensor& row, const torch::Tensor& col) {
 
 absl::Status TorchError(std::string_view optimizer, const c10::Error& e) {
   return absl::InternalError(absl::StrCat(std::string(optimizer), " step failed: ", e.what_without_backtrace()));
+}
+
+absl::Status PerParameterOptimizer::Step() {
+  torch::NoGradGuard no_grad;
+  bool any = false;
+  try {
+    for (int g = 0; g < num_groups(); ++g) {
+      for (size_t i = 0; i < groups_[g].params.size(); ++i) {
+        ASSIGN_OR_RETURN(std::optional<WorkTensor> w, PrepareParam(groups_[g].params[i], name()));
+        if (!w) continue;
+        any = true;
+        StepParam(lrs_[g], *w, state(g, static_cast<int>(i)));
+        w->Commit();
+      }
+    }
+  } catch (const c10::Error& e) {
+    return TorchError(name(), e);
+  }
+  if (any) ++step_count_;
+  return absl::OkStatus();
 }
 
 }  // namespace lorad::optim

@@ -50,4 +50,18 @@ absl::StatusOr<std::unique_ptr<Optimizer>> MakeCame(const OptimizerArgs&, std::v
 // Wraps a LibTorch failure inside Step() into a status naming the optimizer.
 absl::Status TorchError(std::string_view optimizer, const c10::Error& e);
 
+// Optimizers whose update reads one parameter at a time (all but Prodigy, whose
+// d estimate needs a pass over every parameter first). Step() walks the groups,
+// prepares working copies, commits them and counts the step; subclasses write
+// only the per-parameter update.
+class PerParameterOptimizer : public Optimizer {
+ public:
+  absl::Status Step() final;
+
+ protected:
+  using Optimizer::Optimizer;
+  // Updates one parameter with its group's current lr.
+  virtual void StepParam(double lr, WorkTensor& w, ParamState& s) = 0;
+};
+
 }  // namespace lorad::optim
