@@ -183,4 +183,33 @@ absl::StatusOr<std::shared_ptr<Adapter>> CreateAdapter(const nn::LayerImpl& laye
   return absl::InvalidArgumentError("unknown adapter algorithm");
 }
 
+namespace internal {
+
+torch::Tensor RebuiltDeltaAdapter::ForwardDelta(const torch::Tensor& x, const nn::LayerImpl& layer, bool training) {
+  auto delta = (TrainingDeltaWeight(training) * multiplier_).to(x.scalar_type());
+  auto base = layer.BaseForward(x);
+  const auto& o = layer.options();
+  if (o.kind == nn::LayerKind::kLinear) return base + torch::nn::functional::linear(x, delta);
+  return base + torch::conv2d(x, delta, {}, {o.stride, o.stride}, {o.padding, o.padding});
+}
+
+torch::Tensor RebuiltDeltaAdapter::TrainingDeltaWeight(bool training) {
+  auto delta = DeltaWeight();
+  if (!training) return delta;
+  if (spec_.dropout > 0) delta = torch::dropout(delta, spec_.dropout, true);
+  if (spec_.rank_dropout > 0) {
+    // LyCORIS: drop whole output rows of the rebuilt delta.
+    torch::Tensor r = (rng_ && rng_->generator)
+                          ? torch::rand({delta.size(0)}, *rng_->generator,
+                                        torch::TensorOptions().device(rng_->generator->device()))
+                          : torch::rand({delta.size(0)});
+    std::vector<int64_t> shape(delta.dim(), 1);
+    shape[0] = delta.size(0);
+    delta = delta * (r > spec_.rank_dropout).to(delta.device(), delta.scalar_type()).reshape(shape);
+  }
+  return delta;
+}
+
+}  // namespace internal
+
 }  // namespace lorad::networks

@@ -21,6 +21,16 @@ torch::Tensor ToWeightShape(const torch::Tensor& t, const std::vector<int64_t>& 
 // einsum("i j k l, i p, j r -> p r k l", t, a, b): LyCORIS' rebuild_tucker.
 torch::Tensor RebuildTucker(const torch::Tensor& t, const torch::Tensor& a, const torch::Tensor& b);
 
+// LoHa and LoKr: adapters that rebuild their full delta weight and apply it as
+// base(x) + x (*) (delta * multiplier), with LyCORIS' rebuild-mode dropouts.
+class RebuiltDeltaAdapter : public Adapter {
+ protected:
+  using Adapter::Adapter;
+  torch::Tensor ForwardDelta(const torch::Tensor& x, const nn::LayerImpl& layer, bool training) final;
+  // Element dropout on the rebuilt delta, then rank dropout as whole output rows.
+  torch::Tensor TrainingDeltaWeight(bool training) final;
+};
+
 // Each factory: validates the spec for the layer and builds the adapter.
 absl::StatusOr<std::shared_ptr<Adapter>> MakeLoraAdapter(const nn::LayerImpl& layer, const AdapterSpec& spec,
                                                          at::Generator gen);

@@ -5,17 +5,14 @@
 namespace lorad::networks::internal {
 namespace {
 
-class LohaAdapter : public Adapter {
+class LohaAdapter : public RebuiltDeltaAdapter {
  public:
-  LohaAdapter(const nn::LayerImpl& layer, const AdapterSpec& spec, at::Generator gen) : Adapter(spec, layer) {
+  LohaAdapter(const nn::LayerImpl& layer, const AdapterSpec& spec, at::Generator gen) : RebuiltDeltaAdapter(spec, layer) {
     const auto& o = layer.options();
     const auto opts = torch::TensorOptions().dtype(torch::kFloat32).device(layer.weight().device());
     const bool meta = layer.weight().device().type() == torch::kMeta;
     const int64_t r = spec.dim;
     const bool conv = o.kind == nn::LayerKind::kConv2d;
-    conv_ = conv;
-    stride_ = o.stride;
-    padding_ = o.padding;
     tucker_ = conv && spec.use_tucker && o.kernel > 1;
     const int64_t k = conv ? o.kernel : 1;
     if (tucker_) {
@@ -71,30 +68,6 @@ class LohaAdapter : public Adapter {
   std::vector<torch::Tensor> UpParameters() const override { return {w1a_, w2a_}; }
 
  protected:
-  torch::Tensor ForwardDelta(const torch::Tensor& x, const nn::LayerImpl& layer, bool training) override {
-    auto delta = (TrainingDeltaWeight(training) * multiplier_).to(x.scalar_type());
-    auto base = layer.BaseForward(x);
-    if (!conv_) return base + torch::nn::functional::linear(x, delta);
-    return base + torch::conv2d(x, delta, {}, {stride_, stride_}, {padding_, padding_});
-  }
-
-  torch::Tensor TrainingDeltaWeight(bool training) override {
-    auto delta = DeltaWeight();
-    if (!training) return delta;
-    if (spec_.dropout > 0) delta = torch::dropout(delta, spec_.dropout, true);
-    if (spec_.rank_dropout > 0) {
-      // LyCORIS: drop whole output rows of the rebuilt delta.
-      torch::Tensor r = (rng_ && rng_->generator)
-                            ? torch::rand({delta.size(0)}, *rng_->generator,
-                                          torch::TensorOptions().device(rng_->generator->device()))
-                            : torch::rand({delta.size(0)});
-      std::vector<int64_t> shape(delta.dim(), 1);
-      shape[0] = delta.size(0);
-      delta = delta * (r > spec_.rank_dropout).to(delta.device(), delta.scalar_type()).reshape(shape);
-    }
-    return delta;
-  }
-
   std::vector<std::pair<std::string, torch::Tensor>> LoadableTensors() const override {
     std::vector<std::pair<std::string, torch::Tensor>> out = {
         {"hada_w1_a", w1a_}, {"hada_w1_b", w1b_}, {"hada_w2_a", w2a_}, {"hada_w2_b", w2b_}};
@@ -106,8 +79,7 @@ class LohaAdapter : public Adapter {
   }
 
  private:
-  bool conv_ = false, tucker_ = false;
-  int64_t stride_ = 1, padding_ = 0;
+  bool tucker_ = false;
   torch::Tensor w1a_, w1b_, w2a_, w2b_, t1_, t2_;
 };
 

@@ -29,16 +29,14 @@ std::pair<int64_t, int64_t> Factorization(int64_t dimension, int64_t factor) {
 namespace internal {
 namespace {
 
-class LokrAdapter : public Adapter {
+class LokrAdapter : public RebuiltDeltaAdapter {
  public:
-  LokrAdapter(const nn::LayerImpl& layer, const AdapterSpec& spec, at::Generator gen) : Adapter(spec, layer) {
+  LokrAdapter(const nn::LayerImpl& layer, const AdapterSpec& spec, at::Generator gen) : RebuiltDeltaAdapter(spec, layer) {
     const auto& o = layer.options();
     const auto opts = torch::TensorOptions().dtype(torch::kFloat32).device(layer.weight().device());
     const bool meta = layer.weight().device().type() == torch::kMeta;
     const int64_t r = spec.dim;
     conv_ = o.kind == nn::LayerKind::kConv2d;
-    stride_ = o.stride;
-    padding_ = o.padding;
     kernel_ = conv_ ? o.kernel : 1;
     auto [in_m, in_n] = Factorization(o.in, spec.factor);
     auto [out_l, out_k] = Factorization(o.out, spec.factor);
@@ -123,29 +121,6 @@ class LokrAdapter : public Adapter {
     Adapter::RecomputeScale();
   }
 
-  torch::Tensor ForwardDelta(const torch::Tensor& x, const nn::LayerImpl& layer, bool training) override {
-    auto delta = (TrainingDeltaWeight(training) * multiplier_).to(x.scalar_type());
-    auto base = layer.BaseForward(x);
-    if (!conv_) return base + torch::nn::functional::linear(x, delta);
-    return base + torch::conv2d(x, delta, {}, {stride_, stride_}, {padding_, padding_});
-  }
-
-  torch::Tensor TrainingDeltaWeight(bool training) override {
-    auto delta = DeltaWeight();
-    if (!training) return delta;
-    if (spec_.dropout > 0) delta = torch::dropout(delta, spec_.dropout, true);
-    if (spec_.rank_dropout > 0) {
-      torch::Tensor r = (rng_ && rng_->generator)
-                            ? torch::rand({delta.size(0)}, *rng_->generator,
-                                          torch::TensorOptions().device(rng_->generator->device()))
-                            : torch::rand({delta.size(0)});
-      std::vector<int64_t> shape(delta.dim(), 1);
-      shape[0] = delta.size(0);
-      delta = delta * (r > spec_.rank_dropout).to(delta.device(), delta.scalar_type()).reshape(shape);
-    }
-    return delta;
-  }
-
   std::vector<std::pair<std::string, torch::Tensor>> LoadableTensors() const override {
     std::vector<std::pair<std::string, torch::Tensor>> out;
     for (auto& [name, t] : const_cast<LokrAdapter*>(this)->Named()) out.emplace_back(name, *t);
@@ -172,7 +147,7 @@ class LokrAdapter : public Adapter {
   }
 
   bool conv_ = false, tucker_ = false, use_w1_ = false, use_w2_ = false;
-  int64_t stride_ = 1, padding_ = 0, kernel_ = 1, c_ = 1, d_ = 1;
+  int64_t kernel_ = 1, c_ = 1, d_ = 1;
   torch::Tensor w1_, w1a_, w1b_, w2_, w2a_, w2b_, t2_;
 };
 
