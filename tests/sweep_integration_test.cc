@@ -27,7 +27,7 @@
 #include "client/charts/charts.h"
 #include "core/advisor/number_format.h"
 #include "tests/daemon_harness.h"
-#include "tests/http_receiver.h"
+#include "server/notify/test_http_server.h"
 
 namespace lorad::tests {
 namespace {
@@ -77,7 +77,7 @@ double NonBackgroundFraction(const cv::Mat& image) {
 TEST(SweepIntegrationTest, FourJobSweepOneFailureTableCachePlotsGridAndWebhooks) {
   const fs::path root = fs::temp_directory_path() / absl::StrCat("lorad_sweep_it_", ::getpid());
   fs::remove_all(root);
-  HttpReceiver hooks;
+  notify::testing::TestHttpServer hooks;
   ASSERT_TRUE(hooks.ok());
   DaemonOptions options;
   options.extra_flags = {"--webhook", hooks.url()};
@@ -237,7 +237,7 @@ TEST(SweepIntegrationTest, FourJobSweepOneFailureTableCachePlotsGridAndWebhooks)
   for (const auto& f : fetched_files) EXPECT_GT(fs::file_size(f), 0u);
 
   // Webhooks: one post per job, one for the sweep when its last job ended.
-  ASSERT_TRUE(hooks.WaitFor(5, 30)) << hooks.bodies().size() << " posts";
+  ASSERT_TRUE(hooks.WaitForPosts(5, 30)) << hooks.bodies().size() << " posts";
   std::this_thread::sleep_for(std::chrono::milliseconds(300));  // no extra posts trickle in
   int job_posts = 0, sweep_posts = 0;
   for (const auto& body : hooks.bodies()) {
