@@ -26,7 +26,7 @@
 #include "bench/bench_registry.h"
 #include "client/client.h"
 #include "proto/event_stream.h"
-#include "server/sha256.h"
+#include "core/base/sha256.h"
 #include "storage/job_store.h"
 
 namespace lorad::bench {
@@ -112,9 +112,13 @@ bool StartDaemon(Daemon* d, const fs::path& self) {
   return true;
 }
 
+// `config` holds the bench_* keys; SubmitJob checks the rest with the trainer's
+// parser, so each job names a model and a dataset (never read by the bench worker).
 int64_t Submit(client::Client& c, const std::string& config, const std::string& name) {
   lorad::v1::SubmitJobRequest request;
-  request.set_config_toml(config);
+  request.set_config_toml(absl::StrCat("pretrained_model_name_or_path = \"bench.safetensors\"\n"
+                                       "train_data_dir = \"bench\"\n",
+                                       config));
   request.set_name(name);
   lorad::v1::Job job;
   auto ctx = c.Context();
@@ -201,7 +205,7 @@ void BenchFetch(Daemon& d, int64_t mib) {
       out.write(reinterpret_cast<const char*>(block.data()), 1 << 20);
     }
   }
-  auto sha = server::Sha256File(file.string());
+  auto sha = lorad::Sha256File(file.string());
   auto store = storage::JobStore::Open((d.data / "lorad.db").string());
   if (!store.ok() || !sha.ok()) return;
   storage::EventWrite write;

@@ -3,9 +3,8 @@
 #include <cstdlib>
 #include <fstream>
 
-#include <openssl/evp.h>
-
 #include "absl/strings/str_cat.h"
+#include "core/base/sha256.h"
 
 namespace lorad::client {
 namespace fs = std::filesystem;
@@ -17,27 +16,6 @@ std::string ReadFile(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-class Sha256 {
- public:
-  Sha256() : ctx_(EVP_MD_CTX_new()) { EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr); }
-  ~Sha256() { EVP_MD_CTX_free(ctx_); }
-  void Update(const char* data, size_t n) { EVP_DigestUpdate(ctx_, data, n); }
-  std::string Hex() {
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int length = 0;
-    EVP_DigestFinal_ex(ctx_, digest, &length);
-    static const char kHex[] = "0123456789abcdef";
-    std::string out;
-    for (unsigned int i = 0; i < length; ++i) {
-      out.push_back(kHex[digest[i] >> 4]);
-      out.push_back(kHex[digest[i] & 15]);
-    }
-    return out;
-  }
-
- private:
-  EVP_MD_CTX* ctx_;
-};
 
 }  // namespace
 
@@ -140,14 +118,14 @@ absl::Status Client::FetchArtifact(const lorad::v1::Artifact& artifact, const fs
     fs::remove(part, ec);
     offset = 0;
   }
-  Sha256 hash;
+  lorad::Sha256 hash;
   if (offset > 0) {  // the part already on disk counts towards the checksum
     std::ifstream in(part, std::ios::binary);
     std::string buffer(1 << 20, '\0');
     int64_t left = offset;
     while (left > 0 && in) {
       in.read(buffer.data(), static_cast<std::streamsize>(std::min<int64_t>(left, buffer.size())));
-      hash.Update(buffer.data(), static_cast<size_t>(in.gcount()));
+      hash.Update(std::string_view(buffer.data(), static_cast<size_t>(in.gcount())));
       left -= in.gcount();
     }
   }
@@ -169,7 +147,7 @@ absl::Status Client::FetchArtifact(const lorad::v1::Artifact& artifact, const fs
       return absl::DataLossError(absl::StrCat("chunk at offset ", chunk.offset(), ", expected ", offset));
     }
     out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
-    hash.Update(chunk.data().data(), chunk.data().size());
+    hash.Update(chunk.data());
     offset += static_cast<int64_t>(chunk.data().size());
     received += static_cast<int64_t>(chunk.data().size());
     if (progress) progress(offset, chunk.total_bytes());
@@ -184,7 +162,7 @@ absl::Status Client::FetchArtifact(const lorad::v1::Artifact& artifact, const fs
   out.close();
   grpc::Status status = reader->Finish();
   if (!status.ok()) return FromGrpc(status);  // keep the .part: the next fetch resumes
-  const std::string local_sha = hash.Hex();
+  const std::string local_sha = hash.HexDigest();
   if (server_sha.empty() || local_sha != server_sha) {
     fs::remove(part, ec);
     return absl::DataLossError(absl::StrCat("sha256 mismatch for ", artifact.name(), ": got ", local_sha,

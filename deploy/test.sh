@@ -1,8 +1,38 @@
 #!/usr/bin/env bash
-# Sets up a fresh Debian 12 machine and runs the whole test suite.
+# Sets up a fresh Debian 12 machine and runs the whole test suite twice: against
+# Debian's LibTorch 1.13 (CPU) and against the CUDA LibTorch 2.x inside a pip
+# torch wheel (the build a GPU box makes; here its tests run on the CPU, and the
+# tests labelled `cuda` skip themselves without a GPU).
+#   LORAD_TEST_BUILDS="debian torch2" (default) or one of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./deploy/install-deps.sh
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
-cmake --build build --parallel "$(nproc)"
-ctest --test-dir build --output-on-failure --parallel "$(nproc)" --timeout 900
+jobs="$(nproc)"
+builds="${LORAD_TEST_BUILDS:-debian torch2}"
+
+# ccache keeps rebuilds of unchanged files cheap between runs on the same machine.
+launcher=()
+if command -v ccache >/dev/null; then
+  launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  export CCACHE_BASEDIR="$PWD" CCACHE_SLOPPINESS="pch_defines,time_macros,include_file_mtime,include_file_ctime"
+fi
+
+run_build() {  # NAME BUILD_DIR [extra cmake args...]
+  local name="$1" dir="$2"; shift 2
+  local start=$SECONDS
+  echo "== ${name}: configure + build (${dir})"
+  cmake -S . -B "${dir}" -G Ninja -DCMAKE_BUILD_TYPE=Release "${launcher[@]}" "$@"
+  cmake --build "${dir}" --parallel "${jobs}"
+  echo "== ${name}: tests"
+  ctest --test-dir "${dir}" --output-on-failure --parallel "${jobs}" --timeout 900
+  echo "== ${name}: done in $((SECONDS - start)) s"
+}
+
+for b in ${builds}; do
+  case "$b" in
+    debian) run_build "Debian LibTorch 1.13 (CPU)" build ;;
+    torch2) run_build "pip torch LibTorch 2.x (CUDA build, tests on CPU)" build-torch2 \
+              -DCMAKE_PREFIX_PATH="$(./deploy/install-torch.sh)" ;;
+    *) echo "test.sh: unknown build '$b' (use debian, torch2)" >&2; exit 2 ;;
+  esac
+done

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "core/base/clock.h"
 
 namespace lorad::events {
 namespace {
@@ -34,12 +35,6 @@ int ParseVarint(const char* data, size_t size, uint64_t* value) {
 }
 
 }  // namespace
-
-int64_t NowUnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 void AppendFramed(const lorad::v1::Event& event, std::string* out) {
   const std::string bytes = event.SerializeAsString();

@@ -16,9 +16,6 @@ namespace lorad::events {
 // Largest event accepted (a config echo is the largest realistic payload).
 inline constexpr size_t kMaxEventBytes = 16u << 20;
 
-// Current wall-clock time in unix milliseconds, for Event.time_unix_ms.
-int64_t NowUnixMs();
-
 // Appends the framed `event` (varint length + bytes) to `out`.
 void AppendFramed(const lorad::v1::Event& event, std::string* out);
 

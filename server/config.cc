@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "core/base/toml.h"
 
 namespace lorad::server {
 namespace fs = std::filesystem;
@@ -30,15 +31,9 @@ std::vector<std::string> StringList(const toml::node* node) {
 }
 
 absl::Status LoadToml(const std::string& path, ServerConfig* c) {
-  toml::table table;
-  try {
-    table = toml::parse_file(path);
-  } catch (const toml::parse_error& e) {
-    std::ostringstream where;
-    where << e.source().begin;
-    return absl::InvalidArgumentError(
-        absl::StrCat("config ", path, ": ", std::string(e.description()), " at ", where.str()));
-  }
+  auto parsed = ParseTomlFile(path);
+  if (!parsed.ok()) return parsed.status();
+  const toml::table table = std::move(*parsed);
   for (const auto& [key, node] : table) {
     const std::string k(key.str());
     if (k == "listen") c->listen = node.value_or(c->listen);
@@ -82,12 +77,19 @@ std::string ServerUsage() {
          "data dir ./lorad-data, one slot per visible GPU. LORAD_TOKEN sets a token too.\n";
 }
 
+bool WantsHelp(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-h") return true;
+  }
+  return false;
+}
+
 absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
   ServerConfig config;
   std::vector<std::pair<std::string, std::string>> flags;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") return absl::CancelledError(ServerUsage());
     if (arg.rfind("--", 0) != 0) {
       return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'\n", ServerUsage()));
     }

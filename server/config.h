@@ -38,7 +38,11 @@ struct ServerConfig {
 // Parses `lorad [--config FILE] [--listen ADDR] [--data-dir DIR] [--token T]...
 // [--slots N] [--worker PATH] [--grace-s S] ...`. Flags override the file.
 // `self_path` (argv[0] resolved) locates the default lorad-train/lorad-curate.
+// --help / -h: see WantsHelp, checked before parsing.
 absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv);
+
+// True when the command line asks for --help / -h.
+bool WantsHelp(int argc, char** argv);
 
 // Applies derived defaults (roots under data_dir, binaries next to self) and
 // creates the data folders.

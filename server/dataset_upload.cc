@@ -7,7 +7,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "server/paths.h"
-#include "server/sha256.h"
+#include "core/base/sha256.h"
 #include "spdlog/spdlog.h"
 
 namespace lorad::server {

@@ -10,6 +10,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_split.h"
+#include "core/base/exit_codes.h"
 #include "server/completion_notifier.h"
 #include "server/config.h"
 #include "server/notify/webhook.h"
@@ -33,14 +34,15 @@ std::string ReadFile(const std::string& path) {
 }
 
 // Slots and the GPU each one gets: explicit config, else CUDA_VISIBLE_DEVICES,
-// else the GPUs nvidia-smi sees; one CPU slot without GPUs.
-void PlanSlots(const server::ServerConfig& config, server::SchedulerOptions* options) {
+// else the GPUs nvidia-smi saw at start; one CPU slot without GPUs.
+void PlanSlots(const server::ServerConfig& config, const std::vector<server::GpuInfo>& machine_gpus,
+               server::SchedulerOptions* options) {
   std::vector<std::string> gpus = config.gpus;
   if (gpus.empty()) {
     if (const char* visible = std::getenv("CUDA_VISIBLE_DEVICES"); visible != nullptr) {
       gpus = absl::StrSplit(visible, ',', absl::SkipEmpty());
     } else {
-      for (const auto& gpu : server::QueryGpus()) gpus.push_back(std::to_string(gpu.index));
+      for (const auto& gpu : machine_gpus) gpus.push_back(std::to_string(gpu.index));
     }
   }
   options->slots = config.slots > 0 ? config.slots : std::max<int>(1, static_cast<int>(gpus.size()));
@@ -50,16 +52,19 @@ void PlanSlots(const server::ServerConfig& config, server::SchedulerOptions* opt
 }
 
 int Run(int argc, char** argv) {
+  if (server::WantsHelp(argc, argv)) {
+    std::fprintf(stdout, "%s\n", server::ServerUsage().c_str());
+    return kExitOk;
+  }
   auto parsed = server::ParseServerConfig(argc, argv);
   if (!parsed.ok()) {
-    const bool help = parsed.status().code() == absl::StatusCode::kCancelled;
-    std::fprintf(help ? stdout : stderr, "%s\n", std::string(parsed.status().message()).c_str());
-    return help ? 0 : 2;
+    std::fprintf(stderr, "%s\n", std::string(parsed.status().message()).c_str());
+    return kExitUsage;
   }
   server::ServerConfig config = std::move(*parsed);
   if (auto s = server::FinalizeServerConfig(&config, fs::read_symlink("/proc/self/exe")); !s.ok()) {
     std::fprintf(stderr, "lorad: %s\n", std::string(s.message()).c_str());
-    return 2;
+    return kExitUsage;
   }
 
   auto console = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
@@ -72,11 +77,13 @@ int Run(int argc, char** argv) {
   auto store = storage::JobStore::Open(config.db_path().string());
   if (!store.ok()) {
     spdlog::critical("{}", store.status().ToString());
-    return 3;
+    return kExitStorage;
   }
   server::EventHub hub(store->get());
+  // Read once: slot planning and GetServerInfo share it (no nvidia-smi inside an RPC).
+  std::vector<server::GpuInfo> machine_gpus = server::QueryGpus();
   server::SchedulerOptions options;
-  PlanSlots(config, &options);
+  PlanSlots(config, machine_gpus, &options);
   options.worker_binary = config.worker_binary;
   options.worker_args = config.worker_args;
   options.jobs_dir = config.jobs_dir();
@@ -88,14 +95,14 @@ int Run(int argc, char** argv) {
   auto webhooks = notify::WebhookNotifier::Create(webhook_options);
   if (!webhooks.ok()) {
     spdlog::critical("webhook_urls: {}", webhooks.status().ToString());
-    return 2;
+    return kExitUsage;
   }
   server::CompletionNotifier completions(store->get(), webhooks->get());
   if (!config.webhook_urls.empty()) {
     hub.SetTerminalListener([&completions](int64_t job_id) { completions.OnJobFinished(job_id); });
   }
   server::Scheduler scheduler(store->get(), &hub, options);
-  server::LoradService service(&config, store->get(), &hub, &scheduler);
+  server::LoradService service(&config, store->get(), &hub, &scheduler, std::move(machine_gpus));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -117,11 +124,11 @@ int Run(int argc, char** argv) {
   std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
   if (!grpc_server || port == 0) {
     spdlog::critical("cannot listen on {} (in use? try --listen 127.0.0.1:PORT)", config.listen);
-    return 4;
+    return kExitCannotListen;
   }
   if (auto s = scheduler.Start(); !s.ok()) {
     spdlog::critical("scheduler: {}", s.ToString());
-    return 3;
+    return kExitStorage;
   }
   grpc_server->GetHealthCheckService()->SetServingStatus(true);
   // The bound port (useful with --listen 127.0.0.1:0), written atomically.
@@ -145,12 +152,13 @@ int Run(int argc, char** argv) {
                received == SIGTERM ? "SIGTERM" : "SIGINT");
   grpc_server->GetHealthCheckService()->SetServingStatus(false);
   scheduler.Shutdown();
+  service.Shutdown();  // kills running curation reports; their calls end before the server's Shutdown
   hub.Shutdown();
   hub.SetTerminalListener(nullptr);
   (*webhooks)->Shutdown(absl::Seconds(5));
   grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(3));
   spdlog::info("lorad stopped cleanly");
-  return 0;
+  return kExitOk;
 }
 
 }  // namespace

@@ -3,25 +3,12 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "core/base/clock.h"
+#include "core/base/status_macros.h"
 #include "storage/schema.h"
 
 namespace lorad::storage {
 namespace {
-
-#define STORE_RETURN_IF_ERROR(expr)        \
-  do {                                     \
-    absl::Status _status = (expr);         \
-    if (!_status.ok()) return _status;     \
-  } while (0)
-
-#define STORE_ASSIGN_OR_RETURN_IMPL(var, lhs, expr) \
-  auto var = (expr);                                \
-  if (!var.ok()) return var.status();               \
-  lhs = std::move(*var)
-#define STORE_CONCAT_INNER(a, b) a##b
-#define STORE_CONCAT(a, b) STORE_CONCAT_INNER(a, b)
-#define STORE_ASSIGN_OR_RETURN(lhs, expr) \
-  STORE_ASSIGN_OR_RETURN_IMPL(STORE_CONCAT(_statusor_, __LINE__), lhs, expr)
 
 constexpr char kJobColumns[] =
     "j.id, j.name, j.state, j.priority, COALESCE(j.request_id, ''), COALESCE(s.name, ''), "
@@ -95,7 +82,7 @@ DatasetRecord ReadDataset(const Statement& row) {
 
 lorad::v1::Event LogEvent(const std::string& message) {
   lorad::v1::Event event;
-  event.set_time_unix_ms(NowMs());
+  event.set_time_unix_ms(NowUnixMs());
   event.mutable_log()->set_level(lorad::v1::Log::INFO);
   event.mutable_log()->set_message(message);
   return event;
@@ -103,7 +90,7 @@ lorad::v1::Event LogEvent(const std::string& message) {
 
 absl::Status UpsertHyperparameter(Database& db, int64_t job_id, const std::string& key,
                                   const std::string& value) {
-  STORE_ASSIGN_OR_RETURN(Statement stmt,
+  ASSIGN_OR_RETURN(Statement stmt,
                          db.Prepare("INSERT INTO hyperparameters(job_id, key, value) "
                                     "VALUES(?, ?, ?) ON CONFLICT(job_id, key) "
                                     "DO UPDATE SET value = excluded.value"));
@@ -112,11 +99,6 @@ absl::Status UpsertHyperparameter(Database& db, int64_t job_id, const std::strin
 
 }  // namespace
 
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 bool IsTerminal(JobState state) {
   return state == JobState::kSucceeded || state == JobState::kFailed ||
@@ -149,16 +131,16 @@ std::string EventTypeName(const lorad::v1::Event& event) {
 }
 
 absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path) {
-  STORE_ASSIGN_OR_RETURN(Database db, Database::Open(path));
-  STORE_RETURN_IF_ERROR(db.Migrate(SchemaMigrations()));
+  ASSIGN_OR_RETURN(Database db, Database::Open(path));
+  RETURN_IF_ERROR(db.Migrate(SchemaMigrations()));
   return std::unique_ptr<JobStore>(new JobStore(std::move(db)));
 }
 
 absl::StatusOr<JobRecord> JobStore::GetJobLocked(int64_t job_id) {
-  STORE_ASSIGN_OR_RETURN(Statement stmt,
+  ASSIGN_OR_RETURN(Statement stmt,
                          db_.Prepare(absl::StrCat("SELECT ", kJobColumns, kJobFrom, "WHERE j.id = ?")));
   stmt.Bind(1, job_id);
-  STORE_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  ASSIGN_OR_RETURN(bool row, stmt.Step());
   if (!row) {
     return absl::NotFoundError(absl::StrCat("job ", job_id, " does not exist (see `loractl ls`)"));
   }
@@ -172,30 +154,30 @@ absl::StatusOr<JobRecord> JobStore::GetJob(int64_t job_id) {
 
 absl::StatusOr<SubmitResult> JobStore::Submit(const JobSpec& spec) {
   absl::MutexLock lock(&mu_);
-  STORE_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));
+  ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));
   SubmitResult result;
   if (!spec.request_id.empty()) {
-    STORE_ASSIGN_OR_RETURN(Statement find, db_.Prepare("SELECT id FROM jobs WHERE request_id = ?"));
+    ASSIGN_OR_RETURN(Statement find, db_.Prepare("SELECT id FROM jobs WHERE request_id = ?"));
     find.Bind(1, spec.request_id);
-    STORE_ASSIGN_OR_RETURN(bool found, find.Step());
+    ASSIGN_OR_RETURN(bool found, find.Step());
     if (found) {
-      STORE_ASSIGN_OR_RETURN(result.job, GetJobLocked(find.Int(0)));
+      ASSIGN_OR_RETURN(result.job, GetJobLocked(find.Int(0)));
       result.created = false;
       return result;  // the transaction rolls back: nothing was written
     }
   }
   std::optional<int64_t> sweep_id;
   if (!spec.sweep.empty()) {
-    STORE_ASSIGN_OR_RETURN(Statement insert_sweep,
+    ASSIGN_OR_RETURN(Statement insert_sweep,
                            db_.Prepare("INSERT INTO sweeps(name, created_ms) VALUES(?, ?) "
                                        "ON CONFLICT(name) DO NOTHING"));
-    STORE_RETURN_IF_ERROR(insert_sweep.Bind(1, spec.sweep).Bind(2, NowMs()).Run());
-    STORE_ASSIGN_OR_RETURN(Statement find_sweep, db_.Prepare("SELECT id FROM sweeps WHERE name = ?"));
+    RETURN_IF_ERROR(insert_sweep.Bind(1, spec.sweep).Bind(2, NowUnixMs()).Run());
+    ASSIGN_OR_RETURN(Statement find_sweep, db_.Prepare("SELECT id FROM sweeps WHERE name = ?"));
     find_sweep.Bind(1, spec.sweep);
-    STORE_ASSIGN_OR_RETURN(bool found, find_sweep.Step());
+    ASSIGN_OR_RETURN(bool found, find_sweep.Step());
     if (found) sweep_id = find_sweep.Int(0);
   }
-  STORE_ASSIGN_OR_RETURN(
+  ASSIGN_OR_RETURN(
       Statement insert,
       db_.Prepare("INSERT INTO jobs(name, state, priority, request_id, sweep_id, dataset, "
                   "config_toml, dataset_config_toml, created_ms) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)"));
@@ -211,30 +193,30 @@ absl::StatusOr<SubmitResult> JobStore::Submit(const JobSpec& spec) {
     insert.BindNull(5);
   }
   insert.Bind(6, spec.dataset).Bind(7, spec.config_toml).Bind(8, spec.dataset_config_toml)
-      .Bind(9, NowMs());
-  STORE_RETURN_IF_ERROR(insert.Run());
+      .Bind(9, NowUnixMs());
+  RETURN_IF_ERROR(insert.Run());
   const int64_t job_id = db_.LastInsertRowId();
   for (const auto& [key, value] : spec.hyperparameters) {
-    STORE_RETURN_IF_ERROR(UpsertHyperparameter(db_, job_id, key, value));
+    RETURN_IF_ERROR(UpsertHyperparameter(db_, job_id, key, value));
   }
   EventWrite queued;
   queued.event = LogEvent(absl::StrCat("job ", job_id, " queued (priority ", spec.priority, ")"));
-  STORE_ASSIGN_OR_RETURN(StoredEvent event, AppendEventLocked(job_id, queued));
+  ASSIGN_OR_RETURN(StoredEvent event, AppendEventLocked(job_id, queued));
   result.events.push_back(std::move(event));
-  STORE_ASSIGN_OR_RETURN(result.job, GetJobLocked(job_id));
-  STORE_RETURN_IF_ERROR(txn.Commit());
+  ASSIGN_OR_RETURN(result.job, GetJobLocked(job_id));
+  RETURN_IF_ERROR(txn.Commit());
   result.created = true;
   return result;
 }
 
 absl::StatusOr<std::map<std::string, std::string>> JobStore::GetHyperparameters(int64_t job_id) {
   absl::MutexLock lock(&mu_);
-  STORE_ASSIGN_OR_RETURN(Statement stmt,
+  ASSIGN_OR_RETURN(Statement stmt,
                          db_.Prepare("SELECT key, value FROM hyperparameters WHERE job_id = ?"));
   stmt.Bind(1, job_id);
   std::map<std::string, std::string> result;
   while (true) {
-    STORE_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
     if (!row) break;
     result[stmt.Text(0)] = stmt.Text(1);
   }
@@ -254,7 +236,7 @@ absl::StatusOr<JobPage> JobStore::ListJobs(const JobFilter& filter) {
   if (!filter.sweep.empty()) absl::StrAppend(&sql, " AND s.name = ?");
   if (filter.before_id > 0) absl::StrAppend(&sql, " AND j.id < ?");
   absl::StrAppend(&sql, " ORDER BY j.id DESC LIMIT ?");
-  STORE_ASSIGN_OR_RETURN(Statement stmt, db_.Prepare(sql));
+  ASSIGN_OR_RETURN(Statement stmt, db_.Prepare(sql));
   int index = 1;
   for (JobState state : filter.states) stmt.Bind(index++, static_cast<int>(state));
   if (!filter.name_contains.empty()) stmt.Bind(index++, filter.name_contains);
@@ -263,7 +245,7 @@ absl::StatusOr<JobPage> JobStore::ListJobs(const JobFilter& filter) {
   stmt.Bind(index++, page_size + 1);  // one extra row tells whether another page exists
   JobPage page;
   while (true) {
-    STORE_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
     if (!row) break;
     page.jobs.push_back(ReadJob(stmt));
   }
@@ -276,151 +258,151 @@ absl::StatusOr<JobPage> JobStore::ListJobs(const JobFilter& filter) {
 
 absl::StatusOr<std::optional<JobRecord>> JobStore::ClaimNext(int slot) {
   absl::MutexLock lock(&mu_);
-  STORE_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));
-  STORE_ASSIGN_OR_RETURN(Statement pick,
+  ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));
+  ASSIGN_OR_RETURN(Statement pick,
                          db_.Prepare("SELECT id FROM jobs WHERE state = ? "
                                      "ORDER BY priority DESC, id ASC LIMIT 1"));
   pick.Bind(1, static_cast<int>(JobState::kQueued));
-  STORE_ASSIGN_OR_RETURN(bool found, pick.Step());
+  ASSIGN_OR_RETURN(bool found, pick.Step());
   if (!found) return std::optional<JobRecord>();
   const int64_t job_id = pick.Int(0);
-  STORE_ASSIGN_OR_RETURN(Statement update,
+  ASSIGN_OR_RETURN(Statement update,
                          db_.Prepare("UPDATE jobs SET state = ?, slot = ?, attempts = attempts + 1, "
                                      "started_ms = ?, exit_code = 0, term_signal = 0 WHERE id = ?"));
-  STORE_RETURN_IF_ERROR(update.Bind(1, static_cast<int>(JobState::kRunning)).Bind(2, slot)
-                            .Bind(3, NowMs()).Bind(4, job_id).Run());
-  STORE_ASSIGN_OR_RETURN(JobRecord job, GetJobLocked(job_id));
-  STORE_RETURN_IF_ERROR(txn.Commit());
+  RETURN_IF_ERROR(update.Bind(1, static_cast<int>(JobState::kRunning)).Bind(2, slot)
+                            .Bind(3, NowUnixMs()).Bind(4, job_id).Run());
+  ASSIGN_OR_RETURN(JobRecord job, GetJobLocked(job_id));
+  RETURN_IF_ERROR(txn.Commit());
   return std::optional<JobRecord>(std::move(job));
 }
 
 absl::StatusOr<CancelResult> JobStore::RequestCancel(int64_t job_id, const std::string& reason) {
   absl::MutexLock lock(&mu_);
-  STORE_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));
-  STORE_ASSIGN_OR_RETURN(JobRecord job, GetJobLocked(job_id));
+  ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));
+  ASSIGN_OR_RETURN(JobRecord job, GetJobLocked(job_id));
   CancelResult result;
   const std::string why = reason.empty() ? "cancelled by request" : reason;
   if (job.state == JobState::kQueued) {
     EventWrite write;
-    write.event.set_time_unix_ms(NowMs());
+    write.event.set_time_unix_ms(NowUnixMs());
     write.event.mutable_finished()->set_status(lorad::v1::Finished::CANCELLED);
     write.event.mutable_finished()->set_reason(why);
     write.event.mutable_finished()->set_final_step(job.step);
     write.end = JobEnd{JobState::kCancelled, why, 0, 0};
-    STORE_ASSIGN_OR_RETURN(StoredEvent event, AppendEventLocked(job_id, write));
+    ASSIGN_OR_RETURN(StoredEvent event, AppendEventLocked(job_id, write));
     result.events.push_back(std::move(event));
   } else if (job.state == JobState::kRunning && !job.cancel_requested) {
-    STORE_ASSIGN_OR_RETURN(Statement update,
+    ASSIGN_OR_RETURN(Statement update,
                            db_.Prepare("UPDATE jobs SET cancel_requested = 1, reason = ? WHERE id = ?"));
-    STORE_RETURN_IF_ERROR(update.Bind(1, why).Bind(2, job_id).Run());
+    RETURN_IF_ERROR(update.Bind(1, why).Bind(2, job_id).Run());
     EventWrite write;
     write.event = LogEvent(absl::StrCat("cancel requested: ", why));
-    STORE_ASSIGN_OR_RETURN(StoredEvent event, AppendEventLocked(job_id, write));
+    ASSIGN_OR_RETURN(StoredEvent event, AppendEventLocked(job_id, write));
     result.events.push_back(std::move(event));
     result.needs_signal = true;
   } else if (job.state == JobState::kRunning) {
     result.needs_signal = true;  // repeated cancel: signal again, record nothing new
   }
-  STORE_ASSIGN_OR_RETURN(result.job, GetJobLocked(job_id));
-  STORE_RETURN_IF_ERROR(txn.Commit());
+  ASSIGN_OR_RETURN(result.job, GetJobLocked(job_id));
+  RETURN_IF_ERROR(txn.Commit());
   return result;
 }
 
 absl::StatusOr<StoredEvent> JobStore::AppendEvent(int64_t job_id, const EventWrite& write) {
   absl::MutexLock lock(&mu_);
-  STORE_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));
-  STORE_ASSIGN_OR_RETURN(StoredEvent stored, AppendEventLocked(job_id, write));
-  STORE_RETURN_IF_ERROR(txn.Commit());
+  ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));
+  ASSIGN_OR_RETURN(StoredEvent stored, AppendEventLocked(job_id, write));
+  RETURN_IF_ERROR(txn.Commit());
   return stored;
 }
 
 absl::StatusOr<std::vector<StoredEvent>> JobStore::AppendEvents(int64_t job_id,
                                                                 const std::vector<EventWrite>& writes) {
   absl::MutexLock lock(&mu_);
-  STORE_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));
+  ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));
   std::vector<StoredEvent> stored;
   stored.reserve(writes.size());
   for (const auto& write : writes) {
-    STORE_ASSIGN_OR_RETURN(StoredEvent event, AppendEventLocked(job_id, write));
+    ASSIGN_OR_RETURN(StoredEvent event, AppendEventLocked(job_id, write));
     stored.push_back(std::move(event));
   }
-  STORE_RETURN_IF_ERROR(txn.Commit());
+  RETURN_IF_ERROR(txn.Commit());
   return stored;
 }
 
 // Runs inside the caller's transaction.
 absl::StatusOr<StoredEvent> JobStore::AppendEventLocked(int64_t job_id, const EventWrite& write) {
-  STORE_ASSIGN_OR_RETURN(Statement bump,
+  ASSIGN_OR_RETURN(Statement bump,
                          db_.Prepare("UPDATE jobs SET last_seq = last_seq + 1 WHERE id = ? "
                                      "RETURNING last_seq"));
   bump.Bind(1, job_id);
-  STORE_ASSIGN_OR_RETURN(bool found, bump.Step());
+  ASSIGN_OR_RETURN(bool found, bump.Step());
   if (!found) return absl::NotFoundError(absl::StrCat("job ", job_id, " does not exist"));
   StoredEvent stored{job_id, bump.Int(0), write.event};
-  STORE_RETURN_IF_ERROR(bump.Run());
-  if (stored.event.time_unix_ms() == 0) stored.event.set_time_unix_ms(NowMs());
+  RETURN_IF_ERROR(bump.Run());
+  if (stored.event.time_unix_ms() == 0) stored.event.set_time_unix_ms(NowUnixMs());
   const auto& event = stored.event;
 
-  STORE_ASSIGN_OR_RETURN(Statement insert,
+  ASSIGN_OR_RETURN(Statement insert,
                          db_.Prepare("INSERT INTO events(job_id, seq, time_ms, type, payload) "
                                      "VALUES(?, ?, ?, ?, ?)"));
-  STORE_RETURN_IF_ERROR(insert.Bind(1, job_id).Bind(2, stored.seq).Bind(3, event.time_unix_ms())
+  RETURN_IF_ERROR(insert.Bind(1, job_id).Bind(2, stored.seq).Bind(3, event.time_unix_ms())
                             .Bind(4, EventTypeName(event)).BindBlob(5, event.SerializeAsString())
                             .Run());
 
   if (event.has_job_started()) {
     const auto& started = event.job_started();
-    STORE_ASSIGN_OR_RETURN(Statement update,
+    ASSIGN_OR_RETURN(Statement update,
                            db_.Prepare("UPDATE jobs SET total_steps = ?, resumed_from_step = ?, "
                                        "step = MAX(step, ?) WHERE id = ?"));
-    STORE_RETURN_IF_ERROR(update.Bind(1, started.total_steps()).Bind(2, started.resumed_from_step())
+    RETURN_IF_ERROR(update.Bind(1, started.total_steps()).Bind(2, started.resumed_from_step())
                               .Bind(3, started.resumed_from_step()).Bind(4, job_id).Run());
     for (const auto& [key, value] : started.hyperparameters()) {
-      STORE_RETURN_IF_ERROR(UpsertHyperparameter(db_, job_id, key, value));
+      RETURN_IF_ERROR(UpsertHyperparameter(db_, job_id, key, value));
     }
   } else if (event.has_progress()) {
     const auto& p = event.progress();
-    STORE_ASSIGN_OR_RETURN(Statement update,
+    ASSIGN_OR_RETURN(Statement update,
                            db_.Prepare("UPDATE jobs SET step = ?, total_steps = ?, loss = ? "
                                        "WHERE id = ?"));
-    STORE_RETURN_IF_ERROR(update.Bind(1, p.step()).Bind(2, p.total_steps()).Bind(3, p.loss_avg())
+    RETURN_IF_ERROR(update.Bind(1, p.step()).Bind(2, p.total_steps()).Bind(3, p.loss_avg())
                               .Bind(4, job_id).Run());
-    STORE_ASSIGN_OR_RETURN(
+    ASSIGN_OR_RETURN(
         Statement metric,
         db_.Prepare("INSERT OR REPLACE INTO metrics(job_id, step, epoch, time_ms, loss, loss_avg, "
                     "lr, it_per_s, images_per_s) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)"));
-    STORE_RETURN_IF_ERROR(metric.Bind(1, job_id).Bind(2, p.step()).Bind(3, p.epoch())
+    RETURN_IF_ERROR(metric.Bind(1, job_id).Bind(2, p.step()).Bind(3, p.epoch())
                               .Bind(4, event.time_unix_ms()).Bind(5, p.loss()).Bind(6, p.loss_avg())
                               .Bind(7, p.lr_size() > 0 ? p.lr(0).lr() : 0.0).Bind(8, p.it_per_s())
                               .Bind(9, p.images_per_s()).Run());
   }
   if (write.artifact) {
     const ArtifactRecord& a = *write.artifact;
-    STORE_ASSIGN_OR_RETURN(
+    ASSIGN_OR_RETURN(
         Statement insert_artifact,
         db_.Prepare("INSERT INTO artifacts(job_id, kind, path, name, bytes, sha256, step, "
                     "created_ms, is_directory, is_final) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT(job_id, path) DO UPDATE SET bytes = excluded.bytes, "
                     "sha256 = excluded.sha256, step = excluded.step, "
                     "created_ms = excluded.created_ms, is_final = excluded.is_final"));
-    STORE_RETURN_IF_ERROR(insert_artifact.Bind(1, job_id).Bind(2, static_cast<int>(a.kind))
+    RETURN_IF_ERROR(insert_artifact.Bind(1, job_id).Bind(2, static_cast<int>(a.kind))
                               .Bind(3, a.path).Bind(4, a.name).Bind(5, a.bytes).Bind(6, a.sha256)
-                              .Bind(7, a.step).Bind(8, NowMs()).Bind(9, a.is_directory ? 1 : 0)
+                              .Bind(7, a.step).Bind(8, NowUnixMs()).Bind(9, a.is_directory ? 1 : 0)
                               .Bind(10, a.is_final ? 1 : 0).Run());
     if (a.kind == lorad::v1::ARTIFACT_KIND_LORA && a.is_final) {
-      STORE_ASSIGN_OR_RETURN(Statement update,
+      ASSIGN_OR_RETURN(Statement update,
                              db_.Prepare("UPDATE jobs SET final_lora_path = ? WHERE id = ?"));
-      STORE_RETURN_IF_ERROR(update.Bind(1, a.path).Bind(2, job_id).Run());
+      RETURN_IF_ERROR(update.Bind(1, a.path).Bind(2, job_id).Run());
     }
   }
   if (write.end) {
     const JobEnd& end = *write.end;
-    STORE_ASSIGN_OR_RETURN(
+    ASSIGN_OR_RETURN(
         Statement update,
         db_.Prepare("UPDATE jobs SET state = ?, reason = ?, exit_code = ?, term_signal = ?, "
                     "finished_ms = ?, slot = -1 WHERE id = ?"));
-    STORE_RETURN_IF_ERROR(update.Bind(1, static_cast<int>(end.state)).Bind(2, end.reason)
-                              .Bind(3, end.exit_code).Bind(4, end.term_signal).Bind(5, NowMs())
+    RETURN_IF_ERROR(update.Bind(1, static_cast<int>(end.state)).Bind(2, end.reason)
+                              .Bind(3, end.exit_code).Bind(4, end.term_signal).Bind(5, NowUnixMs())
                               .Bind(6, job_id).Run());
   }
   return stored;
@@ -428,8 +410,8 @@ absl::StatusOr<StoredEvent> JobStore::AppendEventLocked(int64_t job_id, const Ev
 
 absl::StatusOr<StoredEvent> JobStore::Requeue(int64_t job_id, const std::string& why) {
   absl::MutexLock lock(&mu_);
-  STORE_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));
-  STORE_ASSIGN_OR_RETURN(JobRecord job, GetJobLocked(job_id));
+  ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));
+  ASSIGN_OR_RETURN(JobRecord job, GetJobLocked(job_id));
   if (job.state != JobState::kRunning) {
     return absl::FailedPreconditionError(
         absl::StrCat("job ", job_id, " is ", JobStateName(job.state), ", not RUNNING"));
@@ -437,29 +419,29 @@ absl::StatusOr<StoredEvent> JobStore::Requeue(int64_t job_id, const std::string&
   EventWrite write;
   if (job.cancel_requested) {
     // A cancel was pending when the worker stopped: honour it rather than rerun.
-    write.event.set_time_unix_ms(NowMs());
+    write.event.set_time_unix_ms(NowUnixMs());
     write.event.mutable_finished()->set_status(lorad::v1::Finished::CANCELLED);
     write.event.mutable_finished()->set_reason(job.reason);
     write.event.mutable_finished()->set_final_step(job.step);
     write.end = JobEnd{JobState::kCancelled, job.reason, 0, 0};
   } else {
     write.event = LogEvent(why);
-    STORE_ASSIGN_OR_RETURN(Statement update,
+    ASSIGN_OR_RETURN(Statement update,
                            db_.Prepare("UPDATE jobs SET state = ?, slot = -1 WHERE id = ?"));
-    STORE_RETURN_IF_ERROR(update.Bind(1, static_cast<int>(JobState::kQueued)).Bind(2, job_id).Run());
+    RETURN_IF_ERROR(update.Bind(1, static_cast<int>(JobState::kQueued)).Bind(2, job_id).Run());
   }
-  STORE_ASSIGN_OR_RETURN(StoredEvent stored, AppendEventLocked(job_id, write));
-  STORE_RETURN_IF_ERROR(txn.Commit());
+  ASSIGN_OR_RETURN(StoredEvent stored, AppendEventLocked(job_id, write));
+  RETURN_IF_ERROR(txn.Commit());
   return stored;
 }
 
 absl::StatusOr<std::vector<int64_t>> JobStore::RunningJobIds() {
   absl::MutexLock lock(&mu_);
-  STORE_ASSIGN_OR_RETURN(Statement stmt, db_.Prepare("SELECT id FROM jobs WHERE state = ? ORDER BY id"));
+  ASSIGN_OR_RETURN(Statement stmt, db_.Prepare("SELECT id FROM jobs WHERE state = ? ORDER BY id"));
   stmt.Bind(1, static_cast<int>(JobState::kRunning));
   std::vector<int64_t> ids;
   while (true) {
-    STORE_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
     if (!row) break;
     ids.push_back(stmt.Int(0));
   }
@@ -469,13 +451,13 @@ absl::StatusOr<std::vector<int64_t>> JobStore::RunningJobIds() {
 absl::StatusOr<std::vector<StoredEvent>> JobStore::ReadEvents(int64_t job_id, int64_t after_seq,
                                                               int limit) {
   absl::MutexLock lock(&mu_);
-  STORE_ASSIGN_OR_RETURN(Statement stmt,
+  ASSIGN_OR_RETURN(Statement stmt,
                          db_.Prepare("SELECT seq, payload FROM events WHERE job_id = ? AND seq > ? "
                                      "ORDER BY seq LIMIT ?"));
   stmt.Bind(1, job_id).Bind(2, after_seq).Bind(3, limit);
   std::vector<StoredEvent> events;
   while (true) {
-    STORE_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
     if (!row) break;
     StoredEvent e{job_id, stmt.Int(0), {}};
     if (!e.event.ParseFromString(stmt.Blob(1))) {
@@ -490,7 +472,7 @@ absl::StatusOr<std::vector<StoredEvent>> JobStore::ReadEvents(int64_t job_id, in
 absl::StatusOr<std::vector<ArtifactRecord>> JobStore::ListArtifacts(int64_t job_id,
                                                                     lorad::v1::ArtifactKind kind) {
   absl::MutexLock lock(&mu_);
-  STORE_ASSIGN_OR_RETURN(
+  ASSIGN_OR_RETURN(
       Statement stmt,
       db_.Prepare(absl::StrCat("SELECT ", kArtifactColumns, " FROM artifacts WHERE job_id = ? ",
                                kind == lorad::v1::ARTIFACT_KIND_UNSPECIFIED ? "" : "AND kind = ? ",
@@ -499,7 +481,7 @@ absl::StatusOr<std::vector<ArtifactRecord>> JobStore::ListArtifacts(int64_t job_
   if (kind != lorad::v1::ARTIFACT_KIND_UNSPECIFIED) stmt.Bind(2, static_cast<int>(kind));
   std::vector<ArtifactRecord> artifacts;
   while (true) {
-    STORE_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
     if (!row) break;
     artifacts.push_back(ReadArtifact(stmt));
   }
@@ -508,11 +490,11 @@ absl::StatusOr<std::vector<ArtifactRecord>> JobStore::ListArtifacts(int64_t job_
 
 absl::StatusOr<ArtifactRecord> JobStore::GetArtifact(int64_t artifact_id) {
   absl::MutexLock lock(&mu_);
-  STORE_ASSIGN_OR_RETURN(
+  ASSIGN_OR_RETURN(
       Statement stmt,
       db_.Prepare(absl::StrCat("SELECT ", kArtifactColumns, " FROM artifacts WHERE id = ?")));
   stmt.Bind(1, artifact_id);
-  STORE_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  ASSIGN_OR_RETURN(bool row, stmt.Step());
   if (!row) {
     return absl::NotFoundError(absl::StrCat("artifact ", artifact_id,
                                             " does not exist (see `loractl show JOB`)"));
@@ -522,13 +504,13 @@ absl::StatusOr<ArtifactRecord> JobStore::GetArtifact(int64_t artifact_id) {
 
 absl::StatusOr<std::optional<ArtifactRecord>> JobStore::LatestState(int64_t job_id) {
   absl::MutexLock lock(&mu_);
-  STORE_ASSIGN_OR_RETURN(
+  ASSIGN_OR_RETURN(
       Statement stmt,
       db_.Prepare(absl::StrCat("SELECT ", kArtifactColumns,
                                " FROM artifacts WHERE job_id = ? AND kind = ? "
                                "ORDER BY step DESC, created_ms DESC, id DESC LIMIT 1")));
   stmt.Bind(1, job_id).Bind(2, static_cast<int>(lorad::v1::ARTIFACT_KIND_STATE));
-  STORE_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  ASSIGN_OR_RETURN(bool row, stmt.Step());
   if (!row) return std::optional<ArtifactRecord>();
   return std::optional<ArtifactRecord>(ReadArtifact(stmt));
 }
@@ -536,31 +518,31 @@ absl::StatusOr<std::optional<ArtifactRecord>> JobStore::LatestState(int64_t job_
 absl::StatusOr<DatasetRecord> JobStore::PutDataset(const DatasetRecord& d) {
   absl::MutexLock lock(&mu_);
   {
-    STORE_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));
-    STORE_ASSIGN_OR_RETURN(
+    ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));
+    ASSIGN_OR_RETURN(
         Statement stmt,
         db_.Prepare("INSERT INTO datasets(id, name, path, bytes, files, images, created_ms) "
                     "VALUES(?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING"));
-    STORE_RETURN_IF_ERROR(stmt.Bind(1, d.id).Bind(2, d.name).Bind(3, d.path).Bind(4, d.bytes)
-                              .Bind(5, d.files).Bind(6, d.images).Bind(7, NowMs()).Run());
-    STORE_RETURN_IF_ERROR(txn.Commit());
+    RETURN_IF_ERROR(stmt.Bind(1, d.id).Bind(2, d.name).Bind(3, d.path).Bind(4, d.bytes)
+                              .Bind(5, d.files).Bind(6, d.images).Bind(7, NowUnixMs()).Run());
+    RETURN_IF_ERROR(txn.Commit());
   }
-  STORE_ASSIGN_OR_RETURN(
+  ASSIGN_OR_RETURN(
       Statement get,
       db_.Prepare(absl::StrCat("SELECT ", kDatasetColumns, " FROM datasets WHERE id = ?")));
   get.Bind(1, d.id);
-  STORE_ASSIGN_OR_RETURN(bool row, get.Step());
+  ASSIGN_OR_RETURN(bool row, get.Step());
   if (!row) return absl::InternalError("dataset vanished after insert");
   return ReadDataset(get);
 }
 
 absl::StatusOr<DatasetRecord> JobStore::GetDataset(const std::string& dataset_id) {
   absl::MutexLock lock(&mu_);
-  STORE_ASSIGN_OR_RETURN(
+  ASSIGN_OR_RETURN(
       Statement get,
       db_.Prepare(absl::StrCat("SELECT ", kDatasetColumns, " FROM datasets WHERE id = ?")));
   get.Bind(1, dataset_id);
-  STORE_ASSIGN_OR_RETURN(bool row, get.Step());
+  ASSIGN_OR_RETURN(bool row, get.Step());
   if (!row) {
     return absl::NotFoundError(absl::StrCat("dataset ", dataset_id,
                                             " does not exist (see `loractl datasets ls`)"));
@@ -570,12 +552,12 @@ absl::StatusOr<DatasetRecord> JobStore::GetDataset(const std::string& dataset_id
 
 absl::StatusOr<std::vector<DatasetRecord>> JobStore::ListDatasets() {
   absl::MutexLock lock(&mu_);
-  STORE_ASSIGN_OR_RETURN(
+  ASSIGN_OR_RETURN(
       Statement stmt,
       db_.Prepare(absl::StrCat("SELECT ", kDatasetColumns, " FROM datasets ORDER BY created_ms")));
   std::vector<DatasetRecord> result;
   while (true) {
-    STORE_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
     if (!row) break;
     result.push_back(ReadDataset(stmt));
   }
@@ -584,9 +566,9 @@ absl::StatusOr<std::vector<DatasetRecord>> JobStore::ListDatasets() {
 
 absl::StatusOr<int64_t> JobStore::CountJobs(JobState state) {
   absl::MutexLock lock(&mu_);
-  STORE_ASSIGN_OR_RETURN(Statement stmt, db_.Prepare("SELECT COUNT(*) FROM jobs WHERE state = ?"));
+  ASSIGN_OR_RETURN(Statement stmt, db_.Prepare("SELECT COUNT(*) FROM jobs WHERE state = ?"));
   stmt.Bind(1, static_cast<int>(state));
-  STORE_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  ASSIGN_OR_RETURN(bool row, stmt.Step());
   return row ? stmt.Int(0) : 0;
 }
 
@@ -623,33 +605,33 @@ absl::StatusOr<SweepRecord> JobStore::CreateSweep(const SweepRecord& sweep, bool
     absl::StrAppend(&keys, keys.empty() ? "" : "\n", key);
   }
   absl::MutexLock lock(&mu_);
-  STORE_ASSIGN_OR_RETURN(Statement find,
+  ASSIGN_OR_RETURN(Statement find,
                          db_.Prepare(absl::StrCat("SELECT ", kSweepColumns, " FROM sweeps WHERE name = ?")));
   find.Bind(1, sweep.name);
-  STORE_ASSIGN_OR_RETURN(bool exists, find.Step());
+  ASSIGN_OR_RETURN(bool exists, find.Step());
   if (exists) {
     if (reuse_existing) return ReadSweep(find);
     return absl::AlreadyExistsError(absl::StrCat("a sweep named '", sweep.name,
                                                  "' exists already (see `loractl sweep ls`); pick another name"));
   }
-  STORE_ASSIGN_OR_RETURN(
+  ASSIGN_OR_RETURN(
       Statement insert,
       db_.Prepare("INSERT INTO sweeps(name, created_ms, mode, varied_keys) VALUES(?, ?, ?, ?)"));
-  STORE_RETURN_IF_ERROR(insert.Bind(1, sweep.name).Bind(2, NowMs()).Bind(3, sweep.mode).Bind(4, keys).Run());
-  STORE_ASSIGN_OR_RETURN(Statement again,
+  RETURN_IF_ERROR(insert.Bind(1, sweep.name).Bind(2, NowUnixMs()).Bind(3, sweep.mode).Bind(4, keys).Run());
+  ASSIGN_OR_RETURN(Statement again,
                          db_.Prepare(absl::StrCat("SELECT ", kSweepColumns, " FROM sweeps WHERE name = ?")));
   again.Bind(1, sweep.name);
-  STORE_ASSIGN_OR_RETURN(bool row, again.Step());
+  ASSIGN_OR_RETURN(bool row, again.Step());
   if (!row) return absl::InternalError("sweep vanished right after insert");
   return ReadSweep(again);
 }
 
 absl::StatusOr<SweepRecord> JobStore::GetSweep(int64_t sweep_id) {
   absl::MutexLock lock(&mu_);
-  STORE_ASSIGN_OR_RETURN(Statement get,
+  ASSIGN_OR_RETURN(Statement get,
                          db_.Prepare(absl::StrCat("SELECT ", kSweepColumns, " FROM sweeps WHERE id = ?")));
   get.Bind(1, sweep_id);
-  STORE_ASSIGN_OR_RETURN(bool row, get.Step());
+  ASSIGN_OR_RETURN(bool row, get.Step());
   if (!row) {
     return absl::NotFoundError(absl::StrCat("sweep ", sweep_id, " does not exist (see `loractl sweep ls`)"));
   }
@@ -658,10 +640,10 @@ absl::StatusOr<SweepRecord> JobStore::GetSweep(int64_t sweep_id) {
 
 absl::StatusOr<SweepRecord> JobStore::GetSweepByName(const std::string& name) {
   absl::MutexLock lock(&mu_);
-  STORE_ASSIGN_OR_RETURN(Statement get,
+  ASSIGN_OR_RETURN(Statement get,
                          db_.Prepare(absl::StrCat("SELECT ", kSweepColumns, " FROM sweeps WHERE name = ?")));
   get.Bind(1, name);
-  STORE_ASSIGN_OR_RETURN(bool row, get.Step());
+  ASSIGN_OR_RETURN(bool row, get.Step());
   if (!row) {
     return absl::NotFoundError(absl::StrCat("no sweep named '", name, "' (see `loractl sweep ls`)"));
   }
@@ -670,11 +652,11 @@ absl::StatusOr<SweepRecord> JobStore::GetSweepByName(const std::string& name) {
 
 absl::StatusOr<std::vector<SweepRecord>> JobStore::ListSweeps() {
   absl::MutexLock lock(&mu_);
-  STORE_ASSIGN_OR_RETURN(Statement stmt,
+  ASSIGN_OR_RETURN(Statement stmt,
                          db_.Prepare(absl::StrCat("SELECT ", kSweepColumns, " FROM sweeps ORDER BY id DESC")));
   std::vector<SweepRecord> result;
   while (true) {
-    STORE_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
     if (!row) break;
     result.push_back(ReadSweep(stmt));
   }

@@ -203,6 +203,5 @@ class JobStore {
 
 // Name of the Event oneof case ("progress", "checkpoint", ...), stored as events.type.
 std::string EventTypeName(const lorad::v1::Event& event);
-int64_t NowMs();
 
 }  // namespace lorad::storage

@@ -10,7 +10,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "core/common/status_macros.h"
+#include "core/base/status_macros.h"
+#include "core/base/toml.h"
 
 namespace lorad::data {
 namespace {
@@ -247,13 +248,7 @@ absl::StatusOr<std::vector<SubsetConfig>> ScanRepeatFolders(const fs::path& dir,
 absl::StatusOr<ResolvedDatasets> ParseDatasetConfigToml(const std::string& toml_text, const fs::path& base_dir,
                                                         const DatasetArgs& fallbacks) {
   const std::string file = absl::StrCat("dataset_config '", (base_dir / "<toml>").parent_path().string(), "'");
-  toml::table root;
-  try {
-    root = toml::parse(toml_text);
-  } catch (const toml::parse_error& e) {
-    return absl::InvalidArgumentError(absl::StrCat("dataset_config is not valid TOML (line ", e.source().begin.line,
-                                                   ", column ", e.source().begin.column, "): ", std::string(e.description())));
-  }
+  ASSIGN_OR_RETURN(toml::table root, ParseToml(toml_text, "dataset_config"));
   ResolvedDatasets out;
   DatasetGroupConfig general_group = GroupFromArgs(fallbacks);
   SubsetConfig general_subset = fallbacks.subset_defaults;

@@ -5,7 +5,7 @@
 //
 // Prints a progress bar on stderr; with --events-fd writes lorad.v1.Event
 // messages to fd N. SIGTERM / SIGINT save a resumable state and exit with
-// kExitCancelled. Exit codes: core/train/exit_codes.h.
+// kExitCancelled. Exit codes: core/base/exit_codes.h.
 #include <csignal>
 #include <cstdio>
 #include <iostream>
@@ -14,11 +14,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "core/common/logging.h"
-#include "core/train/config.h"
+#include "core/base/logging.h"
+#include "core/config/config.h"
 #include "core/train/dataset_glue.h"
 #include "core/train/events_observer.h"
-#include "core/train/exit_codes.h"
+#include "core/base/exit_codes.h"
 #include "core/train/observer.h"
 #include "core/train/trainer.h"
 
@@ -38,13 +38,14 @@ constexpr char kUsage[] =
 
 int Fail(lorad::train::TrainObserver& observer, const absl::Status& status) {
   observer.OnFinish({lorad::train::RunOutcome::kFailed, std::string(status.message()), "", 0});
-  return lorad::train::ExitCodeFor(status);
+  return lorad::TrainerExitCode(status);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   using namespace lorad::train;
+  using namespace lorad;
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h") {
     std::cerr << kUsage;
@@ -116,5 +117,5 @@ int main(int argc, char** argv) {
     std::cerr << "events: " << events->status().message() << "\n";
     if (result.ok()) return kExitEventsBroken;
   }
-  return ExitCodeFor(result.status());
+  return lorad::TrainerExitCode(result.status());
 }

@@ -11,7 +11,7 @@
 namespace lorad::train {
 namespace {
 
-int64_t NowMs() {
+int64_t MonotonicMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::steady_clock::now().time_since_epoch())
       .count();
@@ -100,7 +100,7 @@ void ProgressBarObserver::OnStart(const RunStarted& info) {
 }
 
 void ProgressBarObserver::OnStep(const StepReport& report) {
-  const int64_t now = NowMs();
+  const int64_t now = MonotonicMs();
   const bool last = report.step >= report.total_steps;
   if (!last && now - last_draw_ms_ < min_interval_ms_) return;
   last_draw_ms_ = now;

@@ -6,7 +6,6 @@
 #include <gtest/gtest.h>
 
 #include "core/train/checkpoint_files.h"
-#include "core/train/exit_codes.h"
 #include "core/train/loss_scaler.h"
 #include "core/train/png.h"
 
@@ -101,15 +100,7 @@ TEST(CheckpointFilesTest, KohyaNamesAndPruning) {
   std::filesystem::remove_all(dir);
 }
 
-TEST(ExitCodesTest, DistinctPerOutcome) {
-  EXPECT_EQ(ExitCodeFor(absl::OkStatus()), kExitOk);
-  EXPECT_EQ(ExitCodeFor(absl::InvalidArgumentError("x")), kExitUsage);
-  EXPECT_EQ(ExitCodeFor(absl::NotFoundError("x")), kExitInputMissing);
-  EXPECT_EQ(ExitCodeFor(absl::DataLossError("x")), kExitDiverged);
-  EXPECT_EQ(ExitCodeFor(absl::ResourceExhaustedError("x")), kExitOutOfMemory);
-  EXPECT_EQ(ExitCodeFor(absl::CancelledError("x")), kExitCancelled);
-  EXPECT_EQ(ExitCodeFor(absl::InternalError("x")), kExitInternal);
-}
+
 
 }  // namespace
 }  // namespace lorad::train
