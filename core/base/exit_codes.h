@@ -1,24 +1,41 @@
-// lorad-train's exit codes: the daemon maps them to a job's final state.
+// The exit codes of every lorad program (lorad, lorad-train, loractl and the
+// tools), one number per meaning so scripts and the daemon read them alike.
+// The daemon maps a lorad-train exit code to the job's end (see
+// server/job_outcome.h); loractl documents its codes in --help.
 #pragma once
 
 #include "absl/status/status.h"
 
-namespace lorad::train {
+namespace lorad {
 
 enum ExitCode : int {
   kExitOk = 0,
-  kExitInternal = 1,       // a bug or an unexpected LibTorch error
-  kExitUsage = 2,          // bad command line or config value (INVALID_ARGUMENT)
-  kExitInputMissing = 3,   // checkpoint, dataset, prompt file or state not found / unreadable
-  kExitDiverged = 4,       // loss or gradients became NaN/inf; the last good LoRA is kept
-  kExitOutOfMemory = 5,    // (CUDA) out of memory; the message names batch size and resolution
-  kExitCancelled = 6,      // SIGTERM/SIGINT or a cancellation: state saved when requested
-  kExitEventsBroken = 7,   // --events-fd could not be written (the daemon went away)
+  kExitError = 1,            // a bug, or an error with no better code
+  kExitUsage = 2,            // bad command line, or a bad config value (INVALID_ARGUMENT)
+  kExitUnreachable = 3,      // loractl: the daemon cannot be reached
+  kExitUnauthenticated = 4,  // loractl: missing or wrong token
+  kExitNotFound = 5,         // a file, job, artifact or dataset does not exist / is unreadable
+  kExitRefused = 6,          // loractl: the daemon refused the request (invalid, outside the roots, too large)
+  kExitChecksum = 7,         // loractl: a fetched file's sha256 does not match
+  kExitDiverged = 8,         // lorad-train: loss or gradients became NaN/inf; the last good LoRA is kept
+  kExitOutOfMemory = 9,      // lorad-train: out of (CUDA) memory; the message names batch size and resolution
+  kExitJobFailed = 10,       // loractl: the job it followed FAILED
+  kExitCancelled = 11,       // cancelled: lorad-train by SIGTERM/SIGINT (state saved when asked), or the followed job
+  kExitEventsBroken = 12,    // lorad-train: --events-fd could not be written (the daemon went away)
+  kExitStorage = 13,         // lorad: the data dir's database cannot be opened
+  kExitCannotListen = 14,    // lorad: the listen address is in use or invalid
 };
 
-// The exit code for a run's final status (OK -> 0).
-int ExitCodeFor(const absl::Status& status);
+// lorad-train's exit code for its run's final status: INVALID_ARGUMENT and
+// FAILED_PRECONDITION are usage errors, NOT_FOUND / PERMISSION_DENIED missing
+// input, DATA_LOSS a diverged run, RESOURCE_EXHAUSTED out of memory, CANCELLED a
+// cancel; anything else kExitError.
+int TrainerExitCode(const absl::Status& status);
 
-// Status codes the trainer uses for the outcomes above: DATA_LOSS marks a
-// diverged run (NaN/inf), RESOURCE_EXHAUSTED out of memory, CANCELLED a cancel.
-}  // namespace lorad::train
+// loractl's exit code for an RPC or local status: UNAVAILABLE / DEADLINE_EXCEEDED
+// unreachable, UNAUTHENTICATED, NOT_FOUND, refusals (INVALID_ARGUMENT,
+// PERMISSION_DENIED, FAILED_PRECONDITION, OUT_OF_RANGE, RESOURCE_EXHAUSTED,
+// ALREADY_EXISTS), DATA_LOSS a checksum mismatch; anything else kExitError.
+int ClientExitCode(const absl::Status& status);
+
+}  // namespace lorad

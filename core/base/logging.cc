@@ -1,4 +1,4 @@
-#include "core/common/logging.h"
+#include "core/base/logging.h"
 
 #include <mutex>
 

@@ -1,4 +1,4 @@
-#include "core/common/sha256.h"
+#include "core/base/sha256.h"
 
 #include <cerrno>
 #include <cstring>
