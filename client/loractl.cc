@@ -20,9 +20,10 @@
 #include "client/charts/charts.h"
 #include "client/client.h"
 #include "client/sweep_view.h"
-#include "core/advisor/advisor.h"
-#include "core/advisor/curation_json.h"
-#include "core/advisor/sweep_table.h"
+#include "core/config/config.h"
+#include "core/planner/advisor.h"
+#include "core/planner/curation_json.h"
+#include "core/planner/sweep_table.h"
 
 namespace fs = std::filesystem;
 using lorad::client::Client;
@@ -612,14 +613,14 @@ int Sweep(Client& client, const Args& args) {
     }
     auto rows = lorad::client::SweepRows(client, *sweep);
     if (!rows.ok()) return ExitFor(rows.status(), "sweep show");
-    const auto format = args.Has("json") ? lorad::advisor::TableFormat::kJson
-                        : args.Has("csv") ? lorad::advisor::TableFormat::kCsv
-                                          : lorad::advisor::TableFormat::kText;
-    if (format == lorad::advisor::TableFormat::kText) {
+    const auto format = args.Has("json") ? lorad::planner::TableFormat::kJson
+                        : args.Has("csv") ? lorad::planner::TableFormat::kCsv
+                                          : lorad::planner::TableFormat::kText;
+    if (format == lorad::planner::TableFormat::kText) {
       std::printf("sweep %lld %s (%s): %s\n", static_cast<long long>(sweep->id()), sweep->name().c_str(),
                   sweep->mode().c_str(), SweepSummary(*sweep).c_str());
     }
-    std::printf("%s", lorad::advisor::FormatSweepTable(*rows, format).c_str());
+    std::printf("%s", lorad::planner::FormatSweepTable(*rows, format).c_str());
     return kOk;
   }
   if (args.positional.size() != 1) {
@@ -764,21 +765,22 @@ int Advise(Client& client, const Args& args, const char* argv0) {
     std::fprintf(stderr, "loractl advise: expected DATASET --kind character|style\n");
     return kUsage;
   }
-  auto kind = lorad::advisor::ParseTrainingKind(args.Get("kind"));
+  auto kind = lorad::planner::ParseTrainingKind(args.Get("kind"));
   if (!kind.ok()) return ExitFor(kind.status(), "advise");
-  lorad::advisor::ModelFamily family = lorad::advisor::ModelFamily::kUnknown;
+  lorad::planner::ModelFamily family = lorad::planner::ModelFamily::kUnknown;
   if (args.Has("family")) {
-    auto parsed = lorad::advisor::ParseModelFamily(args.Get("family"));
+    auto parsed = lorad::planner::ParseModelFamily(args.Get("family"));
     if (!parsed.ok()) return ExitFor(parsed.status(), "advise");
     family = *parsed;
   }
-  lorad::advisor::AdvisorInput input;
+  lorad::planner::AdvisorInput input;
   input.kind = *kind;
   if (args.Has("config")) {
     absl::Status read_status;
     const std::string config = ReadText(args.Get("config"), &read_status);
     if (!read_status.ok()) return ExitFor(read_status, "advise");
-    auto training = lorad::advisor::TrainingFactsFromToml(config);
+    // The trainer's own reader; the model and dataset may be given elsewhere.
+    auto training = lorad::train::ParseTrainOptions(config, {});
     if (!training.ok()) return ExitFor(training.status(), "advise");
     input.config = *training;
   }
@@ -797,12 +799,12 @@ int Advise(Client& client, const Args& args, const char* argv0) {
     if (!status.ok()) return ExitFor(status, "advise");
     report_json = response.report_json();
   }
-  auto facts = lorad::advisor::FactsFromCurationJson(report_json, family);
+  auto facts = lorad::planner::FactsFromCurationJson(report_json, family);
   if (!facts.ok()) return ExitFor(facts.status(), "advise");
   input.dataset = *facts;
-  const lorad::advisor::AdviceReport report = lorad::advisor::Advise(input);
-  std::printf("%s", (args.Has("json") ? lorad::advisor::RenderJson(report) + "\n"
-                                      : lorad::advisor::RenderText(report)).c_str());
+  const lorad::planner::AdviceReport report = lorad::planner::Advise(input);
+  std::printf("%s", (args.Has("json") ? lorad::planner::RenderJson(report) + "\n"
+                                      : lorad::planner::RenderText(report)).c_str());
   return report.blocking() ? kRefused : kOk;
 }
 

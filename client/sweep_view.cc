@@ -5,7 +5,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "core/advisor/number_format.h"
+#include "core/planner/number_format.h"
 
 namespace lorad::client {
 namespace fs = std::filesystem;
@@ -20,7 +20,7 @@ std::string VariedValue(const lorad::v1::Job& job, const std::string& key) {
   double number = 0;
   if (key != "dataset" && it->second.find_first_of(".eE") != std::string::npos &&
       absl::SimpleAtod(it->second, &number)) {
-    return advisor::FormatNumber(number);
+    return planner::FormatNumber(number);
   }
   return it->second;
 }
@@ -83,14 +83,14 @@ std::string VariedLabel(const lorad::v1::Sweep& sweep, const lorad::v1::Job& job
   return label.empty() ? job.name() : label;
 }
 
-absl::StatusOr<std::vector<advisor::SweepTableRow>> SweepRows(Client& client, const lorad::v1::Sweep& sweep) {
-  std::vector<advisor::SweepTableRow> rows;
+absl::StatusOr<std::vector<planner::SweepTableRow>> SweepRows(Client& client, const lorad::v1::Sweep& sweep) {
+  std::vector<planner::SweepTableRow> rows;
   for (const auto& job : sweep.jobs()) {
     auto events = ReadJobEvents(client, job.id());
     if (!events.ok()) return events.status();
     const JobCurve curve = CurveFromEvents(*events);
-    const advisor::LossSummary summary = advisor::SummarizeLoss(curve.loss, advisor::kDefaultLossSmoothing);
-    advisor::SweepTableRow row;
+    const planner::LossSummary summary = planner::SummarizeLoss(curve.loss, planner::kDefaultLossSmoothing);
+    planner::SweepTableRow row;
     row.job_id = std::to_string(job.id());
     row.name = job.name();
     for (const auto& key : sweep.varied_keys()) row.varied.emplace_back(key, VariedValue(job, key));

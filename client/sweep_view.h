@@ -11,8 +11,8 @@
 #include "absl/status/statusor.h"
 #include "client/client.h"
 #include "client/charts/charts.h"
-#include "core/advisor/loss_stats.h"
-#include "core/advisor/sweep_table.h"
+#include "core/planner/loss_stats.h"
+#include "core/planner/sweep_table.h"
 #include "lorad/v1/lorad.pb.h"
 
 namespace lorad::client {
@@ -23,7 +23,7 @@ absl::StatusOr<std::vector<lorad::v1::JobEvent>> ReadJobEvents(Client& client, i
 // The raw per-step loss of a job, in step order (a resumed job's repeated
 // steps keep their latest value), and the mean images/s of its progress events.
 struct JobCurve {
-  advisor::LossCurve loss;
+  planner::LossCurve loss;
   std::optional<double> mean_images_per_s;
 };
 JobCurve CurveFromEvents(const std::vector<lorad::v1::JobEvent>& events);
@@ -35,7 +35,7 @@ absl::StatusOr<lorad::v1::Sweep> GetSweep(Client& client, const std::string& ref
 std::string VariedLabel(const lorad::v1::Sweep& sweep, const lorad::v1::Job& job);
 
 // One table row per job of the sweep (reads each job's events).
-absl::StatusOr<std::vector<advisor::SweepTableRow>> SweepRows(Client& client, const lorad::v1::Sweep& sweep);
+absl::StatusOr<std::vector<planner::SweepTableRow>> SweepRows(Client& client, const lorad::v1::Sweep& sweep);
 
 // Loss series (one per job that logged progress), labelled with VariedLabel.
 absl::StatusOr<std::vector<charts::LossSeries>> SweepLossSeries(Client& client, const lorad::v1::Sweep& sweep);

@@ -30,8 +30,8 @@ int64_t FolderRepeats(const fs::path& folder) {
 
 }  // namespace
 
-advisor::DatasetFacts CountDatasetImages(const fs::path& dataset_dir) {
-  advisor::DatasetFacts facts;
+planner::DatasetFacts CountDatasetImages(const fs::path& dataset_dir) {
+  planner::DatasetFacts facts;
   if (dataset_dir.empty()) return facts;
   std::error_code ec;
   for (auto it = fs::recursive_directory_iterator(dataset_dir, ec); !ec && it != fs::end(it);
@@ -43,19 +43,16 @@ advisor::DatasetFacts CountDatasetImages(const fs::path& dataset_dir) {
   return facts;
 }
 
-absl::StatusOr<advisor::AdviceReport> AdviseSubmit(const std::string& config_toml,
-                                                   const fs::path& dataset_dir, bool force) {
-  advisor::AdvisorInput input;
-  auto training = advisor::TrainingFactsFromToml(config_toml);
-  if (!training.ok()) return training.status();
-  input.config = *training;
+planner::AdviceReport AdviseSubmit(const train::TrainConfig& config, const fs::path& dataset_dir, bool force) {
+  planner::AdvisorInput input;
+  input.config = config;
   input.dataset = CountDatasetImages(dataset_dir);
-  advisor::AdviseOptions options;
+  planner::AdviseOptions options;
   options.force = force;
-  return advisor::Advise(input, options);
+  return planner::Advise(input, options);
 }
 
-std::string DescribeNeverFindings(const advisor::AdviceReport& report) {
+std::string DescribeNeverFindings(const planner::AdviceReport& report) {
   std::string text;
   for (const auto& finding : report.never_findings()) {
     absl::StrAppend(&text, text.empty() ? "" : "; ", finding.rule_id, ": ", finding.message);

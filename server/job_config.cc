@@ -1,6 +1,5 @@
 #include "server/job_config.h"
 
-#include <charconv>
 #include <set>
 #include <sstream>
 
@@ -8,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/paths.h"
+#include "core/base/toml.h"
 
 namespace lorad::server {
 namespace fs = std::filesystem;
@@ -37,37 +37,6 @@ const std::map<std::string, PathBase>& PathKeys() {
 const std::set<std::string>& DaemonKeys() {
   static const std::set<std::string> keys = {"output_dir", "logging_dir", "resume", "save_state"};
   return keys;
-}
-
-absl::StatusOr<toml::table> ParseToml(const std::string& text, const std::string& what) {
-  try {
-    return toml::parse(text);
-  } catch (const toml::parse_error& e) {
-    std::ostringstream where;
-    where << e.source().begin;
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ": ", std::string(e.description()), " at line:column ", where.str()));
-  }
-}
-
-std::string ValueText(const toml::node& node) {
-  if (auto s = node.value_exact<std::string>()) return *s;
-  if (auto d = node.value_exact<double>()) {
-    char buffer[64];  // shortest text that round-trips ("2e-04", not 0.00020000000000000001)
-    auto result = std::to_chars(buffer, buffer + sizeof(buffer), *d);
-    return std::string(buffer, result.ptr);
-  }
-  std::ostringstream os;
-  if (const auto* arr = node.as_array()) {
-    os << *arr;
-  } else if (const auto* tbl = node.as_table()) {
-    os << *tbl;
-  } else {
-    node.visit([&os](const auto& v) {
-      if constexpr (toml::is_value<decltype(v)>) os << v;
-    });
-  }
-  return os.str();
 }
 
 // Confines every path key in the tree (tables, arrays of tables) in place.
@@ -157,13 +126,6 @@ absl::StatusOr<PreparedJobConfig> PrepareJobConfig(const JobConfigInput& input, 
   config.insert_or_assign("save_state", true);
 
   PreparedJobConfig prepared;
-  for (auto&& [key, node] : config) {
-    if (const auto* sub = node.as_table()) {
-      for (auto&& [k2, n2] : *sub) prepared.hyperparameters[std::string(k2.str())] = ValueText(n2);
-    } else {
-      prepared.hyperparameters[std::string(key.str())] = ValueText(node);
-    }
-  }
   std::ostringstream os;
   os << config << "\n";
   prepared.config_toml = os.str();
@@ -176,7 +138,20 @@ absl::StatusOr<PreparedJobConfig> PrepareJobConfig(const JobConfigInput& input, 
     ds << *dataset << "\n";
     prepared.dataset_config_toml = ds.str();
   }
+
+  // The worker's view: the same parser, the same --dataset_config.
+  std::vector<std::pair<std::string, std::string>> worker_args;
+  if (!prepared.dataset_config_toml.empty()) {
+    worker_args.emplace_back("dataset_config", DatasetConfigPath(input.job_dir).string());
+  }
+  auto train = train::ParseTrainConfig(prepared.config_toml, worker_args);
+  if (!train.ok()) return train.status();
+  prepared.train = std::move(*train);
+  prepared.hyperparameters = prepared.train.explicitly_set;
+  if (!worker_args.empty()) prepared.hyperparameters.erase("dataset_config");
   return prepared;
 }
+
+fs::path DatasetConfigPath(const fs::path& job_dir) { return job_dir / "dataset_config.toml"; }
 
 }  // namespace lorad::server

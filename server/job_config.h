@@ -1,6 +1,8 @@
 // Turns a submitted kohya config into the files a worker runs with: overrides
 // applied, every path confined to the daemon's roots, output under the job's
-// folder, state saving on (so a restarted daemon resumes the job).
+// folder, state saving on (so a restarted daemon resumes the job). Values are
+// not judged here: the result goes through the trainer's own parser
+// (core/config), so a bad value is refused with lorad-train's message.
 #pragma once
 
 #include <filesystem>
@@ -9,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/config/config.h"
 
 namespace lorad::server {
 
@@ -33,11 +36,20 @@ struct JobConfigInput {
 struct PreparedJobConfig {
   std::string config_toml;
   std::string dataset_config_toml;  // empty when none was given
-  std::map<std::string, std::string> hyperparameters;  // flattened kohya keys
+  // config_toml as lorad-train reads it, with the --dataset_config the worker gets.
+  train::TrainConfig train;
+  // The kohya keys the config sets, as text (train.explicitly_set, without the
+  // daemon's --dataset_config).
+  std::map<std::string, std::string> hyperparameters;
 };
 
-// INVALID_ARGUMENT for TOML errors (with line:column) and bad overrides,
-// PERMISSION_DENIED for a path outside the roots.
+// The file the worker reads the dataset config from (--dataset_config).
+std::filesystem::path DatasetConfigPath(const std::filesystem::path& job_dir);
+
+// PERMISSION_DENIED for a path outside the roots; INVALID_ARGUMENT for TOML
+// errors (with line and column), bad overrides, and any value or combination
+// the trainer refuses (train::ParseTrainConfig's message). The dataset config
+// is checked for TOML syntax and paths only (its parser needs core/data).
 absl::StatusOr<PreparedJobConfig> PrepareJobConfig(const JobConfigInput& input, const JobRoots& roots);
 
 }  // namespace lorad::server

@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "server/advice.h"
 #include "server/event_hub.h"
 #include "server/job_config.h"
@@ -150,30 +151,83 @@ TEST(AdviceTest, CountsImagesWithKohyaFolderRepeats) {
   for (const char* name : {"10_cat/a.png", "10_cat/b.JPG", "10_cat/a.txt", "misc/c.webp", "notes.md"}) {
     std::ofstream(dir / name) << "x";
   }
-  const advisor::DatasetFacts facts = CountDatasetImages(dir);
+  const planner::DatasetFacts facts = CountDatasetImages(dir);
   EXPECT_EQ(facts.image_count, 3);            // captions and notes are not images
   EXPECT_EQ(facts.images_with_repeats, 21);   // 2 x 10 + 1 x 1
   EXPECT_EQ(CountDatasetImages(fs::path()).image_count, 0);
   fs::remove_all(dir);
 }
 
-TEST(AdviceTest, NeverRulesBlockUnlessForcedAndWarningsDoNot) {
-  const std::string came_high = "optimizer_type = \"came_pytorch.CAME\"\nlearning_rate = 5e-4\n";
-  auto refused = AdviseSubmit(came_high, fs::path(), /*force=*/false);
-  ASSERT_TRUE(refused.ok()) << refused.status();
-  EXPECT_TRUE(refused->blocking());
-  EXPECT_NE(DescribeNeverFindings(*refused).find("never-came-high-lr"), std::string::npos);
-  auto forced = AdviseSubmit(came_high, fs::path(), /*force=*/true);
-  ASSERT_TRUE(forced.ok());
-  EXPECT_FALSE(forced->blocking());
-  EXPECT_FALSE(forced->never_findings().empty());  // still attached as warnings
+// A config as PrepareJobConfig hands it to the advisor: read by the trainer's parser.
+train::TrainConfig Parsed(const std::string& toml) {
+  auto config = train::ParseTrainOptions(toml, {});
+  EXPECT_TRUE(config.ok()) << config.status();
+  return config.ok() ? *config : train::TrainConfig();
+}
 
-  auto fine = AdviseSubmit("optimizer_type = \"AdamW\"\nlearning_rate = 1e-4\n", fs::path(), false);
-  ASSERT_TRUE(fine.ok());
-  EXPECT_FALSE(fine->blocking());
-  EXPECT_TRUE(fine->never_findings().empty());
-  EXPECT_EQ(AdviseSubmit("learning_rate = \"fast\"\n", fs::path(), false).status().code(),
-            absl::StatusCode::kInvalidArgument);
+TEST(AdviceTest, NeverRulesBlockUnlessForcedAndWarningsDoNot) {
+  const train::TrainConfig came_high = Parsed("optimizer_type = \"came_pytorch.CAME\"\nlearning_rate = 5e-4\n");
+  const planner::AdviceReport refused = AdviseSubmit(came_high, fs::path(), /*force=*/false);
+  EXPECT_TRUE(refused.blocking());
+  EXPECT_NE(DescribeNeverFindings(refused).find("never-came-high-lr"), std::string::npos);
+  const planner::AdviceReport forced = AdviseSubmit(came_high, fs::path(), /*force=*/true);
+  EXPECT_FALSE(forced.blocking());
+  EXPECT_FALSE(forced.never_findings().empty());  // still attached as warnings
+
+  const planner::AdviceReport fine =
+      AdviseSubmit(Parsed("optimizer_type = \"AdamW\"\nlearning_rate = 1e-4\n"), fs::path(), false);
+  EXPECT_FALSE(fine.blocking());
+  EXPECT_TRUE(fine.never_findings().empty());
+}
+
+// SubmitJob (and each sweep job) prepares the config with PrepareJobConfig: a
+// bad value is refused there, with the message lorad-train would print for the
+// same file (LoadTrainConfig adds only the file name in front).
+TEST(JobConfigTest, BadValuesAreRefusedWithTheTrainersMessage) {
+  fs::path root = TempDir("jobconfig_values");
+  JobRoots roots{root / "models", root / "datasets", {}};
+  fs::create_directories(roots.models_root);
+  fs::create_directories(roots.datasets_root / "cats");
+  const std::string base = "pretrained_model_name_or_path = \"tiny.safetensors\"\n";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"network_dim = \"abc\"\n", "config key 'network_dim': bad value \"abc\"; expected an integer"},
+      {"learning_rate = -1\n", "config key 'learning_rate': bad value \"-1\"; expected a value >= 0"},
+      {"mixed_precision = \"fp8\"\n",
+       "config key 'mixed_precision': bad value \"fp8\"; expected one of no, fp16, bf16"},
+      {"full_bf16 = true\n", "config key 'full_bf16' needs mixed_precision = \"bf16\""},
+  };
+  for (const auto& [bad, message] : cases) {
+    auto merged = ApplyOverrides(base + bad, {});
+    ASSERT_TRUE(merged.ok()) << merged.status();
+    JobConfigInput input{*merged, "", roots.datasets_root / "cats", root / "jobs" / "1"};
+    auto prepared = PrepareJobConfig(input, roots);
+    ASSERT_EQ(prepared.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_EQ(prepared.status().message(), message);
+
+    // lorad-train's reading of the file the worker would get.
+    const fs::path file = root / "config.toml";
+    std::ofstream(file) << *merged << "train_data_dir = \"" << (roots.datasets_root / "cats").string() << "\"\n";
+    auto trainer = train::LoadTrainConfig(file, {});
+    ASSERT_FALSE(trainer.ok());
+    EXPECT_EQ(trainer.status().message(), absl::StrCat(file.string(), ": ", message));
+  }
+  // An override is checked the same way.
+  auto merged = ApplyOverrides(base, {{"network_dim", "\"abc\""}});
+  ASSERT_TRUE(merged.ok()) << merged.status();
+  JobConfigInput input{*merged, "", roots.datasets_root / "cats", root / "jobs" / "1"};
+  EXPECT_EQ(PrepareJobConfig(input, roots).status().message(),
+            "config key 'network_dim': bad value \"abc\"; expected an integer");
+  // No dataset at all: refused now, not when the worker starts.
+  input = JobConfigInput{base, "", fs::path(), root / "jobs" / "1"};
+  EXPECT_EQ(PrepareJobConfig(input, roots).status().code(), absl::StatusCode::kInvalidArgument);
+  // A dataset config counts as the dataset (the worker gets --dataset_config),
+  // and the daemon's path for it is not a hyperparameter.
+  input.dataset_config_toml = "[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"cats\"\n";
+  auto with_dataset_config = PrepareJobConfig(input, roots);
+  ASSERT_TRUE(with_dataset_config.ok()) << with_dataset_config.status();
+  EXPECT_EQ(with_dataset_config->train.dataset_config, DatasetConfigPath(root / "jobs" / "1").string());
+  EXPECT_FALSE(with_dataset_config->hyperparameters.contains("dataset_config"));
+  fs::remove_all(root);
 }
 
 }  // namespace

@@ -116,7 +116,8 @@ absl::StatusOr<LoradService::PendingSubmit> LoradService::PrepareSubmit(
   std::map<std::string, std::string> overrides(request.overrides().begin(), request.overrides().end());
   auto config = ApplyOverrides(request.config_toml(), overrides);
   if (!config.ok()) return config.status();
-  // Validate now (paths, TOML) so a bad job is refused rather than queued to fail.
+  // Validate now (paths, then every value through the trainer's own parser) so
+  // a bad job is refused with lorad-train's message rather than queued to fail.
   const JobRoots& roots = scheduler_->options().roots;
   auto dataset_dir = Scheduler::ResolveDataset(store_, roots, request.dataset());
   if (!dataset_dir.ok()) return dataset_dir.status();
@@ -124,11 +125,9 @@ absl::StatusOr<LoradService::PendingSubmit> LoradService::PrepareSubmit(
                        config_->jobs_dir() / "validation"};
   auto prepared = PrepareJobConfig(input, roots);
   if (!prepared.ok()) return prepared.status();
-  auto advice = AdviseSubmit(*config, *dataset_dir, request.force());
-  if (!advice.ok()) return advice.status();
 
   PendingSubmit pending;
-  pending.advice = std::move(*advice);
+  pending.advice = AdviseSubmit(prepared->train, *dataset_dir, request.force());
   storage::JobSpec& spec = pending.spec;
   spec.name = JobName(request);
   spec.priority = request.priority();
@@ -157,7 +156,7 @@ absl::StatusOr<storage::JobRecord> LoradService::CommitSubmit(const PendingSubmi
       write.event.set_time_unix_ms(storage::NowMs());
       write.event.mutable_warning()->set_code(absl::StrCat("advisor.", finding.rule_id));
       write.event.mutable_warning()->set_message(
-          absl::StrCat("[", advisor::SeverityName(finding.severity), "] ", finding.message,
+          absl::StrCat("[", planner::SeverityName(finding.severity), "] ", finding.message,
                        finding.citation.empty() ? "" : absl::StrCat(" (", finding.citation, ")")));
       writes.push_back(std::move(write));
     }

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "lorad/v1/lorad.grpc.pb.h"
-#include "core/advisor/advisor.h"
+#include "core/planner/advisor.h"
 #include "server/config.h"
 #include "server/event_hub.h"
 #include "server/scheduler.h"
@@ -71,7 +71,7 @@ class LoradService final : public lorad::v1::Lorad::CallbackService {
   // findings to attach.
   struct PendingSubmit {
     storage::JobSpec spec;
-    advisor::AdviceReport advice;
+    planner::AdviceReport advice;
   };
   // SubmitJob's checks: overrides, dataset resolution, path confinement, TOML,
   // advisor. Does not refuse on "never" findings (the caller decides).

@@ -1,34 +1,28 @@
-// LoradService's sweep RPCs: a sweep file expands (core/advisor/sweep.h) into
-// jobs that each go through SubmitJob's path, so path confinement, idempotency
-// and the advisor apply to every one of them.
+// LoradService's sweep RPCs: a sweep file expands (core/planner/sweep.h) into
+// jobs that each go through SubmitJob's path, so path confinement, the
+// trainer's config check, idempotency and the advisor apply to every one.
 #include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "core/advisor/sweep.h"
+#include "core/planner/sweep.h"
+#include "core/base/clock.h"
+#include "core/config/config.h"
 #include "server/advice.h"
 #include "server/service.h"
 #include "server/status_util.h"
 #include "spdlog/spdlog.h"
-#include <toml++/toml.h>
 
 namespace lorad::server {
 namespace {
 
-// Whether kohya would read `key` from this config (top level or one section deep).
+// Whether the trainer would read `key` from this config (top level or a
+// section). A config it cannot read is reported by PrepareSubmit.
 bool ConfigSetsKey(const std::string& config_toml, const std::string& key) {
-  try {
-    const toml::table table = toml::parse(config_toml);
-    if (table.contains(key)) return true;
-    for (auto&& [name, node] : table) {
-      if (const auto* sub = node.as_table(); sub != nullptr && sub->contains(key)) return true;
-    }
-  } catch (const toml::parse_error&) {
-    // ParseSweep produced this text; PrepareSubmit reports any error properly.
-  }
-  return false;
+  const auto config = train::ParseTrainOptions(config_toml, {});
+  return config.ok() && config->explicitly_set.contains(key);
 }
 
 }  // namespace
@@ -37,10 +31,10 @@ grpc::ServerUnaryReactor* LoradService::SubmitSweep(grpc::CallbackServerContext*
                                                     const lorad::v1::SubmitSweepRequest* request,
                                                     lorad::v1::Sweep* response) {
   if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
-  auto plan = advisor::ParseSweep(request->sweep_toml());
+  auto plan = planner::ParseSweep(request->sweep_toml());
   if (!plan.ok()) return Reply(ctx, ToGrpcStatus(plan.status()));
   const std::string name =
-      request->name().empty() ? absl::StrCat("sweep-", storage::NowMs()) : request->name();
+      request->name().empty() ? absl::StrCat("sweep-", NowUnixMs()) : request->name();
   if (name.find('/') != std::string::npos) {
     return Reply(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                    absl::StrCat("sweep name '", name, "' must not contain '/'")));
@@ -93,7 +87,7 @@ grpc::ServerUnaryReactor* LoradService::SubmitSweep(grpc::CallbackServerContext*
 
   storage::SweepRecord record;
   record.name = name;
-  record.mode = plan->mode == advisor::SweepMode::kZip ? "zip" : "grid";
+  record.mode = plan->mode == planner::SweepMode::kZip ? "zip" : "grid";
   record.varied_keys = plan->varied_keys;
   auto sweep = store_->CreateSweep(record, !request->request_id().empty());
   if (!sweep.ok()) return Reply(ctx, ToGrpcStatus(sweep.status()));

@@ -311,6 +311,13 @@ TEST_F(DaemonTest, EveryRpcNeedsTheTokenAndPathsStayInsideTheRoots) {
   auto ctx = d.client().Context();
   grpc::Status refused = d.client().stub()->SubmitJob(ctx.get(), request, &job);
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::PERMISSION_DENIED) << refused.error_message();
+  // A bad value is refused at submit with the trainer's own message.
+  request.set_config_toml(Daemon::TinyConfig(2, 0, "min_snr_gamma = \"abc\"\n"));
+  request.set_dataset(*dataset_);
+  auto ctx_value = d.client().Context();
+  refused = d.client().stub()->SubmitJob(ctx_value.get(), request, &job);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << refused.error_message();
+  EXPECT_EQ(refused.error_message(), "config key 'min_snr_gamma': bad value \"abc\"; expected a number");
   // An upload path with ".." is refused and nothing escapes the datasets folder.
   auto ctx2 = d.client().Context();
   lorad::v1::Dataset dataset;

@@ -25,7 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "client/charts/charts.h"
-#include "core/advisor/number_format.h"
+#include "core/planner/number_format.h"
 #include "tests/daemon_harness.h"
 #include "server/notify/test_http_server.h"
 
@@ -157,7 +157,7 @@ TEST(SweepIntegrationTest, FourJobSweepOneFailureTableCachePlotsGridAndWebhooks)
     const std::string& row = lines[i + 1];
     EXPECT_NE(row.find(absl::StrCat(sweep.jobs(i).id())), std::string::npos) << row;
     EXPECT_NE(row.find(expected[i].first), std::string::npos) << row;
-    EXPECT_NE(row.find(absl::StrCat(",", advisor::FormatNumber(expected[i].second), ",")), std::string::npos)
+    EXPECT_NE(row.find(absl::StrCat(",", planner::FormatNumber(expected[i].second), ",")), std::string::npos)
         << row;
     EXPECT_NE(row.find(i == 3 ? "FAILED" : "SUCCEEDED"), std::string::npos) << row;
   }

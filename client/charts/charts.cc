@@ -12,7 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/charts/text_layout.h"
-#include "core/advisor/loss_stats.h"
+#include "core/planner/loss_stats.h"
 
 namespace lorad::charts {
 namespace {
@@ -81,7 +81,7 @@ class PlotMapper {
 };
 
 void DrawCurve(cv::Mat& image, const cv::Rect& area, const PlotMapper& mapper,
-               const advisor::LossCurve& curve, const cv::Scalar& color, int thickness) {
+               const planner::LossCurve& curve, const cv::Scalar& color, int thickness) {
   for (size_t i = 1; i < curve.size(); ++i) {
     cv::Point a = mapper.Map(static_cast<double>(curve[i - 1].first), curve[i - 1].second);
     cv::Point b = mapper.Map(static_cast<double>(curve[i].first), curve[i].second);
@@ -178,7 +178,7 @@ absl::StatusOr<cv::Mat> RenderLossPlot(const std::vector<LossSeries>& series,
     return absl::InvalidArgumentError(absl::StrCat("plot size ", options.width, "x",
                                                    options.height, " is too small (min 200x150)"));
   }
-  std::vector<advisor::LossCurve> raw(series.size()), smooth(series.size());
+  std::vector<planner::LossCurve> raw(series.size()), smooth(series.size());
   std::vector<double> xs, ys_raw, ys_smooth;
   for (size_t i = 0; i < series.size(); ++i) {
     for (const auto& [step, loss] : series[i].points) {
@@ -187,7 +187,7 @@ absl::StatusOr<cv::Mat> RenderLossPlot(const std::vector<LossSeries>& series,
       xs.push_back(static_cast<double>(step));
       ys_raw.push_back(loss);
     }
-    smooth[i] = advisor::SmoothLoss(raw[i], options.smoothing);
+    smooth[i] = planner::SmoothLoss(raw[i], options.smoothing);
     for (const auto& point : smooth[i]) ys_smooth.push_back(point.second);
   }
   if (xs.empty()) {

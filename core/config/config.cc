@@ -1,6 +1,7 @@
-#include "core/train/config.h"
+#include "core/config/config.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <fstream>
 #include <functional>
@@ -18,7 +19,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "core/common/status_macros.h"
+#include "core/base/status_macros.h"
+#include "core/base/toml.h"
 
 namespace lorad::train {
 namespace {
@@ -275,11 +277,12 @@ absl::Status Assign(TrainConfig& config, const std::string& key, const Option& o
       option.member);
 }
 
+// The shortest text that parses back to `v` ("2e-04", not 0.00020000000000000001):
+// what explicitly_set and EffectiveOptions record, shown as the job's hyperparameters.
 std::string FormatDouble(double v) {
-  std::ostringstream out;
-  out.precision(17);
-  out << v;
-  return out.str();
+  char buffer[64];
+  const auto result = std::to_chars(buffer, buffer + sizeof(buffer), v);
+  return std::string(buffer, result.ptr);
 }
 
 // A TOML value as the text Assign parses; arrays become a list (string list
@@ -480,18 +483,10 @@ absl::Status ValidateTrainConfig(const TrainConfig& config) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<TrainConfig> ParseTrainConfig(const std::string& toml_text,
-                                             const std::vector<std::pair<std::string, std::string>>& overrides) {
+absl::StatusOr<TrainConfig> ParseTrainOptions(const std::string& toml_text,
+                                              const std::vector<std::pair<std::string, std::string>>& overrides) {
   TrainConfig config;
-  toml::table table;
-  try {
-    table = toml::parse(toml_text);
-  } catch (const toml::parse_error& e) {
-    std::ostringstream where;
-    where << e.source().begin;
-    return absl::InvalidArgumentError(absl::StrCat("config TOML does not parse at ", where.str(), ": ",
-                                                   std::string(e.description())));
-  }
+  ASSIGN_OR_RETURN(toml::table table, ParseToml(toml_text, "config"));
   // kohya's read_config_from_file: one level of sections is flattened away.
   for (const auto& [raw_key, node] : table) {
     const std::string key(raw_key.str());
@@ -507,6 +502,12 @@ absl::StatusOr<TrainConfig> ParseTrainConfig(const std::string& toml_text,
     if (key == "config_file") continue;
     RETURN_IF_ERROR(SetOption(config, key, value));
   }
+  return config;
+}
+
+absl::StatusOr<TrainConfig> ParseTrainConfig(const std::string& toml_text,
+                                             const std::vector<std::pair<std::string, std::string>>& overrides) {
+  ASSIGN_OR_RETURN(TrainConfig config, ParseTrainOptions(toml_text, overrides));
   RETURN_IF_ERROR(ValidateTrainConfig(config));
   return config;
 }

@@ -184,6 +184,12 @@ absl::StatusOr<TrainConfig> LoadTrainConfig(const std::filesystem::path& config_
 absl::StatusOr<TrainConfig> ParseTrainConfig(const std::string& toml_text,
                                              const std::vector<std::pair<std::string, std::string>>& overrides);
 
+// Reads and checks every key like ParseTrainConfig, but skips the cross-key
+// rules (ValidateTrainConfig): for a partial config whose model or dataset is
+// given elsewhere, e.g. `loractl advise --config` or a sweep's base config.
+absl::StatusOr<TrainConfig> ParseTrainOptions(const std::string& toml_text,
+                                              const std::vector<std::pair<std::string, std::string>>& overrides);
+
 // Sets one option from its text form (as on the command line). Unknown keys add
 // a warning to `config.warnings` and return OK.
 absl::Status SetOption(TrainConfig& config, const std::string& key, const std::string& value);

@@ -1,4 +1,4 @@
-#include "core/train/config.h"
+#include "core/config/config.h"
 
 #include <fstream>
 
@@ -207,6 +207,23 @@ TEST(ConfigTest, StepPlanFollowsKohya) {
   EXPECT_EQ(plan->num_epochs, 3);  // ceil(10/4)
   EXPECT_EQ(plan->warmup_steps, 2);
   EXPECT_FALSE(ComputeStepPlan(*config, 0).ok());
+}
+
+TEST(ConfigTest, ParseTrainOptionsChecksValuesButNotTheCrossKeyRules) {
+  // A partial config (the model and dataset given elsewhere) reads fine ...
+  auto partial = ParseTrainOptions("[optimizer]\nlearning_rate = 2e-4\n", {{"network_dim", "8"}});
+  ASSERT_TRUE(partial.ok()) << partial.status();
+  EXPECT_DOUBLE_EQ(partial->learning_rate, 2e-4);
+  EXPECT_EQ(partial->network_dim, 8);
+  // ... values are recorded as their shortest round-trip text ...
+  EXPECT_EQ(partial->explicitly_set.at("learning_rate"), "2e-04");
+  EXPECT_EQ(EffectiveOptions(*partial).at("learning_rate"), "2e-04");
+  // ... but ParseTrainConfig refuses it, and both refuse a bad value alike.
+  EXPECT_EQ(ParseTrainConfig("learning_rate = 2e-4\n", {}).status().code(), absl::StatusCode::kInvalidArgument);
+  auto bad = ParseTrainOptions("network_dim = \"abc\"\n", {});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().message(), "config key 'network_dim': bad value \"abc\"; expected an integer");
+  EXPECT_EQ(ParseTrainConfig(std::string(kRequired) + "network_dim = \"abc\"\n", {}).status(), bad.status());
 }
 
 }  // namespace

@@ -1,63 +1,20 @@
-#include "core/advisor/advisor.h"
+#include "core/planner/advisor.h"
 
 #include <algorithm>
-#include <cmath>
 #include <string>
 #include <utility>
 
 #include <nlohmann/json.hpp>
-#include <toml++/toml.h>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "core/advisor/number_format.h"
 
-namespace lorad::advisor {
+namespace lorad::planner {
 namespace {
-
-// The value of a kohya key as a double (integers, floats and numeric strings).
-absl::StatusOr<std::optional<double>> GetNumber(const toml::node* node, absl::string_view key) {
-  if (node == nullptr) return std::optional<double>();
-  if (auto value = node->value<double>()) return std::optional<double>(*value);
-  if (auto text = node->value<std::string>()) {
-    double number = 0;
-    if (absl::SimpleAtod(*text, &number)) return std::optional<double>(number);
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("config key '", std::string(key), "' must be a number"));
-}
-
-absl::StatusOr<std::optional<int64_t>> GetInteger(const toml::node* node, absl::string_view key) {
-  auto number = GetNumber(node, key);
-  if (!number.ok()) return number.status();
-  if (!number->has_value()) return std::optional<int64_t>();
-  const double value = **number;
-  if (value != std::floor(value) || std::fabs(value) > 1e15) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("config key '", std::string(key), "' must be an integer, got ", FormatNumber(value)));
-  }
-  return std::optional<int64_t>(static_cast<int64_t>(value));
-}
-
-// kohya flattens sections one level deep: [optimizer_arguments] learning_rate = ...
-absl::flat_hash_map<std::string, const toml::node*> FlattenKohya(const toml::table& table) {
-  absl::flat_hash_map<std::string, const toml::node*> flat;
-  for (const auto& [key, node] : table) {
-    if (const toml::table* section = node.as_table()) {
-      for (const auto& [inner_key, inner_node] : *section) {
-        flat[std::string(inner_key.str())] = &inner_node;
-      }
-    } else {
-      flat[std::string(key.str())] = &node;
-    }
-  }
-  return flat;
-}
 
 std::string NormalizeOptimizer(absl::string_view optimizer_type) {
   std::string name = absl::AsciiStrToLower(
@@ -93,7 +50,7 @@ struct StepCount {
   std::string formula;
 };
 
-StepCount ComputeSteps(const DatasetFacts& dataset, const TrainingFacts& config) {
+StepCount ComputeSteps(const DatasetFacts& dataset, const train::TrainConfig& config) {
   StepCount count;
   const int64_t images =
       dataset.images_with_repeats > 0 ? dataset.images_with_repeats : dataset.image_count;
@@ -106,12 +63,9 @@ StepCount ComputeSteps(const DatasetFacts& dataset, const TrainingFacts& config)
     count.formula = absl::StrCat(images, " images x repeats / batch ", batch, " = ",
                                  count.steps_per_epoch, " steps/epoch x ", epochs, " epochs");
     if (accumulation > 1) absl::StrAppend(&count.formula, " / ", accumulation, " accumulation");
-  } else if (config.max_train_steps.has_value()) {
-    count.steps = *config.max_train_steps;
-    count.formula = absl::StrCat("max_train_steps = ", count.steps);
   } else {
-    count.steps = 1600;
-    count.formula = "kohya default max_train_steps = 1600";
+    count.steps = config.max_train_steps;  // kohya's default 1600 when the config sets none
+    count.formula = absl::StrCat("max_train_steps = ", count.steps);
   }
   return count;
 }
@@ -152,76 +106,6 @@ absl::string_view ModelFamilyName(ModelFamily family) {
   return "unknown";
 }
 
-absl::StatusOr<TrainingFacts> TrainingFactsFromToml(absl::string_view toml_text) {
-  toml::table document;
-  try {
-    document = toml::parse(std::string_view(toml_text.data(), toml_text.size()));
-  } catch (const toml::parse_error& error) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "config TOML error at line ", error.source().begin.line, ", column ",
-        error.source().begin.column, ": ", std::string(error.description())));
-  }
-  const auto flat = FlattenKohya(document);
-  const auto get = [&](const char* key) -> const toml::node* {
-    const auto found = flat.find(key);
-    return found == flat.end() ? nullptr : found->second;
-  };
-  TrainingFacts facts;
-  if (const toml::node* node = get("optimizer_type")) {
-    const auto value = node->value<std::string>();
-    if (!value) return absl::InvalidArgumentError("config key 'optimizer_type' must be a string");
-    facts.optimizer_type = *value;
-  }
-#define LORAD_READ(field, getter, key)                                  \
-  {                                                                     \
-    auto value = getter(get(key), key);                                 \
-    if (!value.ok()) return value.status();                             \
-    field = *value;                                                     \
-  }
-  LORAD_READ(facts.learning_rate, GetNumber, "learning_rate");
-  LORAD_READ(facts.unet_lr, GetNumber, "unet_lr");
-  LORAD_READ(facts.text_encoder_lr, GetNumber, "text_encoder_lr");
-  LORAD_READ(facts.network_dim, GetInteger, "network_dim");
-  LORAD_READ(facts.network_alpha, GetNumber, "network_alpha");
-  LORAD_READ(facts.max_train_epochs, GetInteger, "max_train_epochs");
-  LORAD_READ(facts.max_train_steps, GetInteger, "max_train_steps");
-#undef LORAD_READ
-  const auto read_int = [&](const char* key, int64_t& field) -> absl::Status {
-    auto value = GetInteger(get(key), key);
-    if (!value.ok()) return value.status();
-    if (value->has_value()) field = **value;
-    return absl::OkStatus();
-  };
-  if (absl::Status s = read_int("train_batch_size", facts.train_batch_size); !s.ok()) return s;
-  if (absl::Status s = read_int("gradient_accumulation_steps", facts.gradient_accumulation_steps);
-      !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = read_int("keep_tokens", facts.keep_tokens); !s.ok()) return s;
-  if (const toml::node* node = get("network_train_unet_only")) {
-    const auto value = node->value<bool>();
-    if (!value) {
-      return absl::InvalidArgumentError("config key 'network_train_unet_only' must be true or false");
-    }
-    facts.network_train_unet_only = *value;
-  }
-  if (const toml::node* node = get("network_args")) {
-    const toml::array* array = node->as_array();
-    if (array == nullptr) {
-      return absl::InvalidArgumentError(
-          "config key 'network_args' must be a list of strings, e.g. [\"conv_dim=4\"]");
-    }
-    for (const toml::node& element : *array) {
-      const auto value = element.value<std::string>();
-      if (!value) {
-        return absl::InvalidArgumentError("config key 'network_args' must be a list of strings");
-      }
-      facts.network_args.push_back(*value);
-    }
-  }
-  return facts;
-}
-
 std::string DetectLeadingTriggerWord(const std::vector<std::string>& captions,
                                      double min_fraction) {
   absl::flat_hash_map<std::string, int64_t> counts;
@@ -253,7 +137,7 @@ std::string DetectLeadingTriggerWord(const std::vector<std::string>& captions,
 
 FactMap ComputeFacts(const AdvisorInput& input) {
   const DatasetFacts& data = input.dataset;
-  const TrainingFacts& config = input.config;
+  const train::TrainConfig& config = input.config;
   FactMap facts;
   const auto number = [&](const char* name, double value) { facts[name] = value; };
   facts["kind"] = std::string(TrainingKindName(input.kind));
@@ -280,15 +164,13 @@ FactMap ComputeFacts(const AdvisorInput& input) {
   const std::string optimizer = NormalizeOptimizer(config.optimizer_type);
   facts["optimizer"] = optimizer;
   facts["optimizer_family"] = OptimizerFamily(optimizer);
-  const std::optional<double> lr = config.unet_lr ? config.unet_lr : config.learning_rate;
-  std::optional<double> te_lr =
-      config.text_encoder_lr ? config.text_encoder_lr : config.learning_rate;
-  if (config.network_train_unet_only) te_lr = 0.0;
-  if (lr) number("lr", *lr);
-  if (te_lr) number("te_lr", *te_lr);
-  if (lr || te_lr) number("max_lr", std::max(lr.value_or(0.0), te_lr.value_or(0.0)));
-  number("dim", static_cast<double>(config.network_dim.value_or(4)));
-  number("alpha", config.network_alpha.value_or(1.0));
+  const double lr = config.UnetLr();
+  const double te_lr = config.network_train_unet_only ? 0.0 : config.TextEncoderLr();
+  number("lr", lr);
+  number("te_lr", te_lr);
+  number("max_lr", std::max(lr, te_lr));
+  number("dim", static_cast<double>(config.network_dim));
+  number("alpha", config.network_alpha);
   number("dora", UsesDora(config.network_args) ? 1 : 0);
   number("batch", static_cast<double>(config.train_batch_size));
   number("grad_accum", static_cast<double>(config.gradient_accumulation_steps));
@@ -362,4 +244,4 @@ std::string RenderJson(const AdviceReport& report) {
   return out.dump(2);
 }
 
-}  // namespace lorad::advisor
+}  // namespace lorad::planner

@@ -1,6 +1,8 @@
 // The advisor: checks a dataset and a kohya config against what experienced
 // LoRA trainers learned (issue 7) and returns findings that cite the rule.
-// The rules are data (core/advisor/rules.toml, compiled in; extra rule files
+// The config comes parsed by the trainer's own reader (core/config), so the
+// advisor judges exactly what training will use.
+// The rules are data (core/planner/rules.toml, compiled in; extra rule files
 // can be loaded with LoadRules); this file evaluates them.
 //
 // Thread-safety: everything here is a pure function of its arguments.
@@ -13,9 +15,10 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "core/advisor/rules.h"
+#include "core/config/config.h"
+#include "core/planner/rules.h"
 
-namespace lorad::advisor {
+namespace lorad::planner {
 
 enum class TrainingKind { kUnspecified, kCharacter, kStyle };
 enum class ModelFamily { kUnknown, kSdxl, kSd15 };
@@ -46,28 +49,6 @@ struct DatasetFacts {
   ModelFamily family = ModelFamily::kUnknown;
 };
 
-// The training-config values the rules look at (kohya names).
-struct TrainingFacts {
-  std::string optimizer_type;  // as written ("AdamW8bit", "came_pytorch.CAME"); empty = kohya default AdamW
-  std::optional<double> learning_rate;
-  std::optional<double> unet_lr;
-  std::optional<double> text_encoder_lr;
-  std::optional<int64_t> network_dim;
-  std::optional<double> network_alpha;
-  std::vector<std::string> network_args;
-  bool network_train_unet_only = false;
-  int64_t train_batch_size = 1;
-  int64_t gradient_accumulation_steps = 1;
-  std::optional<int64_t> max_train_epochs;
-  std::optional<int64_t> max_train_steps;
-  int64_t keep_tokens = 0;
-};
-
-// Reads TrainingFacts from kohya config TOML (flat, or sections one level deep
-// as sd-scripts flattens them). A key of the wrong type is InvalidArgument
-// naming the key.
-absl::StatusOr<TrainingFacts> TrainingFactsFromToml(absl::string_view toml_text);
-
 // Returns the first caption token (comma- or space-separated, lowercased) that at
 // least `min_fraction` of the non-empty captions start with, or "" when none.
 std::string DetectLeadingTriggerWord(const std::vector<std::string>& captions,
@@ -75,7 +56,10 @@ std::string DetectLeadingTriggerWord(const std::vector<std::string>& captions,
 
 struct AdvisorInput {
   DatasetFacts dataset;
-  TrainingFacts config;
+  // The training config as the trainer reads it (core/config's parser, e.g.
+  // train::ParseTrainOptions), defaults included: the rules see the values
+  // training will use.
+  train::TrainConfig config;
   TrainingKind kind = TrainingKind::kUnspecified;
 };
 
@@ -119,4 +103,4 @@ std::string RenderText(const AdviceReport& report);
 //  "findings":[{"rule_id","severity","message","citation"}]}
 std::string RenderJson(const AdviceReport& report);
 
-}  // namespace lorad::advisor
+}  // namespace lorad::planner

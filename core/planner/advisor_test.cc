@@ -1,4 +1,4 @@
-#include "core/advisor/advisor.h"
+#include "core/planner/advisor.h"
 
 #include <functional>
 #include <string>
@@ -8,7 +8,7 @@
 
 #include "absl/container/flat_hash_set.h"
 
-namespace lorad::advisor {
+namespace lorad::planner {
 namespace {
 
 // A character job that follows every rule: no finding at all.
@@ -213,8 +213,10 @@ TEST(AdvisorTest, StepCountUsesRepeatsEpochsBatchAndAccumulation) {
   input.config.max_train_epochs.reset();
   input.config.max_train_steps = 5000;
   EXPECT_EQ(Advise(input).computed_steps, 5000);
-  input.config.max_train_steps.reset();
-  EXPECT_EQ(Advise(input).computed_steps, 1600);  // kohya's default
+  input.config = train::TrainConfig();
+  report = Advise(input);
+  EXPECT_EQ(report.computed_steps, 1600);  // kohya's default
+  EXPECT_EQ(report.steps_formula, "max_train_steps = 1600");
 }
 
 TEST(AdvisorTest, JsonRenderingIsParseableAndComplete) {
@@ -229,8 +231,8 @@ TEST(AdvisorTest, JsonRenderingIsParseableAndComplete) {
   EXPECT_NE(json["findings"][0]["message"].get<std::string>().find("6e-4"), std::string::npos);
 }
 
-TEST(AdvisorTest, TrainingFactsFromKohyaTomlWithSections) {
-  const auto facts = TrainingFactsFromToml(R"(
+TEST(AdvisorTest, ReadsTheConfigThroughTheTrainersParserWithSections) {
+  const auto config = train::ParseTrainOptions(R"(
     [model_arguments]
     pretrained_model_name_or_path = "sdxl.safetensors"
     [optimizer_arguments]
@@ -247,46 +249,62 @@ TEST(AdvisorTest, TrainingFactsFromKohyaTomlWithSections) {
     train_batch_size = 3
     max_train_epochs = 12
     keep_tokens = 2
-  )");
-  ASSERT_TRUE(facts.ok()) << facts.status();
-  EXPECT_EQ(facts->optimizer_type, "came_pytorch.CAME");
-  EXPECT_DOUBLE_EQ(*facts->learning_rate, 1e-4);
-  EXPECT_DOUBLE_EQ(*facts->unet_lr, 2e-4);
-  EXPECT_DOUBLE_EQ(*facts->text_encoder_lr, 0.0);
-  EXPECT_EQ(*facts->network_dim, 16);
-  EXPECT_DOUBLE_EQ(*facts->network_alpha, 8.0);
-  EXPECT_EQ(facts->network_args.size(), 2u);
-  EXPECT_TRUE(facts->network_train_unet_only);
-  EXPECT_EQ(facts->train_batch_size, 3);
-  EXPECT_EQ(*facts->max_train_epochs, 12);
-  EXPECT_EQ(facts->keep_tokens, 2);
-
+  )", {});
+  ASSERT_TRUE(config.ok()) << config.status();
   AdvisorInput input;
-  input.config = *facts;
+  input.config = *config;
   const FactMap map = ComputeFacts(input);
+  EXPECT_EQ(std::get<std::string>(map.at("optimizer_type")), "came_pytorch.CAME");
   EXPECT_EQ(std::get<std::string>(map.at("optimizer_family")), "came");
   EXPECT_DOUBLE_EQ(std::get<double>(map.at("lr")), 2e-4);
   EXPECT_DOUBLE_EQ(std::get<double>(map.at("te_lr")), 0.0);
+  EXPECT_DOUBLE_EQ(std::get<double>(map.at("dim")), 16.0);
+  EXPECT_DOUBLE_EQ(std::get<double>(map.at("alpha")), 8.0);
   EXPECT_DOUBLE_EQ(std::get<double>(map.at("dora")), 1.0);
+  EXPECT_DOUBLE_EQ(std::get<double>(map.at("batch")), 3.0);
+  EXPECT_DOUBLE_EQ(std::get<double>(map.at("epochs")), 12.0);
+  EXPECT_DOUBLE_EQ(std::get<double>(map.at("keep_tokens")), 2.0);
 }
 
-TEST(AdvisorTest, TrainingFactsErrorsNameTheKey) {
-  auto bad = TrainingFactsFromToml("learning_rate = \"fast\"\n");
+TEST(AdvisorTest, SeesTheTrainersDefaultsAndCommandLineOverrides) {
+  // Nothing set: training uses kohya's AdamW at 2e-6, dim 4 / alpha 1, 1600 steps.
+  auto config = train::ParseTrainOptions("", {});
+  ASSERT_TRUE(config.ok()) << config.status();
+  AdvisorInput input;
+  input.config = *config;
+  FactMap map = ComputeFacts(input);
+  EXPECT_EQ(std::get<std::string>(map.at("optimizer_family")), "adamw");
+  EXPECT_DOUBLE_EQ(std::get<double>(map.at("lr")), 2e-6);
+  EXPECT_DOUBLE_EQ(std::get<double>(map.at("dim")), 4.0);
+  EXPECT_DOUBLE_EQ(std::get<double>(map.at("alpha")), 1.0);
+  EXPECT_DOUBLE_EQ(std::get<double>(map.at("steps")), 1600.0);
+  // An override wins over the file, as on lorad-train's command line.
+  config = train::ParseTrainOptions("learning_rate = 1e-4\n", {{"learning_rate", "3e-4"}});
+  ASSERT_TRUE(config.ok()) << config.status();
+  input.config = *config;
+  map = ComputeFacts(input);
+  EXPECT_DOUBLE_EQ(std::get<double>(map.at("lr")), 3e-4);
+}
+
+TEST(AdvisorTest, ConfigErrorsAreTheTrainersAndNameTheKey) {
+  auto bad = train::ParseTrainOptions("learning_rate = \"fast\"\n", {});
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("learning_rate"), std::string::npos);
-  bad = TrainingFactsFromToml("network_dim = 8.5\n");
+  bad = train::ParseTrainOptions("network_dim = 8.5\n", {});
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("network_dim"), std::string::npos);
-  bad = TrainingFactsFromToml("network_args = \"conv_dim=4\"\n");
+  bad = train::ParseTrainOptions("network_args = [[\"conv_dim=4\"]]\n", {});
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().message().find("network_args"), std::string::npos);
-  bad = TrainingFactsFromToml("learning_rate = = 1\n");
+  EXPECT_NE(bad.status().message().find("network_args"), std::string::npos) << bad.status();
+  bad = train::ParseTrainOptions("learning_rate = = 1\n", {});
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().message().find("line 1"), std::string::npos);
-  // Numeric strings are accepted, as argparse would.
-  auto ok = TrainingFactsFromToml("learning_rate = \"1e-4\"\n");
-  ASSERT_TRUE(ok.ok());
-  EXPECT_DOUBLE_EQ(*ok->learning_rate, 1e-4);
+  EXPECT_NE(bad.status().message().find("line 1"), std::string::npos) << bad.status();
+  // Numeric strings are accepted, as argparse would; a single string is one
+  // network_args item, as the trainer reads it.
+  auto ok = train::ParseTrainOptions("learning_rate = \"1e-4\"\nnetwork_args = \"conv_dim=4\"\n", {});
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_DOUBLE_EQ(ok->learning_rate, 1e-4);
+  EXPECT_EQ(ok->network_args, std::vector<std::string>{"conv_dim=4"});
 }
 
 TEST(AdvisorTest, DetectsLeadingTriggerWord) {
@@ -311,4 +329,4 @@ TEST(AdvisorTest, ParsesKindAndFamily) {
 }
 
 }  // namespace
-}  // namespace lorad::advisor
+}  // namespace lorad::planner

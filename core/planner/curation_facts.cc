@@ -1,9 +1,9 @@
-#include "core/advisor/curation_facts.h"
+#include "core/planner/curation_facts.h"
 
 #include <string>
 #include <vector>
 
-namespace lorad::advisor {
+namespace lorad::planner {
 
 DatasetFacts FactsFromCurationReport(const data::CurationReport& report, ModelFamily family,
                                      bool from_dataset_config) {
@@ -41,4 +41,4 @@ DatasetFacts FactsFromCurationReport(const data::CurationReport& report, ModelFa
   return facts;
 }
 
-}  // namespace lorad::advisor
+}  // namespace lorad::planner

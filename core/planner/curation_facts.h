@@ -1,14 +1,14 @@
 // Bridges core/data's curation report to the advisor's DatasetFacts. A separate
-// library (lorad_advisor_data) because core/data brings LibTorch and OpenCV,
-// which lorad_advisor itself stays free of.
+// library (lorad_planner_data) because core/data brings LibTorch and OpenCV,
+// which lorad_planner itself stays free of.
 #pragma once
 
 #include <optional>
 
-#include "core/advisor/advisor.h"
+#include "core/planner/advisor.h"
 #include "core/data/curation.h"
 
-namespace lorad::advisor {
+namespace lorad::planner {
 
 // images, images_with_repeats (training subsets), below_512/below_1024,
 // duplicates (each identical group of n files counts n-1), near-duplicate
@@ -18,4 +18,4 @@ namespace lorad::advisor {
 DatasetFacts FactsFromCurationReport(const data::CurationReport& report, ModelFamily family,
                                      bool from_dataset_config = false);
 
-}  // namespace lorad::advisor
+}  // namespace lorad::planner

@@ -1,8 +1,8 @@
-#include "core/advisor/curation_facts.h"
+#include "core/planner/curation_facts.h"
 
 #include <gtest/gtest.h>
 
-namespace lorad::advisor {
+namespace lorad::planner {
 namespace {
 
 TEST(CurationFactsTest, MapsEveryFieldTheRulesUse) {
@@ -38,4 +38,4 @@ TEST(CurationFactsTest, MapsEveryFieldTheRulesUse) {
 }
 
 }  // namespace
-}  // namespace lorad::advisor
+}  // namespace lorad::planner

@@ -1,4 +1,4 @@
-#include "core/advisor/curation_json.h"
+#include "core/planner/curation_json.h"
 
 #include <optional>
 #include <string>
@@ -8,7 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace lorad::advisor {
+namespace lorad::planner {
 
 absl::StatusOr<DatasetFacts> FactsFromCurationJson(absl::string_view report_json, ModelFamily family,
                                                    bool from_dataset_config) {
@@ -58,4 +58,4 @@ absl::StatusOr<DatasetFacts> FactsFromCurationJson(absl::string_view report_json
   }
 }
 
-}  // namespace lorad::advisor
+}  // namespace lorad::planner

@@ -5,12 +5,12 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "core/advisor/advisor.h"
+#include "core/planner/advisor.h"
 
-namespace lorad::advisor {
+namespace lorad::planner {
 
 // InvalidArgument when the text is not a curation report (names the field).
 absl::StatusOr<DatasetFacts> FactsFromCurationJson(absl::string_view report_json, ModelFamily family,
                                                    bool from_dataset_config = false);
 
-}  // namespace lorad::advisor
+}  // namespace lorad::planner

@@ -1,8 +1,8 @@
-#include "core/advisor/curation_json.h"
+#include "core/planner/curation_json.h"
 
 #include <gtest/gtest.h>
 
-namespace lorad::advisor {
+namespace lorad::planner {
 namespace {
 
 TEST(CurationJsonTest, ReadsTheFieldsTheRulesUse) {
@@ -55,4 +55,4 @@ TEST(CurationJsonTest, RejectsWhatIsNotAReport) {
 }
 
 }  // namespace
-}  // namespace lorad::advisor
+}  // namespace lorad::planner

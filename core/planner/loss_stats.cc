@@ -1,9 +1,9 @@
-#include "core/advisor/loss_stats.h"
+#include "core/planner/loss_stats.h"
 
 #include <algorithm>
 #include <cmath>
 
-namespace lorad::advisor {
+namespace lorad::planner {
 
 LossCurve SmoothLoss(const LossCurve& curve, double smoothing) {
   const double s = std::clamp(smoothing, 0.0, 0.999);
@@ -32,4 +32,4 @@ LossSummary SummarizeLoss(const LossCurve& curve, double smoothing) {
   return summary;
 }
 
-}  // namespace lorad::advisor
+}  // namespace lorad::planner

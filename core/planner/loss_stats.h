@@ -7,7 +7,7 @@
 #include <utility>
 #include <vector>
 
-namespace lorad::advisor {
+namespace lorad::planner {
 
 // (step, loss) samples in step order.
 using LossCurve = std::vector<std::pair<int64_t, double>>;
@@ -29,4 +29,4 @@ LossSummary SummarizeLoss(const LossCurve& curve, double smoothing);
 // The smoothing `loractl sweep show` and `loractl plot` use by default.
 inline constexpr double kDefaultLossSmoothing = 0.9;
 
-}  // namespace lorad::advisor
+}  // namespace lorad::planner

@@ -1,11 +1,11 @@
-#include "core/advisor/number_format.h"
+#include "core/planner/number_format.h"
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 
-namespace lorad::advisor {
+namespace lorad::planner {
 namespace {
 
 // "6e-05" -> "6e-5", "1e+03" -> "1e3".
@@ -50,4 +50,4 @@ std::string FormatNumber(double value) {
   return scientific.size() < general.size() ? scientific : general;
 }
 
-}  // namespace lorad::advisor
+}  // namespace lorad::planner

@@ -1,4 +1,4 @@
-#include "core/advisor/rules.h"
+#include "core/planner/rules.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -13,10 +13,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "core/advisor/number_format.h"
-#include "core/advisor/rules_data.h"
+#include "core/planner/number_format.h"
+#include "core/planner/rules_data.h"
+#include "core/base/toml.h"
 
-namespace lorad::advisor {
+namespace lorad::planner {
 namespace {
 
 const std::vector<std::pair<absl::string_view, CompareOp>>& Operators() {
@@ -66,7 +67,7 @@ absl::StatusOr<Condition> ParseCondition(absl::string_view text) {
   if (!IsKnownFact(fact)) {
     return absl::InvalidArgumentError(
         absl::StrCat("condition '", std::string(text), "' names unknown fact '", std::string(fact),
-                     "' (known facts are listed in core/advisor/rules.toml)"));
+                     "' (known facts are listed in core/planner/rules.toml)"));
   }
   condition.fact = std::string(fact);
   if (value.empty()) {
@@ -296,14 +297,9 @@ const std::vector<FactDoc>& KnownFacts() {
 }
 
 absl::StatusOr<RuleSet> LoadRules(absl::string_view toml_text) {
-  toml::table document;
-  try {
-    document = toml::parse(std::string_view(toml_text.data(), toml_text.size()));
-  } catch (const toml::parse_error& error) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "rule file: TOML error at line ", error.source().begin.line, ", column ",
-        error.source().begin.column, ": ", std::string(error.description())));
-  }
+  auto parsed = ParseToml(std::string_view(toml_text.data(), toml_text.size()), "rule file");
+  if (!parsed.ok()) return parsed.status();
+  toml::table document = std::move(*parsed);
   RuleSet rules;
   const toml::array* array = document["rule"].as_array();
   if (array == nullptr) {
@@ -345,7 +341,7 @@ absl::string_view DefaultRulesToml() { return kBuiltinRulesToml; }
 const RuleSet& DefaultRules() {
   static const RuleSet* rules = [] {
     auto parsed = LoadRules(DefaultRulesToml());
-    // The built-in table is validated by core_advisor_tests; an invalid one is a
+    // The built-in table is validated by core_planner_tests; an invalid one is a
     // build defect, reported loudly rather than silently advising nothing.
     if (!parsed.ok()) {
       std::fprintf(stderr, "lorad advisor: built-in rules.toml is invalid: %s\n",
@@ -372,4 +368,4 @@ RuleSet MergeRules(RuleSet base, const RuleSet& extra) {
   return base;
 }
 
-}  // namespace lorad::advisor
+}  // namespace lorad::planner

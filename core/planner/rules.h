@@ -1,4 +1,4 @@
-// Advisor rules as data. A rule file is TOML (see core/advisor/rules.toml, the
+// Advisor rules as data. A rule file is TOML (see core/planner/rules.toml, the
 // built-in table, for the format and the list of facts):
 //
 //   [[rule]]
@@ -23,7 +23,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
-namespace lorad::advisor {
+namespace lorad::planner {
 
 enum class Severity { kInfo, kWarn, kNever };
 absl::string_view SeverityName(Severity severity);
@@ -78,7 +78,7 @@ absl::StatusOr<RuleSet> LoadRules(absl::string_view toml_text);
 // Reads and parses a rule file from disk.
 absl::StatusOr<RuleSet> LoadRulesFile(const std::string& path);
 
-// The built-in rules (core/advisor/rules.toml compiled in), parsed once.
+// The built-in rules (core/planner/rules.toml compiled in), parsed once.
 const RuleSet& DefaultRules();
 // The built-in rule file's text.
 absl::string_view DefaultRulesToml();
@@ -86,4 +86,4 @@ absl::string_view DefaultRulesToml();
 // Appends `extra` to `base`; an id present in both replaces the base rule.
 RuleSet MergeRules(RuleSet base, const RuleSet& extra);
 
-}  // namespace lorad::advisor
+}  // namespace lorad::planner

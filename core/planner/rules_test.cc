@@ -1,12 +1,12 @@
-#include "core/advisor/rules.h"
+#include "core/planner/rules.h"
 
 #include <string>
 
 #include <gtest/gtest.h>
 
-#include "core/advisor/advisor.h"
+#include "core/planner/advisor.h"
 
-namespace lorad::advisor {
+namespace lorad::planner {
 namespace {
 
 TEST(RulesTest, BuiltInTableLoadsWithUniqueIdsAndCitations) {
@@ -131,4 +131,4 @@ TEST(RulesTest, ExtraRuleFileExtendsAndOverridesTheBuiltIns) {
 }
 
 }  // namespace
-}  // namespace lorad::advisor
+}  // namespace lorad::planner

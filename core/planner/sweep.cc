@@ -1,4 +1,4 @@
-#include "core/advisor/sweep.h"
+#include "core/planner/sweep.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -14,9 +14,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "core/advisor/number_format.h"
+#include "core/planner/number_format.h"
+#include "core/base/toml.h"
 
-namespace lorad::advisor {
+namespace lorad::planner {
 namespace {
 
 constexpr size_t kMaxNameLength = 64;
@@ -272,14 +273,9 @@ std::string ShortValueForName(absl::string_view key, absl::string_view value_tex
 }
 
 absl::StatusOr<SweepPlan> ParseSweep(absl::string_view toml_text) {
-  toml::table document;
-  try {
-    document = toml::parse(std::string_view(toml_text.data(), toml_text.size()));
-  } catch (const toml::parse_error& error) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sweep TOML error at line ", error.source().begin.line, ", column ",
-        error.source().begin.column, ": ", std::string(error.description())));
-  }
+  auto parsed = ParseToml(std::string_view(toml_text.data(), toml_text.size()), "sweep file");
+  if (!parsed.ok()) return parsed.status();
+  toml::table document = std::move(*parsed);
   const toml::table* sweep = document["sweep"].as_table();
   if (sweep == nullptr) {
     return absl::InvalidArgumentError(
@@ -356,4 +352,4 @@ absl::StatusOr<SweepPlan> ParseSweepFile(const std::string& path) {
   return plan;
 }
 
-}  // namespace lorad::advisor
+}  // namespace lorad::planner

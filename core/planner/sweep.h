@@ -26,7 +26,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
-namespace lorad::advisor {
+namespace lorad::planner {
 
 enum class SweepMode { kGrid, kZip };
 
@@ -68,4 +68,4 @@ absl::StatusOr<SweepPlan> ParseSweepFile(const std::string& path);
 // ("1e-4", "AdamW", "cats" for a dataset path).
 std::string ShortValueForName(absl::string_view key, absl::string_view value_text);
 
-}  // namespace lorad::advisor
+}  // namespace lorad::planner

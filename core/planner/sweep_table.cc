@@ -1,4 +1,4 @@
-#include "core/advisor/sweep_table.h"
+#include "core/planner/sweep_table.h"
 
 #include <algorithm>
 #include <cmath>
@@ -11,7 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
-namespace lorad::advisor {
+namespace lorad::planner {
 namespace {
 
 std::vector<std::string> VariedColumns(const std::vector<SweepTableRow>& rows) {
@@ -205,4 +205,4 @@ std::string FormatDuration(double seconds) {
   return buffer;
 }
 
-}  // namespace lorad::advisor
+}  // namespace lorad::planner

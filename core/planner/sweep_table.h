@@ -12,7 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
-namespace lorad::advisor {
+namespace lorad::planner {
 
 struct SweepTableRow {
   std::string job_id;
@@ -45,4 +45,4 @@ std::string FormatSweepTable(const std::vector<SweepTableRow>& rows, TableFormat
 // "1h02m", "4m05s", "12s".
 std::string FormatDuration(double seconds);
 
-}  // namespace lorad::advisor
+}  // namespace lorad::planner

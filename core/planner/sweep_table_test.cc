@@ -1,4 +1,4 @@
-#include "core/advisor/sweep_table.h"
+#include "core/planner/sweep_table.h"
 
 #include <string>
 
@@ -6,10 +6,10 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_split.h"
-#include "core/advisor/loss_stats.h"
-#include "core/advisor/number_format.h"
+#include "core/planner/loss_stats.h"
+#include "core/planner/number_format.h"
 
-namespace lorad::advisor {
+namespace lorad::planner {
 namespace {
 
 std::vector<SweepTableRow> Rows() {
@@ -112,4 +112,4 @@ TEST(NumberFormatTest, CompactForms) {
 }
 
 }  // namespace
-}  // namespace lorad::advisor
+}  // namespace lorad::planner

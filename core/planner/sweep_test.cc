@@ -1,4 +1,4 @@
-#include "core/advisor/sweep.h"
+#include "core/planner/sweep.h"
 
 #include <set>
 #include <string>
@@ -7,9 +7,10 @@
 #include <toml++/toml.h>
 
 #include "absl/strings/str_cat.h"
-#include "core/advisor/advisor.h"
+#include "core/config/config.h"
+#include "core/planner/advisor.h"
 
-namespace lorad::advisor {
+namespace lorad::planner {
 namespace {
 
 constexpr char kGridSweep[] = R"(
@@ -54,9 +55,9 @@ TEST(SweepTest, GridIsTheCartesianProductInTableOrder) {
     EXPECT_DOUBLE_EQ(config["learning_rate"].value_or(0.0), rates[i]);
     EXPECT_EQ(config["network_dim"].value_or(0), 8);
     EXPECT_EQ(config["output_name"].value_or(std::string()), "lora_" + names[i]);
-    auto facts = TrainingFactsFromToml(job.config_toml);
-    ASSERT_TRUE(facts.ok());
-    EXPECT_DOUBLE_EQ(*facts->learning_rate, rates[i]);
+    auto parsed = train::ParseTrainOptions(job.config_toml, {});  // as the trainer reads it
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    EXPECT_DOUBLE_EQ(parsed->learning_rate, rates[i]);
   }
 }
 
@@ -107,9 +108,10 @@ TEST(SweepTest, ReplacesKeysInsideKohyaSectionsAndDottedKeys) {
   EXPECT_EQ(plan->jobs[0].name, "lr-2e-4_alpha-4_args-algo-lora+dora_wd-True_seed-1");
   EXPECT_EQ(plan->jobs[1].name, "lr-2e-4_alpha-4_args-none_seed-1");
   EXPECT_EQ(plan->jobs[0].varied[2].second, "[algo=lora, dora_wd=True]");
-  auto facts = TrainingFactsFromToml(plan->jobs[0].config_toml);
-  ASSERT_TRUE(facts.ok()) << facts.status();
-  EXPECT_DOUBLE_EQ(*facts->learning_rate, 2e-4);
+  auto parsed = train::ParseTrainOptions(plan->jobs[0].config_toml, {});  // as the trainer reads it
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_DOUBLE_EQ(parsed->learning_rate, 2e-4);
+  EXPECT_EQ(parsed->network_alpha, 4);
 }
 
 TEST(SweepTest, NamesAreUniqueShortAndFilesystemSafe) {
@@ -160,4 +162,4 @@ TEST(SweepTest, ReadsFiles) {
 }
 
 }  // namespace
-}  // namespace lorad::advisor
+}  // namespace lorad::planner

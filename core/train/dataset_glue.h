@@ -11,7 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/data/dataset.h"
-#include "core/train/config.h"
+#include "core/config/config.h"
 #include "core/train/trainer.h"
 
 namespace lorad::train {

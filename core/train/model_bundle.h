@@ -16,7 +16,7 @@
 #include "core/models/checkpoint.h"
 #include "core/networks/targets.h"
 #include "core/text/text_conditioning.h"
-#include "core/train/config.h"
+#include "core/config/config.h"
 
 namespace lorad::train {
 

@@ -11,7 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/data/batch.h"
-#include "core/train/config.h"
+#include "core/config/config.h"
 #include "core/train/model_bundle.h"
 
 namespace lorad::train::testing {

@@ -30,7 +30,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "core/data/batch.h"
-#include "core/train/config.h"
+#include "core/config/config.h"
 #include "core/train/observer.h"
 
 namespace lorad::train {
