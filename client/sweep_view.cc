@@ -12,8 +12,8 @@ namespace fs = std::filesystem;
 namespace {
 
 // A varied value as the sweep named it: lorad-train re-records the job's
-// hyperparameters with full float precision ("0.00050000000000000001"), so
-// numbers are shown in the sweep's compact form ("5e-4") again.
+// hyperparameters as C++ writes them ("5e-04"), so numbers are shown in the
+// sweep's compact form ("5e-4") again.
 std::string VariedValue(const lorad::v1::Job& job, const std::string& key) {
   auto it = job.hyperparameters().find(key);
   if (it == job.hyperparameters().end()) return "";
