@@ -2,7 +2,6 @@
 // Exit codes: 0 ok, 1 other error, 2 usage, 3 server unreachable, 4 bad or
 // missing token, 5 unknown job/artifact/dataset, 6 request refused (invalid,
 // outside the roots, too large), 7 checksum mismatch, 10 job FAILED, 11 job CANCELLED.
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -20,6 +19,8 @@
 #include "client/charts/charts.h"
 #include "client/client.h"
 #include "client/sweep_view.h"
+#include "core/base/exit_codes.h"
+#include "core/base/subprocess.h"
 #include "core/config/config.h"
 #include "core/planner/advisor.h"
 #include "core/planner/curation_json.h"
@@ -32,8 +33,13 @@ using lorad::client::FromGrpc;
 
 namespace {
 
-enum Exit { kOk = 0, kError = 1, kUsage = 2, kUnreachable = 3, kAuth = 4, kNotFound = 5,
-            kRefused = 6, kChecksum = 7, kJobFailed = 10, kJobCancelled = 11 };
+// Exit codes are lorad's one vocabulary (core/base/exit_codes.h).
+constexpr int kOk = lorad::kExitOk;
+constexpr int kUsage = lorad::kExitUsage;
+constexpr int kNotFound = lorad::kExitNotFound;
+constexpr int kRefused = lorad::kExitRefused;
+constexpr int kJobFailed = lorad::kExitJobFailed;
+constexpr int kJobCancelled = lorad::kExitCancelled;
 
 constexpr char kUsageText[] =
     "usage: loractl [--server HOST:PORT] [--token T] [--tls [--ca PEM]] [--timeout S] COMMAND ...\n"
@@ -61,29 +67,12 @@ constexpr char kUsageText[] =
 int ExitFor(const absl::Status& status, const std::string& what) {
   if (status.ok()) return kOk;
   std::string message(status.message());
-  int code = kError;
-  switch (status.code()) {
-    case absl::StatusCode::kUnavailable:
-    case absl::StatusCode::kDeadlineExceeded:
-      message = absl::StrCat("cannot reach lorad (", message,
-                             "); is it running, and is --server / LORAD_SERVER right?");
-      code = kUnreachable;
-      break;
-    case absl::StatusCode::kUnauthenticated:
-      message = absl::StrCat(message, " (check --token / LORAD_TOKEN)");
-      code = kAuth;
-      break;
-    case absl::StatusCode::kNotFound: code = kNotFound; break;
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kPermissionDenied:
-    case absl::StatusCode::kFailedPrecondition:
-    case absl::StatusCode::kOutOfRange:
-    case absl::StatusCode::kResourceExhausted:
-    case absl::StatusCode::kAlreadyExists:
-      code = kRefused;
-      break;
-    case absl::StatusCode::kDataLoss: code = kChecksum; break;
-    default: break;
+  const int code = lorad::ClientExitCode(status);
+  if (code == lorad::kExitUnreachable) {
+    message = absl::StrCat("cannot reach lorad (", message,
+                           "); is it running, and is --server / LORAD_SERVER right?");
+  } else if (code == lorad::kExitUnauthenticated) {
+    message = absl::StrCat(message, " (check --token / LORAD_TOKEN)");
   }
   std::fprintf(stderr, "loractl: %s: %s\n", what.c_str(), message.c_str());
   return code;
@@ -744,20 +733,16 @@ absl::StatusOr<std::string> LocalCurationJson(const fs::path& folder, const char
     txt += it->path().extension() == ".txt" ? 1 : 0;
     caption += it->path().extension() == ".caption" ? 1 : 0;
   }
-  const std::string command = absl::StrCat("'", CurateBinary(argv0), "' '", folder.string(), "' --json",
-                                           txt > caption ? " --caption-extension .txt" : "");
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) return absl::UnavailableError("cannot start lorad-curate");
-  std::string output;
-  char buffer[65536];
-  size_t n;
-  while ((n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) output.append(buffer, n);
-  const int status = ::pclose(pipe);
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("lorad-curate failed on ", folder.string(), " (see its message above)"));
+  lorad::SubprocessOptions options;
+  options.argv = {CurateBinary(argv0), folder.string(), "--json"};
+  if (txt > caption) options.argv.insert(options.argv.end(), {"--caption-extension", ".txt"});
+  auto run = lorad::RunSubprocess(options);
+  if (!run.ok()) return run.status();
+  if (!run->succeeded()) {
+    return absl::FailedPreconditionError(absl::StrCat("lorad-curate failed on ", folder.string(), " (",
+                                                      run->Describe(), "): ", run->stderr_tail));
   }
-  return output;
+  return std::move(run->stdout_text);
 }
 
 int Advise(Client& client, const Args& args, const char* argv0) {

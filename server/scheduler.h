@@ -1,13 +1,18 @@
 // Scheduler: runs queued jobs on N slots, priority then FIFO. Each job runs
 // `lorad-train` in a child process (WorkerProcess) supervised by one thread per
-// slot: events from its pipe are committed to the JobStore, then published to
-// the EventHub. Cancel = SIGTERM, grace, SIGKILL. A crash ends the job FAILED
-// with its exit status/signal and stderr tail. Thread-safe.
+// slot. RunJob's steps each live in their own place: the job folder is prepared
+// here, the command line is planned by PlanWorkerLaunch (launch_plan.h), the
+// worker is supervised by SuperviseWorker (worker_session.h), whose events are
+// mapped to artifacts by MapWorkerEvent (artifact_events.h), committed to the
+// JobStore, then published to the EventHub; the end is decided by
+// ClassifyJobEnd (job_outcome.h). Cancel = SIGTERM, grace, SIGKILL. A crash
+// ends the job FAILED with its exit status/signal and stderr tail. Thread-safe.
 #pragma once
 
 #include <atomic>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -38,8 +43,11 @@ struct SchedulerOptions {
   std::filesystem::path latent_cache_root;
 };
 
+struct WorkerReport;
+
 class Scheduler {
  public:
+  // `store` and `hub` are borrowed and must outlive the Scheduler.
   Scheduler(storage::JobStore* store, EventHub* hub, SchedulerOptions options);
   ~Scheduler();
 
@@ -48,17 +56,20 @@ class Scheduler {
   absl::Status Start();
   // A job was queued: dispatch if a slot is free.
   void NotifyQueued();
-  // Stops the job's worker if it runs here (the store already flagged the cancel).
+  // Stops the job's worker if it runs here (the store already flagged the
+  // cancel); a no-op for an unknown id or a job that does not run here.
   void Cancel(int64_t job_id);
   // Stops dispatching; asks every worker to save and stop (SIGTERM, grace,
   // SIGKILL); re-queues their jobs; joins all threads. Idempotent.
   void Shutdown();
+  // How many slots run a job now.
   int running();
   int slots() const { return options_.slots; }
   const SchedulerOptions& options() const { return options_; }
 
   // Resolves SubmitJob's dataset reference: an uploaded dataset id, else a
-  // folder under the datasets root (confined). Empty stays empty.
+  // folder under the datasets root (confined). Empty stays empty. NOT_FOUND
+  // when it is neither; `store` is only used during the call.
   static absl::StatusOr<std::filesystem::path> ResolveDataset(storage::JobStore* store,
                                                               const JobRoots& roots,
                                                               const std::string& reference);
@@ -72,15 +83,31 @@ class Scheduler {
     std::thread thread;
   };
   void DispatchLoop();
+  // One attempt of `job` on a slot, from preparing its folder to recording its
+  // end. `slot` is owned by slots_ and outlives the call (its thread is joined
+  // before the Slot is dropped).
   void RunJob(Slot* slot, int slot_index, storage::JobRecord job);
+  // Creates the job folder, resolves the dataset, writes the prepared
+  // config.toml (and dataset_config.toml) and links a shared latent cache.
+  absl::StatusOr<PreparedJobConfig> PrepareJobFolder(const storage::JobRecord& job,
+                                                     const std::filesystem::path& job_dir);
+  // The job's latest saved state, when its folder still exists; else nullopt.
+  std::optional<storage::ArtifactRecord> ResumePoint(int64_t job_id);
+  // Records the job's end from what its worker did (or re-queues it when the
+  // daemon stops). `slot` as in RunJob.
+  void FinishJob(Slot* slot, int64_t job_id, const WorkerReport& report);
+  // Ends the job FAILED before a worker ran.
+  void Fail(const storage::JobRecord& job, const std::string& reason);
   void Record(int64_t job_id, storage::EventWrite write, bool terminal);
+  // Commits a burst of worker events in one transaction, then publishes them.
+  void RecordBurst(int64_t job_id, const std::vector<storage::EventWrite>& writes);
   // Links job_dir/output/latent_cache to the shared cache of this (dataset,
   // model); a no-op without latent_cache_root or disk caching.
   absl::Status LinkSharedLatentCache(const std::filesystem::path& job_dir, const std::filesystem::path& dataset_dir,
                                      const PreparedJobConfig& prepared);
 
-  storage::JobStore* store_;  // not owned
-  EventHub* hub_;             // not owned
+  storage::JobStore* store_;  // borrowed; outlives this
+  EventHub* hub_;             // borrowed; outlives this
   const SchedulerOptions options_;
   absl::Mutex mu_;
   absl::CondVar cv_;

@@ -1,26 +1,24 @@
 #include "server/server_info.h"
 
-#include <cstdio>
-#include <memory>
-
 #include <torch/version.h>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "core/base/subprocess.h"
 
 namespace lorad::server {
 
 std::vector<GpuInfo> QueryGpus() {
   std::vector<GpuInfo> gpus;
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(
-      ::popen("nvidia-smi --query-gpu=index,name,memory.total,memory.free "
-              "--format=csv,noheader,nounits 2>/dev/null",
-              "r"),
-      ::pclose);
-  if (!pipe) return gpus;
-  char line[512];
-  while (std::fgets(line, sizeof(line), pipe.get()) != nullptr) {
+  SubprocessOptions options;
+  options.argv = {"nvidia-smi", "--query-gpu=index,name,memory.total,memory.free",
+                  "--format=csv,noheader,nounits"};
+  options.timeout = absl::Seconds(20);  // a wedged driver must not hold the daemon's start
+  options.max_stdout_bytes = 1 << 20;
+  auto run = RunSubprocess(options);
+  if (!run.ok() || !run->succeeded()) return gpus;
+  for (absl::string_view line : absl::StrSplit(run->stdout_text, '\n', absl::SkipWhitespace())) {
     std::vector<std::string> fields = absl::StrSplit(line, ',');
     if (fields.size() < 4) continue;
     GpuInfo gpu;

@@ -1,7 +1,10 @@
 // What GetServerInfo reports about the machine: LibTorch version (from the
-// headers lorad-train is built with), GPUs via nvidia-smi (no CUDA in the daemon).
+// headers lorad-train is built with), GPUs via nvidia-smi (no CUDA in the
+// daemon). QueryGpus runs a program: the daemon calls it once at start (slot
+// planning and GetServerInfo share that list), never inside an RPC.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -14,7 +17,9 @@ struct GpuInfo {
   int64_t memory_free_bytes = 0;
 };
 
-std::vector<GpuInfo> QueryGpus();  // empty without nvidia-smi or GPUs
+// The GPUs nvidia-smi lists (memory as of the call); empty without nvidia-smi,
+// without GPUs, or when it fails or hangs (20 s).
+std::vector<GpuInfo> QueryGpus();
 std::string LibTorchVersion();
 bool LibTorchHasCuda();
 

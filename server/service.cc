@@ -1,14 +1,14 @@
 #include "server/service.h"
 
-#include <sys/wait.h>
-
-#include <cstdio>
+#include <atomic>
 #include <filesystem>
 #include <fstream>
-#include <thread>
+#include <functional>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "core/base/clock.h"
+#include "core/base/subprocess.h"
 #include "server/advice.h"
 #include "server/dataset_upload.h"
 #include "server/job_config.h"
@@ -19,6 +19,7 @@
 
 namespace lorad::server {
 namespace {
+namespace fs = std::filesystem;
 
 bool ConstantTimeEquals(const std::string& a, const std::string& b) {
   if (a.size() != b.size()) return false;
@@ -38,6 +39,36 @@ void ToProto(const storage::ArtifactRecord& a, lorad::v1::Artifact* out) {
   out->set_created_unix_ms(a.created_ms);
   out->set_is_directory(a.is_directory);
   out->set_is_final(a.is_final);
+}
+
+// `lorad-curate --json` on `folder`: the report, or UNAVAILABLE with its
+// stderr (also written to `stderr_log`), or CANCELLED once `should_stop`.
+absl::StatusOr<std::string> CurationReport(const std::string& binary, const std::string& folder,
+                                           const fs::path& stderr_log, std::function<bool()> should_stop) {
+  if (should_stop()) return absl::CancelledError("the client went away before the report started");
+  // kohya's default caption extension is .caption; most datasets use .txt.
+  std::error_code ec;
+  int txt = 0, caption = 0;
+  for (auto it = fs::recursive_directory_iterator(folder, ec); !ec && it != fs::end(it); it.increment(ec)) {
+    txt += it->path().extension() == ".txt" ? 1 : 0;
+    caption += it->path().extension() == ".caption" ? 1 : 0;
+  }
+  SubprocessOptions options;
+  options.argv = {binary, folder, "--json"};
+  if (txt > caption) options.argv.insert(options.argv.end(), {"--caption-extension", ".txt"});
+  options.should_stop = std::move(should_stop);
+  auto run = RunSubprocess(options);
+  if (!run.ok()) {
+    if (run.status().code() == absl::StatusCode::kCancelled) return run.status();
+    return absl::UnavailableError(absl::StrCat("curation report failed: ", run.status().message()));
+  }
+  std::ofstream(stderr_log) << run->stderr_tail;
+  if (!run->succeeded()) {
+    return absl::UnavailableError(absl::StrCat("curation report failed (", binary, ", ", run->Describe(),
+                                               "): ", run->stderr_tail.substr(
+                                                   run->stderr_tail.size() - std::min<size_t>(2000, run->stderr_tail.size()))));
+  }
+  return std::move(run->stdout_text);
 }
 
 std::string JobName(const lorad::v1::SubmitJobRequest& request) {
@@ -75,12 +106,15 @@ void ToProto(const storage::JobRecord& job, lorad::v1::Job* out) {
 }
 
 LoradService::LoradService(const ServerConfig* config, storage::JobStore* store, EventHub* hub,
-                           Scheduler* scheduler)
+                           Scheduler* scheduler, std::vector<GpuInfo> gpus)
     : config_(config),
       store_(store),
       hub_(hub),
       scheduler_(scheduler),
+      gpus_(std::move(gpus)),
       started_(std::chrono::steady_clock::now()) {}
+
+void LoradService::Shutdown() { curate_pool_.Shutdown(); }
 
 grpc::Status LoradService::Authorize(grpc::CallbackServerContext* ctx) const {
   if (config_->tokens.empty()) return grpc::Status::OK;
@@ -153,7 +187,7 @@ absl::StatusOr<storage::JobRecord> LoradService::CommitSubmit(const PendingSubmi
     std::vector<storage::EventWrite> writes;
     for (const auto& finding : pending.advice.findings) {
       storage::EventWrite write;
-      write.event.set_time_unix_ms(storage::NowMs());
+      write.event.set_time_unix_ms(NowUnixMs());
       write.event.mutable_warning()->set_code(absl::StrCat("advisor.", finding.rule_id));
       write.event.mutable_warning()->set_message(
           absl::StrCat("[", planner::SeverityName(finding.severity), "] ", finding.message,
@@ -306,46 +340,28 @@ grpc::ServerUnaryReactor* LoradService::InspectDataset(grpc::CallbackServerConte
   auto dataset = store_->GetDataset(request->dataset_id());
   if (!dataset.ok()) return Reply(ctx, ToGrpcStatus(dataset.status()));
   ToProto(*dataset, response->mutable_dataset());
-  // The curation report decodes every image (OpenCV): run `lorad-curate --json`
-  // as a child process off the RPC threads, so a bad image cannot take the daemon down.
+  // The curation report decodes every image (OpenCV): `lorad-curate --json`
+  // runs as a child process on the curate pool, so neither a bad image nor a
+  // slow folder holds an RPC thread; a departed client or a stopping daemon
+  // kills it. ctx, reactor and response stay valid until reactor->Finish,
+  // which the task (or a refusal here) calls exactly once.
   auto* reactor = ctx->DefaultReactor();
-  const std::string stderr_file =
-      (config_->logs_dir() / absl::StrCat("curate-", dataset->id, ".stderr")).string();
-  std::thread([reactor, response, stderr_file, binary = config_->curate_binary, path = dataset->path] {
-    // kohya's default caption extension is .caption; most datasets use .txt.
-    std::error_code ec;
-    int txt = 0, caption = 0;
-    for (auto it = std::filesystem::recursive_directory_iterator(path, ec);
-         !ec && it != std::filesystem::end(it); it.increment(ec)) {
-      const auto ext = it->path().extension();
-      txt += ext == ".txt" ? 1 : 0;
-      caption += ext == ".caption" ? 1 : 0;
-    }
-    const std::string command =
-        absl::StrCat("'", binary, "' '", path, "' --json", txt > caption ? " --caption-extension .txt" : "",
-                     " 2>'", stderr_file, "'");
-    FILE* pipe = ::popen(command.c_str(), "r");
-    if (pipe == nullptr) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::INTERNAL, "cannot start lorad-curate"));
-      return;
-    }
-    std::string output;
-    char buffer[65536];
-    size_t n;
-    while ((n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) output.append(buffer, n);
-    const int status = ::pclose(pipe);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-      std::ifstream err(stderr_file);
-      const std::string errors((std::istreambuf_iterator<char>(err)), {});
-      reactor->Finish(grpc::Status(
-          grpc::StatusCode::UNAVAILABLE,
-          absl::StrCat("curation report failed (", binary, ", exit ", WIFEXITED(status) ? WEXITSTATUS(status) : -1,
-                       "): ", errors.substr(0, 2000))));
-      return;
-    }
-    response->set_report_json(output);
-    reactor->Finish(grpc::Status::OK);
-  }).detach();
+  const fs::path stderr_log = config_->logs_dir() / absl::StrCat("curate-", dataset->id, ".stderr");
+  absl::Status queued = curate_pool_.Submit(
+      [ctx, reactor, response, stderr_log, binary = config_->curate_binary,
+       folder = dataset->path](const std::atomic<bool>& stopping) {
+        auto report = CurationReport(binary, folder, stderr_log, [ctx, &stopping] {
+          return stopping.load() || ctx->IsCancelled();
+        });
+        if (!report.ok()) {
+          const absl::Status status = stopping ? absl::UnavailableError("lorad is stopping") : report.status();
+          reactor->Finish(ToGrpcStatus(status));
+          return;
+        }
+        response->set_report_json(std::move(*report));
+        reactor->Finish(grpc::Status::OK);
+      });
+  if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
   return reactor;
 }
 
@@ -355,9 +371,8 @@ grpc::ServerUnaryReactor* LoradService::GetServerInfo(grpc::CallbackServerContex
   if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
   response->set_version(LORAD_VERSION);
   response->set_libtorch_version(LibTorchVersion());
-  const auto gpus = QueryGpus();
-  response->set_cuda_available(LibTorchHasCuda() && !gpus.empty());
-  for (const auto& g : gpus) {
+  response->set_cuda_available(LibTorchHasCuda() && !gpus_.empty());
+  for (const auto& g : gpus_) {
     auto* gpu = response->add_gpus();
     gpu->set_index(g.index);
     gpu->set_name(g.name);

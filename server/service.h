@@ -1,6 +1,9 @@
 // LoradService: the lorad.v1.Lorad gRPC service on the callback API. Unary RPCs
 // answer inline (short SQLite transactions); streams are reactors with one
-// write in flight (modelled on gRPC's health WatchReactor). Thread-safe.
+// write in flight (modelled on gRPC's health WatchReactor). Nothing that can
+// block runs inside a reaction: InspectDataset's lorad-curate runs on a small
+// pool the service owns, and GetServerInfo answers from the GPU list read once
+// at start. Thread-safe.
 #pragma once
 
 #include <chrono>
@@ -13,14 +16,22 @@
 #include "server/config.h"
 #include "server/event_hub.h"
 #include "server/scheduler.h"
+#include "server/server_info.h"
+#include "server/task_pool.h"
 #include "storage/job_store.h"
 
 namespace lorad::server {
 
 class LoradService final : public lorad::v1::Lorad::CallbackService {
  public:
+  // `config`, `store`, `hub` and `scheduler` are borrowed and must outlive the
+  // service; `gpus` is the machine's GPU list, read once at daemon start.
   LoradService(const ServerConfig* config, storage::JobStore* store, EventHub* hub,
-               Scheduler* scheduler);
+               Scheduler* scheduler, std::vector<GpuInfo> gpus);
+  // Stops the background work (running curation reports are killed and
+  // answered UNAVAILABLE) and joins its threads; call before the gRPC server
+  // shuts down. Idempotent; the destructor does it too.
+  void Shutdown();
 
   grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* ctx,
                                       const lorad::v1::SubmitJobRequest* request,
@@ -89,11 +100,16 @@ class LoradService final : public lorad::v1::Lorad::CallbackService {
   grpc::Status Authorize(grpc::CallbackServerContext* ctx) const;
   grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* ctx, const grpc::Status& status);
 
-  const ServerConfig* config_;
+  const ServerConfig* config_;  // borrowed, as are the next three
   storage::JobStore* store_;
   EventHub* hub_;
   Scheduler* scheduler_;
+  const std::vector<GpuInfo> gpus_;
   const std::chrono::steady_clock::time_point started_;
+  // lorad-curate runs: two at once, four more may wait; beyond that
+  // InspectDataset answers RESOURCE_EXHAUSTED. Declared last: destroyed (and
+  // joined) first, while the members its tasks use still exist.
+  TaskPool curate_pool_{"curation reports", 2, 4};
 };
 
 // Fills a lorad.v1.Job from the store's record.

@@ -10,7 +10,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "server/sha256.h"
+#include "core/base/sha256.h"
 #include "server/status_util.h"
 
 namespace lorad::server {

@@ -11,6 +11,11 @@
 
 namespace lorad::server {
 
+// Each New* returns a reactor that owns itself: gRPC holds it until OnDone,
+// which deletes it. `hub` is borrowed and must outlive every stream (the
+// daemon shuts the hub down, which ends them, before destroying it). An
+// unknown job id finishes the stream with NOT_FOUND; a missing artifact file
+// with NOT_FOUND, an offset past its end with OUT_OF_RANGE.
 grpc::ServerWriteReactor<lorad::v1::JobEvent>* NewEventStream(EventHub* hub, int64_t job_id,
                                                               int64_t after_seq, bool follow);
 

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "core/base/subprocess.h"
 
 extern char** environ;
 
@@ -35,13 +36,7 @@ void WriteAll(int fd, const char* text) {
 
 }  // namespace
 
-std::string ExitInfo::Describe() const {
-  if (term_signal != 0) {
-    const char* name = sigabbrev_np(term_signal);
-    return absl::StrCat("killed by signal ", term_signal, " (SIG", name ? name : "?", ")");
-  }
-  return absl::StrCat("exit status ", exit_code);
-}
+std::string ExitInfo::Describe() const { return DescribeExit(exit_code, term_signal); }
 
 absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const WorkerLaunch& launch) {
   if (launch.argv.empty()) return absl::InvalidArgumentError("worker command is empty");

@@ -4,6 +4,12 @@
 // (the restarted daemon resumes them from their saved state).
 // Not thread-safe; the thread that Start()s it must outlive the child (the
 // death signal follows the forking thread) and owns Wait().
+//
+// Not built on lorad::RunSubprocess (core/base/subprocess.h): that helper runs
+// a program to completion and hands back its output, while a worker streams
+// events on an extra pipe (fd 3) that the scheduler reads as they come, lives
+// in its own process group (a cancel signals what it spawned too) and gets
+// per-slot environment. The exit is described the same way (DescribeExit).
 #pragma once
 
 #include <sys/types.h>
