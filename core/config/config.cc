@@ -19,6 +19,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "core/base/limits.h"
 #include "core/base/status_macros.h"
 #include "core/base/toml.h"
 
@@ -34,6 +35,10 @@ struct Option {
   Member member;
   std::vector<std::string> allowed;  // non-empty: an enumeration (case-sensitive, kohya spells them so)
   std::optional<double> min;         // numeric lower bound (inclusive)
+  // Numeric upper bound (inclusive). Every number has one: a value must be
+  // finite, in range and representable in the type the engine computes with
+  // (float for losses and noise, int for sizes and counts); see core/base/limits.h.
+  std::optional<double> max;
 };
 
 #define LORAD_OPT(name, ...) {#name, Option{&TrainConfig::name, __VA_ARGS__}}
@@ -49,71 +54,71 @@ const std::map<std::string, Option>& Options() {
       LORAD_OPT(device),
       LORAD_OPT(no_half_vae),
       LORAD_OPT(network_module, {"networks.lora", "lycoris.kohya"}),
-      LORAD_OPT(network_dim, {}, 1),
-      LORAD_OPT(network_alpha, {}, 0),
-      LORAD_OPT(network_dropout, {}, 0),
+      LORAD_OPT(network_dim, {}, 1, 4096),
+      LORAD_OPT(network_alpha, {}, 0, 65536),
+      LORAD_OPT(network_dropout, {}, 0, 1),
       LORAD_OPT(network_args),
       LORAD_OPT(network_weights),
       LORAD_OPT(network_train_unet_only),
       LORAD_OPT(network_train_text_encoder_only),
-      LORAD_OPT(scale_weight_norms, {}, 0),
-      LORAD_OPT(learning_rate, {}, 0),
-      LORAD_OPT(unet_lr, {}, 0),
-      LORAD_OPT(text_encoder_lr, {}, 0),
+      LORAD_OPT(scale_weight_norms, {}, 0, 1e6),
+      LORAD_OPT(learning_rate, {}, 0, 1000),
+      LORAD_OPT(unet_lr, {}, 0, 1000),
+      LORAD_OPT(text_encoder_lr, {}, 0, 1000),
       LORAD_OPT(optimizer_type),
       LORAD_OPT(optimizer_args),
       LORAD_OPT(lr_scheduler),
-      LORAD_OPT(lr_warmup_steps, {}, 0),
-      LORAD_OPT(lr_scheduler_num_cycles, {}, 1),
-      LORAD_OPT(lr_scheduler_power, {}, 0),
-      LORAD_OPT(lr_scheduler_min_lr_ratio, {}, 0),
+      LORAD_OPT(lr_warmup_steps, {}, 0, kMaxTrainSteps),
+      LORAD_OPT(lr_scheduler_num_cycles, {}, 1, 10000),
+      LORAD_OPT(lr_scheduler_power, {}, 0, 1000),
+      LORAD_OPT(lr_scheduler_min_lr_ratio, {}, 0, 1),
       LORAD_OPT(lr_scheduler_args),
-      LORAD_OPT(max_grad_norm, {}, 0),
-      LORAD_OPT(train_batch_size, {}, 1),
-      LORAD_OPT(max_train_steps, {}, 1),
-      LORAD_OPT(max_train_epochs, {}, 1),
-      LORAD_OPT(gradient_accumulation_steps, {}, 1),
+      LORAD_OPT(max_grad_norm, {}, 0, 1e6),
+      LORAD_OPT(train_batch_size, {}, 1, kMaxBatchSize),
+      LORAD_OPT(max_train_steps, {}, 1, kMaxTrainSteps),
+      LORAD_OPT(max_train_epochs, {}, 1, kMaxTrainEpochs),
+      LORAD_OPT(gradient_accumulation_steps, {}, 1, kMaxBatchSize),
       LORAD_OPT(mixed_precision, {"no", "fp16", "bf16"}),
       LORAD_OPT(full_fp16),
       LORAD_OPT(full_bf16),
       LORAD_OPT(gradient_checkpointing),
       LORAD_OPT(seed, {}, 0),
-      LORAD_OPT(clip_skip, {}, 1),
+      LORAD_OPT(clip_skip, {}, 1, 32),
       LORAD_OPT(max_token_length, {"75", "150", "225"}),
       LORAD_OPT(cache_latents),
       LORAD_OPT(cache_latents_to_disk),
       LORAD_OPT(cache_text_encoder_outputs),
       LORAD_OPT(cache_text_encoder_outputs_to_disk),
-      LORAD_OPT(vae_batch_size, {}, 1),
-      LORAD_OPT(prior_loss_weight, {}, 0),
-      LORAD_OPT(noise_offset, {}, 0),
+      LORAD_OPT(vae_batch_size, {}, 1, kMaxBatchSize),
+      LORAD_OPT(prior_loss_weight, {}, 0, 1000),
+      LORAD_OPT(noise_offset, {}, 0, 10),
       LORAD_OPT(noise_offset_random_strength),
-      LORAD_OPT(adaptive_noise_scale),
-      LORAD_OPT(multires_noise_iterations, {}, 1),
-      LORAD_OPT(multires_noise_discount, {}, 0),
-      LORAD_OPT(ip_noise_gamma, {}, 0),
+      LORAD_OPT(adaptive_noise_scale, {}, -10, 10),
+      LORAD_OPT(multires_noise_iterations, {}, 1, 64),
+      LORAD_OPT(multires_noise_discount, {}, 0, 1),
+      LORAD_OPT(ip_noise_gamma, {}, 0, 10),
       LORAD_OPT(ip_noise_gamma_random_strength),
-      LORAD_OPT(min_snr_gamma, {}, 0),
+      LORAD_OPT(min_snr_gamma, {}, 0, 1000),
       LORAD_OPT(scale_v_pred_loss_like_noise_pred),
-      LORAD_OPT(v_pred_like_loss, {}, 0),
+      LORAD_OPT(v_pred_like_loss, {}, 0, 100),
       LORAD_OPT(debiased_estimation_loss),
       LORAD_OPT(loss_type, {"l2", "l1", "huber", "smooth_l1"}),
       LORAD_OPT(huber_schedule, {"constant", "exponential", "snr"}),
-      LORAD_OPT(huber_c, {}, 0),
-      LORAD_OPT(huber_scale, {}, 0),
-      LORAD_OPT(min_timestep, {}, 0),
-      LORAD_OPT(max_timestep, {}, 1),
+      LORAD_OPT(huber_c, {}, 0, 100),
+      LORAD_OPT(huber_scale, {}, 0, 100),
+      LORAD_OPT(min_timestep, {}, 0, 1000),
+      LORAD_OPT(max_timestep, {}, 1, 1000),
       LORAD_OPT(zero_terminal_snr),
       LORAD_OPT(output_dir),
       LORAD_OPT(output_name),
       LORAD_OPT(save_precision, {"float", "fp16", "bf16"}),
       LORAD_OPT(save_model_as, {"safetensors"}),
-      LORAD_OPT(save_every_n_steps, {}, 1),
-      LORAD_OPT(save_every_n_epochs, {}, 1),
-      LORAD_OPT(save_last_n_steps, {}, 1),
-      LORAD_OPT(save_last_n_epochs, {}, 1),
-      LORAD_OPT(save_last_n_steps_state, {}, 1),
-      LORAD_OPT(save_last_n_epochs_state, {}, 1),
+      LORAD_OPT(save_every_n_steps, {}, 1, kMaxTrainSteps),
+      LORAD_OPT(save_every_n_epochs, {}, 1, kMaxTrainEpochs),
+      LORAD_OPT(save_last_n_steps, {}, 1, kMaxTrainSteps),
+      LORAD_OPT(save_last_n_epochs, {}, 1, kMaxTrainEpochs),
+      LORAD_OPT(save_last_n_steps_state, {}, 1, kMaxTrainSteps),
+      LORAD_OPT(save_last_n_epochs_state, {}, 1, kMaxTrainEpochs),
       LORAD_OPT(save_state),
       LORAD_OPT(save_state_on_train_end),
       LORAD_OPT(resume),
@@ -125,8 +130,8 @@ const std::map<std::string, Option>& Options() {
       LORAD_OPT(metadata_license),
       LORAD_OPT(metadata_tags),
       LORAD_OPT(sample_prompts),
-      LORAD_OPT(sample_every_n_steps, {}, 1),
-      LORAD_OPT(sample_every_n_epochs, {}, 1),
+      LORAD_OPT(sample_every_n_steps, {}, 1, kMaxTrainSteps),
+      LORAD_OPT(sample_every_n_epochs, {}, 1, kMaxTrainEpochs),
       LORAD_OPT(sample_sampler),
       LORAD_OPT(sample_at_first),
       LORAD_OPT(dataset_config),
@@ -134,29 +139,29 @@ const std::map<std::string, Option>& Options() {
       LORAD_OPT(reg_data_dir),
       LORAD_OPT(resolution),
       LORAD_OPT(enable_bucket),
-      LORAD_OPT(min_bucket_reso, {}, 8),
-      LORAD_OPT(max_bucket_reso, {}, 8),
-      LORAD_OPT(bucket_reso_steps, {}, 8),
+      LORAD_OPT(min_bucket_reso, {}, 8, kMaxResolution),
+      LORAD_OPT(max_bucket_reso, {}, 8, kMaxResolution),
+      LORAD_OPT(bucket_reso_steps, {}, 8, kMaxResolution),
       LORAD_OPT(bucket_no_upscale),
       LORAD_OPT(caption_extension),
       LORAD_OPT(caption_separator),
       LORAD_OPT(shuffle_caption),
-      LORAD_OPT(keep_tokens, {}, 0),
+      LORAD_OPT(keep_tokens, {}, 0, 1000),
       LORAD_OPT(keep_tokens_separator),
       LORAD_OPT(secondary_separator),
       LORAD_OPT(enable_wildcard),
       LORAD_OPT(caption_prefix),
       LORAD_OPT(caption_suffix),
-      LORAD_OPT(caption_dropout_rate, {}, 0),
-      LORAD_OPT(caption_dropout_every_n_epochs, {}, 0),
-      LORAD_OPT(caption_tag_dropout_rate, {}, 0),
-      LORAD_OPT(token_warmup_min, {}, 1),
-      LORAD_OPT(token_warmup_step, {}, 0),
+      LORAD_OPT(caption_dropout_rate, {}, 0, 1),
+      LORAD_OPT(caption_dropout_every_n_epochs, {}, 0, kMaxTrainEpochs),
+      LORAD_OPT(caption_tag_dropout_rate, {}, 0, 1),
+      LORAD_OPT(token_warmup_min, {}, 1, 1000),
+      LORAD_OPT(token_warmup_step, {}, 0, kMaxTrainSteps),
       LORAD_OPT(color_aug),
       LORAD_OPT(flip_aug),
       LORAD_OPT(random_crop),
       LORAD_OPT(face_crop_aug_range),
-      LORAD_OPT(dataset_repeats, {}, 1),
+      LORAD_OPT(dataset_repeats, {}, 1, kMaxRepeats),
   };
   return *options;
 }
@@ -180,7 +185,14 @@ const std::set<std::string>& NoEffectOptions() {
   return *keys;
 }
 
-std::string Quote(const std::string& s) { return absl::StrCat("\"", s, "\""); }
+// Quoted for an error message; a huge value is cut (the message names its size).
+std::string Quote(const std::string& s) {
+  constexpr size_t kShown = 80;
+  if (s.size() <= kShown) return absl::StrCat("\"", s, "\"");
+  return absl::StrCat("\"", s.substr(0, kShown), "...\" (", s.size(), " bytes)");
+}
+
+std::string FormatDouble(double v);
 
 absl::Status BadValue(const std::string& key, const std::string& value, const std::string& expected) {
   return absl::InvalidArgumentError(
@@ -194,13 +206,17 @@ absl::StatusOr<bool> ParseBool(const std::string& key, const std::string& text) 
   return BadValue(key, text, "true or false");
 }
 
-absl::StatusOr<int64_t> ParseInt(const std::string& key, const std::string& text) {
+absl::Status CheckNumeric(const std::string& key, const Option& option, double value, const std::string& text);
+
+absl::StatusOr<int64_t> ParseInt(const std::string& key, const Option& option, const std::string& text) {
   const std::string v(absl::StripAsciiWhitespace(text));
   int64_t out = 0;
   if (absl::SimpleAtoi(v, &out)) return out;
   double d = 0;  // "1e3" and "10.0" are integers written as floats
-  if (absl::SimpleAtod(v, &d) && std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9e15) {
-    return static_cast<int64_t>(d);
+  if (absl::SimpleAtod(v, &d) && std::isfinite(d) && d == std::floor(d)) {
+    // The option's bounds first, so 9e15 for a step count names the limit.
+    RETURN_IF_ERROR(CheckNumeric(key, option, d, text));
+    if (std::fabs(d) < 9.2e18) return static_cast<int64_t>(d);
   }
   return BadValue(key, text, "an integer");
 }
@@ -223,11 +239,34 @@ std::vector<std::string> SplitList(const std::string& text) {
   return absl::StrSplit(text, absl::ByAnyChar(" \t\n"), absl::SkipEmpty());
 }
 
+// A bound as text: integers in full ("100000000", not "1e+08").
+std::string FormatBound(double v) {
+  if (v == std::floor(v) && std::fabs(v) < 1e15) return std::to_string(static_cast<int64_t>(v));
+  return FormatDouble(v);
+}
+
 absl::Status CheckNumeric(const std::string& key, const Option& option, double value, const std::string& text) {
-  if (option.min && value < *option.min) {
-    return BadValue(key, text, absl::StrCat("a value >= ", *option.min));
+  const bool below = option.min && value < *option.min;
+  const bool above = option.max && value > *option.max;
+  if (!below && !above) return absl::OkStatus();
+  if (option.min && option.max) {
+    return BadValue(key, text, absl::StrCat("a value from ", FormatBound(*option.min), " to ", FormatBound(*option.max)));
   }
-  return absl::OkStatus();
+  return BadValue(key, text, below ? absl::StrCat("a value >= ", FormatBound(*option.min))
+                                   : absl::StrCat("a value <= ", FormatBound(*option.max)));
+}
+
+// Caption text is prepended/appended to every caption and tokenized per sample.
+bool IsCaptionText(const std::string& key) {
+  return key == "caption_prefix" || key == "caption_suffix" || key == "caption_separator" ||
+         key == "keep_tokens_separator" || key == "secondary_separator";
+}
+
+absl::Status CheckTextSize(const std::string& key, const std::string& text) {
+  const size_t limit = IsCaptionText(key) ? kMaxCaptionBytes : kMaxConfigStringBytes;
+  if (text.size() <= limit) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("config key '", key, "': value of ", text.size(),
+                                                 " bytes is longer than the ", limit, "-byte limit"));
 }
 
 absl::Status CheckAllowed(const std::string& key, const Option& option, const std::string& value) {
@@ -252,7 +291,7 @@ absl::Status Assign(TrainConfig& config, const std::string& key, const Option& o
               return absl::OkStatus();
             }
           }
-          ASSIGN_OR_RETURN(int64_t v, ParseInt(key, text));
+          ASSIGN_OR_RETURN(int64_t v, ParseInt(key, option, text));
           RETURN_IF_ERROR(CheckAllowed(key, option, std::to_string(v)));
           RETURN_IF_ERROR(CheckNumeric(key, option, static_cast<double>(v), text));
           config.*member = v;
@@ -267,9 +306,11 @@ absl::Status Assign(TrainConfig& config, const std::string& key, const Option& o
           RETURN_IF_ERROR(CheckNumeric(key, option, v, text));
           config.*member = v;
         } else if constexpr (std::is_same_v<T, std::string>) {
+          RETURN_IF_ERROR(CheckTextSize(key, text));
           RETURN_IF_ERROR(CheckAllowed(key, option, text));
           config.*member = text;
         } else {
+          RETURN_IF_ERROR(CheckTextSize(key, text));
           config.*member = SplitList(text);
         }
         return absl::OkStatus();
@@ -287,13 +328,35 @@ std::string FormatDouble(double v) {
 
 // A TOML value as the text Assign parses; arrays become a list (string list
 // members) or comma-joined text (resolution = [512, 768]).
-absl::StatusOr<std::string> TomlScalarText(const std::string& key, const toml::node& node) {
+// What a TOML node is, for type errors.
+std::string TomlTypeName(const toml::node& node) {
+  if (node.is_table()) return "a table";
+  if (node.is_array()) return "an array";
+  if (node.is_date() || node.is_time() || node.is_date_time()) return "a date/time";
+  return "a value of another type";
+}
+
+// What an option takes, for type errors.
+std::string ExpectedType(const std::string& key, const Option& option) {
+  if (key == "resolution") return "a size (512), \"WIDTH,HEIGHT\" or [WIDTH, HEIGHT]";
+  return std::visit(
+      [](auto member) -> std::string {
+        using T = std::remove_cvref_t<decltype(TrainConfig().*member)>;
+        if constexpr (std::is_same_v<T, bool>) return "true or false";
+        if constexpr (std::is_same_v<T, std::string>) return "a string";
+        if constexpr (std::is_same_v<T, std::vector<std::string>>) return "a string or a list of strings";
+        return "a number";
+      },
+      option.member);
+}
+
+absl::StatusOr<std::string> TomlScalarText(const std::string& key, const Option& option, const toml::node& node) {
   if (auto v = node.as_boolean()) return std::string(v->get() ? "true" : "false");
   if (auto v = node.as_integer()) return std::to_string(v->get());
   if (auto v = node.as_floating_point()) return FormatDouble(v->get());
   if (auto v = node.as_string()) return v->get();
-  return absl::InvalidArgumentError(absl::StrCat("config key '", key, "': expected a scalar value, got a ",
-                                                 node.is_table() ? "table" : "value of another type"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("config key '", key, "': expected ", ExpectedType(key, option), ", got ", TomlTypeName(node)));
 }
 
 absl::Status ApplyTomlValue(TrainConfig& config, const std::string& key, const toml::node& node) {
@@ -308,9 +371,10 @@ absl::Status ApplyTomlValue(TrainConfig& config, const std::string& key, const t
   if (const toml::array* array = node.as_array()) {
     std::vector<std::string> items;
     for (const toml::node& item : *array) {
-      ASSIGN_OR_RETURN(std::string text, TomlScalarText(key, item));
+      ASSIGN_OR_RETURN(std::string text, TomlScalarText(key, it->second, item));
       items.push_back(std::move(text));
     }
+    RETURN_IF_ERROR(CheckTextSize(key, absl::StrJoin(items, " ")));
     if (std::holds_alternative<std::vector<std::string> TrainConfig::*>(it->second.member)) {
       config.*std::get<std::vector<std::string> TrainConfig::*>(it->second.member) = items;
       config.explicitly_set[key] = absl::StrJoin(items, " ");
@@ -323,7 +387,8 @@ absl::Status ApplyTomlValue(TrainConfig& config, const std::string& key, const t
     }
     return absl::InvalidArgumentError(absl::StrCat("config key '", key, "': expected a single value, got a list"));
   }
-  ASSIGN_OR_RETURN(std::string text, TomlScalarText(key, node));
+  ASSIGN_OR_RETURN(std::string text, TomlScalarText(key, it->second, node));
+  RETURN_IF_ERROR(CheckTextSize(key, text));
   if (std::holds_alternative<std::vector<std::string> TrainConfig::*>(it->second.member)) {
     // A single string in TOML is one list item (e.g. optimizer_args = "weight_decay=0.1").
     config.*std::get<std::vector<std::string> TrainConfig::*>(it->second.member) = {text};
@@ -354,8 +419,10 @@ absl::StatusOr<std::pair<int64_t, int64_t>> TrainConfig::ResolutionWH(int64_t de
   std::vector<int64_t> values;
   for (const std::string& part : parts) {
     int64_t v = 0;
-    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &v) || v < 64 || v % 8 != 0) {
-      return BadValue("resolution", resolution, "sizes that are multiples of 8 and >= 64");
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &v) || v < 64 || v > kMaxResolution || v % 8 != 0) {
+      return BadValue("resolution", resolution,
+                      absl::StrCat("sizes that are multiples of 8 from 64 to ", kMaxResolution,
+                                   " (the largest training resolution per side)"));
     }
     values.push_back(v);
   }
@@ -491,6 +558,9 @@ absl::StatusOr<TrainConfig> ParseTrainOptions(const std::string& toml_text,
   for (const auto& [raw_key, node] : table) {
     const std::string key(raw_key.str());
     if (const toml::table* section = node.as_table()) {
+      // A table under an option's own name is a wrong type (resolution = {w = 64}),
+      // not a section: refused, never silently ignored.
+      if (Options().count(key) != 0) RETURN_IF_ERROR(ApplyTomlValue(config, key, node));
       for (const auto& [inner_key, inner] : *section) {
         RETURN_IF_ERROR(ApplyTomlValue(config, std::string(inner_key.str()), inner));
       }
@@ -595,12 +665,23 @@ absl::StatusOr<StepPlan> ComputeStepPlan(const TrainConfig& config, int64_t batc
   if (batches_per_epoch <= 0) {
     return absl::FailedPreconditionError("the dataset yields no batches: check the image folders and repeats");
   }
+  if (batches_per_epoch > kMaxSamplesPerEpoch) {
+    return absl::InvalidArgumentError(absl::StrCat("the dataset yields ", batches_per_epoch,
+                                                   " batches per epoch, more than the limit of ", kMaxSamplesPerEpoch,
+                                                   " samples per epoch: lower num_repeats"));
+  }
   StepPlan plan;
   plan.batches_per_epoch = batches_per_epoch;
   const int64_t accumulation = std::max<int64_t>(1, config.gradient_accumulation_steps);
   plan.steps_per_epoch = (batches_per_epoch + accumulation - 1) / accumulation;
   plan.max_train_steps =
       config.max_train_epochs ? *config.max_train_epochs * plan.steps_per_epoch : config.max_train_steps;
+  if (plan.max_train_steps > kMaxTrainSteps) {
+    return absl::InvalidArgumentError(absl::StrCat("config key 'max_train_epochs': ", *config.max_train_epochs,
+                                                   " epochs of ", plan.steps_per_epoch, " steps is ",
+                                                   plan.max_train_steps, " steps, more than the limit of ",
+                                                   kMaxTrainSteps));
+  }
   plan.num_epochs = (plan.max_train_steps + plan.steps_per_epoch - 1) / plan.steps_per_epoch;
   plan.warmup_steps = config.lr_warmup_steps < 1 && config.lr_warmup_steps > 0
                           ? static_cast<int64_t>(config.lr_warmup_steps * plan.max_train_steps)

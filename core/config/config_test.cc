@@ -103,7 +103,7 @@ TEST(ConfigTest, BadValuesNameTheKeyAndTheAllowedValues) {
   const std::vector<Case> cases = {
       {"mixed_precision", "fp8", "no, fp16, bf16"},
       {"network_dim", "abc", "an integer"},
-      {"network_dim", "0", ">= 1"},
+      {"network_dim", "0", "from 1 to 4096"},
       {"learning_rate", "fast", "a number"},
       {"loss_type", "l3", "l2, l1, huber, smooth_l1"},
       {"save_precision", "fp32", "float, fp16, bf16"},
@@ -224,6 +224,121 @@ TEST(ConfigTest, ParseTrainOptionsChecksValuesButNotTheCrossKeyRules) {
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().message(), "config key 'network_dim': bad value \"abc\"; expected an integer");
   EXPECT_EQ(ParseTrainConfig(std::string(kRequired) + "network_dim = \"abc\"\n", {}).status(), bad.status());
+}
+
+// Issue 16: hostile values are errors naming the key, the value and the limit.
+TEST(ConfigHardeningTest, NumbersMustBeFiniteInRangeAndRepresentable) {
+  struct Case {
+    std::string key, value, limit;
+  };
+  const std::vector<Case> cases = {
+      // 1e308 aborted in the trainer ("cannot be converted to type float").
+      {"min_snr_gamma", "1e308", "1000"},
+      {"noise_offset", "1e308", "10"},
+      {"ip_noise_gamma", "1e308", "10"},
+      {"max_grad_norm", "1e308", "1000000"},
+      {"learning_rate", "1e39", "1000"},
+      {"noise_offset", "inf", "a number"},
+      {"min_snr_gamma", "nan", "a number"},
+      // 4.6e13 ended in SIGFPE.
+      {"train_batch_size", "4.6e13", "1024"},
+      {"train_batch_size", "46000000000000", "1024"},
+      {"max_train_steps", "9e15", "100000000"},
+      {"network_dim", "2147483648", "4096"},
+      {"dataset_repeats", "1073741824", "100000"},
+      {"max_bucket_reso", "65536", "8192"},
+      {"multires_noise_iterations", "1000000", "64"},
+      {"adaptive_noise_scale", "-1e300", "-10"},
+  };
+  for (const Case& c : cases) {
+    for (bool from_toml : {false, true}) {
+      auto config = from_toml ? ParseTrainConfig(std::string(kRequired) + c.key + " = " +
+                                                     (c.value == "inf" || c.value == "nan" ? "\"" + c.value + "\"" : c.value) + "\n",
+                                                 {})
+                              : ParseTrainConfig(kRequired, {{c.key, c.value}});
+      ASSERT_FALSE(config.ok()) << c.key << "=" << c.value;
+      EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+      const std::string message(config.status().message());
+      EXPECT_NE(message.find("'" + c.key + "'"), std::string::npos) << message;
+      EXPECT_NE(message.find(c.limit), std::string::npos) << message;
+    }
+  }
+  // The largest accepted values still load.
+  EXPECT_TRUE(ParseTrainConfig(kRequired, {{"train_batch_size", "1024"}, {"min_snr_gamma", "1000"}}).ok());
+}
+
+TEST(ConfigHardeningTest, ResolutionHasADocumentedMaximum) {
+  for (const std::string& value : {"65536", "64,1000000", "8200", "2147483647,64", "99999999999999999999"}) {
+    auto config = ParseTrainConfig(std::string(kRequired) + "resolution = \"" + value + "\"\n", {});
+    ASSERT_FALSE(config.ok()) << value;
+    EXPECT_NE(config.status().message().find("resolution"), std::string::npos) << config.status();
+    EXPECT_NE(config.status().message().find("8192"), std::string::npos) << config.status();
+  }
+  auto as_int = ParseTrainConfig(std::string(kRequired) + "resolution = 65536\n", {});
+  ASSERT_FALSE(as_int.ok());
+  EXPECT_NE(as_int.status().message().find("8192"), std::string::npos) << as_int.status();
+  auto as_list = ParseTrainConfig(std::string(kRequired) + "resolution = [64, 1000000]\n", {});
+  ASSERT_FALSE(as_list.ok());
+  auto largest = ParseTrainConfig(std::string(kRequired) + "resolution = \"8192,64\"\n", {});
+  ASSERT_TRUE(largest.ok()) << largest.status();
+}
+
+TEST(ConfigHardeningTest, WrongTomlTypesAreErrorsNamingTheKey) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"resolution = {w = 64}\n", "resolution"},          // was ignored: training ran at 512 px
+      {"[training]\nresolution = {w = 64}\n", "resolution"},
+      {"network_dim = {a = 1}\n", "network_dim"},
+      {"network_dim = 1979-05-27\n", "network_dim"},
+      {"caption_prefix = [{a = 1}]\n", "caption_prefix"},
+      {"optimizer_args = [[\"a\"]]\n", "optimizer_args"},
+      {"learning_rate = [1e-4]\n", "learning_rate"},
+  };
+  for (const auto& [toml, key] : cases) {
+    auto config = ParseTrainConfig(std::string(kRequired) + toml, {});
+    ASSERT_FALSE(config.ok()) << toml;
+    EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument) << toml;
+    EXPECT_NE(config.status().message().find("'" + key + "'"), std::string::npos) << config.status();
+  }
+  auto table = ParseTrainConfig(std::string(kRequired) + "resolution = {w = 64}\n", {});
+  EXPECT_NE(table.status().message().find("got a table"), std::string::npos) << table.status();
+}
+
+TEST(ConfigHardeningTest, StringSizesAreLimited) {
+  const std::string big(10 << 20, 'x');  // 10 MiB, as the crash report used
+  auto prefix = ParseTrainConfig(kRequired, {{"caption_prefix", big}});
+  ASSERT_FALSE(prefix.ok());
+  const std::string message(prefix.status().message());
+  EXPECT_NE(message.find("'caption_prefix'"), std::string::npos);
+  EXPECT_NE(message.find("16384-byte limit"), std::string::npos) << message.substr(0, 200);
+  EXPECT_LT(message.size(), 300u);  // the message does not echo the value
+  // In a TOML document the document limit (1 MiB) refuses it first.
+  EXPECT_FALSE(ParseTrainConfig(std::string(kRequired) + "caption_prefix = \"" + big + "\"\n", {}).ok());
+  // A caption prefix over 16 KiB in a small-enough document.
+  auto toml = ParseTrainConfig(std::string(kRequired) + "caption_prefix = \"" + std::string(20000, 'y') + "\"\n", {});
+  ASSERT_FALSE(toml.ok());
+  EXPECT_NE(toml.status().message().find("caption_prefix"), std::string::npos);
+  EXPECT_FALSE(ParseTrainConfig(kRequired, {{"training_comment", std::string(70000, 'c')}}).ok());
+  EXPECT_FALSE(ParseTrainConfig(kRequired, {{"network_dim", big}}).ok());
+  EXPECT_TRUE(ParseTrainConfig(kRequired, {{"caption_prefix", std::string(1000, 'p')}}).ok());
+}
+
+TEST(ConfigHardeningTest, DeepNestingIsRefusedBeforeParsing) {
+  std::string dotted = "a";
+  for (int i = 0; i < 100000; ++i) dotted += ".a";
+  auto config = ParseTrainConfig(std::string(kRequired) + dotted + " = 1\n", {});
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(config.status().message().find("nested"), std::string::npos) << config.status();
+}
+
+TEST(ConfigHardeningTest, StepsPerEpochAreBounded) {
+  auto config = ParseTrainConfig(kRequired, {{"max_train_epochs", "1000000"}});
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto plan = ComputeStepPlan(*config, 1000000);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_NE(plan.status().message().find("max_train_epochs"), std::string::npos) << plan.status();
+  auto huge_epoch = ComputeStepPlan(*config, int64_t{1} << 31);  // 2^30 repeats x 2 images
+  ASSERT_FALSE(huge_epoch.ok());
+  EXPECT_NE(huge_epoch.status().message().find("10000000"), std::string::npos) << huge_epoch.status();
 }
 
 }  // namespace
