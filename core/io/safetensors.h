@@ -1,5 +1,6 @@
 // safetensors reading (mmap, zero-copy views) and writing (aligned header,
-// __metadata__, atomic temp-file + rename). Format: spec section 1.1.
+// __metadata__, atomic temp-file + rename). Format: the huggingface/safetensors
+// README (format section) and safetensors/src/tensor.rs (dtypes, header padding).
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,5 @@
-// U-Net building blocks (spec 2.2), named as in the LDM/SGM checkpoints.
+// U-Net building blocks (as sd-scripts library/sdxl_original_unet.py builds them), named as
+// in the LDM/SGM checkpoints.
 // core/networks finds LoRA targets by dynamic_pointer_cast on these Impl types:
 // SpatialTransformerImpl (kohya's Transformer2DModel), ResBlockImpl
 // (ResnetBlock2D), DownsampleImpl, UpsampleImpl, and inside a transformer

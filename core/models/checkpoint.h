@@ -2,7 +2,8 @@
 // SDXL) and diffusers folders. The family and every width/depth/head count is
 // detected from tensor shapes; what shapes cannot tell (GroupNorm groups, head
 // counts, activations) comes from the file's `__metadata__["fixture_config"]`
-// when present, else from the family's known values (spec section 2).
+// when present, else from the family's known values (sd-scripts library/model_util.py,
+// library/sdxl_model_util.py; ComfyUI comfy/supported_models.py).
 #pragma once
 
 #include <filesystem>
@@ -55,7 +56,7 @@ struct KeyReport {
   bool clean() const { return missing.empty() && unexpected.empty() && wrong_shape.empty(); }
 };
 
-// The real models' layout of a family (spec 2.3): SD1.5 or SDXL base, single-file locations.
+// The real models' layout of a family: SD1.5 or SDXL base, single-file locations.
 CheckpointLayout DefaultLayout(ModelFamily family);
 
 // An opened checkpoint (single file or diffusers folder), names presented in

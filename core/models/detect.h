@@ -1,7 +1,7 @@
 // Architecture detection from tensor shapes (never hard-coded sizes). What
 // shapes cannot tell comes from the original-config json the file's metadata
 // carries (fixture_config.original_unet_config / original_vae_config), else
-// the family's known values (spec 2.3, 2.5).
+// the family's known values (sd-scripts library/model_util.py, library/sdxl_model_util.py).
 #pragma once
 
 #include <map>

@@ -1,5 +1,6 @@
 // Pure name conversion between the diffusers layout and the original
-// single-file (LDM/SGM) layout for the U-Net and the VAE (spec 2.3 table).
+// single-file (LDM/SGM) layout for the U-Net and the VAE (the conversion maps of
+// sd-scripts library/model_util.py and library/sdxl_model_util.py).
 // Names are relative to the component (no "model.diffusion_model." /
 // "first_stage_model." prefix). std::nullopt = the name has no counterpart.
 #pragma once

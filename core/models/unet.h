@@ -3,7 +3,7 @@
 // (input_blocks.N.M..., middle_block, output_blocks, time_embed, label_emb, out)
 // with the `model.diffusion_model.` prefix stripped, so parameters load by name.
 // Every Linear/Conv2d is an nn::Layer so a network adapter (LoRA) can wrap it.
-// Spec: SD_TRAINING_REFERENCE.md sections 2.2-2.4.
+// Reference: sd-scripts library/sdxl_original_unet.py and sdxl_train_util.py (size embeddings).
 #pragma once
 
 #include <cstdint>
@@ -64,7 +64,8 @@ struct UNetConfig {
 torch::Tensor TimestepEmbedding(const torch::Tensor& timesteps, int64_t dim, double max_period = 10000.0);
 
 // SDXL's added conditioning y = [pooled, emb(orig_h), emb(orig_w), emb(crop_top),
-// emb(crop_left), emb(target_h), emb(target_w)] (spec 2.4). pooled [B, P]; the
+// emb(crop_left), emb(target_h), emb(target_w)] (sd-scripts library/sdxl_train_util.py:
+// get_size_embeddings; ComfyUI's SDXL encode_adm uses the same order). pooled [B, P]; the
 // three size tensors [B, 2] (float or integer, in pixels). Output [B, P + 6*embed_dim].
 torch::Tensor SdxlAddedConditioning(const torch::Tensor& pooled, const torch::Tensor& original_hw,
                                     const torch::Tensor& crop_top_left, const torch::Tensor& target_hw,

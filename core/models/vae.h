@@ -1,6 +1,7 @@
 // The Stable Diffusion VAE (AutoencoderKL; same architecture for SD1.5 and SDXL),
 // with the checkpoint's LDM names under `first_stage_model.` (prefix stripped):
-// encoder.*, decoder.*, quant_conv, post_quant_conv. Spec section 2.5.
+// encoder.*, decoder.*, quant_conv, post_quant_conv, as in latent-diffusion's
+// ldm/modules/diffusionmodules/model.py (Encoder, Decoder).
 #pragma once
 
 #include <cstdint>

@@ -12,7 +12,7 @@
 namespace lorad::networks {
 namespace {
 
-// The ss_* keys of kohya's train_network.py metadata (spec 1.2 table).
+// The ss_* keys of kohya's train_network.py metadata (NetworkTrainer.train's metadata dict).
 const std::set<std::string>& KnownSsKeys() {
   static const std::set<std::string> keys = {
       "ss_session_id", "ss_training_started_at", "ss_training_finished_at", "ss_output_name",

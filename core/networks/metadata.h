@@ -1,5 +1,6 @@
-// LoRA file metadata as kohya writes it: the ss_* training record (spec 1.2),
-// modelspec.* (spec 1.3), and the two hashes A1111 reads.
+// LoRA file metadata as kohya writes it: the ss_* training record (sd-scripts
+// train_network.py), modelspec.* (library/sai_model_spec.py), and the two hashes A1111
+// reads (library/train_util.py:precalculate_safetensors_hashes).
 #pragma once
 
 #include <cstdint>
@@ -23,7 +24,7 @@ std::string PythonFloat(double value);
 // "True" / "False".
 std::string PythonBool(bool value);
 
-// Builds the ss_* map. Keys must be in the spec's table (a typo is an error, not
+// Builds the ss_* map. Keys must be ones kohya writes (a typo is an error, not
 // a silently wrong key). Not thread-safe.
 class LoraMetadataBuilder {
  public:
@@ -47,7 +48,7 @@ class LoraMetadataBuilder {
   io::Metadata metadata_;
 };
 
-// Whether `key` is one of the ss_* keys kohya writes (spec 1.2 table).
+// Whether `key` is one of the ss_* keys kohya's train_network.py writes.
 bool IsKnownSsKey(const std::string& key);
 
 struct ModelSpecInput {
@@ -71,7 +72,7 @@ struct SafetensorsHashes {
 };
 
 // kohya's precalculate_safetensors_hashes: serializes `tensors` with only the
-// ss_* entries of `metadata`, then hashes (spec 1.2).
+// ss_* entries of `metadata`, then hashes (addnet_hash_safetensors, addnet_hash_legacy).
 absl::StatusOr<SafetensorsHashes> ComputeSafetensorsHashes(const io::NamedTensors& tensors,
                                                            const io::Metadata& metadata);
 

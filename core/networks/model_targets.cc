@@ -1,4 +1,4 @@
-// kohya's target classes mapped onto lorad's model classes (spec 3.2):
+// kohya's target classes (sd-scripts networks/lora.py:LoRANetwork) mapped onto lorad's model classes:
 // Transformer2DModel -> SpatialTransformerImpl; ResnetBlock2D / Downsample2D /
 // Upsample2D -> ResBlockImpl / DownsampleImpl / UpsampleImpl; CLIPAttention /
 // CLIPMLP -> ClipAttentionImpl / ClipMlpImpl.

@@ -2,7 +2,8 @@
 // (`networks.lora` or `lycoris.kohya`), network_dim, network_alpha,
 // network_dropout and network_args ("key=value" strings: algo, conv_dim,
 // conv_alpha, use_dora / dora_wd, wd_on_output, dropout, rank_dropout,
-// module_dropout, factor, decompose_both, use_tucker, loraplus_*). Spec 3.
+// module_dropout, factor, decompose_both, use_tucker, loraplus_*), as read by
+// sd-scripts networks/lora.py:create_network and LyCORIS lycoris/kohya.py:create_network.
 #pragma once
 
 #include <cstdint>
@@ -41,7 +42,8 @@ struct NetworkConfig {
   std::optional<int64_t> conv_dim;
   double conv_alpha = 1.0;
   // DoRA (weight decomposition). wd_on_output=false writes dora_scale [1, in(,1,1)],
-  // the layout A1111, ComfyUI and Forge all load (spec 3.4).
+  // the layout A1111 (extensions-builtin/Lora/network.py), ComfyUI (comfy/weight_adapter)
+  // and Forge (backend/patcher/lora.py) all load.
   bool dora = false;
   bool wd_on_output = false;
   double dropout = 0.0;         // network_dropout / dropout: on the down projection's output

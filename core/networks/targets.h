@@ -1,7 +1,8 @@
-// Which layers kohya wraps (spec 3.2) and the LoRA module names it gives them
-// (spec 3.1): every Linear / Conv2d inside a SpatialTransformer (kohya's
-// Transformer2DModel) of the U-Net, plus - with conv_dim - inside ResBlocks,
-// Downsample and Upsample; every Linear inside CLIP attention / MLP blocks.
+// Which layers kohya wraps and the LoRA module names it gives them (sd-scripts
+// networks/lora.py:LoRANetwork.create_modules): every Linear / Conv2d inside a
+// SpatialTransformer (kohya's Transformer2DModel) of the U-Net, plus - with
+// conv_dim - inside ResBlocks, Downsample and Upsample; every Linear inside
+// CLIP attention / MLP blocks.
 #pragma once
 
 #include <functional>

@@ -14,7 +14,7 @@ absl::Status NotInLayout(const std::string& path) {
   return absl::NotFoundError(absl::StrCat("U-Net module path '", path, "' is not part of the U-Net layout"));
 }
 
-// ResBlock children: LDM -> diffusers (spec 2.3 table).
+// ResBlock children: LDM -> diffusers (sd-scripts library/model_util.py:renew_resnet_paths).
 std::vector<std::string> ResBlockChild(const std::vector<std::string>& rest) {
   if (rest.empty()) return {};
   static const std::vector<std::pair<std::string, std::string>> kMap = {

@@ -1,6 +1,7 @@
 // Conversion of U-Net module paths from the LDM/SGM layout (input_blocks.4.1...)
 // to diffusers names (down_blocks.1.attentions.0...), which kohya's SD1.5 LoRA
-// keys use (spec 2.3 table, 3.1). Pure function over the U-Net layout.
+// keys use (sd-scripts library/model_util.py:convert_ldm_unet_checkpoint,
+// networks/lora.py). Pure function over the U-Net layout.
 #pragma once
 
 #include <cstdint>

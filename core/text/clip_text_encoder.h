@@ -1,5 +1,6 @@
 // CLIP text encoders: CLIP ViT-L/14 (SD1.5, SDXL encoder 1) and OpenCLIP
-// ViT-bigG/14 (SDXL encoder 2), one config-driven implementation (spec 2.1, 2.6).
+// ViT-bigG/14 (SDXL encoder 2), one config-driven implementation (configs and OpenCLIP key
+// conversion: sd-scripts library/sdxl_model_util.py).
 //
 // Module names follow Hugging Face's CLIPTextModel(WithProjection)
 // (text_model.embeddings.token_embedding, text_model.encoder.layers.N.self_attn.q_proj,

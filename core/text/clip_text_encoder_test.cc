@@ -173,7 +173,8 @@ TEST(ClipTextEncoderLayouts, DiffusersTextEncoder2EqualsOpenClip) {
   auto ref = OpenFixture("tiny_sdxl_reference.safetensors");
   const auto meta = FixtureConfig(*ckpt).at("text_encoder_2_config");
   auto openclip = LoadOrDie(*ckpt, kTe2, ClipKeyLayout::kOpenClip, &meta);
-  // Convert the OpenCLIP tensors to diffusers text_encoder_2 names (spec 2.1 table).
+  // Convert the OpenCLIP tensors to diffusers text_encoder_2 names (as sd-scripts
+  // library/sdxl_model_util.py:convert_sdxl_text_encoder_2_checkpoint does).
   MapSource hf;
   const int64_t d = openclip->config().hidden_size;
   for (const auto& item : openclip->named_parameters()) hf.tensors[item.key()] = item.value().detach().clone();

@@ -1,4 +1,5 @@
-// Captions -> U-Net conditioning (spec 2.4, 2.6): cross-attention context and,
+// Captions -> U-Net conditioning (sd-scripts library/train_util.py:get_hidden_states,
+// get_hidden_states_sdxl, pool_workaround): cross-attention context and,
 // for SDXL, the pooled bigG embedding that starts the added-conditioning vector y.
 //
 //   SD1.5: one CLIP-L; context = last_hidden_state (clip_skip 0/1) or

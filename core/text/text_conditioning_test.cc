@@ -92,7 +92,7 @@ TEST(TextConditioner, Sd15ClipSkipMatchesReference) {
   EXPECT_FALSE(Sd15(75, 99).ok());
 }
 
-// Long captions: the context is [B, 2 + 75n, D], assembled per spec from
+// Long captions: the context is [B, 2 + 75n, D], assembled as kohya's get_hidden_states does from
 // windows encoded one by one; the pooled vector is the first window's.
 TEST(TextConditioner, LongCaptionsReassembleAsKohya) {
   std::ifstream in(FixturePath("tokenizer_reference.json"));

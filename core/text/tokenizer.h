@@ -1,4 +1,5 @@
-// The CLIP BPE tokenizer (spec 2.6): vocab.json + merges.txt (Hugging Face) or
+// The CLIP BPE tokenizer (openai/CLIP clip/simple_tokenizer.py; kohya's chunking:
+// sd-scripts library/train_util.py:get_input_ids): vocab.json + merges.txt (Hugging Face) or
 // bpe_simple_vocab_16e6.txt.gz (OpenAI CLIP), exact CLIP pre-tokenization
 // (NFC, whitespace collapsed, lowercased, CLIP's regex, byte-to-unicode, "</w>"),
 // 77-token windows and kohya's long-caption chunking; plus finding the files

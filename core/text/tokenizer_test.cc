@@ -65,7 +65,7 @@ TEST(ClipTokenizer, NormalizesCaseWhitespaceAndNfc) {
   EXPECT_EQ(Clip().Decode(Clip().Encode("A Photo of a Cat!!")), "a photo of a cat !! ");
 }
 
-// The windows the spec describes (section 2.6), built independently of
+// The windows kohya's get_input_ids (sd-scripts library/train_util.py) builds, made independently of
 // SplitWindows from the full max_token_length + 2 sequence.
 std::vector<std::vector<int32_t>> SpecWindows(const std::vector<int32_t>& ids, int64_t max_token_length, int32_t bos,
                                               int32_t eos, int32_t pad) {
