@@ -207,7 +207,7 @@ std::string ConfigToToml(const TrainConfig& config);
 // Every option name the parser knows (sorted), for help text.
 std::vector<std::string> KnownOptionNames();
 
-// The optimizer step plan (spec 7.4).
+// The optimizer step plan, as kohya's train_network.py derives max_train_steps from epochs.
 struct StepPlan {
   int64_t batches_per_epoch = 0;   // data loader batches per epoch
   int64_t steps_per_epoch = 0;     // optimizer updates per epoch: ceil(batches / accumulation)

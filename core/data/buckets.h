@@ -1,4 +1,5 @@
-// kohya's aspect-ratio buckets (spec 7.1, 7.2): the bucket list, choosing an
+// kohya's aspect-ratio buckets (sd-scripts library/model_util.py:make_bucket_resolutions,
+// library/train_util.py:BucketManager): the bucket list, choosing an
 // image's bucket (with and without bucket_no_upscale), the resize/crop it gets
 // and the crop coordinates kohya records for SDXL's size conditioning.
 // Pure arithmetic, all sizes (width, height); thread-safe.

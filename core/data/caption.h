@@ -1,4 +1,4 @@
-// kohya's caption pipeline (BaseDataset.process_caption, spec 7.3): prefix and
+// kohya's caption pipeline (sd-scripts library/train_util.py:BaseDataset.process_caption): prefix and
 // suffix, caption dropout, wildcards / first line, keep_tokens or
 // keep_tokens_separator, token warmup, shuffle, tag dropout, secondary
 // separator, replacements — in kohya's order. Randomness comes from an injected

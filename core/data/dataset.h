@@ -4,7 +4,7 @@
 // cache, background prefetch. The training loop's entry point into core/data.
 //
 //   ASSIGN_OR_RETURN(auto ds, data::Dataset::Open(args));
-//   ds->num_batches_per_epoch();                // kohya's B_epoch (spec 7.4)
+//   ds->num_batches_per_epoch();                // as kohya's BaseDataset.make_buckets
 //   RETURN_IF_ERROR(ds->CacheLatents(encoder, {.vae_identity = id, .cache_dir = dir}));
 //   ASSIGN_OR_RETURN(auto it, ds->Iterate({.epoch = 1, .batch_index = 0}));
 //   while (true) { ASSIGN_OR_RETURN(auto b, it->Next()); if (!b) break; ... }
@@ -76,7 +76,7 @@ struct ImageEntry {
   // Why the class tokens were used instead: "" (caption file used), "missing",
   // "empty", or "unreadable: <reason>".
   std::string caption_problem;
-  // Bucket assignment (spec 7.2).
+  // Bucket assignment (sd-scripts library/train_util.py:BucketManager.select_bucket).
   int bucket_width = 0;
   int bucket_height = 0;
   int resized_width = 0;

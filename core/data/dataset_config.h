@@ -21,7 +21,7 @@ struct SubsetConfig {
   int num_repeats = 1;
   std::string class_tokens;  // caption for images without a caption file
   bool is_reg = false;
-  // Captions (spec 7.3).
+  // Captions (sd-scripts library/train_util.py:BaseDataset.process_caption).
   std::string caption_extension = ".caption";
   bool shuffle_caption = false;
   std::string caption_separator = ",";

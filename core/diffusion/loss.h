@@ -1,6 +1,8 @@
 // Training targets, kohya's conditional_loss (l2 / l1 / huber / smooth_l1 with a
 // per-sample huber_c) and the per-sample loss weightings of
-// NetworkTrainer.post_process_loss (spec 4.2, 4.5).
+// NetworkTrainer.post_process_loss (sd-scripts train_network.py,
+// library/custom_train_functions.py:apply_snr_weight and neighbours; Min-SNR-gamma:
+// Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy").
 #pragma once
 
 #include <optional>

@@ -1,4 +1,5 @@
-// kohya's noise pipeline (spec 4.3-4.4; train_util.get_noise_noisy_latents_and_timesteps):
+// kohya's noise pipeline (sd-scripts library/train_util.py:get_noise_noisy_latents_and_timesteps,
+// library/custom_train_functions.py:apply_noise_offset, pyramid_noise_like):
 // base noise, noise offset (+ random strength, adaptive scale), multi-resolution
 // (pyramid) noise, timestep sampling in [min, max), input perturbation
 // (ip_noise_gamma). Every draw goes through the given generator in kohya's call

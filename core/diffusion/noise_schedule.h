@@ -1,6 +1,9 @@
-// The DDPM noise schedule kohya trains with (spec 4.1): scaled_linear betas,
-// alphas_cumprod, kohya's all_snr, the optional zero-terminal-SNR rescale, and
-// the forward process (add_noise / get_velocity) as diffusers computes them.
+// The DDPM noise schedule kohya trains with (train_network.py's DDPMScheduler): scaled_linear
+// betas, alphas_cumprod, kohya's all_snr (library/custom_train_functions.py:
+// prepare_scheduler_for_custom_training), the optional zero-terminal-SNR rescale
+// (fix_noise_scheduler_betas_for_zero_terminal_snr; Lin et al. 2023, arXiv 2305.08891), and
+// the forward process (add_noise / get_velocity) as diffusers computes them
+// (schedulers/scheduling_ddpm.py).
 #pragma once
 
 #include <cstdint>

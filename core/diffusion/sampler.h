@@ -1,7 +1,8 @@
-// Preview samplers (spec 8): diffusers EulerDiscreteScheduler and DDIMScheduler
-// (eta 0) with "leading" timestep spacing and steps_offset 1, epsilon or v
-// prediction, driven by a denoiser callback so this module does not depend on
-// the U-Net. Classifier-free guidance wraps a batched [uncond, cond] callback.
+// Preview samplers: diffusers EulerDiscreteScheduler (schedulers/scheduling_euler_discrete.py)
+// and DDIMScheduler (schedulers/scheduling_ddim.py, eta 0) with "leading" timestep
+// spacing and steps_offset 1, epsilon or v prediction, driven by a denoiser
+// callback so this module does not depend on the U-Net. Classifier-free guidance
+// wraps a batched [uncond, cond] callback.
 #pragma once
 
 #include <cstdint>

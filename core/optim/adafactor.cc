@@ -1,4 +1,4 @@
-// transformers.optimization.Adafactor, op for op (spec 6.4).
+// transformers.optimization.Adafactor (src/transformers/optimization.py), op for op.
 #include <cmath>
 
 #include "absl/strings/str_cat.h"

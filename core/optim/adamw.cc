@@ -1,4 +1,4 @@
-// torch.optim.AdamW, single-tensor (foreach=False) path, op for op (spec 6.1).
+// torch.optim.AdamW, single-tensor (foreach=False) path, op for op (torch/optim/adamw.py).
 #include <cmath>
 
 #include "core/common/status_macros.h"

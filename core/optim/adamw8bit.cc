@@ -1,4 +1,5 @@
-// bitsandbytes AdamW8bit (spec 6.2): block-wise (256) dynamic 8-bit quantised
+// bitsandbytes AdamW8bit (bitsandbytes/optim/optimizer.py, csrc/kernels.cu; Dettmers et al.,
+// "8-bit Optimizers via Block-wise Quantization"): block-wise (256) dynamic 8-bit quantised
 // moments for tensors with >= min_8bit_size elements, bnb's 32-bit Adam kernel
 // for smaller ones. Both apply weight decay after the Adam step, as the CUDA
 // kernels do. The 8-bit step is a fused kernel on CPU and torch ops elsewhere

@@ -1,4 +1,5 @@
-// AdamW8bit block-wise step: fused CPU kernel and torch-ops version (spec 6.2).
+// AdamW8bit block-wise step: fused CPU kernel and torch-ops version (bitsandbytes
+// csrc/kernels.cu:kOptimizerStatic8bit2StateBlockwise).
 //
 // Both do the same float32 operations in the same order, so they agree bit for
 // bit. The torch-ops version fixes that order on CPU as LibTorch's AVX2/AVX-512

@@ -1,4 +1,4 @@
-// The bitsandbytes AdamW8bit block-wise step (spec 6.2) in two implementations
+// The bitsandbytes AdamW8bit block-wise step (csrc/kernels.cu) in two implementations
 // that give bit-identical results: a fused CPU kernel (one pass per 256-element
 // block, a table lookup instead of a search over the quantisation map) and a
 // torch-ops version for every other device. Internal to core/optim; the header

@@ -1,4 +1,4 @@
-// came_pytorch.CAME (yangluo7), op for op (spec 6.6).
+// came_pytorch.CAME (yangluo7/CAME came_pytorch/CAME.py), op for op.
 #include <cmath>
 
 #include "absl/strings/str_cat.h"

@@ -1,4 +1,4 @@
-// lion_pytorch.Lion (lucidrains), op for op (spec 6.3).
+// lion_pytorch.Lion (lucidrains/lion-pytorch lion_pytorch/lion_pytorch.py), op for op.
 #include <cmath>
 
 #include "core/common/status_macros.h"

@@ -1,6 +1,6 @@
-// Learning-rate schedules (spec section 5): kohya's get_scheduler_fix over the
-// transformers/diffusers lambdas. Multiplier(step) is lr_lambda(step): the
-// factor for the (step+1)-th optimizer update, so warmup starts at lr 0.
+// Learning-rate schedules: kohya's get_scheduler_fix (sd-scripts library/train_util.py)
+// over the lambdas of transformers/diffusers optimization.py. Multiplier(step) is
+// lr_lambda(step): the factor for the (step+1)-th optimizer update, so warmup starts at lr 0.
 #pragma once
 
 #include <cstdint>

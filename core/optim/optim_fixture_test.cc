@@ -388,7 +388,8 @@ TEST(OptimFixture, AdamW8bitTracksAdamW) {
 
 // The 8-bit state after one step holds exactly-known moments, m = (1-b1) g and
 // v = (1-b2) g^2: each code must be the nearest entry of the dynamic map
-// (rebuilt here from spec 6.2 in double precision) to moment / block absmax,
+// (rebuilt here in double precision as bitsandbytes functional.py:create_dynamic_map
+// builds it) to moment / block absmax,
 // except where the sign fix moved it one code toward the moment's sign, and
 // absmax must be the block's max |moment|.
 TEST(OptimFixture, AdamW8bitStateIsNearestDynamicCode) {

@@ -1,5 +1,5 @@
 // Optimizers over parameter groups that reproduce their reference Python
-// implementations step for step (spec section 6): torch AdamW, bitsandbytes
+// implementations step for step (each .cc names its reference file): torch AdamW, bitsandbytes
 // AdamW8bit, lion_pytorch Lion, transformers Adafactor, prodigyopt Prodigy and
 // came_pytorch CAME. Created the kohya way: an `optimizer_type` name and a list
 // of "key=value" `optimizer_args`.

@@ -1,4 +1,4 @@
-// prodigyopt.Prodigy (konstmish), op for op (spec 6.5). The d estimate is
+// prodigyopt.Prodigy (konstmish/prodigy prodigyopt/prodigy.py), op for op. The d estimate is
 // global: one set of scalars shared by every group, as the reference keeps
 // identical copies in each param group.
 #include <cmath>

@@ -1,5 +1,5 @@
-// The LoRA training loop (issue 5, spec 4 and 7.4): loads an SD1.5 / SDXL
-// checkpoint, attaches a LoRA / LoCon / DoRA / LoHa / LoKr network, and trains
+// The LoRA training loop (kohya sd-scripts train_network.py:NetworkTrainer.train):
+// loads an SD1.5 / SDXL checkpoint, attaches a LoRA / LoCon / DoRA / LoHa / LoKr network, and trains
 // it on batches from a data::BatchSource with kohya's noise, loss weighting,
 // optimizers and schedules; saves LoRA files and resumable states, renders
 // previews, reports through a TrainObserver and stops on a CancellationToken.
