@@ -1,5 +1,6 @@
 // The advisor: checks a dataset and a kohya config against what experienced
-// LoRA trainers learned (issue 7) and returns findings that cite the rule.
+// LoRA trainers published (DuskFall's 2025 guide, cited per rule in rules.toml)
+// and returns findings that cite the rule.
 // The config comes parsed by the trainer's own reader (core/config), so the
 // advisor judges exactly what training will use.
 // The rules are data (core/planner/rules.toml, compiled in; extra rule files
