@@ -43,6 +43,9 @@ struct Batch {
   std::vector<std::filesystem::path> image_paths;
   std::vector<bool> flipped;
   std::vector<bool> is_reg;
+  // Images of this batch's plan left out because their pixels did not decode
+  // (see Dataset::decode_failures()); the batch is smaller by as many.
+  std::vector<std::string> skipped_images;
   // Where this batch sits: (epoch, index in epoch) and the bucket (width, height).
   DataPosition position;
   int bucket_width = 0;

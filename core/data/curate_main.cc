@@ -4,6 +4,7 @@
 #include <iostream>
 #include <string>
 
+#include "core/base/exception_boundary.h"
 #include "absl/strings/numbers.h"
 #include "core/data/curation.h"
 
@@ -24,7 +25,8 @@ int Fail(const std::string& msg) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+// The program; main() below is its exception boundary.
+static int ToolMain(int argc, char** argv) {
   using namespace lorad::data;
   DatasetArgs args;
   args.resolution_width = args.resolution_height = 1024;
@@ -86,4 +88,8 @@ int main(int argc, char** argv) {
   }
   std::cout << (json ? report->ToJson() : report->ToText()) << "\n";
   return 0;
+}
+
+int main(int argc, char** argv) {
+  return lorad::RunToolMain("lorad-curate", [&] { return ToolMain(argc, argv); });
 }

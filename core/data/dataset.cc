@@ -11,15 +11,16 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "core/common/logging.h"
-#include "core/common/status_macros.h"
+#include "core/base/limits.h"
+#include "core/base/logging.h"
+#include "core/base/status_macros.h"
 #include "core/data/buckets.h"
 #include "core/data/cache.h"
 #include "core/data/caption.h"
 #include "core/data/image_io.h"
 #include "core/data/prefetch.h"
 #include "core/data/rng.h"
-#include "core/common/sha256.h"
+#include "core/base/sha256.h"
 
 namespace lorad::data {
 namespace {
@@ -44,6 +45,12 @@ bool IsValidUtf8(const std::string& s) {
 }
 
 std::string ReadCaptionFile(const fs::path& path, bool keep_all_lines, std::string* problem) {
+  std::error_code ec;
+  const auto size = fs::file_size(path, ec);
+  if (!ec && size > kMaxCaptionFileBytes) {  // checked before reading: a caption is a line or a few
+    *problem = absl::StrCat(size, " bytes is more than the ", kMaxCaptionFileBytes, "-byte limit for a caption file");
+    return "";
+  }
   auto bytes = ReadFileBytes(path);
   if (!bytes.ok()) {
     *problem = std::string(bytes.status().message());
@@ -209,6 +216,12 @@ absl::Status Dataset::Load() {
     // repeat at a time round-robin; reg images past that point go unused.
     int64_t num_train = 0;
     for (const auto& e : train) num_train += e.num_repeats;
+    if (num_train > kMaxSamplesPerEpoch) {  // before rebalancing, which loops once per sample
+      return absl::InvalidArgumentError(absl::StrCat(
+          "dataset ", gi, " has ", train.size(), " training images and ", num_train,
+          " samples per epoch (images x num_repeats), more than the limit of ", kMaxSamplesPerEpoch,
+          "; lower num_repeats"));
+    }
     std::vector<ImageEntry> used_reg;
     if (!reg.empty() && num_train > 0) {
       int64_t n = 0;
@@ -235,6 +248,16 @@ absl::Status Dataset::Load() {
     images_.insert(images_.end(), used_reg.begin(), used_reg.end());
   }
   for (const auto& w : warnings_) log->warn("{}", w);
+  // Repeats x images is bounded, so an epoch's plan (one entry per sample) and
+  // its step count stay finite and stated.
+  int64_t samples = 0;
+  for (const auto& e : images_) samples += e.num_repeats;
+  if (samples > kMaxSamplesPerEpoch) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the dataset has ", images_.size(), " images and ", samples,
+        " samples per epoch (images x num_repeats), more than the limit of ", kMaxSamplesPerEpoch,
+        "; lower num_repeats"));
+  }
   bool any_train = std::any_of(images_.begin(), images_.end(), [](const ImageEntry& e) { return !e.is_reg; });
   if (!any_train) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -243,6 +266,8 @@ absl::Status Dataset::Load() {
                                              absl::StrJoin(skipped_, "; "), ")"),
         "; add png/jpg/jpeg/webp/bmp images to the image folders"));
   }
+  log->info("{} images, {} samples per epoch (images x num_repeats), {} batches per epoch", images_.size(), samples,
+            num_batches_per_epoch());
   return absl::OkStatus();
 }
 
@@ -344,7 +369,7 @@ std::pair<int, int> Dataset::CropOffsets(int64_t image, int epoch, int64_t batch
 namespace {
 
 // Decodes, resizes (kohya's filter choice) and crops one image to its bucket.
-absl::StatusOr<cv::Mat> PrepareImage(const ImageEntry& e, std::pair<int, int> crop, bool flip) {
+absl::StatusOr<cv::Mat> PrepareImageOrThrow(const ImageEntry& e, std::pair<int, int> crop, bool flip) {
   ASSIGN_OR_RETURN(cv::Mat rgb, LoadImageRgb(e.path));
   const Reso resized{e.resized_width, e.resized_height};
   const Reso have{rgb.cols, rgb.rows};
@@ -359,59 +384,97 @@ absl::StatusOr<cv::Mat> PrepareImage(const ImageEntry& e, std::pair<int, int> cr
       break;
   }
   const int w = std::min(e.bucket_width, rgb.cols), h = std::min(e.bucket_height, rgb.rows);
+  if (crop.first < 0 || crop.second < 0 || crop.first + w > rgb.cols || crop.second + h > rgb.rows) {
+    return absl::DataLossError(absl::StrCat("image '", e.path.string(), "' decoded to ", rgb.cols, "x", rgb.rows,
+                                            ", smaller than its header said"));
+  }
   cv::Mat out = rgb(cv::Rect(crop.first, crop.second, w, h)).clone();
   if (out.cols != e.bucket_width || out.rows != e.bucket_height) {
-    return absl::InternalError(absl::StrCat("image '", e.path.string(), "' resized to ", rgb.cols, "x", rgb.rows,
+    return absl::DataLossError(absl::StrCat("image '", e.path.string(), "' resized to ", rgb.cols, "x", rgb.rows,
                                             " cannot cover its bucket ", e.bucket_width, "x", e.bucket_height));
   }
   if (flip) cv::flip(out, out, 1);
   return out;
 }
 
+// The same, with every OpenCV exception (bad data, out of memory) as a Status.
+absl::StatusOr<cv::Mat> PrepareImage(const ImageEntry& e, std::pair<int, int> crop, bool flip) {
+  try {
+    return PrepareImageOrThrow(e, crop, flip);
+  } catch (const cv::Exception& err) {
+    return absl::DataLossError(absl::StrCat("image '", e.path.string(), "': ", err.what()));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat("image '", e.path.string(), "': out of memory"));
+  }
+}
+
 }  // namespace
+
+bool Dataset::IsDecodeFailure(int64_t image) const {
+  std::lock_guard<std::mutex> lock(failed_mu_);
+  return failed_.contains(image);
+}
+
+std::vector<std::string> Dataset::decode_failures() const {
+  std::lock_guard<std::mutex> lock(failed_mu_);
+  std::vector<std::string> out;
+  for (const auto& [image, why] : failed_) out.push_back(why);
+  return out;
+}
+
+absl::Status Dataset::RecordDecodeFailure(int64_t image, const absl::Status& why) const {
+  const ImageEntry& e = images_[image];
+  std::string message(why.message());
+  // The path once: image_io names the file in its messages already.
+  if (message.find(e.path.string()) == std::string::npos) message = absl::StrCat(e.path.string(), ": ", message);
+  Logger("data")->warn("skipping image that does not decode: {}", message);
+  std::lock_guard<std::mutex> lock(failed_mu_);
+  failed_.emplace(image, message);
+  int64_t train_images = 0, failed_train = 0;
+  for (size_t i = 0; i < images_.size(); ++i) {
+    if (images_[i].is_reg) continue;
+    ++train_images;
+    failed_train += failed_.contains(static_cast<int64_t>(i)) ? 1 : 0;
+  }
+  if (failed_train < train_images) return absl::OkStatus();
+  std::vector<std::string> all;
+  for (const auto& [i, text] : failed_) all.push_back(text);
+  return absl::FailedPreconditionError(absl::StrCat("no training image decodes: ", absl::StrJoin(all, "; ")));
+}
 
 absl::StatusOr<Batch> Dataset::LoadBatch(const std::vector<PlannedSample>& plan, DataPosition position,
                                          int64_t global_step) const {
   if (plan.empty()) return absl::InvalidArgumentError("empty batch plan");
   Batch b;
-  const int64_t n = static_cast<int64_t>(plan.size());
   b.position = position;
-  b.original_hw = torch::empty({n, 2}, torch::kInt64);
-  b.crop_top_left = torch::empty({n, 2}, torch::kInt64);
-  b.target_hw = torch::empty({n, 2}, torch::kInt64);
-  b.loss_weights = torch::empty({n}, torch::kFloat32);
+  std::vector<int64_t> original_hw, crop_top_left, target_hw;
+  std::vector<float> loss_weights;
   std::vector<torch::Tensor> pixels, latents;
-  for (int64_t s = 0; s < n; ++s) {
-    const ImageEntry& e = images_[plan[s].image];
+  for (size_t s = 0; s < plan.size(); ++s) {
+    const int64_t image = plan[s].image;
+    // An image that did not decode is skipped (named once in the log and in
+    // decode_failures()), like a file that was unreadable at open.
+    if (IsDecodeFailure(image)) continue;
+    const ImageEntry& e = images_[image];
     const SubsetConfig& subset = groups_[e.dataset_index].subsets[e.subset_index];
     const Reso bucket{e.bucket_width, e.bucket_height};
-    b.bucket_width = bucket.width;
-    b.bucket_height = bucket.height;
-    const auto [top, left] = SdxlCropTopLeft(bucket, GetCropLtrb(bucket, {e.width, e.height}), plan[s].flip);
-    b.original_hw[s][0] = e.height;
-    b.original_hw[s][1] = e.width;
-    b.crop_top_left[s][0] = top;
-    b.crop_top_left[s][1] = left;
-    b.target_hw[s][0] = bucket.height;
-    b.target_hw[s][1] = bucket.width;
-    b.loss_weights[s] = e.is_reg ? static_cast<float>(args_.prior_loss_weight) : 1.0f;
-    b.captions.push_back(CaptionFor(plan[s].image, position.epoch, global_step, position.batch_index,
-                                    static_cast<int>(s)));
-    b.image_paths.push_back(e.path);
-    b.flipped.push_back(plan[s].flip);
-    b.is_reg.push_back(e.is_reg);
-    const auto crop = CropOffsets(plan[s].image, position.epoch, position.batch_index, static_cast<int>(s));
+    const auto crop = CropOffsets(image, position.epoch, position.batch_index, static_cast<int>(s));
     if (serve_latents_) {
-      const std::string key = latent_cache_->KeyText(content_sha256_[plan[s].image], bucket.width, bucket.height,
+      const std::string key = latent_cache_->KeyText(content_sha256_[image], bucket.width, bucket.height,
                                                      crop.first, crop.second, plan[s].flip);
       auto latent = latent_cache_->Lookup(key);
       if (!latent.has_value()) {
         // Evicted or corrupted since CacheLatents: recompute this one.
-        ASSIGN_OR_RETURN(cv::Mat img, PrepareImage(e, crop, plan[s].flip));
+        absl::StatusOr<cv::Mat> img = PrepareImage(e, crop, plan[s].flip);
+        if (!img.ok()) {
+          RETURN_IF_ERROR(RecordDecodeFailure(image, img.status()));
+          b.skipped_images.push_back(images_[image].path.string());
+          continue;
+        }
         absl::StatusOr<torch::Tensor> encoded = absl::InternalError("encoder not run");
         try {
           std::lock_guard<std::mutex> lock(encoder_mu_);
-          encoded = encoder_(ToTensorMinus1To1(img).unsqueeze(0));
+          encoded = encoder_(ToTensorMinus1To1(*img).unsqueeze(0));
         } catch (const c10::Error& err) {
           return absl::InternalError(absl::StrCat("latent encoder failed: ", err.what_without_backtrace()));
         }
@@ -421,20 +484,43 @@ absl::StatusOr<Batch> Dataset::LoadBatch(const std::vector<PlannedSample>& plan,
         latent = enc[0];
       }
       latents.push_back(*latent);
-      continue;
+    } else {
+      absl::StatusOr<cv::Mat> img = PrepareImage(e, crop, plan[s].flip);
+      if (!img.ok()) {
+        RETURN_IF_ERROR(RecordDecodeFailure(image, img.status()));
+        b.skipped_images.push_back(images_[image].path.string());
+        continue;
+      }
+      if (subset.color_aug) {
+        auto rng = DeterministicRng::ForKeys({args_.seed, static_cast<uint64_t>(position.epoch), kColor,
+                                              static_cast<uint64_t>(position.batch_index), static_cast<uint64_t>(s)});
+        try {
+          ColorAugment(*img, rng);
+        } catch (const cv::Exception& err) {
+          return absl::InternalError(absl::StrCat("color_aug of '", e.path.string(), "' failed: ", err.what()));
+        }
+      }
+      pixels.push_back(ToTensorMinus1To1(*img));
     }
-    auto img = PrepareImage(e, crop, plan[s].flip);
-    if (!img.ok()) {
-      return absl::Status(img.status().code(), absl::StrCat("batch ", position.batch_index, " of epoch ",
-                                                            position.epoch, ": ", img.status().message()));
-    }
-    if (subset.color_aug) {
-      auto rng = DeterministicRng::ForKeys({args_.seed, static_cast<uint64_t>(position.epoch), kColor,
-                                            static_cast<uint64_t>(position.batch_index), static_cast<uint64_t>(s)});
-      ColorAugment(*img, rng);
-    }
-    pixels.push_back(ToTensorMinus1To1(*img));
+    b.bucket_width = bucket.width;
+    b.bucket_height = bucket.height;
+    const auto [top, left] = SdxlCropTopLeft(bucket, GetCropLtrb(bucket, {e.width, e.height}), plan[s].flip);
+    original_hw.insert(original_hw.end(), {e.height, e.width});
+    crop_top_left.insert(crop_top_left.end(), {top, left});
+    target_hw.insert(target_hw.end(), {bucket.height, bucket.width});
+    loss_weights.push_back(e.is_reg ? static_cast<float>(args_.prior_loss_weight) : 1.0f);
+    b.captions.push_back(CaptionFor(image, position.epoch, global_step, position.batch_index, static_cast<int>(s)));
+    b.image_paths.push_back(e.path);
+    b.flipped.push_back(plan[s].flip);
+    b.is_reg.push_back(e.is_reg);
   }
+  // Every sample skipped: an empty batch, which the iterator passes over.
+  if (b.captions.empty()) return b;
+  const int64_t n = b.size();
+  b.original_hw = torch::tensor(original_hw, torch::kInt64).view({n, 2});
+  b.crop_top_left = torch::tensor(crop_top_left, torch::kInt64).view({n, 2});
+  b.target_hw = torch::tensor(target_hw, torch::kInt64).view({n, 2});
+  b.loss_weights = torch::tensor(loss_weights, torch::kFloat32);
   if (serve_latents_) {
     b.latents = torch::stack(latents);
   } else {
@@ -465,8 +551,12 @@ absl::Status Dataset::CacheLatents(LatentEncoder encoder, LatentCacheOptions opt
   std::map<std::pair<int, int>, std::vector<Job>> todo;  // by bucket: one encoder batch = one size
   for (int64_t i = 0; i < static_cast<int64_t>(images_.size()); ++i) {
     const auto& e = images_[i];
-    ASSIGN_OR_RETURN(std::string bytes, ReadFileBytes(e.path));
-    content_sha256_[i] = Sha256Hex(bytes);
+    absl::StatusOr<std::string> bytes = ReadFileBytes(e.path);
+    if (!bytes.ok()) {  // vanished since open: skipped like an image that does not decode
+      RETURN_IF_ERROR(RecordDecodeFailure(i, bytes.status()));
+      continue;
+    }
+    content_sha256_[i] = Sha256Hex(*bytes);
     const auto crop = CenterTrim({e.resized_width, e.resized_height}, {e.bucket_width, e.bucket_height});
     const bool flip_aug = groups_[e.dataset_index].subsets[e.subset_index].flip_aug;
     for (bool flip : {false, true}) {
@@ -481,14 +571,21 @@ absl::Status Dataset::CacheLatents(LatentEncoder encoder, LatentCacheOptions opt
   for (const auto& [reso, jobs] : todo) {
     for (size_t start = 0; start < jobs.size(); start += bs) {
       std::vector<torch::Tensor> pixels;
+      std::vector<const Job*> encoded_jobs;
       const size_t end = std::min(jobs.size(), start + bs);
       for (size_t j = start; j < end; ++j) {
+        if (IsDecodeFailure(jobs[j].image)) continue;
         const auto& e = images_[jobs[j].image];
-        ASSIGN_OR_RETURN(cv::Mat img, PrepareImage(e, CenterTrim({e.resized_width, e.resized_height},
-                                                                 {e.bucket_width, e.bucket_height}),
-                                                   jobs[j].flip));
-        pixels.push_back(ToTensorMinus1To1(img));
+        absl::StatusOr<cv::Mat> img = PrepareImage(
+            e, CenterTrim({e.resized_width, e.resized_height}, {e.bucket_width, e.bucket_height}), jobs[j].flip);
+        if (!img.ok()) {
+          RETURN_IF_ERROR(RecordDecodeFailure(jobs[j].image, img.status()));
+          continue;
+        }
+        pixels.push_back(ToTensorMinus1To1(*img));
+        encoded_jobs.push_back(&jobs[j]);
       }
+      if (pixels.empty()) continue;
       absl::StatusOr<torch::Tensor> enc;
       try {
         enc = encoder_(torch::stack(pixels));
@@ -496,14 +593,15 @@ absl::Status Dataset::CacheLatents(LatentEncoder encoder, LatentCacheOptions opt
         return absl::InternalError(absl::StrCat("latent encoder failed: ", err.what_without_backtrace()));
       }
       if (!enc.ok()) return enc.status();
-      if (enc->dim() != 4 || enc->size(0) != static_cast<int64_t>(end - start)) {
+      const int64_t count = static_cast<int64_t>(encoded_jobs.size());
+      if (enc->dim() != 4 || enc->size(0) != count) {
         return absl::InvalidArgumentError(absl::StrCat("latent encoder returned shape ", enc->sizes().vec().size(),
                                                        "-d with batch ", enc->dim() ? enc->size(0) : 0, "; expected [",
-                                                       end - start, ",C,H/8,W/8]"));
+                                                       count, ",C,H/8,W/8]"));
       }
-      latent_cache_->CountComputed(static_cast<int64_t>(end - start));
-      for (size_t j = start; j < end; ++j) {
-        RETURN_IF_ERROR(latent_cache_->Store(jobs[j].key, (*enc)[static_cast<int64_t>(j - start)].detach().cpu()));
+      latent_cache_->CountComputed(count);
+      for (int64_t j = 0; j < count; ++j) {
+        RETURN_IF_ERROR(latent_cache_->Store(encoded_jobs[j]->key, (*enc)[j].detach().cpu()));
       }
     }
   }

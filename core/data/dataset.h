@@ -112,6 +112,9 @@ class Dataset : public BatchSource {
   const std::vector<ImageEntry>& images() const { return images_; }
   // Files that could not be read (path: reason), skipped.
   const std::vector<std::string>& skipped() const { return skipped_; }
+  // Images whose header parsed at open but whose pixels did not decode later
+  // (path: reason): left out of every batch from then on, like skipped().
+  std::vector<std::string> decode_failures() const;
   const std::vector<std::string>& warnings() const { return warnings_; }
   std::vector<BucketStat> bucket_stats() const;
   const DatasetArgs& args() const { return args_; }
@@ -130,7 +133,10 @@ class Dataset : public BatchSource {
     bool flip = false;
   };
   std::vector<std::vector<PlannedSample>> PlanEpoch(int epoch) const;
-  // Loads one planned batch (decode + resize + crop, or cached latents).
+  // Loads one planned batch (decode + resize + crop, or cached latents). A
+  // sample whose image does not decode is left out and named (in the log,
+  // Batch::skipped_images and decode_failures()); when every sample is left out
+  // the batch is empty (size 0). An error only when no training image decodes.
   absl::StatusOr<Batch> LoadBatch(const std::vector<PlannedSample>& plan, DataPosition position,
                                   int64_t global_step) const;
   // The processed caption of image `image` at sample `slot` of batch
@@ -152,6 +158,9 @@ class Dataset : public BatchSource {
  private:
   Dataset() = default;
   absl::Status Load();
+  bool IsDecodeFailure(int64_t image) const;
+  // Records that `image` did not decode; FAILED_PRECONDITION when no training image is left.
+  absl::Status RecordDecodeFailure(int64_t image, const absl::Status& why) const;
 
   DatasetArgs args_;
   std::vector<DatasetGroupConfig> groups_;
@@ -164,6 +173,9 @@ class Dataset : public BatchSource {
   // The encoder may be a GPU model: prefetch workers never call it concurrently.
   mutable std::mutex encoder_mu_;
   bool serve_latents_ = false;
+  // Images that did not decode during training: index -> "path: reason".
+  mutable std::mutex failed_mu_;
+  mutable std::map<int64_t, std::string> failed_;  // guarded by failed_mu_
 };
 
 }  // namespace lorad::data

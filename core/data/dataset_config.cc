@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "core/base/limits.h"
 #include "core/base/status_macros.h"
 #include "core/base/toml.h"
 
@@ -21,7 +22,12 @@ namespace fs = std::filesystem;
 std::string Describe(const toml::node& v) {
   std::ostringstream os;
   if (v.is_string()) {
-    os << '"' << *v.value<std::string>() << '"';
+    const std::string text = *v.value<std::string>();
+    if (text.size() > 80) {  // a huge value is named by its size, not echoed
+      os << '"' << text.substr(0, 80) << "...\" (" << text.size() << " bytes)";
+    } else {
+      os << '"' << text << '"';
+    }
   } else if (v.is_table()) {
     os << "a table";
   } else if (v.is_array()) {
@@ -44,10 +50,12 @@ absl::Status GetBool(const std::string& where, const std::string& key, const tom
   return absl::OkStatus();
 }
 
+// An integer in [min_value, max_value] (limits from core/base/limits.h, so it
+// fits the int the data module computes with).
 absl::Status GetInt(const std::string& where, const std::string& key, const toml::node& v, int64_t min_value,
-                    int* out) {
-  if (!v.is_integer() || *v.value<int64_t>() < min_value || *v.value<int64_t>() > (1LL << 30)) {
-    return BadValue(where, key, absl::StrCat("an integer >= ", min_value), v);
+                    int64_t max_value, int* out) {
+  if (!v.is_integer() || *v.value<int64_t>() < min_value || *v.value<int64_t>() > max_value) {
+    return BadValue(where, key, absl::StrCat("an integer from ", min_value, " to ", max_value), v);
   }
   *out = static_cast<int>(*v.value<int64_t>());
   return absl::OkStatus();
@@ -55,15 +63,25 @@ absl::Status GetInt(const std::string& where, const std::string& key, const toml
 
 absl::Status GetDouble(const std::string& where, const std::string& key, const toml::node& v, double lo, double hi,
                        double* out) {
-  if (!v.is_number() || *v.value<double>() < lo || *v.value<double>() > hi) {
+  if (!v.is_number() || !(*v.value<double>() >= lo) || !(*v.value<double>() <= hi)) {
     return BadValue(where, key, absl::StrCat("a number in [", lo, ", ", hi, "]"), v);
   }
   *out = *v.value<double>();
   return absl::OkStatus();
 }
 
+// Caption text (prefixes, class tokens, separators) goes into every caption.
+bool IsCaptionText(const std::string& key) {
+  return key == "class_tokens" || key == "caption_prefix" || key == "caption_suffix" || key == "caption_separator" ||
+         key == "keep_tokens_separator" || key == "secondary_separator";
+}
+
 absl::Status GetString(const std::string& where, const std::string& key, const toml::node& v, std::string* out) {
   if (!v.is_string()) return BadValue(where, key, "a string", v);
+  const size_t limit = IsCaptionText(key) ? kMaxCaptionBytes : kMaxConfigStringBytes;
+  if (v.value<std::string>()->size() > limit) {
+    return BadValue(where, key, absl::StrCat("a string of at most ", limit, " bytes"), v);
+  }
   *out = *v.value<std::string>();
   return absl::OkStatus();
 }
@@ -73,25 +91,30 @@ absl::Status ApplyDatasetKey(const std::string& where, const std::string& key, c
                              DatasetGroupConfig& g, bool* handled) {
   *handled = true;
   if (key == "resolution") {
-    if (v.is_integer() && *v.value<int64_t>() > 0) {
+    auto size_ok = [](const toml::node& n) {
+      return n.is_integer() && *n.value<int64_t>() > 0 && *n.value<int64_t>() <= kMaxResolution;
+    };
+    if (size_ok(v)) {
       g.resolution_width = g.resolution_height = static_cast<int>(*v.value<int64_t>());
       return absl::OkStatus();
     }
     const toml::array* a = v.as_array();
-    if (a != nullptr && a->size() == 2 && (*a)[0].is_integer() && (*a)[1].is_integer() &&
-        *(*a)[0].value<int64_t>() > 0 && *(*a)[1].value<int64_t>() > 0) {
+    if (a != nullptr && a->size() == 2 && size_ok((*a)[0]) && size_ok((*a)[1])) {
       g.resolution_width = static_cast<int>(*(*a)[0].value<int64_t>());
       g.resolution_height = static_cast<int>(*(*a)[1].value<int64_t>());
       return absl::OkStatus();
     }
-    return BadValue(where, key, "a positive integer or [width, height]", v);
+    return BadValue(where, key,
+                    absl::StrCat("a size or [width, height], each from 1 to ", kMaxResolution,
+                                 " (the largest training resolution per side)"),
+                    v);
   }
-  if (key == "batch_size") return GetInt(where, key, v, 1, &g.batch_size);
+  if (key == "batch_size") return GetInt(where, key, v, 1, kMaxBatchSize, &g.batch_size);
   if (key == "enable_bucket") return GetBool(where, key, v, &g.enable_bucket);
-  if (key == "min_bucket_reso") return GetInt(where, key, v, 1, &g.min_bucket_reso);
-  if (key == "max_bucket_reso") return GetInt(where, key, v, 1, &g.max_bucket_reso);
+  if (key == "min_bucket_reso") return GetInt(where, key, v, 1, kMaxResolution, &g.min_bucket_reso);
+  if (key == "max_bucket_reso") return GetInt(where, key, v, 1, kMaxResolution, &g.max_bucket_reso);
   if (key == "bucket_reso_steps") {
-    RETURN_IF_ERROR(GetInt(where, key, v, 8, &g.bucket_reso_steps));
+    RETURN_IF_ERROR(GetInt(where, key, v, 8, kMaxResolution, &g.bucket_reso_steps));
     if (g.bucket_reso_steps % 8 != 0) return BadValue(where, key, "a multiple of 8 (e.g. 64)", v);
     return absl::OkStatus();
   }
@@ -110,7 +133,7 @@ absl::Status ApplySubsetKey(const std::string& where, const std::string& key, co
     s.image_dir = fs::path(dir).is_absolute() ? fs::path(dir) : base_dir / dir;
     return absl::OkStatus();
   }
-  if (key == "num_repeats") return GetInt(where, key, v, 1, &s.num_repeats);
+  if (key == "num_repeats") return GetInt(where, key, v, 1, kMaxRepeats, &s.num_repeats);
   if (key == "class_tokens") return GetString(where, key, v, &s.class_tokens);
   if (key == "is_reg") return GetBool(where, key, v, &s.is_reg);
   if (key == "caption_extension") {
@@ -124,17 +147,17 @@ absl::Status ApplySubsetKey(const std::string& where, const std::string& key, co
     if (s.caption_separator.empty()) return BadValue(where, key, "a non-empty string (default \",\")", v);
     return absl::OkStatus();
   }
-  if (key == "keep_tokens") return GetInt(where, key, v, 0, &s.keep_tokens);
+  if (key == "keep_tokens") return GetInt(where, key, v, 0, 1000, &s.keep_tokens);
   if (key == "keep_tokens_separator") return GetString(where, key, v, &s.keep_tokens_separator);
   if (key == "secondary_separator") return GetString(where, key, v, &s.secondary_separator);
   if (key == "enable_wildcard") return GetBool(where, key, v, &s.enable_wildcard);
   if (key == "caption_prefix") return GetString(where, key, v, &s.caption_prefix);
   if (key == "caption_suffix") return GetString(where, key, v, &s.caption_suffix);
   if (key == "caption_dropout_rate") return GetDouble(where, key, v, 0, 1, &s.caption_dropout_rate);
-  if (key == "caption_dropout_every_n_epochs") return GetInt(where, key, v, 0, &s.caption_dropout_every_n_epochs);
+  if (key == "caption_dropout_every_n_epochs") return GetInt(where, key, v, 0, kMaxTrainEpochs, &s.caption_dropout_every_n_epochs);
   if (key == "caption_tag_dropout_rate") return GetDouble(where, key, v, 0, 1, &s.caption_tag_dropout_rate);
-  if (key == "token_warmup_step") return GetDouble(where, key, v, 0, 1e12, &s.token_warmup_step);
-  if (key == "token_warmup_min") return GetInt(where, key, v, 0, &s.token_warmup_min);
+  if (key == "token_warmup_step") return GetDouble(where, key, v, 0, kMaxTrainSteps, &s.token_warmup_step);
+  if (key == "token_warmup_min") return GetInt(where, key, v, 0, 1000, &s.token_warmup_min);
   if (key == "flip_aug") return GetBool(where, key, v, &s.flip_aug);
   if (key == "random_crop") return GetBool(where, key, v, &s.random_crop);
   if (key == "color_aug") return GetBool(where, key, v, &s.color_aug);
@@ -201,6 +224,10 @@ absl::StatusOr<std::pair<int, int>> ParseResolution(const std::string& text) {
     if (x <= 0) break;
     v.push_back(x);
   }
+  if (std::any_of(v.begin(), v.end(), [](int x) { return x > kMaxResolution; })) {
+    return absl::InvalidArgumentError(absl::StrCat("resolution '", text, "' is above the limit of ", kMaxResolution,
+                                                   " pixels per side"));
+  }
   if (v.size() == 1 && parts.size() == 1) return std::make_pair(v[0], v[0]);
   if (v.size() == 2 && parts.size() == 2) return std::make_pair(v[0], v[1]);
   return absl::InvalidArgumentError(absl::StrCat("resolution '", text,
@@ -229,6 +256,10 @@ absl::StatusOr<std::vector<SubsetConfig>> ScanRepeatFolders(const fs::path& dir,
       warnings->push_back(absl::StrCat(what, ": folder '", name,
                                        "' ignored: its name does not start with a repeat count (N_name)"));
       continue;
+    }
+    if (parsed->first > kMaxRepeats) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": folder '", name, "' asks for ", parsed->first,
+                                                     " repeats, more than the limit of ", kMaxRepeats));
     }
     SubsetConfig s = defaults;
     s.image_dir = sub;

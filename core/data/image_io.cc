@@ -3,12 +3,14 @@
 #include <algorithm>
 #include <cctype>
 #include <fstream>
+#include <limits>
 #include <vector>
 
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "core/base/limits.h"
 
 namespace lorad::data {
 namespace {
@@ -53,8 +55,20 @@ int OrientationFromTiff(const std::string& b, size_t start, size_t end) {
 absl::Status ParsePng(const std::string& b, const std::string& name, ImageHeader* h) {
   if (b.size() < 33) return Corrupt(name, "PNG shorter than its header");
   h->format = "png";
+  if (b.compare(12, 4, "IHDR") != 0) return Corrupt(name, "PNG does not start with an IHDR chunk");
   h->stored_width = static_cast<int>(Be32(b, 16));
   h->stored_height = static_cast<int>(Be32(b, 20));
+  const int bit_depth = uint8_t(b[24]);
+  const int color_type = uint8_t(b[25]);
+  switch (color_type) {
+    case 0: h->channels = 1; break;  // gray
+    case 2: h->channels = 3; break;  // RGB
+    case 3: h->channels = 4; break;  // palette: RGBA when it has transparency
+    case 4: h->channels = 2; break;  // gray + alpha
+    case 6: h->channels = 4; break;  // RGBA
+    default: return Corrupt(name, absl::StrCat("PNG has an unknown color type ", color_type));
+  }
+  h->bytes_per_channel = bit_depth > 8 ? 2 : 1;
   size_t o = 8;
   while (true) {
     if (o + 12 > b.size()) return Corrupt(name, "PNG is truncated (no IEND chunk)");
@@ -90,9 +104,11 @@ absl::Status ParseJpeg(const std::string& b, const std::string& name, ImageHeade
     if (len < 2 || o + len > b.size()) return Corrupt(name, "JPEG is truncated inside a segment");
     if (m == 0xE1 && len >= 8 && b.compare(o + 2, 6, std::string("Exif\0\0", 6)) == 0) {
       h->orientation = OrientationFromTiff(b, o + 8, o + len);
-    } else if (IsSof(m) && len >= 7) {
+    } else if (IsSof(m) && len >= 8) {
       h->stored_height = Be16(b, o + 3);
       h->stored_width = Be16(b, o + 5);
+      h->bytes_per_channel = uint8_t(b[o + 2]) > 8 ? 2 : 1;
+      h->channels = uint8_t(b[o + 7]) == 1 ? 1 : 3;  // OpenCV converts YCbCr/CMYK to BGR
       have_size = true;
     }
     o += len;
@@ -133,6 +149,7 @@ absl::Status ParseWebp(const std::string& b, const std::string& name, ImageHeade
     if (type == "VP8X" && len >= 10) {
       h->stored_width = int(1 + (Le32(b, d + 4) & 0xFFFFFF));
       h->stored_height = int(1 + (Le32(b, d + 7) & 0xFFFFFF));
+      h->channels = (uint8_t(b[d]) & 0x10) != 0 ? 4 : 3;  // the alpha flag
       have_size = true;
     } else if (type == "VP8 " && len >= 10 && !have_size) {
       h->stored_width = Le16(b, d + 6) & 0x3FFF;
@@ -142,6 +159,7 @@ absl::Status ParseWebp(const std::string& b, const std::string& name, ImageHeade
       const uint32_t bits = Le32(b, d + 1);
       h->stored_width = int((bits & 0x3FFF) + 1);
       h->stored_height = int(((bits >> 14) & 0x3FFF) + 1);
+      h->channels = 4;  // lossless may carry alpha
       have_size = true;
     } else if (type == "EXIF") {
       size_t s = d;
@@ -162,9 +180,14 @@ absl::Status ParseBmp(const std::string& b, const std::string& name, ImageHeader
   if (dib == 12) {
     h->stored_width = Le16(b, 18);
     h->stored_height = Le16(b, 20);
+    h->channels = 3;
   } else {
+    if (b.size() < 30) return Corrupt(name, "BMP shorter than its header");
     h->stored_width = static_cast<int32_t>(Le32(b, 18));
-    h->stored_height = std::abs(static_cast<int32_t>(Le32(b, 22)));
+    const int32_t height = static_cast<int32_t>(Le32(b, 22));
+    // INT32_MIN has no absolute value: refused as an invalid size below.
+    h->stored_height = height == INT32_MIN ? 0 : std::abs(height);
+    h->channels = Le16(b, 28) == 32 ? 4 : 3;
   }
   if (pixels_at >= b.size()) return Corrupt(name, "BMP is truncated (no pixel data)");
   const size_t declared = Le32(b, 2);
@@ -198,21 +221,21 @@ cv::Mat ToBgrOnWhite(const cv::Mat& in8) {
       return in8;
     case 2:
     case 4: {
-      std::vector<cv::Mat> ch;
-      cv::split(in8, ch);
-      cv::Mat alpha = ch.back();
-      cv::Mat color;
-      if (in8.channels() == 2) {
-        cv::cvtColor(ch[0], color, cv::COLOR_GRAY2BGR);
-      } else {
-        cv::merge(std::vector<cv::Mat>{ch[0], ch[1], ch[2]}, color);
+      // c * a/255 + (255 - a), rounded: in integers, row by row, so a large
+      // image needs no float copies (the exact value never ends in .5).
+      const int n = in8.channels();
+      out.create(in8.rows, in8.cols, CV_8UC3);
+      for (int y = 0; y < in8.rows; ++y) {
+        const uint8_t* src = in8.ptr<uint8_t>(y);
+        uint8_t* dst = out.ptr<uint8_t>(y);
+        for (int x = 0; x < in8.cols; ++x, src += n, dst += 3) {
+          const int a = src[n - 1];
+          for (int c = 0; c < 3; ++c) {
+            const int value = n == 2 ? src[0] : src[c];
+            dst[c] = static_cast<uint8_t>((value * a + 255 * (255 - a) + 127) / 255);
+          }
+        }
       }
-      cv::Mat a3, colorf, af;
-      alpha.convertTo(af, CV_32F, 1.0 / 255.0);
-      cv::merge(std::vector<cv::Mat>{af, af, af}, a3);
-      color.convertTo(colorf, CV_32F);
-      cv::Mat blended = colorf.mul(a3) + (cv::Scalar::all(1.0) - a3) * 255.0;
-      blended.convertTo(out, CV_8U);  // rounds and saturates
       return out;
     }
     default:
@@ -234,6 +257,10 @@ absl::StatusOr<std::string> ReadFileBytes(const std::filesystem::path& path) {
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (in.bad()) return absl::DataLossError(absl::StrCat("error reading '", path.string(), "'"));
   return bytes;
+}
+
+int64_t DecodeBytes(const ImageHeader& header) {
+  return int64_t{header.stored_width} * header.stored_height * header.channels * header.bytes_per_channel;
 }
 
 absl::StatusOr<ImageHeader> ParseImageHeader(const std::string& b, const std::string& name) {
@@ -281,6 +308,7 @@ absl::StatusOr<cv::Mat> DecodeImageRgb(const std::string& bytes, const std::stri
   // IMREAD_UNCHANGED keeps alpha and 16 bits but skips OpenCV's orientation
   // handling; the orientation is applied below, the same way for every format.
   int flags = cv::IMREAD_UNCHANGED;
+  int64_t decode_bytes = DecodeBytes(*header);
   if (pixels > kMaxDecodePixels) {
     if (header->format != "jpeg") {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -297,22 +325,39 @@ absl::StatusOr<cv::Mat> DecodeImageRgb(const std::string& bytes, const std::stri
     flags = (factor == 2 ? cv::IMREAD_REDUCED_COLOR_2 : factor == 4 ? cv::IMREAD_REDUCED_COLOR_4
                                                                     : cv::IMREAD_REDUCED_COLOR_8) |
             cv::IMREAD_IGNORE_ORIENTATION;
+    decode_bytes = pixels / (int64_t(factor) * factor) * 3;
   }
-  cv::Mat raw;
+  // The decode cost from the header, refused before a byte is decoded (a
+  // 16-bit RGBA "decompression bomb" is a few KiB on disk).
+  if (decode_bytes > kMaxImageDecodeBytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "image '", name, "' is ", header->stored_width, "x", header->stored_height, " with ", header->channels,
+        " channels of ", 8 * header->bytes_per_channel, " bits: decoding needs ", decode_bytes,
+        " bytes, more than the limit of ", kMaxImageDecodeBytes, "; downscale it or save it with 8 bits per channel"));
+  }
+  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
+    return absl::InvalidArgumentError(absl::StrCat("image '", name, "' is ", bytes.size(), " bytes: too large"));
+  }
+  // Every OpenCV call may throw (corrupt data, out of memory): a Status naming
+  // the file, never an exception.
   try {
     const cv::Mat buf(1, static_cast<int>(bytes.size()), CV_8U, const_cast<char*>(bytes.data()));
-    raw = cv::imdecode(buf, flags);
+    cv::Mat raw = cv::imdecode(buf, flags);
+    if (raw.empty()) return Corrupt(name, "OpenCV could not decode it");
+    cv::Mat bgr = ToBgrOnWhite(To8Bit(raw));
+    if (bgr.empty()) return Corrupt(name, absl::StrCat("unsupported channel count ", raw.channels()));
+    if (bgr.data == raw.data) bgr = bgr.clone();  // own the pixels before in-place orientation
+    raw.release();
+    ApplyExifOrientation(header->orientation, bgr);
+    cv::Mat rgb;
+    cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+    return rgb;
   } catch (const cv::Exception& e) {
     return Corrupt(name, absl::StrCat("OpenCV could not decode it (", e.what(), ")"));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat("image '", name, "': out of memory while decoding ",
+                                                     header->stored_width, "x", header->stored_height));
   }
-  if (raw.empty()) return Corrupt(name, "OpenCV could not decode it");
-  cv::Mat bgr = ToBgrOnWhite(To8Bit(raw));
-  if (bgr.empty()) return Corrupt(name, absl::StrCat("unsupported channel count ", raw.channels()));
-  if (bgr.data == raw.data) bgr = bgr.clone();  // own the pixels before in-place orientation
-  ApplyExifOrientation(header->orientation, bgr);
-  cv::Mat rgb;
-  cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
-  return rgb;
 }
 
 absl::StatusOr<cv::Mat> LoadImageRgb(const std::filesystem::path& path) {

@@ -52,24 +52,29 @@ void PrefetchIterator::Work() {
 }
 
 absl::StatusOr<std::optional<Batch>> PrefetchIterator::Next() {
-  if (next_ >= static_cast<int64_t>(plan_.size())) return std::optional<Batch>();
-  const int64_t index = next_;
-  absl::StatusOr<Batch> result = absl::UnknownError("unset");
-  if (workers_.empty()) {
-    result = Load(index);
-  } else {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return ready_.contains(index); });
-    auto node = ready_.extract(index);
-    result = std::move(node.mapped());
+  while (next_ < static_cast<int64_t>(plan_.size())) {
+    const int64_t index = next_;
+    absl::StatusOr<Batch> result = absl::UnknownError("unset");
+    if (workers_.empty()) {
+      result = Load(index);
+    } else {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return ready_.contains(index); });
+      auto node = ready_.extract(index);
+      result = std::move(node.mapped());
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++next_;
+    }
+    cv_.notify_all();
+    if (!result.ok()) return result.status();
+    // Every image of the batch failed to decode (named by the dataset): the
+    // next batch instead.
+    if (result->size() == 0) continue;
+    return std::optional<Batch>(std::move(*result));
   }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    ++next_;
-  }
-  cv_.notify_all();
-  if (!result.ok()) return result.status();
-  return std::optional<Batch>(std::move(*result));
+  return std::optional<Batch>();
 }
 
 }  // namespace lorad::data
