@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <string>
 
+#include "core/base/exception_boundary.h"
 #include "bench/bench_registry.h"
 
 namespace lorad::bench {
@@ -12,7 +13,8 @@ std::map<std::string, BenchEntry>& Registry() {
 }
 }  // namespace lorad::bench
 
-int main(int argc, char** argv) {
+// The program; main() below is its exception boundary.
+static int ToolMain(int argc, char** argv) {
   auto& registry = lorad::bench::Registry();
   if (argc < 2 || registry.count(argv[1]) == 0) {
     std::fprintf(stderr, "usage: lorad-bench SUBCOMMAND [ARGS...]\n\nsubcommands:\n");
@@ -22,4 +24,8 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : (std::fprintf(stderr, "\nunknown subcommand '%s'\n", argv[1]), 2);
   }
   return registry[argv[1]].main(argc - 1, argv + 1);
+}
+
+int main(int argc, char** argv) {
+  return lorad::RunToolMain("lorad-bench", [&] { return ToolMain(argc, argv); });
 }

@@ -4,9 +4,11 @@
 #include <cstring>
 #include <string>
 
+#include "core/base/exception_boundary.h"
 #include "core/models/inspect.h"
 
-int main(int argc, char** argv) {
+// The program; main() below is its exception boundary.
+static int ToolMain(int argc, char** argv) {
   std::string path;
   bool json = false;
   for (int i = 1; i < argc; ++i) {
@@ -37,4 +39,8 @@ int main(int argc, char** argv) {
     std::printf("%s", lorad::models::FormatInspection(*report).c_str());
   }
   return 0;
+}
+
+int main(int argc, char** argv) {
+  return lorad::RunToolMain("lorad-inspect", [&] { return ToolMain(argc, argv); });
 }

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <string>
 
+#include "core/base/exception_boundary.h"
 #include "absl/strings/numbers.h"
 #include "core/models/mkmodel.h"
 #include "core/text/tokenizer.h"
@@ -22,7 +23,8 @@ int Usage(const char* error = nullptr) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+// The program; main() below is its exception boundary.
+static int ToolMain(int argc, char** argv) {
   lorad::models::MakeModelOptions options;
   std::string out, arch, size, captions_file;
   for (int i = 1; i < argc; ++i) {
@@ -82,4 +84,8 @@ int main(int argc, char** argv) {
     std::printf("wrote demo vocabulary %s\n", lorad::text::CompanionTokenizerDir(out).string().c_str());
   }
   return 0;
+}
+
+int main(int argc, char** argv) {
+  return lorad::RunToolMain("lorad-mkmodel", [&] { return ToolMain(argc, argv); });
 }

@@ -11,6 +11,7 @@
 #include <iostream>
 #include <random>
 
+#include "core/base/exception_boundary.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -43,7 +44,8 @@ int Fail(lorad::train::TrainObserver& observer, const absl::Status& status) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+// The program; main() below is its exception boundary.
+static int ToolMain(int argc, char** argv) {
   using namespace lorad::train;
   using namespace lorad;
   std::vector<std::string> args(argv + 1, argv + argc);
@@ -118,4 +120,8 @@ int main(int argc, char** argv) {
     if (result.ok()) return kExitEventsBroken;
   }
   return lorad::TrainerExitCode(result.status());
+}
+
+int main(int argc, char** argv) {
+  return lorad::RunToolMain("lorad-train", [&] { return ToolMain(argc, argv); });
 }

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "core/base/limits.h"
 
 namespace lorad::train {
 namespace {
@@ -27,12 +28,25 @@ absl::StatusOr<int64_t> PositiveInt(int64_t line, const std::string& name, const
 }  // namespace
 
 absl::StatusOr<std::vector<SamplePrompt>> ParseSamplePrompts(const std::string& text) {
+  if (text.size() > kMaxSamplePromptsBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("sample prompts: ", text.size(), " bytes is more than the ",
+                                                   kMaxSamplePromptsBytes, "-byte limit for a prompt file"));
+  }
   std::vector<SamplePrompt> prompts;
   int64_t line_number = 0;
   for (absl::string_view raw_line : absl::StrSplit(text, '\n')) {
     ++line_number;
     const std::string line(absl::StripAsciiWhitespace(raw_line));
     if (line.empty() || line[0] == '#') continue;
+    if (prompts.size() >= kMaxSamplePrompts) {  // each prompt is a full sampling run at every preview
+      return absl::InvalidArgumentError(absl::StrCat("sample prompt line ", line_number, ": more than ",
+                                                     kMaxSamplePrompts, " prompts (the limit per prompt file)"));
+    }
+    if (line.size() > kMaxCaptionBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("sample prompt line ", line_number, ": ", line.size(),
+                                                     " bytes is longer than the ", kMaxCaptionBytes,
+                                                     "-byte limit for a prompt"));
+    }
     // kohya splits on " --": the first part is the prompt, the rest are options.
     std::vector<std::string> parts = absl::StrSplit(line, " --");
     SamplePrompt prompt;
@@ -51,6 +65,9 @@ absl::StatusOr<std::vector<SamplePrompt>> ParseSamplePrompts(const std::string& 
         if (!v.ok()) return v.status();
         const int64_t size = *v - *v % 8;  // kohya rounds down to a multiple of 8
         if (size < 8) return BadOption(line_number, name, "needs a size of at least 8");
+        if (size > kMaxResolution) {
+          return BadOption(line_number, name, absl::StrCat("needs a size of at most ", kMaxResolution, ", got ", size));
+        }
         (name == "w" ? prompt.width : prompt.height) = size;
       } else if (name == "s") {
         auto v = PositiveInt(line_number, name, value);
@@ -64,8 +81,8 @@ absl::StatusOr<std::vector<SamplePrompt>> ParseSamplePrompts(const std::string& 
         prompt.seed = seed;
       } else if (name == "l") {
         double scale = 0;
-        if (!absl::SimpleAtod(value, &scale) || !(scale >= 0)) {
-          return BadOption(line_number, name, absl::StrCat("needs a non-negative CFG scale, got \"", value, "\""));
+        if (!absl::SimpleAtod(value, &scale) || !(scale >= 0) || !(scale <= 1000)) {
+          return BadOption(line_number, name, absl::StrCat("needs a CFG scale from 0 to 1000, got \"", value, "\""));
         }
         prompt.cfg_scale = scale;
       } else if (name == "ss") {
@@ -79,6 +96,13 @@ absl::StatusOr<std::vector<SamplePrompt>> ParseSamplePrompts(const std::string& 
 }
 
 absl::StatusOr<std::vector<SamplePrompt>> LoadSamplePrompts(const std::filesystem::path& path) {
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  if (!ec && size > kMaxSamplePromptsBytes) {  // refused before reading it
+    return absl::InvalidArgumentError(absl::StrCat(path.string(), ": ", size, " bytes is more than the ",
+                                                   kMaxSamplePromptsBytes, "-byte limit for a sample prompt file ",
+                                                   "(config key 'sample_prompts')"));
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     return absl::NotFoundError(

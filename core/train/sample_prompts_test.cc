@@ -1,5 +1,10 @@
 #include "core/train/sample_prompts.h"
 
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
 #include <gtest/gtest.h>
 
 namespace lorad::train {
@@ -41,6 +46,37 @@ TEST(SamplePromptsTest, BadValuesNameTheLine) {
   EXPECT_FALSE(ParseSamplePrompts("a dog --l -1").ok());
   EXPECT_FALSE(ParseSamplePrompts("a dog --d x").ok());
   EXPECT_EQ(LoadSamplePrompts("/nonexistent/prompts.txt").status().code(), absl::StatusCode::kNotFound);
+}
+
+// Issue 16: prompt files have a size and prompt-count limit, checked before
+// the file is read; sizes and CFG scales are bounded.
+TEST(SamplePromptsTest, SizesAndCountsAreLimited) {
+  std::string many;
+  for (int i = 0; i < 1001; ++i) many += "a cat\n";
+  auto too_many = ParseSamplePrompts(many);
+  ASSERT_FALSE(too_many.ok());
+  EXPECT_NE(too_many.status().message().find("1000"), std::string::npos) << too_many.status();
+  EXPECT_TRUE(ParseSamplePrompts(many.substr(6)).ok());  // exactly 1000
+
+  auto long_prompt = ParseSamplePrompts(std::string(20000, 'x') + "\n");
+  ASSERT_FALSE(long_prompt.ok());
+  EXPECT_NE(long_prompt.status().message().find("16384"), std::string::npos) << long_prompt.status();
+
+  EXPECT_FALSE(ParseSamplePrompts(std::string(2 << 20, '#')).ok());
+  auto huge_size = ParseSamplePrompts("a cat --w 1000000\n");
+  ASSERT_FALSE(huge_size.ok());
+  EXPECT_NE(huge_size.status().message().find("8192"), std::string::npos) << huge_size.status();
+  EXPECT_FALSE(ParseSamplePrompts("a cat --l 1e308\n").ok());
+
+  const auto path = std::filesystem::temp_directory_path() / ("lorad_prompts_" + std::to_string(::getpid()));
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << std::string((1 << 20) + 1, '#');
+  }
+  auto file = LoadSamplePrompts(path);
+  std::filesystem::remove(path);
+  ASSERT_FALSE(file.ok());
+  EXPECT_NE(file.status().message().find("sample_prompts"), std::string::npos) << file.status();
 }
 
 }  // namespace
