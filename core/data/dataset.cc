@@ -6,7 +6,6 @@
 #include <set>
 #include <thread>
 
-#include <nlohmann/json.hpp>
 #include <opencv2/imgproc.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -640,96 +639,6 @@ std::map<std::string, std::map<std::string, int64_t>> Dataset::TagFrequency() co
     }
   }
   return out;
-}
-
-std::map<std::string, std::string> Dataset::KohyaMetadata() const {
-  using nlohmann::json;
-  json dataset_dirs = json::object(), reg_dirs = json::object();
-  std::map<std::pair<int, int>, std::pair<int64_t, int64_t>> subset_counts;  // (group, subset) -> (imgs, repeats)
-  for (const auto& e : images_) {
-    auto& c = subset_counts[{e.dataset_index, e.subset_index}];
-    c.first += 1;
-    c.second = groups_[e.dataset_index].subsets[e.subset_index].num_repeats;
-  }
-  json datasets = json::array();
-  const auto tag_freq = TagFrequency();
-  double ar_sum = 0;
-  for (const auto& e : images_) ar_sum += std::abs(e.ar_error);
-  for (size_t gi = 0; gi < groups_.size(); ++gi) {
-    const auto& g = groups_[gi];
-    json subsets = json::array();
-    json group_tags = json::object();
-    int64_t n_train = 0, n_reg = 0;
-    for (const auto& e : images_) {
-      if (e.dataset_index != static_cast<int>(gi)) continue;
-      (e.is_reg ? n_reg : n_train) += e.num_repeats;
-    }
-    for (size_t si = 0; si < g.subsets.size(); ++si) {
-      const auto& s = g.subsets[si];
-      const auto it = subset_counts.find({static_cast<int>(gi), static_cast<int>(si)});
-      const int64_t count = it == subset_counts.end() ? 0 : it->second.first;
-      const std::string dir = s.image_dir.filename().string();
-      (s.is_reg ? reg_dirs : dataset_dirs)[dir] = {{"n_repeats", s.num_repeats}, {"img_count", count}};
-      subsets.push_back({{"img_count", count},
-                         {"num_repeats", s.num_repeats},
-                         {"color_aug", s.color_aug},
-                         {"flip_aug", s.flip_aug},
-                         {"random_crop", s.random_crop},
-                         {"shuffle_caption", s.shuffle_caption},
-                         {"keep_tokens", s.keep_tokens},
-                         {"keep_tokens_separator", s.keep_tokens_separator},
-                         {"image_dir", dir},
-                         {"class_tokens", s.class_tokens},
-                         {"is_reg", s.is_reg}});
-      if (auto t = tag_freq.find(dir); t != tag_freq.end()) group_tags[dir] = t->second;
-    }
-    double group_ar_sum = 0;
-    int64_t group_images = 0;
-    for (const auto& e : images_) {
-      if (e.dataset_index != static_cast<int>(gi)) continue;
-      group_ar_sum += std::abs(e.ar_error);
-      ++group_images;
-    }
-    const double group_ar_mean = group_images ? group_ar_sum / static_cast<double>(group_images) : 0.0;
-    json buckets = json::object();
-    int bi = 0;
-    std::map<std::pair<int, int>, int64_t> counts;
-    for (const auto& e : images_) {
-      if (e.dataset_index == static_cast<int>(gi)) counts[{e.bucket_width, e.bucket_height}] += e.num_repeats;
-    }
-    for (const auto& [reso, n] : counts) {
-      buckets[std::to_string(bi++)] = {{"resolution", {reso.first, reso.second}}, {"count", n}};
-    }
-    datasets.push_back({{"is_dreambooth", true},
-                        {"batch_size_per_device", g.batch_size},
-                        {"num_train_images", n_train},
-                        {"num_reg_images", n_reg},
-                        {"resolution", {g.resolution_width, g.resolution_height}},
-                        {"enable_bucket", g.enable_bucket},
-                        {"min_bucket_reso", g.min_bucket_reso},
-                        {"max_bucket_reso", g.max_bucket_reso},
-                        {"tag_frequency", group_tags},
-                        {"bucket_info", {{"buckets", buckets}, {"mean_img_ar_error", group_ar_mean}}},
-                        {"subsets", subsets}});
-  }
-  json bucket_info = json::object();
-  json all_buckets = json::object();
-  int bi = 0;
-  for (const auto& b : bucket_stats()) {
-    all_buckets[std::to_string(bi++)] = {{"resolution", {b.width, b.height}}, {"count", b.count}};
-  }
-  bucket_info["buckets"] = all_buckets;
-  bucket_info["mean_img_ar_error"] = images_.empty() ? 0.0 : ar_sum / static_cast<double>(images_.size());
-  json tags = json::object();
-  for (const auto& [dir, freq] : tag_freq) tags[dir] = freq;
-  return {{"ss_num_train_images", std::to_string(num_train_images())},
-          {"ss_num_reg_images", std::to_string(num_reg_images())},
-          {"ss_num_batches_per_epoch", std::to_string(num_batches_per_epoch())},
-          {"ss_tag_frequency", tags.dump()},
-          {"ss_dataset_dirs", dataset_dirs.dump()},
-          {"ss_reg_dataset_dirs", reg_dirs.dump()},
-          {"ss_bucket_info", bucket_info.dump()},
-          {"ss_datasets", datasets.dump()}};
 }
 
 }  // namespace lorad::data

@@ -147,12 +147,8 @@ class Dataset : public BatchSource {
   // the resized image (centre, or seeded with random_crop).
   std::pair<int, int> CropOffsets(int64_t image, int epoch, int64_t batch_index, int slot) const;
 
-  // kohya's training metadata: ss_num_train_images, ss_num_reg_images,
-  // ss_num_batches_per_epoch, ss_tag_frequency, ss_dataset_dirs,
-  // ss_reg_dataset_dirs, ss_bucket_info, ss_datasets (JSON strings as kohya writes).
-  std::map<std::string, std::string> KohyaMetadata() const;
-  // Tag frequency per image folder name: {dir: {tag: count}}, as kohya's
-  // ss_tag_frequency: raw captions split on ",", lower-cased, once per image.
+  // Tag frequency per image folder name: {dir: {tag: images}}, as kohya counts
+  // it for its metadata: raw captions split on ",", lower-cased, once per image.
   std::map<std::string, std::map<std::string, int64_t>> TagFrequency() const;
 
  private:

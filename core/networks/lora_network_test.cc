@@ -134,7 +134,9 @@ TEST_P(EveryNetworkType, TrainsAndRoundTrips) {
     const auto path = dir / "lora.safetensors";
     LoraMetadataBuilder meta;
     meta.SetNetwork(config);
-    ASSERT_TRUE((*net)->Save(path, dtype, meta.metadata()).ok());
+    auto metadata = meta.Build();
+    ASSERT_TRUE(metadata.ok()) << metadata.status();
+    ASSERT_TRUE((*net)->Save(path, dtype, *metadata).ok());
     TinyModel other;
     auto loaded = LoraNetwork::Create(config, Targets(other, config.TargetsConvBlocks()));
     ASSERT_TRUE(loaded.ok());

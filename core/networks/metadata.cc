@@ -4,10 +4,12 @@
 #include <chrono>
 #include <cmath>
 #include <ctime>
+#include <filesystem>
 #include <set>
+#include <string_view>
 
 #include "absl/strings/str_cat.h"
-#include "core/common/status_macros.h"
+#include "core/base/status_macros.h"
 
 namespace lorad::networks {
 namespace {
@@ -37,6 +39,106 @@ const std::set<std::string>& KnownSsKeys() {
   return keys;
 }
 
+// Well-formed UTF-8 (no overlong forms, surrogates or code points past U+10FFFF).
+bool IsUtf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    int len = 0;
+    uint32_t cp = 0;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      len = 2;
+      cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      len = 3;
+      cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      len = 4;
+      cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + len > s.size()) return false;
+    for (int k = 1; k < len; ++k) {
+      const auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    i += len;
+  }
+  return true;
+}
+
+nlohmann::json BucketsJson(const std::vector<BucketCount>& buckets) {
+  nlohmann::json out = nlohmann::json::object();
+  int i = 0;
+  for (const BucketCount& b : buckets) {
+    out[std::to_string(i++)] = {{"resolution", {b.width, b.height}}, {"count", b.count}};
+  }
+  return out;
+}
+
+// ss_datasets: one entry per dataset group, as kohya's DreamBoothDataset writes it.
+nlohmann::json DatasetsJson(const DatasetFacts& d) {
+  using nlohmann::json;
+  json datasets = json::array();
+  for (const DatasetGroupFacts& g : d.groups) {
+    json subsets = json::array();
+    json group_tags = json::object();
+    for (const SubsetFacts& s : g.subsets) {
+      subsets.push_back({{"img_count", s.img_count},
+                         {"num_repeats", s.num_repeats},
+                         {"color_aug", s.color_aug},
+                         {"flip_aug", s.flip_aug},
+                         {"random_crop", s.random_crop},
+                         {"shuffle_caption", s.shuffle_caption},
+                         {"keep_tokens", s.keep_tokens},
+                         {"keep_tokens_separator", s.keep_tokens_separator},
+                         {"image_dir", s.image_dir},
+                         {"class_tokens", s.class_tokens},
+                         {"is_reg", s.is_reg}});
+      if (auto t = d.tag_frequency.find(s.image_dir); t != d.tag_frequency.end()) group_tags[s.image_dir] = t->second;
+    }
+    datasets.push_back({{"is_dreambooth", true},
+                        {"batch_size_per_device", g.batch_size},
+                        {"num_train_images", g.num_train_images},
+                        {"num_reg_images", g.num_reg_images},
+                        {"resolution", {g.resolution_width, g.resolution_height}},
+                        {"enable_bucket", g.enable_bucket},
+                        {"min_bucket_reso", g.min_bucket_reso},
+                        {"max_bucket_reso", g.max_bucket_reso},
+                        {"tag_frequency", group_tags},
+                        {"bucket_info", {{"buckets", BucketsJson(g.buckets)}, {"mean_img_ar_error", g.mean_img_ar_error}}},
+                        {"subsets", subsets}});
+  }
+  return datasets;
+}
+
+void SetDatasetFacts(const DatasetFacts& d, LoraMetadataBuilder& b) {
+  using nlohmann::json;
+  json dataset_dirs = json::object(), reg_dirs = json::object();
+  for (const DatasetGroupFacts& g : d.groups) {
+    for (const SubsetFacts& s : g.subsets) {
+      (s.is_reg ? reg_dirs : dataset_dirs)[s.image_dir] = {{"n_repeats", s.num_repeats}, {"img_count", s.img_count}};
+    }
+  }
+  json tags = json::object();
+  for (const auto& [dir, freq] : d.tag_frequency) tags[dir] = freq;
+  b.SetInt("ss_num_reg_images", d.num_reg_images);
+  b.SetJson("ss_tag_frequency", tags);
+  b.SetJson("ss_dataset_dirs", dataset_dirs);
+  b.SetJson("ss_reg_dataset_dirs", reg_dirs);
+  b.SetJson("ss_bucket_info", {{"buckets", BucketsJson(d.buckets)}, {"mean_img_ar_error", d.mean_img_ar_error}});
+  b.SetJson("ss_datasets", DatasetsJson(d));
+}
+
+}  // namespace
+
 std::string NowIso8601() {
   const std::time_t now = std::time(nullptr);
   std::tm local{};
@@ -45,8 +147,6 @@ std::string NowIso8601() {
   std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &local);
   return buf;
 }
-
-}  // namespace
 
 std::string PythonFloat(double value) {
   if (std::isnan(value)) return "nan";
@@ -90,43 +190,63 @@ std::string PythonBool(bool value) { return value ? "True" : "False"; }
 
 bool IsKnownSsKey(const std::string& key) { return KnownSsKeys().count(key) > 0; }
 
-absl::Status LoraMetadataBuilder::Set(const std::string& key, const std::string& value) {
+void LoraMetadataBuilder::Set(const std::string& key, const std::string& value) {
+  if (!status_.ok()) return;
   if (!IsKnownSsKey(key)) {
-    return absl::InvalidArgumentError(absl::StrCat("'", key, "' is not a kohya ss_* metadata key"));
+    status_ = absl::InvalidArgumentError(absl::StrCat("'", key, "' is not a kohya ss_* metadata key"));
+  } else if (metadata_.count(key)) {
+    status_ = absl::InvalidArgumentError(absl::StrCat("metadata key '", key, "' is set twice"));
+  } else if (!IsUtf8(value)) {
+    status_ = absl::InvalidArgumentError(absl::StrCat("metadata key '", key, "': the value is not UTF-8 text"));
+  } else {
+    metadata_[key] = value;
   }
-  metadata_[key] = value;
-  return absl::OkStatus();
 }
 
-absl::Status LoraMetadataBuilder::SetFloat(const std::string& key, std::optional<double> value) {
-  return Set(key, value ? PythonFloat(*value) : "None");
+void LoraMetadataBuilder::SetFloat(const std::string& key, std::optional<double> value) {
+  Set(key, value ? PythonFloat(*value) : "None");
 }
 
-absl::Status LoraMetadataBuilder::SetInt(const std::string& key, std::optional<int64_t> value) {
-  return Set(key, value ? absl::StrCat(*value) : "None");
+void LoraMetadataBuilder::SetInt(const std::string& key, std::optional<int64_t> value) {
+  Set(key, value ? absl::StrCat(*value) : "None");
 }
 
-absl::Status LoraMetadataBuilder::SetBool(const std::string& key, bool value) { return Set(key, PythonBool(value)); }
+void LoraMetadataBuilder::SetBool(const std::string& key, bool value) { Set(key, PythonBool(value)); }
 
-absl::Status LoraMetadataBuilder::SetJson(const std::string& key, const nlohmann::json& value) {
-  return Set(key, value.dump());
+void LoraMetadataBuilder::SetJson(const std::string& key, const nlohmann::json& value) {
+  if (!status_.ok()) return;
+  std::string text;
+  try {
+    text = value.dump();
+  } catch (const nlohmann::json::exception& e) {
+    // dump() refuses strings that are not UTF-8 (e.g. a caption in another encoding).
+    status_ = absl::InvalidArgumentError(absl::StrCat("metadata key '", key, "': ", e.what()));
+    return;
+  }
+  Set(key, text);
 }
 
 void LoraMetadataBuilder::SetNetwork(const NetworkConfig& config) {
-  metadata_["ss_network_module"] = NetworkModuleName(config.module);
-  metadata_["ss_network_dim"] = absl::StrCat(config.dim);
-  metadata_["ss_network_alpha"] = PythonFloat(config.alpha);
-  metadata_["ss_network_dropout"] = config.dropout > 0 ? PythonFloat(config.dropout) : "None";
-  metadata_["ss_network_args"] = config.NetworkArgsJson();
+  Set("ss_network_module", NetworkModuleName(config.module));
+  SetInt("ss_network_dim", config.dim);
+  SetFloat("ss_network_alpha", config.alpha);
+  SetFloat("ss_network_dropout", config.dropout > 0 ? std::optional<double>(config.dropout) : std::nullopt);
+  Set("ss_network_args", config.NetworkArgsJson());
 }
 
 void LoraMetadataBuilder::SetBaseModel(BaseModel base, bool v_parameterization) {
-  metadata_["ss_base_model_version"] = base == BaseModel::kSdxl ? "sdxl_base_v1-0" : "sd_v1";
-  metadata_["ss_v2"] = "False";
-  metadata_["ss_v_parameterization"] = PythonBool(v_parameterization);
+  Set("ss_base_model_version", base == BaseModel::kSdxl ? "sdxl_base_v1-0" : "sd_v1");
+  Set("ss_v2", "False");
+  SetBool("ss_v_parameterization", v_parameterization);
 }
 
-io::Metadata LoraMetadataBuilder::MinimalMetadata() const {
+absl::StatusOr<io::Metadata> LoraMetadataBuilder::Build() const {
+  if (!status_.ok()) return status_;
+  return metadata_;
+}
+
+absl::StatusOr<io::Metadata> LoraMetadataBuilder::BuildMinimal() const {
+  if (!status_.ok()) return status_;
   io::Metadata out;
   for (const char* key : {"ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args"}) {
     if (auto it = metadata_.find(key); it != metadata_.end()) out[key] = it->second;
@@ -156,6 +276,92 @@ io::Metadata BuildModelSpec(const ModelSpecInput& in) {
   }
   if (in.clip_skip) m["modelspec.encoder_layer"] = absl::StrCat(*in.clip_skip);
   return m;
+}
+
+absl::StatusOr<io::Metadata> BuildLoraMetadata(const train::TrainConfig& config, const TrainingFacts& facts) {
+  LoraMetadataBuilder b;
+  b.SetNetwork(facts.network);
+  b.SetBaseModel(facts.base, config.v_parameterization);
+  if (config.no_metadata) return b.BuildMinimal();
+  b.Set("ss_session_id", absl::StrCat(facts.seed));
+  b.Set("ss_training_started_at", absl::StrCat(facts.started_at));
+  b.Set("ss_training_finished_at", absl::StrCat(facts.finished_at));
+  b.Set("ss_output_name", config.output_name);
+  b.SetFloat("ss_learning_rate", config.learning_rate);
+  b.SetFloat("ss_unet_lr", config.unet_lr);
+  b.SetFloat("ss_text_encoder_lr", config.text_encoder_lr);
+  b.SetInt("ss_num_train_images", facts.num_train_images);
+  b.SetInt("ss_num_batches_per_epoch", facts.num_batches_per_epoch);
+  b.SetInt("ss_num_epochs", facts.num_epochs);
+  b.SetInt("ss_epoch", facts.epoch);
+  b.SetInt("ss_steps", facts.steps);
+  b.SetInt("ss_max_train_steps", facts.max_train_steps);
+  b.SetInt("ss_lr_warmup_steps", facts.lr_warmup_steps);
+  b.Set("ss_lr_scheduler", config.lr_scheduler);
+  b.Set("ss_mixed_precision", config.mixed_precision);
+  b.SetBool("ss_full_fp16", config.full_fp16);
+  b.SetBool("ss_full_bf16", config.full_bf16);
+  b.SetInt("ss_clip_skip", config.clip_skip);
+  b.SetInt("ss_max_token_length", config.max_token_length);
+  b.SetBool("ss_cache_latents", config.cache_latents);
+  b.SetInt("ss_seed", facts.seed);
+  b.SetBool("ss_lowram", false);
+  b.SetFloat("ss_noise_offset", config.noise_offset);
+  b.SetFloat("ss_adaptive_noise_scale", config.adaptive_noise_scale);
+  b.SetInt("ss_multires_noise_iterations", config.multires_noise_iterations);
+  b.SetFloat("ss_multires_noise_discount", config.multires_noise_discount);
+  b.SetFloat("ss_min_snr_gamma", config.min_snr_gamma);
+  b.SetBool("ss_debiased_estimation", config.debiased_estimation_loss);
+  b.SetBool("ss_zero_terminal_snr", config.zero_terminal_snr);
+  b.SetFloat("ss_ip_noise_gamma", config.ip_noise_gamma);
+  b.SetBool("ss_noise_offset_random_strength", config.noise_offset_random_strength);
+  b.SetBool("ss_ip_noise_gamma_random_strength", config.ip_noise_gamma_random_strength);
+  b.Set("ss_loss_type", config.loss_type);
+  b.Set("ss_huber_schedule", config.huber_schedule);
+  b.SetFloat("ss_huber_c", config.huber_c);
+  b.Set("ss_training_comment", config.training_comment.empty() ? "None" : config.training_comment);
+  b.Set("ss_optimizer", facts.optimizer);
+  b.SetFloat("ss_max_grad_norm", config.max_grad_norm);
+  b.SetFloat("ss_scale_weight_norms", config.scale_weight_norms);
+  b.SetFloat("ss_caption_dropout_rate", config.caption_dropout_rate);
+  b.SetInt("ss_caption_dropout_every_n_epochs", config.caption_dropout_every_n_epochs);
+  b.SetFloat("ss_caption_tag_dropout_rate", config.caption_tag_dropout_rate);
+  b.SetFloat("ss_prior_loss_weight", config.prior_loss_weight);
+  b.SetBool("ss_gradient_checkpointing", config.gradient_checkpointing);
+  b.SetInt("ss_gradient_accumulation_steps", config.gradient_accumulation_steps);
+  b.Set("ss_sd_model_name", std::filesystem::path(config.pretrained_model_name_or_path).filename().string());
+  b.Set("ss_vae_name", config.vae.empty() ? "None" : config.vae);
+  b.Set("ss_resolution", absl::StrCat("(", facts.resolution.first, ", ", facts.resolution.second, ")"));
+  b.SetBool("ss_enable_bucket", config.enable_bucket);
+  b.SetBool("ss_bucket_no_upscale", config.bucket_no_upscale);
+  b.SetInt("ss_min_bucket_reso", config.min_bucket_reso);
+  b.SetInt("ss_max_bucket_reso", config.max_bucket_reso);
+  b.SetBool("ss_color_aug", config.color_aug);
+  b.SetBool("ss_flip_aug", config.flip_aug);
+  b.SetBool("ss_random_crop", config.random_crop);
+  b.SetBool("ss_shuffle_caption", config.shuffle_caption);
+  b.SetInt("ss_keep_tokens", config.keep_tokens);
+  b.SetInt("ss_total_batch_size", config.train_batch_size * config.gradient_accumulation_steps);
+  b.SetInt("ss_batch_size_per_device", config.train_batch_size);
+  if (facts.dataset) SetDatasetFacts(*facts.dataset, b);
+  ASSIGN_OR_RETURN(io::Metadata metadata, b.Build());
+
+  ModelSpecInput spec;
+  spec.base = facts.base;
+  spec.v_prediction = config.v_parameterization;
+  spec.title = config.metadata_title.empty() ? config.output_name : config.metadata_title;
+  spec.date = facts.date;
+  spec.resolution = absl::StrCat(facts.resolution.first, "x", facts.resolution.second);
+  spec.description = config.metadata_description;
+  spec.author = config.metadata_author;
+  spec.license = config.metadata_license;
+  spec.tags = config.metadata_tags;
+  spec.min_timestep = config.min_timestep;
+  spec.max_timestep = config.max_timestep;
+  spec.clip_skip = config.clip_skip;
+  spec.implementation_version = facts.implementation_version;
+  for (auto& [k, v] : BuildModelSpec(spec)) metadata[k] = v;
+  return metadata;
 }
 
 absl::StatusOr<SafetensorsHashes> ComputeSafetensorsHashes(const io::NamedTensors& tensors,

@@ -44,8 +44,7 @@ std::filesystem::path CheckpointNames::EpochState(int64_t epoch) const {
   return dir_ / absl::StrFormat("%s-%06d-state", name_, epoch);
 }
 std::filesystem::path CheckpointNames::LastState() const { return dir_ / (name_ + "-state"); }
-std::filesystem::path CheckpointNames::Sample(int64_t step, int64_t epoch, int64_t index) const {
-  (void)epoch;
+std::filesystem::path CheckpointNames::Sample(int64_t step, int64_t index) const {
   return dir_ / "sample" / absl::StrFormat("%s_%06d_%02d.png", name_, step, index);
 }
 

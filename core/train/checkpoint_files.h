@@ -19,7 +19,7 @@ class CheckpointNames {
   std::filesystem::path StepState(int64_t step) const;    // <name>-step00000030-state
   std::filesystem::path EpochState(int64_t epoch) const;  // <name>-000002-state
   std::filesystem::path LastState() const;                // <name>-state
-  std::filesystem::path Sample(int64_t step, int64_t epoch, int64_t index) const;  // sample/<name>_000030_00.png
+  std::filesystem::path Sample(int64_t step, int64_t index) const;  // sample/<name>_000030_00.png
   const std::filesystem::path& dir() const { return dir_; }
   const std::string& name() const { return name_; }
 

@@ -1,6 +1,6 @@
 // TrainConfig -> data::Dataset: the dataset keys of a kohya config mapped to
 // data::DatasetArgs, and the TrainInputs the loop needs from a Dataset (latent
-// caching, ss_* statistics). Part of lorad_train_data, built only with core/data
+// caching, the facts for the ss_* metadata). Part of lorad_train_data, built only with core/data
 // (OpenCV); the loop itself (lorad_train) does not need it.
 #pragma once
 
@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "core/data/dataset.h"
 #include "core/config/config.h"
+#include "core/networks/metadata.h"
 #include "core/train/trainer.h"
 
 namespace lorad::train {
@@ -28,6 +29,10 @@ absl::StatusOr<int64_t> NativeResolutionOf(const std::string& checkpoint_path);
 // reused across runs while the encoders' identity matches.
 std::function<absl::StatusOr<TextEncodeFn>(const std::string&, TextEncodeFn)> DiskTextEncoderCacheHook(
     std::filesystem::path dir);
+
+// What the saved LoRA's metadata records about `dataset`: image and repeat
+// counts per folder and group, buckets, aspect-ratio error, tag frequency.
+networks::DatasetFacts DatasetFactsOf(const data::Dataset& dataset);
 
 // TrainInputs over `dataset` (which must outlive them); latents are cached on
 // disk under <output_dir>/latent_cache with cache_latents_to_disk, text-encoder

@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_format.h"
 #include "core/common/fixtures.h"
-#include "core/common/status_macros.h"
+#include "core/base/status_macros.h"
 #include "core/train/png.h"
 
 namespace lorad::train::testing {
@@ -105,8 +105,7 @@ std::vector<int64_t> MemoryBatchSource::EpochOrder(int epoch) const {
 }
 
 absl::StatusOr<std::unique_ptr<data::BatchIterator>> MemoryBatchSource::Iterate(data::DataPosition start,
-                                                                               int64_t global_step) {
-  (void)global_step;
+                                                                               int64_t /*global_step*/) {
   return std::unique_ptr<data::BatchIterator>(std::make_unique<MemoryIterator>(*this, start));
 }
 

@@ -78,7 +78,7 @@ TEST(CheckpointFilesTest, KohyaNamesAndPruning) {
   EXPECT_EQ(names.EpochLora(2).filename(), "mylora-000002.safetensors");
   EXPECT_EQ(names.StepState(30).filename(), "mylora-step00000030-state");
   EXPECT_EQ(names.LastState().filename(), "mylora-state");
-  EXPECT_EQ(names.Sample(30, 1, 2).filename(), "mylora_000030_02.png");
+  EXPECT_EQ(names.Sample(30, 2).filename(), "mylora_000030_02.png");
   for (int step : {10, 20, 30, 40}) {
     std::ofstream(names.StepLora(step)) << "x";
     std::filesystem::create_directories(names.StepState(step));

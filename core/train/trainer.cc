@@ -8,9 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "core/common/logging.h"
-#include "core/common/status_macros.h"
-#include "core/common/torch_compat.h"
+#include "core/base/clock.h"
+#include "core/base/logging.h"
+#include "core/base/status_macros.h"
 #include "core/diffusion/loss.h"
 #include "core/diffusion/noise.h"
 #include "core/diffusion/sampler.h"
@@ -18,45 +18,19 @@
 #include "core/networks/metadata.h"
 #include "core/optim/lr_scheduler.h"
 #include "core/optim/optimizer.h"
+#include "core/train/autocast.h"
 #include "core/train/checkpoint_files.h"
 #include "core/train/loss_scaler.h"
 #include "core/train/model_bundle.h"
-#include "core/train/png.h"
+#include "core/train/previews.h"
 #include "core/train/sample_prompts.h"
+#include "core/train/step_control.h"
 #include "core/train/train_state.h"
 
 namespace lorad::train {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// Enables autocast for the scope (CUDA fp16/bf16, CPU bf16) and restores the
-// previous state on exit.
-class AutocastScope {
- public:
-  AutocastScope(bool enabled, const torch::Device& device, torch::ScalarType dtype)
-      : saved_(compat::CaptureAutocast()), enabled_(enabled) {
-    if (!enabled_) return;
-    compat::AutocastState s = saved_;
-    if (device.is_cuda()) {
-      s.gpu_enabled = true;
-      s.gpu_dtype = dtype;
-    } else {
-      s.cpu_enabled = true;
-      s.cpu_dtype = dtype;
-    }
-    compat::RestoreAutocast(s);
-  }
-  ~AutocastScope() {
-    if (!enabled_) return;
-    compat::RestoreAutocast(saved_);
-    at::autocast::clear_cache();
-  }
-
- private:
-  compat::AutocastState saved_;
-  bool enabled_;
-};
 
 bool IsOutOfMemory(const std::string& what) {
   return absl::StrContains(what, "out of memory") || absl::StrContains(what, "CUDA error: out of memory") ||
@@ -86,6 +60,13 @@ class Run {
   absl::StatusOr<TrainResult> Execute();
 
  private:
+  // One optimizer step's micro-batches so far.
+  struct StepAccumulator {
+    int64_t micro = 0;
+    double loss_sum = 0;
+    int64_t images = 0;
+  };
+
   absl::Status Setup();
   absl::Status SetupPrecision();
   absl::Status ParseNetworkOptions();
@@ -102,11 +83,35 @@ class Run {
   absl::Status SaveState(const std::filesystem::path& dir);
   absl::Status SaveStepCheckpoints();
   absl::Status SaveEpochCheckpoints(int64_t epoch);
-  absl::Status RenderSamples(int64_t epoch);
+  absl::Status RenderSamples();
   absl::StatusOr<TrainingState> CaptureState() const;
-  io::Metadata BuildMetadata(bool is_final) const;
+  absl::StatusOr<io::Metadata> BuildMetadata() const;
   std::map<std::string, std::string> Fingerprint() const;
   void Warn(const std::string& code, const std::string& message);
+
+  // The loop (Execute's parts, in order).
+  void ReportStart();
+  absl::Status TrainLoop();
+  absl::Status TrainEpoch(int64_t epoch, bool& done);
+  absl::Status AccumulateMicroBatch(const data::Batch& batch, int64_t epoch, StepAccumulator& step);
+  absl::Status CompleteStep(int64_t epoch, const data::BatchIterator& iterator, StepAccumulator& step);
+  void ReportStep(int64_t epoch, double loss, bool skipped, double grad_norm);
+  absl::Status AfterStep(bool done);
+  absl::Status StopIfRequested(bool done);
+  absl::Status EndEpoch(int64_t epoch, bool done);
+  absl::Status SaveFinal();
+  // Runs `fn`, turning a LibTorch exception into a status (out of memory names the knobs to turn).
+  template <typename Fn>
+  absl::Status Guarded(Fn&& fn) {
+    try {
+      return fn();
+    } catch (const c10::Error& e) {
+      return StepError(e.what_without_backtrace());
+    }
+  }
+  absl::Status StepError(const std::string& what) const;
+  // Reports the end to the observers and returns `status` (DATA_LOSS names the last good LoRA).
+  absl::Status Fail(absl::Status status);
   absl::Status Finish(absl::Status status);
 
   TrainConfig config_;
@@ -152,7 +157,11 @@ class Run {
   RunPosition pos_;
   int64_t resumed_from_step_ = 0;
   int64_t steps_this_process_ = 0;
-  std::string started_at_;
+  int64_t images_this_process_ = 0;
+  int64_t accumulation_ = 1;  // micro-batches per optimizer step
+  Clock::time_point run_start_;
+  SkipStreak skip_streak_;
+  int64_t started_at_ = 0;  // unix seconds
   std::pair<int64_t, int64_t> resolution_{512, 512};
   CheckpointRegistry checkpoints_;
   TrainResult result_;
@@ -191,9 +200,7 @@ absl::Status Run::SetupPrecision() {
 }
 
 absl::Status Run::Setup() {
-  started_at_ = std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count());
+  started_at_ = NowUnixMs() / 1000;
   for (const std::string& w : config_.warnings) Warn("config", w);
   if (inputs_.source == nullptr) return absl::InvalidArgumentError("Train: no batch source given");
   if (!config_.seed) config_.seed = RandomSeed();
@@ -300,6 +307,8 @@ absl::Status Run::Setup() {
   }
   RETURN_IF_ERROR(SetupTextEncoderDiskCache());
   if (!config_.resume.empty()) RETURN_IF_ERROR(RestoreState());
+  // A metadata value the LoRA file cannot hold fails now, not at the first save.
+  RETURN_IF_ERROR(BuildMetadata().status());
   return absl::OkStatus();
 }
 
@@ -576,101 +585,32 @@ absl::Status Run::OptimizerStep(bool* skipped, double* grad_norm) {
   return absl::OkStatus();
 }
 
-io::Metadata Run::BuildMetadata(bool is_final) const {
-  networks::LoraMetadataBuilder b;
-  b.SetNetwork(network_->config());
-  b.SetBaseModel(model_->is_sdxl() ? networks::BaseModel::kSdxl : networks::BaseModel::kSd15,
-                 config_.v_parameterization);
-  if (config_.no_metadata) return b.MinimalMetadata();
-  const auto ignore = [](absl::Status) {};
-  ignore(b.Set("ss_session_id", std::to_string(pos_.seed)));
-  ignore(b.Set("ss_training_started_at", started_at_));
-  ignore(b.Set("ss_training_finished_at",
-               std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
-                                  std::chrono::system_clock::now().time_since_epoch())
-                                  .count())));
-  ignore(b.Set("ss_output_name", config_.output_name));
-  ignore(b.SetFloat("ss_learning_rate", config_.learning_rate));
-  ignore(b.SetFloat("ss_unet_lr", config_.unet_lr));
-  ignore(b.SetFloat("ss_text_encoder_lr", config_.text_encoder_lr));
-  ignore(b.SetInt("ss_num_train_images", inputs_.source->num_train_images()));
-  ignore(b.SetInt("ss_num_batches_per_epoch", plan_.batches_per_epoch));
-  ignore(b.SetInt("ss_num_epochs", plan_.num_epochs));
-  ignore(b.SetInt("ss_epoch", pos_.data.epoch - (pos_.data.batch_index == 0 ? 1 : 0)));
-  ignore(b.SetInt("ss_steps", pos_.global_step));
-  ignore(b.SetInt("ss_max_train_steps", plan_.max_train_steps));
-  ignore(b.SetInt("ss_lr_warmup_steps", plan_.warmup_steps));
-  ignore(b.Set("ss_lr_scheduler", config_.lr_scheduler));
-  ignore(b.Set("ss_mixed_precision", config_.mixed_precision));
-  ignore(b.SetBool("ss_full_fp16", config_.full_fp16));
-  ignore(b.SetBool("ss_full_bf16", config_.full_bf16));
-  ignore(b.SetInt("ss_clip_skip", config_.clip_skip));
-  ignore(b.SetInt("ss_max_token_length", config_.max_token_length));
-  ignore(b.SetBool("ss_cache_latents", config_.cache_latents));
-  ignore(b.SetInt("ss_seed", pos_.seed));
-  ignore(b.SetBool("ss_lowram", false));
-  ignore(b.SetFloat("ss_noise_offset", config_.noise_offset));
-  ignore(b.SetFloat("ss_adaptive_noise_scale", config_.adaptive_noise_scale));
-  ignore(b.SetInt("ss_multires_noise_iterations", config_.multires_noise_iterations));
-  ignore(b.SetFloat("ss_multires_noise_discount", config_.multires_noise_discount));
-  ignore(b.SetFloat("ss_min_snr_gamma", config_.min_snr_gamma));
-  ignore(b.SetBool("ss_debiased_estimation", config_.debiased_estimation_loss));
-  ignore(b.SetBool("ss_zero_terminal_snr", config_.zero_terminal_snr));
-  ignore(b.SetFloat("ss_ip_noise_gamma", config_.ip_noise_gamma));
-  ignore(b.SetBool("ss_noise_offset_random_strength", config_.noise_offset_random_strength));
-  ignore(b.SetBool("ss_ip_noise_gamma_random_strength", config_.ip_noise_gamma_random_strength));
-  ignore(b.Set("ss_loss_type", config_.loss_type));
-  ignore(b.Set("ss_huber_schedule", config_.huber_schedule));
-  ignore(b.SetFloat("ss_huber_c", config_.huber_c));
-  ignore(b.Set("ss_training_comment", config_.training_comment.empty() ? "None" : config_.training_comment));
-  ignore(b.Set("ss_optimizer", optimizer_->Describe()));
-  ignore(b.SetFloat("ss_max_grad_norm", config_.max_grad_norm));
-  ignore(b.SetFloat("ss_scale_weight_norms", config_.scale_weight_norms));
-  ignore(b.SetFloat("ss_caption_dropout_rate", config_.caption_dropout_rate));
-  ignore(b.SetInt("ss_caption_dropout_every_n_epochs", config_.caption_dropout_every_n_epochs));
-  ignore(b.SetFloat("ss_caption_tag_dropout_rate", config_.caption_tag_dropout_rate));
-  ignore(b.SetFloat("ss_prior_loss_weight", config_.prior_loss_weight));
-  ignore(b.SetBool("ss_gradient_checkpointing", config_.gradient_checkpointing));
-  ignore(b.SetInt("ss_gradient_accumulation_steps", config_.gradient_accumulation_steps));
-  ignore(b.Set("ss_sd_model_name", std::filesystem::path(config_.pretrained_model_name_or_path).filename().string()));
-  ignore(b.Set("ss_vae_name", config_.vae.empty() ? "None" : config_.vae));
-  ignore(b.Set("ss_resolution", absl::StrCat("(", resolution_.first, ", ", resolution_.second, ")")));
-  ignore(b.SetBool("ss_enable_bucket", config_.enable_bucket));
-  ignore(b.SetBool("ss_bucket_no_upscale", config_.bucket_no_upscale));
-  ignore(b.SetInt("ss_min_bucket_reso", config_.min_bucket_reso));
-  ignore(b.SetInt("ss_max_bucket_reso", config_.max_bucket_reso));
-  ignore(b.SetBool("ss_color_aug", config_.color_aug));
-  ignore(b.SetBool("ss_flip_aug", config_.flip_aug));
-  ignore(b.SetBool("ss_random_crop", config_.random_crop));
-  ignore(b.SetBool("ss_shuffle_caption", config_.shuffle_caption));
-  ignore(b.SetInt("ss_keep_tokens", config_.keep_tokens));
-  ignore(b.SetInt("ss_total_batch_size", config_.train_batch_size * config_.gradient_accumulation_steps));
-  ignore(b.SetInt("ss_batch_size_per_device", config_.train_batch_size));
-  for (const auto& [key, value] : inputs_.dataset_metadata) {
-    if (networks::IsKnownSsKey(key)) ignore(b.Set(key, value));
-  }
-  io::Metadata metadata = b.metadata();
-  networks::ModelSpecInput spec;
-  spec.base = model_->is_sdxl() ? networks::BaseModel::kSdxl : networks::BaseModel::kSd15;
-  spec.v_prediction = config_.v_parameterization;
-  spec.title = config_.metadata_title.empty() ? config_.output_name : config_.metadata_title;
-  spec.resolution = absl::StrCat(resolution_.first, "x", resolution_.second);
-  spec.description = config_.metadata_description;
-  spec.author = config_.metadata_author;
-  spec.license = config_.metadata_license;
-  spec.tags = config_.metadata_tags;
-  spec.min_timestep = config_.min_timestep;
-  spec.max_timestep = config_.max_timestep;
-  spec.clip_skip = config_.clip_skip;
-  spec.implementation_version = absl::StrCat("lorad/", LORAD_VERSION);
-  for (auto& [k, v] : networks::BuildModelSpec(spec)) metadata[k] = v;
-  (void)is_final;
-  return metadata;
+absl::StatusOr<io::Metadata> Run::BuildMetadata() const {
+  networks::TrainingFacts facts;
+  facts.base = model_->is_sdxl() ? networks::BaseModel::kSdxl : networks::BaseModel::kSd15;
+  facts.network = network_->config();
+  facts.optimizer = optimizer_->Describe();
+  facts.seed = pos_.seed;
+  facts.started_at = started_at_;
+  facts.finished_at = NowUnixMs() / 1000;
+  facts.date = networks::NowIso8601();
+  facts.resolution = resolution_;
+  facts.num_train_images = inputs_.source->num_train_images();
+  facts.num_batches_per_epoch = plan_.batches_per_epoch;
+  facts.num_epochs = plan_.num_epochs;
+  facts.epoch = pos_.data.epoch - (pos_.data.batch_index == 0 ? 1 : 0);
+  facts.steps = pos_.global_step;
+  facts.max_train_steps = plan_.max_train_steps;
+  facts.lr_warmup_steps = plan_.warmup_steps;
+  facts.implementation_version = absl::StrCat("lorad/", LORAD_VERSION);
+  facts.dataset = inputs_.dataset_facts;
+  return networks::BuildLoraMetadata(config_, facts);
 }
 
 absl::Status Run::SaveLora(const std::filesystem::path& path, bool is_final) {
   ASSIGN_OR_RETURN(torch::ScalarType dtype, networks::ParseSavePrecision(config_.save_precision));
-  RETURN_IF_ERROR(network_->Save(path, dtype, BuildMetadata(is_final)));
+  ASSIGN_OR_RETURN(io::Metadata metadata, BuildMetadata());
+  RETURN_IF_ERROR(network_->Save(path, dtype, metadata));
   last_lora_ = path.string();
   result_.checkpoints.push_back(path);
   observers_.OnCheckpoint({path.string(), pos_.global_step, pos_.data.epoch, CheckpointKind::kLora, is_final});
@@ -712,39 +652,20 @@ absl::Status Run::SaveEpochCheckpoints(int64_t epoch) {
   return absl::OkStatus();
 }
 
-absl::Status Run::RenderSamples(int64_t epoch) {
-  if (prompts_.empty()) return absl::OkStatus();
-  torch::NoGradGuard no_grad;
-  network_->Train(false);
-  const CheckpointNames names(config_.output_dir, config_.output_name);
-  for (size_t i = 0; i < prompts_.size(); ++i) {
-    const SamplePrompt& p = prompts_[i];
-    const int64_t width = p.width.value_or(model_->native_resolution());
-    const int64_t height = p.height.value_or(model_->native_resolution());
-    const std::string sampler_name = p.sampler.empty() ? config_.sample_sampler : p.sampler;
-    auto kind = diffusion::ParseSamplerKind(sampler_name);
-    if (!kind.ok()) kind = diffusion::SamplerKind::kEuler;
-    ASSIGN_OR_RETURN(text::TextConditioning cond, model_->EncodeText({p.negative_prompt, p.prompt}));
-    auto sizes = torch::tensor({height, width}, torch::kInt64).repeat({2, 1});
-    auto zeros = torch::zeros({2, 2}, torch::kInt64);
-    at::Generator gen = SeededGenerator(static_cast<uint64_t>(p.seed.value_or(pos_.seed + static_cast<int64_t>(i))));
-    const int64_t channels = model_->unet().config().in_channels;
-    torch::Tensor noise = torch::randn({1, channels, height / 8, width / 8}, gen, torch::kFloat32).to(device_);
-    diffusion::Denoiser model = [&](const torch::Tensor& x, int64_t t) {
-      AutocastScope autocast(autocast_, device_, autocast_dtype_);
-      auto timesteps = torch::full({x.size(0)}, t, torch::TensorOptions().dtype(torch::kInt64).device(device_));
-      return model_->Predict(x.to(weight_dtype_), timesteps, cond, sizes, zeros, sizes).to(torch::kFloat32);
-    };
-    torch::Tensor latents =
-        diffusion::SampleLatents(*kind, *schedule_, p.steps, weighting_.prediction, noise,
-                                 diffusion::ClassifierFreeGuidance(model, p.cfg_scale));
-    torch::Tensor image = model_->DecodeLatents(latents)[0];
-    const std::filesystem::path path = names.Sample(pos_.global_step, epoch, static_cast<int64_t>(i));
-    RETURN_IF_ERROR(WritePng(path, image));
-    result_.samples.push_back(path);
-    observers_.OnSample({path.string(), pos_.global_step, static_cast<int64_t>(i), p.prompt});
-  }
-  network_->Train(true);
+absl::Status Run::RenderSamples() {
+  PreviewSettings settings;
+  settings.device = device_;
+  settings.weight_dtype = weight_dtype_;
+  settings.autocast = autocast_;
+  settings.autocast_dtype = autocast_dtype_;
+  settings.prediction = weighting_.prediction;
+  settings.default_sampler = config_.sample_sampler;
+  settings.seed = pos_.seed;
+  ASSIGN_OR_RETURN(std::vector<std::filesystem::path> written,
+                   RenderPreviews(prompts_, settings, *model_, *network_, *schedule_,
+                                  CheckpointNames(config_.output_dir, config_.output_name), pos_.global_step,
+                                  observers_));
+  result_.samples.insert(result_.samples.end(), written.begin(), written.end());
   return absl::OkStatus();
 }
 
@@ -762,10 +683,34 @@ absl::Status Run::Finish(absl::Status status) {
   return status;
 }
 
-absl::StatusOr<TrainResult> Run::Execute() {
-  absl::Status setup = Setup();
-  if (!setup.ok()) return Finish(setup);
+absl::Status Run::Fail(absl::Status status) {
+  if (status.code() == absl::StatusCode::kDataLoss && !last_lora_.empty()) {
+    status = absl::DataLossError(absl::StrCat(status.message(), "; the last good LoRA is ", last_lora_));
+  }
+  return Finish(status);
+}
 
+absl::Status Run::StepError(const std::string& what) const {
+  if (IsOutOfMemory(what)) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "out of memory on %s at step %d with train_batch_size=%d at resolution %dx%d: lower "
+        "train_batch_size or resolution, or enable gradient_checkpointing / cache_latents / mixed_precision",
+        device_.str(), pos_.global_step + 1, config_.train_batch_size, resolution_.first, resolution_.second));
+  }
+  return absl::InternalError(absl::StrCat("training step ", pos_.global_step + 1, ": ", what));
+}
+
+absl::StatusOr<TrainResult> Run::Execute() {
+  if (absl::Status setup = Setup(); !setup.ok()) return Finish(setup);
+  ReportStart();
+  absl::Status status = TrainLoop();
+  if (status.ok()) status = Guarded([&] { return SaveFinal(); });
+  if (!status.ok()) return Fail(status);
+  RETURN_IF_ERROR(Finish(absl::OkStatus()));
+  return result_;
+}
+
+void Run::ReportStart() {
   RunStarted started;
   started.total_steps = plan_.max_train_steps;
   started.total_epochs = plan_.num_epochs;
@@ -779,183 +724,163 @@ absl::StatusOr<TrainResult> Run::Execute() {
   observers_.OnStart(started);
   log_->info("{} steps ({} per epoch, {} epochs), {} adapter parameters", plan_.max_train_steps,
              plan_.steps_per_epoch, plan_.num_epochs, network_->NumParameters());
+}
 
-  const int64_t accumulation = std::max<int64_t>(1, config_.gradient_accumulation_steps);
-  const auto run_start = Clock::now();
-  auto last_step_time = run_start;
-  double last_step_seconds = 0;
-  int64_t images_since_start = 0;
-
-  auto fail = [&](absl::Status status) -> absl::StatusOr<TrainResult> {
-    if (status.code() == absl::StatusCode::kDataLoss && !last_lora_.empty()) {
-      status = absl::DataLossError(absl::StrCat(status.message(), "; the last good LoRA is ", last_lora_));
-    }
-    return Finish(status);
-  };
-  auto guarded = [&](auto&& fn) -> absl::Status {
-    try {
-      return fn();
-    } catch (const c10::Error& e) {
-      const std::string what = e.what_without_backtrace();
-      if (IsOutOfMemory(what)) {
-        return absl::ResourceExhaustedError(absl::StrFormat(
-            "out of memory on %s at step %d with train_batch_size=%d at resolution %dx%d: lower "
-            "train_batch_size or resolution, or enable gradient_checkpointing / cache_latents / mixed_precision",
-            device_.str(), pos_.global_step + 1, config_.train_batch_size, resolution_.first, resolution_.second));
-      }
-      return absl::InternalError(absl::StrCat("training step ", pos_.global_step + 1, ": ", what));
-    }
-  };
-
+// Epochs from the current position until max_train_steps; an error (or CANCELLED
+// on a stop request) ends the run.
+absl::Status Run::TrainLoop() {
+  accumulation_ = std::max<int64_t>(1, config_.gradient_accumulation_steps);
+  run_start_ = Clock::now();
   if (config_.sample_at_first && pos_.global_step == 0) {
-    absl::Status s = guarded([&] { return RenderSamples(pos_.data.epoch); });
-    if (!s.ok()) return fail(s);
+    RETURN_IF_ERROR(Guarded([&] { return RenderSamples(); }));
   }
-
   bool done = pos_.global_step >= plan_.max_train_steps;
-  int64_t consecutive_skips = 0;
   while (!done && pos_.data.epoch <= plan_.num_epochs) {
     const int64_t epoch = pos_.data.epoch;
-    auto iterator = inputs_.source->Iterate(pos_.data, pos_.global_step);
-    if (!iterator.ok()) return fail(iterator.status());
-    int64_t micro = 0;
-    double step_loss = 0;
-    int64_t step_images = 0;
-    while (!done) {
-      auto next = (*iterator)->Next();
-      if (!next.ok()) return fail(next.status());
-      if (!next->has_value()) break;
-      const data::Batch& batch = **next;
-      const bool epoch_end = batch.position.batch_index + 1 >= plan_.batches_per_epoch;
-      absl::Status s = guarded([&]() -> absl::Status {
-        double value = 0;
-        ASSIGN_OR_RETURN(torch::Tensor loss, MicroBatchLoss(batch, &value));
-        if (!std::isfinite(value) && !use_scaler_) {
-          return absl::DataLossError(absl::StrFormat(
-              "loss became %s at step %d (epoch %d): training diverged; lower learning_rate or use "
-              "mixed_precision=bf16",
-              std::isnan(value) ? "NaN" : "inf", pos_.global_step + 1, epoch));
-        }
-        torch::Tensor scaled = loss / static_cast<double>(accumulation);
-        if (use_scaler_) scaled = scaler_.Scale(scaled);
-        scaled.backward();
-        step_loss += value;
-        step_images += batch.size();
-        return absl::OkStatus();
-      });
-      if (!s.ok()) return fail(s);
-      ++micro;
-      if (micro < accumulation && !epoch_end) continue;
-
-      bool skipped = false;
-      double grad_norm = 0;
-      s = guarded([&] { return OptimizerStep(&skipped, &grad_norm); });
-      if (!s.ok()) return fail(s);
-      const double loss_value = step_loss / static_cast<double>(micro);
-      micro = 0;
-      step_loss = 0;
-      ++pos_.global_step;
-      ++steps_this_process_;
-      pos_.data = (*iterator)->position();
-      if (pos_.data.batch_index >= plan_.batches_per_epoch) pos_.data = {static_cast<int>(epoch) + 1, 0};
-      if (skipped) {
-        ++result_.skipped_steps;
-        ++pos_.skipped_steps;
-        if (++consecutive_skips > 50) {
-          return fail(absl::DataLossError(absl::StrFormat(
-              "the fp16 loss scaler skipped 50 steps in a row (scale %.3g) at step %d: the loss is not finite; "
-              "training diverged",
-              scaler_.scale(), pos_.global_step)));
-        }
-      } else {
-        consecutive_skips = 0;
-      }
-      if (std::isfinite(loss_value)) {
-        pos_.epoch_loss_sum += loss_value;
-        ++pos_.epoch_loss_count;
-      }
-      images_since_start += step_images;
-      step_images = 0;
-
-      const auto now = Clock::now();
-      last_step_seconds = std::chrono::duration<double>(now - last_step_time).count();
-      last_step_time = now;
-      const double elapsed = std::chrono::duration<double>(now - run_start).count();
-      StepReport report;
-      report.step = pos_.global_step;
-      report.total_steps = plan_.max_train_steps;
-      report.epoch = epoch;
-      report.total_epochs = plan_.num_epochs;
-      report.loss = loss_value;
-      report.loss_avg = pos_.epoch_loss_count ? pos_.epoch_loss_sum / pos_.epoch_loss_count : loss_value;
-      for (int g = 0; g < optimizer_->num_groups(); ++g) {
-        report.lrs.push_back({group_names_[static_cast<size_t>(g)], optimizer_->EffectiveLr(g)});
-      }
-      report.it_per_s = elapsed > 0 ? steps_this_process_ / elapsed : 0;
-      report.images_per_s = elapsed > 0 ? images_since_start / elapsed : 0;
-      report.eta_s = report.it_per_s > 0 ? (plan_.max_train_steps - pos_.global_step) / report.it_per_s : 0;
-      report.grad_norm = grad_norm;
-      report.skipped = skipped;
-      report.max_norm = max_norm_;
-      (void)last_step_seconds;
-      observers_.OnStep(report);
-      if (options_.on_step) options_.on_step(pos_.global_step);
-
-      done = pos_.global_step >= plan_.max_train_steps;
-      s = guarded([&]() -> absl::Status {
-        RETURN_IF_ERROR(SaveStepCheckpoints());
-        if (!done && config_.sample_every_n_steps && pos_.global_step % *config_.sample_every_n_steps == 0) {
-          RETURN_IF_ERROR(RenderSamples(epoch));
-        }
-        return absl::OkStatus();
-      });
-      if (!s.ok()) return fail(s);
-
-      const bool simulated_stop = options_.stop_after_steps && steps_this_process_ >= *options_.stop_after_steps;
-      if (!done && ((cancel_ && cancel_->cancelled()) || simulated_stop)) {
-        const bool save = simulated_stop || cancel_->save_state_requested();
-        std::string where;
-        if (save) {
-          const CheckpointNames names(config_.output_dir, config_.output_name);
-          s = guarded([&] { return SaveState(names.LastState()); });
-          if (!s.ok()) return fail(s);
-          where = absl::StrCat("; state saved to ", names.LastState().string(), " (resume with --resume)");
-        }
-        return Finish(absl::CancelledError(absl::StrCat("stopped on request", where)));
-      }
-    }
-    if (pos_.data.epoch == epoch && !done) pos_.data = {static_cast<int>(epoch) + 1, 0};
-    const double epoch_avg = pos_.epoch_loss_count ? pos_.epoch_loss_sum / pos_.epoch_loss_count : 0;
-    result_.final_loss_avg = epoch_avg;
-    observers_.OnEpochEnd(epoch, epoch_avg);
-    if (pos_.data.epoch > epoch) {
-      pos_.epoch_loss_sum = 0;
-      pos_.epoch_loss_count = 0;
-      absl::Status s = guarded([&]() -> absl::Status {
-        RETURN_IF_ERROR(SaveEpochCheckpoints(epoch));
-        if (config_.sample_every_n_epochs && epoch % *config_.sample_every_n_epochs == 0 &&
-            epoch < plan_.num_epochs) {
-          RETURN_IF_ERROR(RenderSamples(epoch));
-        }
-        return absl::OkStatus();
-      });
-      if (!s.ok()) return fail(s);
-    }
-    result_.epochs = epoch;
+    RETURN_IF_ERROR(TrainEpoch(epoch, done));
+    RETURN_IF_ERROR(EndEpoch(epoch, done));
   }
+  return absl::OkStatus();
+}
 
+// The batches of `epoch` from the current position; sets `done` after the last step.
+absl::Status Run::TrainEpoch(int64_t epoch, bool& done) {
+  ASSIGN_OR_RETURN(std::unique_ptr<data::BatchIterator> iterator,
+                   inputs_.source->Iterate(pos_.data, pos_.global_step));
+  StepAccumulator step;
+  while (!done) {
+    ASSIGN_OR_RETURN(std::optional<data::Batch> next, iterator->Next());
+    if (!next.has_value()) break;
+    const data::Batch& batch = *next;
+    const bool epoch_end = batch.position.batch_index + 1 >= plan_.batches_per_epoch;
+    RETURN_IF_ERROR(Guarded([&] { return AccumulateMicroBatch(batch, epoch, step); }));
+    if (step.micro < accumulation_ && !epoch_end) continue;
+
+    RETURN_IF_ERROR(CompleteStep(epoch, *iterator, step));
+    done = pos_.global_step >= plan_.max_train_steps;
+    RETURN_IF_ERROR(Guarded([&] { return AfterStep(done); }));
+    RETURN_IF_ERROR(StopIfRequested(done));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Run::AccumulateMicroBatch(const data::Batch& batch, int64_t epoch, StepAccumulator& step) {
+  double value = 0;
+  ASSIGN_OR_RETURN(torch::Tensor loss, MicroBatchLoss(batch, &value));
+  // The fp16 scaler skips non-finite steps itself (SkipStreak watches it).
+  if (!use_scaler_) RETURN_IF_ERROR(CheckLossFinite(value, pos_.global_step + 1, epoch));
+  torch::Tensor scaled = loss / static_cast<double>(accumulation_);
+  if (use_scaler_) scaled = scaler_.Scale(scaled);
+  scaled.backward();
+  step.loss_sum += value;
+  step.images += batch.size();
+  ++step.micro;
+  return absl::OkStatus();
+}
+
+// The optimizer step over the accumulated gradients, then the position, the
+// divergence check, the epoch's loss average and the step report.
+absl::Status Run::CompleteStep(int64_t epoch, const data::BatchIterator& iterator, StepAccumulator& step) {
+  bool skipped = false;
+  double grad_norm = 0;
+  RETURN_IF_ERROR(Guarded([&] { return OptimizerStep(&skipped, &grad_norm); }));
+  const double loss = step.loss_sum / static_cast<double>(step.micro);
+  images_this_process_ += step.images;
+  step = StepAccumulator();
+  ++pos_.global_step;
+  ++steps_this_process_;
+  pos_.data = iterator.position();
+  if (pos_.data.batch_index >= plan_.batches_per_epoch) pos_.data = {static_cast<int>(epoch) + 1, 0};
+  if (skipped) {
+    ++result_.skipped_steps;
+    ++pos_.skipped_steps;
+  }
+  RETURN_IF_ERROR(skip_streak_.Record(skipped, scaler_.scale(), pos_.global_step));
+  if (std::isfinite(loss)) {
+    pos_.epoch_loss_sum += loss;
+    ++pos_.epoch_loss_count;
+  }
+  ReportStep(epoch, loss, skipped, grad_norm);
+  return absl::OkStatus();
+}
+
+void Run::ReportStep(int64_t epoch, double loss, bool skipped, double grad_norm) {
+  const double elapsed = std::chrono::duration<double>(Clock::now() - run_start_).count();
+  const Throughput speed = ComputeThroughput(steps_this_process_, images_this_process_, elapsed,
+                                             plan_.max_train_steps - pos_.global_step);
+  StepReport report;
+  report.step = pos_.global_step;
+  report.total_steps = plan_.max_train_steps;
+  report.epoch = epoch;
+  report.total_epochs = plan_.num_epochs;
+  report.loss = loss;
+  report.loss_avg = pos_.epoch_loss_count ? pos_.epoch_loss_sum / pos_.epoch_loss_count : loss;
+  for (int g = 0; g < optimizer_->num_groups(); ++g) {
+    report.lrs.push_back({group_names_[static_cast<size_t>(g)], optimizer_->EffectiveLr(g)});
+  }
+  report.it_per_s = speed.it_per_s;
+  report.images_per_s = speed.images_per_s;
+  report.eta_s = speed.eta_s;
+  report.grad_norm = grad_norm;
+  report.skipped = skipped;
+  report.max_norm = max_norm_;
+  observers_.OnStep(report);
+  if (options_.on_step) options_.on_step(pos_.global_step);
+}
+
+// Step checkpoints and previews after a step (`done`: it was the last).
+absl::Status Run::AfterStep(bool done) {
+  RETURN_IF_ERROR(SaveStepCheckpoints());
+  if (PreviewDueAfterStep(config_, pos_.global_step, done)) RETURN_IF_ERROR(RenderSamples());
+  return absl::OkStatus();
+}
+
+// CANCELLED when a cancel or a simulated interrupt asks to stop, after saving a
+// resumable state when that was asked for; OK to go on.
+absl::Status Run::StopIfRequested(bool done) {
+  switch (StopAfterStep(done, cancel_, options_.stop_after_steps, steps_this_process_)) {
+    case StopAction::kContinue:
+      return absl::OkStatus();
+    case StopAction::kStop:
+      return absl::CancelledError("stopped on request");
+    case StopAction::kStopSaveState:
+      break;
+  }
   const CheckpointNames names(config_.output_dir, config_.output_name);
-  absl::Status s = guarded([&]() -> absl::Status {
-    RETURN_IF_ERROR(SaveLora(names.FinalLora(), true));
-    if (config_.save_state || config_.save_state_on_train_end) RETURN_IF_ERROR(SaveState(names.LastState()));
-    if (config_.sample_every_n_steps || config_.sample_every_n_epochs) RETURN_IF_ERROR(RenderSamples(result_.epochs));
-    return absl::OkStatus();
-  });
-  if (!s.ok()) return fail(s);
+  RETURN_IF_ERROR(Guarded([&] { return SaveState(names.LastState()); }));
+  return absl::CancelledError(absl::StrCat("stopped on request; state saved to ", names.LastState().string(),
+                                           " (resume with --resume)"));
+}
+
+// Closes `epoch`: the position moves to the next one, observers get the
+// epoch's loss average, then epoch checkpoints and previews.
+absl::Status Run::EndEpoch(int64_t epoch, bool done) {
+  if (pos_.data.epoch == epoch && !done) pos_.data = {static_cast<int>(epoch) + 1, 0};
+  const double epoch_avg = pos_.epoch_loss_count ? pos_.epoch_loss_sum / pos_.epoch_loss_count : 0;
+  result_.final_loss_avg = epoch_avg;
+  observers_.OnEpochEnd(epoch, epoch_avg);
+  if (pos_.data.epoch > epoch) {
+    pos_.epoch_loss_sum = 0;
+    pos_.epoch_loss_count = 0;
+    RETURN_IF_ERROR(Guarded([&]() -> absl::Status {
+      RETURN_IF_ERROR(SaveEpochCheckpoints(epoch));
+      if (PreviewDueAfterEpoch(config_, epoch, plan_.num_epochs)) RETURN_IF_ERROR(RenderSamples());
+      return absl::OkStatus();
+    }));
+  }
+  result_.epochs = epoch;
+  return absl::OkStatus();
+}
+
+// The final LoRA, the final state when asked for, the last previews.
+absl::Status Run::SaveFinal() {
+  const CheckpointNames names(config_.output_dir, config_.output_name);
+  RETURN_IF_ERROR(SaveLora(names.FinalLora(), true));
+  if (config_.save_state || config_.save_state_on_train_end) RETURN_IF_ERROR(SaveState(names.LastState()));
+  if (PreviewDueAtEnd(config_)) RETURN_IF_ERROR(RenderSamples());
   result_.steps = pos_.global_step;
   result_.final_lora = names.FinalLora();
-  RETURN_IF_ERROR(Finish(absl::OkStatus()));
-  return result_;
+  return absl::OkStatus();
 }
 
 }  // namespace

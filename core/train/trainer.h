@@ -31,6 +31,7 @@
 #include "absl/status/statusor.h"
 #include "core/data/batch.h"
 #include "core/config/config.h"
+#include "core/networks/metadata.h"
 #include "core/train/observer.h"
 
 namespace lorad::train {
@@ -48,8 +49,9 @@ struct TrainInputs {
   // once before training when config.cache_latents. `vae_identity` names the
   // encoder for the cache key. Unset: latents are encoded per batch.
   std::function<absl::Status(LatentEncodeFn encoder, const std::string& vae_identity)> cache_latents;
-  // kohya ss_* dataset statistics (data::Dataset::KohyaMetadata()).
-  std::map<std::string, std::string> dataset_metadata;
+  // Facts about the images for the saved LoRA's ss_* metadata (DatasetFactsOf
+  // in dataset_glue.h). Unset: those keys are left out.
+  std::optional<networks::DatasetFacts> dataset_facts;
   // Opens a disk cache of text-encoder outputs (cache_text_encoder_outputs_to_disk):
   // given the encoders' identity and `encode`, returns a TextEncodeFn that serves
   // captions from the cache and encodes only the missing ones. Called once before
