@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The one script a GPU machine runs as it is (issue 11): builds the engine
+# (LORAD_ENGINE_ONLY) against that machine's pip torch, runs the tests labelled
+# `cuda`, then `lorad-bench gpu` and `lorad-bench overhead`. Logs and JSON go
+# to $OUT (default ./gpu_out); the whole run is kept within about 8 minutes
+# (LORAD_GPU_TOTAL_S) by capping every step with `timeout`.
+#
+# Needs: g++, CMake, Ninja, python3 with a CUDA torch, GoogleTest, protobuf,
+# spdlog, nlohmann-json. Abseil, toml++ and the test fixtures come from
+# device_carry/, which bench/gpu/prepare_carry.sh fills on a development machine.
+#
+# Files in $OUT (8 at most come back from a lent GPU machine): run.log,
+# configure.log, build.log, ctest.log, bench_gpu.log, bench_gpu.json,
+# bench_overhead.log, bench_overhead.json.
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$repo"
+OUT=${OUT:-$repo/gpu_out}
+mkdir -p "$OUT"
+carry="$repo/device_carry"
+build=${LORAD_GPU_BUILD_DIR:-$repo/build-gpu}
+total_s=${LORAD_GPU_TOTAL_S:-470}
+start=$(date +%s)
+
+log() { echo "[run.sh +$(( $(date +%s) - start ))s] $*" | tee -a "$OUT/run.log"; }
+left() { echo $(( total_s - ($(date +%s) - start) )); }
+# step NAME CAP_S CMD...: runs CMD with at most min(CAP_S, time left) seconds,
+# output to $OUT/NAME.log; prints the tail of the log when it fails.
+step() {
+  local name=$1 cap=$2 limit rc
+  shift 2
+  limit=$(left)
+  (( cap < limit )) && limit=$cap
+  if (( limit < 10 )); then
+    log "$name: skipped, the ${total_s} s budget is spent"
+    return 124
+  fi
+  log "$name (at most ${limit} s): $*"
+  timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+  rc=$?
+  log "$name: exit $rc$( ((rc == 124 || rc == 137)) && echo ' (timed out)')"
+  if (( rc != 0 )); then tail -n 40 "$OUT/$name.log" | tee -a "$OUT/run.log"; fi
+  return $rc
+}
+
+: >"$OUT/run.log"
+log "repo $repo, build $build, OUT $OUT, budget ${total_s} s"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || true; } | tee -a "$OUT/run.log"
+if [[ ! -d "$carry/usr" ]]; then
+  log "device_carry/ is missing: run bench/gpu/prepare_carry.sh on a development machine and carry device_carry"
+  exit 1
+fi
+torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)') || {
+  log "python3 cannot import torch: install a CUDA torch (pip install torch)"
+  exit 1
+}
+log "torch $(python3 -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)') at $torch_prefix"
+
+export LORAD_FIXTURES="$carry/fixtures"
+export LD_LIBRARY_PATH="$carry/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+jobs=$(nproc)
+
+# The carry comes after torch and before the system: Abseil and toml++ are
+# found there (CMake config and pkg-config both search CMAKE_PREFIX_PATH first).
+step configure 120 cmake -S "$repo" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DLORAD_ENGINE_ONLY=ON -DCMAKE_PREFIX_PATH="$torch_prefix;$carry/usr" \
+  -DCMAKE_POLICY_VERSION_MINIMUM=3.5 || exit 1
+grep -E '^(absl_DIR|Torch_DIR|TOMLPP_INCLUDEDIR|pkgcfg_lib_TOMLPP_tomlplusplus):' "$build/CMakeCache.txt" | tee -a "$OUT/run.log"
+
+# Only what runs here: the cuda tests and lorad-bench (the rest of the engine's
+# tests run in CI on the CPU).
+step build 300 cmake --build "$build" -j "$jobs" --target cuda_tests lorad-bench || exit 1
+
+ctest_rc=0
+step ctest 120 ctest --test-dir "$build" -L cuda -V --timeout 100 || ctest_rc=$?
+grep -E 'tests passed|tests failed|rel L2|Skipped|Failed' "$OUT/ctest.log" | tee -a "$OUT/run.log"
+
+# lorad-bench gpu stops starting cases when its own budget is spent and keeps
+# the JSON of every finished case; leave room for the overhead bench after it.
+gpu_rc=0
+gpu_cap=$(( $(left) - 75 ))
+step bench_gpu "$gpu_cap" "$build/bench/lorad-bench" gpu --json "$OUT/bench_gpu.json" \
+  --budget-s $(( gpu_cap > 120 ? gpu_cap - 60 : gpu_cap / 2 )) || gpu_rc=$?
+cat "$OUT/bench_gpu.log" >>"$OUT/run.log"
+
+overhead_rc=0
+step bench_overhead 90 "$build/bench/lorad-bench" overhead --json "$OUT/bench_overhead.json" || overhead_rc=$?
+cat "$OUT/bench_overhead.log" >>"$OUT/run.log"
+
+log "done: ctest $ctest_rc, bench gpu $gpu_rc, bench overhead $overhead_rc"
+(( ctest_rc == 0 && gpu_rc == 0 && overhead_rc == 0 ))
