@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "core/common/status_macros.h"
+#include "core/base/status_macros.h"
 #include "core/networks/metadata.h"
 
 namespace lorad::networks {
@@ -222,9 +222,7 @@ absl::Status LoraNetwork::Save(const std::filesystem::path& path, torch::ScalarT
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("collecting the LoRA tensors failed: ", e.what_without_backtrace()));
   }
-  ASSIGN_OR_RETURN(SafetensorsHashes hashes, ComputeSafetensorsHashes(tensors, metadata));
-  metadata["sshs_model_hash"] = hashes.model_hash;
-  metadata["sshs_legacy_hash"] = hashes.legacy_hash;
+  RETURN_IF_ERROR(AddSafetensorsHashes(tensors, metadata));
   return io::WriteSafetensors(path, tensors, metadata);
 }
 

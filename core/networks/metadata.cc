@@ -385,4 +385,11 @@ absl::StatusOr<SafetensorsHashes> ComputeSafetensorsHashes(const io::NamedTensor
   return h;
 }
 
+absl::Status AddSafetensorsHashes(const io::NamedTensors& tensors, io::Metadata& metadata) {
+  ASSIGN_OR_RETURN(SafetensorsHashes hashes, ComputeSafetensorsHashes(tensors, metadata));
+  metadata["sshs_model_hash"] = hashes.model_hash;
+  metadata["sshs_legacy_hash"] = hashes.legacy_hash;
+  return absl::OkStatus();
+}
+
 }  // namespace lorad::networks

@@ -158,6 +158,9 @@ struct SafetensorsHashes {
 absl::StatusOr<SafetensorsHashes> ComputeSafetensorsHashes(const io::NamedTensors& tensors,
                                                            const io::Metadata& metadata);
 
+// Adds sshs_model_hash and sshs_legacy_hash of `tensors` saved with `metadata`.
+absl::Status AddSafetensorsHashes(const io::NamedTensors& tensors, io::Metadata& metadata);
+
 // SHA-256 hex digest (the one implementation, core/base/sha256.h).
 using ::lorad::Sha256Hex;
 

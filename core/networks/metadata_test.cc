@@ -227,6 +227,10 @@ TEST(Metadata, HashesCoverDataAndOnlySsKeys) {
   EXPECT_EQ(h1->model_hash.size(), 64u);
   // Small file: the legacy window is empty -> sha256("")[:8].
   EXPECT_EQ(h1->legacy_hash, "e3b0c442");
+  io::Metadata m = {{"ss_x", "1"}, {"modelspec.title", "one"}};
+  ASSERT_TRUE(AddSafetensorsHashes(t, m).ok());
+  EXPECT_EQ(m.at("sshs_model_hash"), h1->model_hash);
+  EXPECT_EQ(m.at("sshs_legacy_hash"), "e3b0c442");
 }
 
 }  // namespace
