@@ -1,11 +1,13 @@
 #include "server/job_config.h"
 
+#include <optional>
 #include <set>
 #include <sstream>
 
 #include <toml++/toml.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "server/paths.h"
 #include "core/base/toml.h"
 
@@ -39,6 +41,28 @@ const std::set<std::string>& DaemonKeys() {
   return keys;
 }
 
+std::string RootList(const std::vector<fs::path>& allowed) {
+  std::vector<std::string> names;
+  for (const auto& root : allowed) names.push_back(root.string());
+  return absl::StrJoin(names, ", ");
+}
+
+// output_name becomes <output_dir>/<name>.safetensors and <name>-state: a path
+// in it ("../../models/x", "/abs") would write the LoRA and its state anywhere.
+absl::Status CheckOutputName(const toml::node& node, const std::vector<fs::path>& allowed) {
+  auto value = node.value<std::string>();
+  if (!value) return absl::InvalidArgumentError("output_name must be a string");
+  const std::string& name = *value;
+  if (name.empty() || name == "." || name == ".." || name.size() > 200 ||
+      name.find_first_of(std::string("/\\\0", 3)) != std::string::npos) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "output_name = \"", name.substr(0, 80),
+        "\" is not a plain file name; lorad writes the LoRA and its state into the job's output "
+        "folder, inside the daemon's roots (", RootList(allowed), "); give a name without '/'"));
+  }
+  return absl::OkStatus();
+}
+
 // Confines every path key in the tree (tables, arrays of tables) in place.
 absl::Status ConfineTree(toml::table& table, const fs::path& data_base, const JobRoots& roots,
                          const std::vector<fs::path>& allowed) {
@@ -54,6 +78,10 @@ absl::Status ConfineTree(toml::table& table, const fs::path& data_base, const Jo
           if (auto s = ConfineTree(*t, data_base, roots, allowed); !s.ok()) return s;
         }
       }
+      continue;
+    }
+    if (k == "output_name") {
+      if (auto s = CheckOutputName(node, allowed); !s.ok()) return s;
       continue;
     }
     auto it = PathKeys().find(k);
@@ -77,6 +105,17 @@ void EraseEverywhere(toml::table& table, const std::string& key) {
   for (auto&& [name, node] : table) {
     if (auto* sub = node.as_table()) sub->erase(key);
   }
+}
+
+// The string value of `key` where kohya reads it: the top level, or one section deep.
+std::optional<std::string> FindFlattened(const toml::table& table, const std::string& key) {
+  if (auto v = table[key].value<std::string>()) return v;
+  for (auto&& [name, node] : table) {
+    if (auto* sub = node.as_table()) {
+      if (auto v = (*sub)[key].value<std::string>()) return v;
+    }
+  }
+  return std::nullopt;
 }
 
 }  // namespace
@@ -121,6 +160,25 @@ absl::StatusOr<PreparedJobConfig> PrepareJobConfig(const JobConfigInput& input, 
   }
   for (const auto& key : DaemonKeys()) EraseEverywhere(config, key);
   if (auto s = ConfineTree(config, data_base, roots, allowed); !s.ok()) return s;
+  // A dataset_config named in the config (already confined) is read now and its
+  // own paths confined like an uploaded one's; the worker reads only that copy
+  // (--dataset_config), never the named file, whose image_dir could point anywhere.
+  std::optional<toml::table> dataset;
+  fs::path dataset_base = data_base;
+  if (!input.dataset_config_toml.empty()) {
+    auto parsed_dataset = ParseToml(input.dataset_config_toml, "dataset config");
+    if (!parsed_dataset.ok()) return parsed_dataset.status();
+    dataset = std::move(*parsed_dataset);
+  }
+  if (auto named = FindFlattened(config, "dataset_config")) {
+    EraseEverywhere(config, "dataset_config");
+    if (!dataset) {
+      auto from_file = ParseTomlFile(*named);
+      if (!from_file.ok()) return from_file.status();
+      dataset = std::move(*from_file);
+      dataset_base = fs::path(*named).parent_path();  // core/data resolves relative image_dir there
+    }
+  }
   config.insert_or_assign("output_dir", (input.job_dir / "output").string());
   config.insert_or_assign("logging_dir", (input.job_dir / "logs").string());
   config.insert_or_assign("save_state", true);
@@ -130,10 +188,8 @@ absl::StatusOr<PreparedJobConfig> PrepareJobConfig(const JobConfigInput& input, 
   os << config << "\n";
   prepared.config_toml = os.str();
 
-  if (!input.dataset_config_toml.empty()) {
-    auto dataset = ParseToml(input.dataset_config_toml, "dataset config");
-    if (!dataset.ok()) return dataset.status();
-    if (auto s = ConfineTree(*dataset, data_base, roots, allowed); !s.ok()) return s;
+  if (dataset) {
+    if (auto s = ConfineTree(*dataset, dataset_base, roots, allowed); !s.ok()) return s;
     std::ostringstream ds;
     ds << *dataset << "\n";
     prepared.dataset_config_toml = ds.str();

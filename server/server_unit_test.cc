@@ -82,6 +82,78 @@ TEST(JobConfigTest, RewritesPathsForcesOutputAndRefusesEscapes) {
   fs::remove_all(root);
 }
 
+// Every path key a job can set, in the config, in an uploaded dataset config
+// and inside a dataset config the config names: "..", an absolute path outside
+// the roots and a symlink inside a root that points out are each refused, the
+// error naming the key and the roots.
+TEST(JobConfigTest, ConfinesEveryPathKeyAgainstDotDotAbsoluteAndSymlinks) {
+  fs::path root = TempDir("confine_keys");
+  JobRoots roots{root / "models", root / "datasets", {}};
+  fs::create_directories(roots.models_root);
+  fs::create_directories(roots.datasets_root / "cats");
+  fs::create_directories(root / "outside" / "x");
+  fs::create_symlink(root / "outside", roots.models_root / "escape");
+  fs::create_symlink(root / "outside", roots.datasets_root / "escape");
+  const fs::path job_dir = root / "jobs" / "1";
+  const std::string model = "pretrained_model_name_or_path = \"tiny.safetensors\"\n";
+  const std::vector<std::string> escapes = {"../outside/x", (root / "outside" / "x").string(), "escape/x"};
+
+  auto expect_refused = [&](const JobConfigInput& input, const std::string& key, const std::string& value) {
+    auto prepared = PrepareJobConfig(input, roots);
+    ASSERT_FALSE(prepared.ok()) << key << " = " << value;
+    EXPECT_EQ(prepared.status().code(), absl::StatusCode::kPermissionDenied) << prepared.status();
+    EXPECT_NE(prepared.status().message().find(key), std::string::npos) << prepared.status();
+    EXPECT_NE(prepared.status().message().find(roots.models_root.string()), std::string::npos)
+        << prepared.status();
+  };
+  for (const std::string key : {"pretrained_model_name_or_path", "vae", "network_weights", "tokenizer_path",
+                                "sample_prompts", "train_data_dir", "reg_data_dir", "dataset_config",
+                                "output_name"}) {
+    for (const auto& value : escapes) {
+      const std::string line = absl::StrCat(key, " = \"", value, "\"\n");
+      const std::string base = key == "pretrained_model_name_or_path" ? "" : model;
+      // Top level, and inside a section (kohya flattens one level).
+      expect_refused({base + line, "", "", job_dir}, key, value);
+      expect_refused({absl::StrCat(base, "[section]\n", line), "", "", job_dir}, key, value);
+    }
+  }
+  expect_refused({model + "output_name = \"/abs\"\n", "", "", job_dir}, "output_name", "/abs");
+  expect_refused({model + "output_name = \"..\"\n", "", "", job_dir}, "output_name", "..");
+  for (const auto& value : escapes) {
+    for (const std::string key : {"image_dir", "train_data_dir", "reg_data_dir"}) {
+      const std::string dataset = absl::StrCat("[[datasets]]\n[[datasets.subsets]]\n", key, " = \"", value, "\"\n");
+      // Uploaded with the job.
+      expect_refused({model, dataset, "", job_dir}, key, value);
+      // Named by the config: the file is inside the roots, its contents are not.
+      std::ofstream(roots.datasets_root / "named.toml") << dataset;
+      expect_refused({model + "dataset_config = \"named.toml\"\n", "", "", job_dir}, key, value);
+    }
+  }
+
+  // A named dataset config inside the roots is adopted: its paths made
+  // absolute (relative to its own folder), the worker given the confined copy.
+  std::ofstream(roots.datasets_root / "named.toml") << "[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"cats\"\n";
+  auto prepared = PrepareJobConfig({model + "dataset_config = \"named.toml\"\noutput_name = \"mine\"\n", "", "", job_dir}, roots);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  EXPECT_NE(prepared->dataset_config_toml.find((roots.datasets_root / "cats").string()), std::string::npos)
+      << prepared->dataset_config_toml;
+  EXPECT_EQ(prepared->config_toml.find("named.toml"), std::string::npos) << prepared->config_toml;
+  EXPECT_EQ(prepared->train.dataset_config, DatasetConfigPath(job_dir).string());
+  EXPECT_EQ(prepared->train.output_name, "mine");
+  // The daemon's own keys are replaced whatever was asked: nothing is written outside the job.
+  prepared = PrepareJobConfig({absl::StrCat(model, "train_data_dir = \"cats\"\noutput_dir = \"../outside\"\n",
+                                            "logging_dir = \"", (root / "outside").string(),
+                                            "\"\nresume = \"escape/x\"\n[s]\noutput_dir = \"/tmp\"\n"),
+                               "", "", job_dir},
+                              roots);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  EXPECT_EQ(prepared->train.output_dir, (job_dir / "output").string());
+  EXPECT_NE(prepared->config_toml.find((job_dir / "logs").string()), std::string::npos);
+  EXPECT_EQ(prepared->config_toml.find("outside"), std::string::npos) << prepared->config_toml;
+  EXPECT_TRUE(prepared->train.resume.empty());
+  fs::remove_all(root);
+}
+
 TEST(WorkerProcessTest, ReportsExitStatusStderrAndEventsFd) {
   auto worker = WorkerProcess::Start(
       {{"/bin/sh", "-c", "echo to-stderr >&2; printf 'abc' >&3; exit 7"}, {{"LORAD_X", "1"}}, ""});
@@ -191,7 +263,7 @@ TEST(JobConfigTest, BadValuesAreRefusedWithTheTrainersMessage) {
   const std::string base = "pretrained_model_name_or_path = \"tiny.safetensors\"\n";
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"network_dim = \"abc\"\n", "config key 'network_dim': bad value \"abc\"; expected an integer"},
-      {"learning_rate = -1\n", "config key 'learning_rate': bad value \"-1\"; expected a value >= 0"},
+      {"learning_rate = -1\n", "config key 'learning_rate': bad value \"-1\"; expected a value from 0 to 1000"},
       {"mixed_precision = \"fp8\"\n",
        "config key 'mixed_precision': bad value \"fp8\"; expected one of no, fp16, bf16"},
       {"full_bf16 = true\n", "config key 'full_bf16' needs mixed_precision = \"bf16\""},
