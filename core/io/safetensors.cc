@@ -18,7 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "core/common/status_macros.h"
+#include "core/base/status_macros.h"
 
 namespace lorad::io {
 namespace {
@@ -117,11 +117,13 @@ int64_t TensorInfo::numel() const {
   return n;
 }
 
-absl::Status ParseSafetensorsHeader(const uint8_t* data, uint64_t size, std::string_view what,
-                                    std::vector<TensorInfo>* tensors, Metadata* metadata,
-                                    uint64_t* header_size) {
-  if (size < 8) {
-    return Invalid(what, absl::StrCat("file is ", size,
+namespace {
+
+// The header length from the 8-byte little-endian prefix. `data` holds at least
+// min(8, file_size) bytes.
+absl::StatusOr<uint64_t> HeaderLength(const uint8_t* data, uint64_t file_size, std::string_view what) {
+  if (file_size < 8) {
+    return Invalid(what, absl::StrCat("file is ", file_size,
                                       " bytes, too small for the 8-byte header length; it is not a "
                                       "safetensors file or was truncated"));
   }
@@ -131,15 +133,22 @@ absl::Status ParseSafetensorsHeader(const uint8_t* data, uint64_t size, std::str
     return Invalid(what, absl::StrCat("header length ", n, " exceeds the 100 MB limit; the file is "
                                       "corrupt or not a safetensors file"));
   }
-  if (n > size - 8) {
+  if (n > file_size - 8) {
     return Invalid(what, absl::StrCat("header length ", n, " runs past the end of the file (",
-                                      size, " bytes); the file was truncated"));
+                                      file_size, " bytes); the file was truncated"));
   }
-  if (n == 0 || data[8] != '{') {
+  return n;
+}
+
+// Validates the header text (the `n` bytes after the length prefix) of a file
+// of `file_size` bytes: JSON, metadata, dtypes, shapes and the exact tiling of
+// the data buffer.
+absl::Status ParseHeaderText(std::string_view header_text, uint64_t file_size, std::string_view what,
+                             std::vector<TensorInfo>* tensors, Metadata* metadata) {
+  const uint64_t n = header_text.size();
+  if (n == 0 || header_text.front() != '{') {
     return Invalid(what, "header does not start with '{'; not a safetensors file");
   }
-  const char* header_begin = reinterpret_cast<const char*>(data + 8);
-  std::string_view header_text(header_begin, n);
   // Trailing space padding is allowed.
   while (!header_text.empty() && header_text.back() == ' ') header_text.remove_suffix(1);
 
@@ -165,7 +174,7 @@ absl::Status ParseSafetensorsHeader(const uint8_t* data, uint64_t size, std::str
   }
   if (!header.is_object()) return Invalid(what, "header JSON is not an object");
 
-  const uint64_t buffer_size = size - 8 - n;
+  const uint64_t buffer_size = file_size - 8 - n;
   tensors->clear();
   metadata->clear();
   for (auto it = header.begin(); it != header.end(); ++it) {
@@ -255,51 +264,127 @@ absl::Status ParseSafetensorsHeader(const uint8_t* data, uint64_t size, std::str
     return Invalid(what, absl::StrCat("data buffer has ", buffer_size - cursor,
                                       " trailing bytes not covered by any tensor"));
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ParseSafetensorsHeader(const uint8_t* data, uint64_t size, std::string_view what,
+                                    std::vector<TensorInfo>* tensors, Metadata* metadata,
+                                    uint64_t* header_size) {
+  ASSIGN_OR_RETURN(const uint64_t n, HeaderLength(data, size, what));
+  RETURN_IF_ERROR(ParseHeaderText(std::string_view(reinterpret_cast<const char*>(data + 8), n), size, what,
+                                  tensors, metadata));
   *header_size = n;
   return absl::OkStatus();
 }
 
-struct SafetensorsFile::Mapping {
-  void* addr = nullptr;
+// What a SafetensorsFile reads from: the mapping (kMapped) or an open
+// descriptor (kStreamed). Shared with the views Get returns.
+struct SafetensorsFile::Storage {
+  void* addr = nullptr;  // the mapping; nullptr when kStreamed or the file is empty
   size_t size = 0;
-  ~Mapping() {
-    if (addr != nullptr && addr != MAP_FAILED) munmap(addr, size);
+  int fd = -1;  // kStreamed only
+  ~Storage() {
+    if (addr != nullptr) munmap(addr, size);
+    if (fd >= 0) ::close(fd);
   }
 };
 
+namespace {
+
+// The LibTorch type holding the stored bytes unchanged (same item size).
+torch::ScalarType StorageType(DType dtype) {
+  switch (dtype) {
+    case DType::kBool: return torch::kBool;
+    case DType::kU8:
+    case DType::kF8_E4M3:
+    case DType::kF8_E5M2: return torch::kByte;
+    case DType::kI8: return torch::kChar;
+    case DType::kI16:
+    case DType::kU16: return torch::kShort;
+    case DType::kF16: return torch::kHalf;
+    case DType::kBF16: return torch::kBFloat16;
+    case DType::kI32:
+    case DType::kU32: return torch::kInt;
+    case DType::kF32: return torch::kFloat;
+    case DType::kF64: return torch::kDouble;
+    case DType::kI64:
+    case DType::kU64: return torch::kLong;
+  }
+  return torch::kByte;
+}
+
+// True when the stored bytes are the values of StorageType(dtype) without conversion.
+bool StoredAsIs(DType dtype) {
+  return dtype != DType::kU16 && dtype != DType::kU32 && dtype != DType::kF8_E4M3 && dtype != DType::kF8_E5M2;
+}
+
+// pread until `size` bytes are read; an early end of file is DATA_LOSS.
+absl::Status PreadAll(int fd, void* out, uint64_t size, uint64_t offset, const std::string& what) {
+  auto* p = static_cast<char*>(out);
+  while (size > 0) {
+    const size_t chunk = static_cast<size_t>(std::min<uint64_t>(size, 1ull << 30));
+    const ssize_t n = ::pread(fd, p, chunk, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      return absl::DataLossError(
+          absl::StrCat(what, ": ", n < 0 ? std::strerror(errno) : "unexpected end of file"));
+    }
+    p += n;
+    offset += static_cast<uint64_t>(n);
+    size -= static_cast<uint64_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 SafetensorsFile::~SafetensorsFile() = default;
 
-absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::filesystem::path& path) {
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::filesystem::path& path,
+                                                                       Access access) {
   const std::string what = path.string();
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
+  auto storage = std::make_shared<Storage>();
+  storage->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (storage->fd < 0) {
     const int err = errno;
     if (err == ENOENT) return absl::NotFoundError(absl::StrCat(what, ": no such file"));
     return absl::PermissionDeniedError(absl::StrCat(what, ": cannot open: ", std::strerror(err)));
   }
   struct stat st {};
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
+  if (fstat(storage->fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": not a regular file"));
   }
   auto file = std::unique_ptr<SafetensorsFile>(new SafetensorsFile());
   file->path_ = path;
+  file->access_ = access;
   file->file_size_ = static_cast<uint64_t>(st.st_size);
-  file->mapping_ = std::make_shared<Mapping>();
-  if (st.st_size > 0) {
-    // Private + writable: tensor views may be written in place without touching the file.
-    void* addr = mmap(nullptr, st.st_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
-    if (addr == MAP_FAILED) {
-      const int err = errno;
-      ::close(fd);
-      return absl::ResourceExhaustedError(absl::StrCat(what, ": mmap failed: ", std::strerror(err)));
+  if (access == Access::kMapped) {
+    if (st.st_size > 0) {
+      // Private + writable: tensor views may be written in place without touching the file.
+      void* addr = mmap(nullptr, st.st_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, storage->fd, 0);
+      if (addr == MAP_FAILED) {
+        return absl::ResourceExhaustedError(absl::StrCat(what, ": mmap failed: ", std::strerror(errno)));
+      }
+      storage->addr = addr;
+      storage->size = st.st_size;
     }
-    file->mapping_->addr = addr;
-    file->mapping_->size = st.st_size;
+    ::close(storage->fd);  // the mapping stays valid without the descriptor
+    storage->fd = -1;
+    RETURN_IF_ERROR(ParseSafetensorsHeader(static_cast<const uint8_t*>(storage->addr), file->file_size_, what,
+                                           &file->tensors_, &file->metadata_, &file->header_size_));
+  } else {
+    // Only the header is read; the same two validation steps ParseSafetensorsHeader runs.
+    std::array<uint8_t, 8> prefix{};
+    const uint64_t prefix_size = std::min<uint64_t>(8, file->file_size_);
+    RETURN_IF_ERROR(PreadAll(storage->fd, prefix.data(), prefix_size, 0, what));
+    ASSIGN_OR_RETURN(file->header_size_, HeaderLength(prefix.data(), file->file_size_, what));
+    std::string header(file->header_size_, '\0');
+    RETURN_IF_ERROR(PreadAll(storage->fd, header.data(), header.size(), 8, what));
+    RETURN_IF_ERROR(ParseHeaderText(header, file->file_size_, what, &file->tensors_, &file->metadata_));
   }
-  ::close(fd);
-  RETURN_IF_ERROR(ParseSafetensorsHeader(static_cast<const uint8_t*>(file->mapping_->addr), file->file_size_,
-                                         what, &file->tensors_, &file->metadata_, &file->header_size_));
+  file->storage_ = std::move(storage);
   for (size_t i = 0; i < file->tensors_.size(); ++i) file->index_[file->tensors_[i].name] = i;
   return file;
 }
@@ -307,6 +392,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
 const TensorInfo* SafetensorsFile::Find(std::string_view name) const {
   auto it = index_.find(std::string(name));
   return it == index_.end() ? nullptr : &tensors_[it->second];
+}
+
+absl::Status SafetensorsFile::UnknownTensor(std::string_view name) const {
+  return absl::NotFoundError(absl::StrCat(path_.string(), ": has no tensor '", std::string(name), "'"));
 }
 
 std::vector<std::string> SafetensorsFile::Names() const {
@@ -321,54 +410,72 @@ bool SafetensorsFile::Has(std::string_view name) const { return Find(name) != nu
 
 absl::StatusOr<std::vector<int64_t>> SafetensorsFile::Shape(std::string_view name) const {
   const TensorInfo* info = Find(name);
-  if (info == nullptr) {
-    return absl::NotFoundError(absl::StrCat(path_.string(), ": has no tensor '", std::string(name), "'"));
-  }
+  if (info == nullptr) return UnknownTensor(name);
   return info->shape;
 }
 
 absl::StatusOr<std::string> SafetensorsFile::DTypeName(std::string_view name) const {
   const TensorInfo* info = Find(name);
-  if (info == nullptr) {
-    return absl::NotFoundError(absl::StrCat(path_.string(), ": has no tensor '", std::string(name), "'"));
-  }
+  if (info == nullptr) return UnknownTensor(name);
   return std::string(DTypeToString(info->dtype));
+}
+
+std::optional<uint64_t> SafetensorsFile::DataOffset(std::string_view name) const {
+  const TensorInfo* info = Find(name);
+  if (info == nullptr) return std::nullopt;
+  return info->begin;
+}
+
+absl::Status SafetensorsFile::PreadTensor(const TensorInfo& info, void* out) const {
+  return PreadAll(storage_->fd, out, info.end - info.begin, 8 + header_size_ + info.begin,
+                  absl::StrCat("reading tensor '", info.name, "' from ", path_.string()));
+}
+
+absl::StatusOr<torch::Tensor> SafetensorsFile::StoredBytes(const TensorInfo& info, torch::ScalarType type) const {
+  const auto options = torch::TensorOptions().dtype(type);
+  if (info.numel() == 0) return torch::empty(info.shape, options);
+  if (access_ == Access::kStreamed) {
+    torch::Tensor t = torch::empty(info.shape, options);
+    RETURN_IF_ERROR(PreadTensor(info, t.data_ptr()));
+    return t;
+  }
+  uint8_t* base = static_cast<uint8_t*>(storage_->addr) + 8 + header_size_ + info.begin;
+  std::shared_ptr<Storage> keep = storage_;
+  return torch::from_blob(base, info.shape, [keep](void*) mutable { keep.reset(); }, options);
 }
 
 absl::StatusOr<torch::Tensor> SafetensorsFile::Get(std::string_view name,
                                                    std::optional<torch::ScalarType> dtype) const {
   const TensorInfo* info = Find(name);
-  if (info == nullptr) {
-    return absl::NotFoundError(absl::StrCat(path_.string(), ": has no tensor '", std::string(name), "'"));
-  }
-  uint8_t* base = static_cast<uint8_t*>(mapping_->addr) + 8 + header_size_ + info->begin;
-  std::shared_ptr<Mapping> keep = mapping_;
-  auto view_as = [&](torch::ScalarType t) {
-    if (info->numel() == 0) return torch::empty(info->shape, torch::TensorOptions().dtype(t));
-    return torch::from_blob(base, info->shape, [keep](void*) mutable { keep.reset(); },
-                            torch::TensorOptions().dtype(t));
-  };
-  torch::Tensor stored;
+  if (info == nullptr) return UnknownTensor(name);
+  ASSIGN_OR_RETURN(torch::Tensor stored, StoredBytes(*info, StorageType(info->dtype)));
+  // Types LibTorch 1.13 lacks are widened (a copy).
   switch (info->dtype) {
-    case DType::kBool: stored = view_as(torch::kBool); break;
-    case DType::kU8: stored = view_as(torch::kByte); break;
-    case DType::kI8: stored = view_as(torch::kChar); break;
-    case DType::kI16: stored = view_as(torch::kShort); break;
-    case DType::kF16: stored = view_as(torch::kHalf); break;
-    case DType::kBF16: stored = view_as(torch::kBFloat16); break;
-    case DType::kI32: stored = view_as(torch::kInt); break;
-    case DType::kF32: stored = view_as(torch::kFloat); break;
-    case DType::kF64: stored = view_as(torch::kDouble); break;
-    case DType::kI64: stored = view_as(torch::kLong); break;
-    // Types LibTorch 1.13 lacks are widened (a copy).
-    case DType::kU16: stored = view_as(torch::kShort).to(torch::kInt).bitwise_and(0xFFFF); break;
-    case DType::kU32: stored = view_as(torch::kInt).to(torch::kLong).bitwise_and(static_cast<int64_t>(0xFFFFFFFF)); break;
-    case DType::kU64: stored = view_as(torch::kLong); break;  // values above 2^63 wrap
+    case DType::kU16: stored = stored.to(torch::kInt).bitwise_and(0xFFFF); break;
+    case DType::kU32: stored = stored.to(torch::kLong).bitwise_and(static_cast<int64_t>(0xFFFFFFFF)); break;
     case DType::kF8_E4M3:
-    case DType::kF8_E5M2: stored = DecodeFloat8(view_as(torch::kByte), info->dtype); break;
+    case DType::kF8_E5M2: stored = DecodeFloat8(stored, info->dtype); break;
+    default: break;  // U64 stays I64: values above 2^63 wrap
   }
   if (dtype.has_value() && stored.scalar_type() != *dtype) return stored.to(*dtype);
   return stored;
+}
+
+absl::Status SafetensorsFile::ReadInto(std::string_view name, torch::Tensor& dst) const {
+  const TensorInfo* info = Find(name);
+  if (info == nullptr) return UnknownTensor(name);
+  if (info->numel() != dst.numel()) {
+    return absl::InvalidArgumentError(absl::StrCat(path_.string(), ": tensor '", std::string(name), "' has ",
+                                                   info->numel(), " elements, the destination ", dst.numel()));
+  }
+  if (access_ == Access::kStreamed && StoredAsIs(info->dtype) && StorageType(info->dtype) == dst.scalar_type() &&
+      dst.device().is_cpu() && dst.is_contiguous()) {
+    return PreadTensor(*info, dst.data_ptr());  // no staging copy
+  }
+  ASSIGN_OR_RETURN(torch::Tensor t, Get(name));
+  torch::NoGradGuard no_grad;
+  dst.copy_(t.reshape(dst.sizes()));
+  return absl::OkStatus();
 }
 
 namespace {

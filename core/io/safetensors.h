@@ -1,4 +1,5 @@
-// safetensors reading (mmap, zero-copy views) and writing (aligned header,
+// safetensors reading (mmap with zero-copy views, or pread streaming into the
+// caller's tensors) and writing (aligned header,
 // __metadata__, atomic temp-file + rename). Format: the huggingface/safetensors
 // README (format section) and safetensors/src/tensor.rs (dtypes, header padding).
 #pragma once
@@ -43,15 +44,26 @@ struct TensorInfo {
 
 using Metadata = std::map<std::string, std::string>;
 
-// A validated, memory-mapped safetensors file. Thread-safe for concurrent reads.
-// Tensors returned without conversion are views of the mapping that keep it
-// alive; the mapping is private copy-on-write, so writing to them never
-// changes the file.
+// A validated safetensors file: the one reader of the format in this tree.
+// Two access patterns, chosen at Open:
+//  - kMapped: the file is memory-mapped; Get returns zero-copy views of the
+//    mapping that keep it alive (it is private copy-on-write, so writing to a
+//    view never changes the file). For fixtures, LoRA files, caches.
+//  - kStreamed: nothing but the header is held; Get returns a fresh tensor
+//    read with pread, and ReadInto reads straight into the caller's tensor when
+//    dtype and layout allow (else through one tensor-sized staging buffer).
+//    For checkpoints: the page cache, not the process, holds the file, so
+//    loading a model keeps one copy of the weights in memory.
+// Both patterns validate the header with the same parser (ParseSafetensorsHeader).
+// Thread-safe for concurrent reads.
 class SafetensorsFile : public TensorSource {
  public:
+  enum class Access { kMapped, kStreamed };
+
   // Opens and validates every rule of the format; each violation is a distinct
   // INVALID_ARGUMENT (or NOT_FOUND for a missing file) that names the file.
-  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::filesystem::path& path);
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::filesystem::path& path,
+                                                               Access access = Access::kMapped);
 
   ~SafetensorsFile() override;
   SafetensorsFile(const SafetensorsFile&) = delete;
@@ -60,24 +72,44 @@ class SafetensorsFile : public TensorSource {
   std::vector<std::string> Names() const override;
   bool Has(std::string_view name) const override;
   absl::StatusOr<std::vector<int64_t>> Shape(std::string_view name) const override;
+  // kMapped: a view of the mapping when no conversion is needed; kStreamed: a
+  // fresh tensor. Dtypes LibTorch lacks (U16, U32, F8_*) are widened (a copy);
+  // U64 is read as I64 (values above 2^63 wrap). NOT_FOUND names the key.
   absl::StatusOr<torch::Tensor> Get(std::string_view name,
                                     std::optional<torch::ScalarType> dtype = std::nullopt) const override;
   absl::StatusOr<std::string> DTypeName(std::string_view name) const override;
+  // kStreamed with a contiguous CPU `dst` of the stored dtype: one pread into
+  // dst's memory; otherwise Get, then a converting copy.
+  absl::Status ReadInto(std::string_view name, torch::Tensor& dst) const override;
+  // Offset of the tensor's bytes in the data buffer (TensorInfo::begin).
+  std::optional<uint64_t> DataOffset(std::string_view name) const override;
 
+  Access access() const { return access_; }
   const Metadata& metadata() const { return metadata_; }
   // Tensors in data-offset order.
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  // The entry of `name`, or nullptr for an unknown name. The pointer is owned
+  // by this file and valid as long as it lives.
   const TensorInfo* Find(std::string_view name) const;
   const std::filesystem::path& path() const { return path_; }
   uint64_t file_size() const { return file_size_; }
   uint64_t header_size() const { return header_size_; }
 
  private:
-  struct Mapping;
+  struct Storage;
   SafetensorsFile() = default;
 
+  // The stored bytes as a tensor of `type` (same item size): a view of the
+  // mapping (kMapped) or a fresh tensor read with pread (kStreamed).
+  absl::StatusOr<torch::Tensor> StoredBytes(const TensorInfo& info, torch::ScalarType type) const;
+  // pread of the whole tensor into `out` (kStreamed only).
+  absl::Status PreadTensor(const TensorInfo& info, void* out) const;
+  absl::Status UnknownTensor(std::string_view name) const;
+
   std::filesystem::path path_;
-  std::shared_ptr<Mapping> mapping_;
+  Access access_ = Access::kMapped;
+  // Shared with the views Get returns (kMapped), so a view outlives the file object.
+  std::shared_ptr<Storage> storage_;
   uint64_t file_size_ = 0;
   uint64_t header_size_ = 0;
   Metadata metadata_;
@@ -85,7 +117,9 @@ class SafetensorsFile : public TensorSource {
   absl::flat_hash_map<std::string, size_t> index_;
 };
 
-// Validates a complete in-memory safetensors image (used by Open and by tests).
+// Validates a complete in-memory safetensors image: the one header validator,
+// which Open runs on the mapping (kMapped) or, in two steps (length prefix,
+// then header text), on the bytes it reads (kStreamed).
 // On success fills `tensors` (sorted by offset), `metadata` and `header_size`.
 absl::Status ParseSafetensorsHeader(const uint8_t* data, uint64_t size, std::string_view what,
                                     std::vector<TensorInfo>* tensors, Metadata* metadata,

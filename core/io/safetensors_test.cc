@@ -2,9 +2,12 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include <gtest/gtest.h>
 
+#include "core/base/status_macros.h"
+#include "core/base/testing/scoped_temp_dir.h"
 #include "core/common/fixtures.h"
 
 namespace lorad::io {
@@ -12,13 +15,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
+using Access = SafetensorsFile::Access;
+
 class SafetensorsTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("lorad_io_test_" + std::to_string(::getpid()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
 
   fs::path WriteRaw(const std::string& name, const std::string& bytes) {
     auto p = dir_ / name;
@@ -32,13 +32,19 @@ class SafetensorsTest : public ::testing::Test {
     for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xFF);
     return out + header + data;
   }
+  // The error opening `bytes`; both access patterns run the same validator,
+  // so they must give the same message.
   std::string OpenError(const std::string& bytes) {
     auto p = WriteRaw("bad.safetensors", bytes);
-    auto r = SafetensorsFile::Open(p);
-    EXPECT_FALSE(r.ok());
-    return r.ok() ? "" : std::string(r.status().message());
+    auto mapped = SafetensorsFile::Open(p, Access::kMapped);
+    auto streamed = SafetensorsFile::Open(p, Access::kStreamed);
+    EXPECT_FALSE(mapped.ok());
+    EXPECT_FALSE(streamed.ok());
+    if (mapped.ok() || streamed.ok()) return "";
+    EXPECT_EQ(mapped.status(), streamed.status());
+    return std::string(mapped.status().message());
   }
-  fs::path dir_;
+  lorad::testing::ScopedTempDir dir_{"lorad_io_test"};
 };
 
 TEST_F(SafetensorsTest, RoundTripKeepsValuesDtypesAndMetadata) {
@@ -70,7 +76,7 @@ TEST_F(SafetensorsTest, RoundTripKeepsValuesDtypesAndMetadata) {
   EXPECT_TRUE(torch::allclose(*as_f32, tensors[1].second.to(torch::kFloat32)));
   // The writer leaves no temp file behind, and serialization equals the file bytes.
   int files = 0;
-  for (auto& e : fs::directory_iterator(dir_)) files += e.is_regular_file();
+  for (auto& e : fs::directory_iterator(dir_.path())) files += e.is_regular_file();
   EXPECT_EQ(files, 1);
   auto bytes = SerializeSafetensors(tensors, meta);
   ASSERT_TRUE(bytes.ok());
@@ -131,8 +137,12 @@ TEST_F(SafetensorsTest, EveryMalformedFileIsADistinctClearError) {
   EXPECT_NE(OpenError(Image(R"({"t":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", data8))
                 .find("non-negative"),
             std::string::npos);
-  auto missing = SafetensorsFile::Open(dir_ / "nope.safetensors");
-  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  for (Access access : {Access::kMapped, Access::kStreamed}) {
+    auto missing = SafetensorsFile::Open(dir_ / "nope.safetensors", access);
+    EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+    auto folder = SafetensorsFile::Open(dir_.path(), access);
+    EXPECT_EQ(folder.status().code(), absl::StatusCode::kInvalidArgument);
+  }
 }
 
 TEST_F(SafetensorsTest, HeaderPaddingWithSpacesIsAccepted) {
@@ -152,6 +162,167 @@ TEST_F(SafetensorsTest, Float8E4M3DecodesToFloat) {
   EXPECT_FLOAT_EQ(t[1].item<float>(), -2.0f);
   EXPECT_FLOAT_EQ(t[2].item<float>(), std::ldexp(1.0f, -9));
   EXPECT_FLOAT_EQ(t[3].item<float>(), 0.0f);
+}
+
+// Tensors of every stored dtype, including those LibTorch lacks (written raw).
+std::string EveryDtypeImage() {
+  std::string header =
+      R"({"i64":{"dtype":"I64","shape":[1],"data_offsets":[0,8]},)"
+      R"("f32":{"dtype":"F32","shape":[2],"data_offsets":[8,16]},)"
+      R"("f16":{"dtype":"F16","shape":[2,2],"data_offsets":[16,24]},)"
+      R"("u32":{"dtype":"U32","shape":[1],"data_offsets":[24,28]},)"
+      R"("u16":{"dtype":"U16","shape":[2],"data_offsets":[28,32]},)"
+      R"("e5m2":{"dtype":"F8_E5M2","shape":[2],"data_offsets":[32,34]},)"
+      R"("e4m3":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[34,36]},)"
+      R"("empty":{"dtype":"F32","shape":[0,3],"data_offsets":[36,36]}})";
+  header.append((8 - header.size() % 8) % 8, ' ');  // keep the data 8-byte aligned
+  std::string data;
+  data += std::string("\x07\x00\x00\x00\x00\x00\x00\x00", 8);  // I64 7
+  data += std::string("\x00\x00\x80\x3F\x00\x00\x00\xC0", 8);  // F32 1, -2
+  data += std::string("\x00\x3C\x00\x40\x00\xC2\x00\x00", 8);  // F16 1, 2, -3, 0
+  data += std::string("\xFF\xFF\xFF\xFF", 4);                      // U32 4294967295
+  data += std::string("\xFF\xFF\x01\x00", 4);                      // U16 65535, 1
+  data += std::string("\x3C\xC0", 2);                                // E5M2 1.0, -2.0
+  data += std::string("\x38\x40", 2);                                // E4M3 1.0, 2.0
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((header.size() >> (8 * i)) & 0xFF);
+  return out + header + data;
+}
+
+TEST_F(SafetensorsTest, StreamedAndMappedReadTheSameValuesForEveryDtype) {
+  auto p = WriteRaw("all.safetensors", EveryDtypeImage());
+  auto mapped = SafetensorsFile::Open(p, Access::kMapped);
+  auto streamed = SafetensorsFile::Open(p, Access::kStreamed);
+  ASSERT_TRUE(mapped.ok()) << mapped.status();
+  ASSERT_TRUE(streamed.ok()) << streamed.status();
+  EXPECT_EQ((*streamed)->access(), Access::kStreamed);
+  EXPECT_EQ((*mapped)->header_size(), (*streamed)->header_size());
+  EXPECT_EQ((*mapped)->Names(), (*streamed)->Names());
+  for (const auto& name : (*mapped)->Names()) {
+    auto m = (*mapped)->Get(name);
+    auto s = (*streamed)->Get(name);
+    ASSERT_TRUE(m.ok() && s.ok()) << name;
+    EXPECT_EQ(m->scalar_type(), s->scalar_type()) << name;
+    EXPECT_EQ(m->sizes(), s->sizes()) << name;
+    EXPECT_TRUE(torch::equal(*m, *s)) << name;
+    EXPECT_EQ(*(*mapped)->DTypeName(name), *(*streamed)->DTypeName(name)) << name;
+  }
+  auto& f = **streamed;
+  EXPECT_EQ(f.Get("u16")->scalar_type(), torch::kInt);
+  EXPECT_EQ(f.Get("u16")->index({0}).item<int>(), 65535);
+  EXPECT_EQ(f.Get("u32")->index({0}).item<int64_t>(), 4294967295LL);
+  EXPECT_FLOAT_EQ(f.Get("e5m2")->index({1}).item<float>(), -2.0f);
+  EXPECT_FLOAT_EQ(f.Get("e4m3")->index({1}).item<float>(), 2.0f);
+  EXPECT_FLOAT_EQ(f.Get("f16")->index({1, 0}).item<float>(), -3.0f);
+  EXPECT_EQ(f.Get("i64")->index({0}).item<int64_t>(), 7);
+  auto f32_as_f64 = f.Get("f32", torch::kFloat64);
+  ASSERT_TRUE(f32_as_f64.ok());
+  EXPECT_EQ(f32_as_f64->scalar_type(), torch::kFloat64);
+  EXPECT_DOUBLE_EQ(f32_as_f64->index({1}).item<double>(), -2.0);
+  // Streamed tensors are fresh copies, not views of shared memory.
+  EXPECT_NE(f.Get("f32")->data_ptr(), f.Get("f32")->data_ptr());
+}
+
+TEST_F(SafetensorsTest, StreamedReadIntoFillsTheCallersTensor) {
+  const auto weights = torch::arange(12, torch::kFloat32).view({3, 4});
+  auto p = dir_ / "w.safetensors";
+  ASSERT_TRUE(WriteSafetensors(p, {{"w", weights}, {"h", weights.to(torch::kHalf)}}, {}).ok());
+  auto file = SafetensorsFile::Open(p, Access::kStreamed);
+  ASSERT_TRUE(file.ok()) << file.status();
+  const SafetensorsFile& f = **file;
+
+  // Same dtype, contiguous CPU: read straight into dst's own memory.
+  auto dst = torch::zeros({3, 4});
+  const void* before = dst.data_ptr();
+  ASSERT_TRUE(f.ReadInto("w", dst).ok());
+  EXPECT_EQ(dst.data_ptr(), before);
+  EXPECT_TRUE(torch::equal(dst, weights));
+  // Converted (F16 -> F32), reshaped (same element count), non-contiguous.
+  auto converted = torch::zeros({3, 4});
+  ASSERT_TRUE(f.ReadInto("h", converted).ok());
+  EXPECT_TRUE(torch::equal(converted, weights));
+  auto flat = torch::zeros({12}, torch::kFloat64);
+  ASSERT_TRUE(f.ReadInto("w", flat).ok());
+  EXPECT_TRUE(torch::equal(flat, weights.flatten().to(torch::kFloat64)));
+  auto transposed = torch::zeros({4, 3}).t();
+  ASSERT_FALSE(transposed.is_contiguous());
+  ASSERT_TRUE(f.ReadInto("w", transposed).ok());
+  EXPECT_TRUE(torch::equal(transposed, weights));
+  // A parameter that requires grad is filled without recording autograd history.
+  auto param = torch::zeros({3, 4}, torch::requires_grad());
+  ASSERT_TRUE(f.ReadInto("h", param).ok());
+  EXPECT_TRUE(torch::equal(param.detach(), weights));
+
+  auto wrong = torch::zeros({5});
+  EXPECT_EQ(f.ReadInto("w", wrong).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(f.ReadInto("nope", dst).code(), absl::StatusCode::kNotFound);
+
+  // The mapped file offers the same call (a copy from the mapping).
+  auto mapped = SafetensorsFile::Open(p, Access::kMapped);
+  ASSERT_TRUE(mapped.ok());
+  auto from_mapping = torch::zeros({3, 4});
+  ASSERT_TRUE((*mapped)->ReadInto("h", from_mapping).ok());
+  EXPECT_TRUE(torch::equal(from_mapping, weights));
+}
+
+TEST_F(SafetensorsTest, UnknownNamesAreNullNotFoundOrNullopt) {
+  auto p = dir_ / "one.safetensors";
+  ASSERT_TRUE(WriteSafetensors(p, {{"b", torch::ones({2})}, {"a", torch::ones({3}, torch::kLong)}}, {}).ok());
+  for (Access access : {Access::kMapped, Access::kStreamed}) {
+    auto file = SafetensorsFile::Open(p, access);
+    ASSERT_TRUE(file.ok());
+    const SafetensorsFile& f = **file;
+    EXPECT_EQ(f.Find("x"), nullptr);
+    EXPECT_FALSE(f.Has("x"));
+    EXPECT_EQ(f.Shape("x").status().code(), absl::StatusCode::kNotFound);
+    EXPECT_EQ(f.Get("x").status().code(), absl::StatusCode::kNotFound);
+    EXPECT_NE(f.Get("x").status().message().find("'x'"), std::string::npos);
+    EXPECT_EQ(f.DTypeName("x").status().code(), absl::StatusCode::kNotFound);
+    EXPECT_EQ(f.DataOffset("x"), std::nullopt);
+    // Known names: the offset is the entry's begin (I64 "a" is written first: larger dtype first).
+    ASSERT_NE(f.Find("b"), nullptr);
+    EXPECT_EQ(f.DataOffset("a"), 0u);
+    EXPECT_EQ(f.DataOffset("b"), f.Find("b")->begin);
+    EXPECT_EQ(f.DataOffset("b"), 24u);
+  }
+}
+
+// A source with no file behind it: the TensorSource defaults.
+class MapSource : public TensorSource {
+ public:
+  explicit MapSource(std::map<std::string, torch::Tensor> tensors) : tensors_(std::move(tensors)) {}
+  std::vector<std::string> Names() const override {
+    std::vector<std::string> names;
+    for (const auto& [k, v] : tensors_) names.push_back(k);
+    return names;
+  }
+  bool Has(std::string_view name) const override { return tensors_.count(std::string(name)) > 0; }
+  absl::StatusOr<std::vector<int64_t>> Shape(std::string_view name) const override {
+    ASSIGN_OR_RETURN(auto t, Get(name));
+    return t.sizes().vec();
+  }
+  absl::StatusOr<torch::Tensor> Get(std::string_view name,
+                                    std::optional<torch::ScalarType> dtype = std::nullopt) const override {
+    auto it = tensors_.find(std::string(name));
+    if (it == tensors_.end()) return absl::NotFoundError(std::string(name));
+    return dtype ? it->second.to(*dtype) : it->second;
+  }
+  absl::StatusOr<std::string> DTypeName(std::string_view) const override { return std::string("F32"); }
+
+ private:
+  std::map<std::string, torch::Tensor> tensors_;
+};
+
+TEST(TensorSourceTest, DefaultReadIntoCopiesThroughGetAndHasNoFileOrder) {
+  const auto t = torch::arange(6, torch::kFloat32);
+  MapSource source({{"t", t}});
+  auto dst = torch::zeros({2, 3}, torch::kHalf);
+  ASSERT_TRUE(source.ReadInto("t", dst).ok());
+  EXPECT_TRUE(torch::equal(dst, t.view({2, 3}).to(torch::kHalf)));
+  auto wrong = torch::zeros({4});
+  EXPECT_EQ(source.ReadInto("t", wrong).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(source.ReadInto("u", dst).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(source.DataOffset("t"), std::nullopt);
 }
 
 TEST_F(SafetensorsTest, ReadsTheSharedFixtures) {

@@ -6,7 +6,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "core/common/status_macros.h"
+#include "core/base/status_macros.h"
+#include "core/io/safetensors.h"
 #include "core/models/detect.h"
 #include "core/models/name_mapping.h"
 #include "core/nn/layer.h"
@@ -20,6 +21,12 @@ using KeyShapes = std::vector<std::pair<std::string, std::vector<int64_t>>>;
 constexpr char kTe1Sd15[] = "cond_stage_model.transformer.";
 constexpr char kTe1Sdxl[] = "conditioner.embedders.0.transformer.";
 constexpr char kTe2Sdxl[] = "conditioner.embedders.1.model.";
+
+// Checkpoints are read streamed: each tensor goes from the page cache straight
+// into its parameter, so loading holds one copy of the weights, not two.
+absl::StatusOr<std::unique_ptr<io::SafetensorsFile>> OpenStreamed(const fs::path& path) {
+  return io::SafetensorsFile::Open(path, io::SafetensorsFile::Access::kStreamed);
+}
 
 bool HasPrefix(const std::vector<std::string>& sorted, const std::string& prefix) {
   auto it = std::lower_bound(sorted.begin(), sorted.end(), prefix);
@@ -122,7 +129,7 @@ std::vector<ComponentKeys> ExpectedComponents(const CheckpointLayout& layout,
 
 class SingleFileCheckpoint : public Checkpoint {
  public:
-  explicit SingleFileCheckpoint(std::unique_ptr<FileTensorSource> file) : file_(std::move(file)) {
+  explicit SingleFileCheckpoint(std::unique_ptr<io::SafetensorsFile> file) : file_(std::move(file)) {
     names_ = file_->Names();
   }
 
@@ -153,7 +160,7 @@ class SingleFileCheckpoint : public Checkpoint {
       layout.family = ModelFamily::kSd15;
       layout.text_locations = {{kTe1Sd15, text::ClipKeyLayout::kHuggingFace}};
     }
-    const nlohmann::json fc = FixtureConfig(file_->file().metadata());
+    const nlohmann::json fc = FixtureConfig(file_->metadata());
     ASSIGN_OR_RETURN(layout.unet, DetectUNetConfig(*file_, kUnetPrefix, sdxl, Sub(fc, "original_unet_config")));
     std::optional<double> scaling;
     if (fc.is_object() && fc.contains("vae_scaling_factor") && fc["vae_scaling_factor"].is_number()) {
@@ -177,25 +184,25 @@ class SingleFileCheckpoint : public Checkpoint {
 
   std::map<std::string, int64_t> DTypeCounts() const override {
     std::map<std::string, int64_t> counts;
-    for (const auto& t : file_->file().tensors()) ++counts[std::string(io::DTypeToString(t.dtype))];
+    for (const auto& t : file_->tensors()) ++counts[std::string(io::DTypeToString(t.dtype))];
     return counts;
   }
 
-  const std::map<std::string, std::string>& Metadata() const override { return file_->file().metadata(); }
+  const std::map<std::string, std::string>& Metadata() const override { return file_->metadata(); }
 
   KeyReport CompareKeys(const CheckpointLayout& layout) const override {
     std::map<std::string, std::vector<int64_t>> present;
-    for (const auto& t : file_->file().tensors()) present[t.name] = t.shape;
+    for (const auto& t : file_->tensors()) present[t.name] = t.shape;
     std::vector<std::string> prefixes;
     for (const auto& loc : layout.text_locations) prefixes.push_back(loc.prefix);
     return Compare(present, ExpectedComponents(layout, prefixes));
   }
 
-  uint64_t TotalBytes() const override { return file_->file().file_size(); }
-  const fs::path& path() const override { return file_->file().path(); }
+  uint64_t TotalBytes() const override { return file_->file_size(); }
+  const fs::path& path() const override { return file_->path(); }
 
  private:
-  std::unique_ptr<FileTensorSource> file_;
+  std::unique_ptr<io::SafetensorsFile> file_;
   std::vector<std::string> names_;
 };
 
@@ -249,14 +256,14 @@ class DiffusersCheckpoint : public Checkpoint {
     const std::vector<std::string> text_files = {"model.safetensors", "model.fp16.safetensors"};
     ASSIGN_OR_RETURN(auto unet_path, FindWeights(dir / "unet", model_files));
     ASSIGN_OR_RETURN(auto vae_path, FindWeights(dir / "vae", model_files));
-    ASSIGN_OR_RETURN(auto unet_file, FileTensorSource::Open(unet_path));
-    ASSIGN_OR_RETURN(auto vae_file, FileTensorSource::Open(vae_path));
+    ASSIGN_OR_RETURN(auto unet_file, OpenStreamed(unet_path));
+    ASSIGN_OR_RETURN(auto vae_file, OpenStreamed(vae_path));
     c->unet_file_ = std::move(unet_file);
     c->vae_file_ = std::move(vae_file);
     for (const char* sub : {"text_encoder", "text_encoder_2"}) {
       if (!fs::exists(dir / sub)) continue;
       ASSIGN_OR_RETURN(auto te_path, FindWeights(dir / sub, text_files));
-      ASSIGN_OR_RETURN(auto te_file, FileTensorSource::Open(te_path));
+      ASSIGN_OR_RETURN(auto te_file, OpenStreamed(te_path));
       c->text_files_.push_back(std::move(te_file));
       c->text_dirs_.push_back(sub);
     }
@@ -311,20 +318,20 @@ class DiffusersCheckpoint : public Checkpoint {
   const io::TensorSource& text_source(size_t i) const override { return *text_files_.at(i); }
 
   int64_t TensorCount() const override {
-    int64_t n = static_cast<int64_t>(unet_file_->file().tensors().size() + vae_file_->file().tensors().size());
-    for (const auto& t : text_files_) n += static_cast<int64_t>(t->file().tensors().size());
+    int64_t n = static_cast<int64_t>(unet_file_->tensors().size() + vae_file_->tensors().size());
+    for (const auto& t : text_files_) n += static_cast<int64_t>(t->tensors().size());
     return n;
   }
 
   std::map<std::string, int64_t> DTypeCounts() const override {
     std::map<std::string, int64_t> counts;
-    for (const FileTensorSource* f : AllFiles()) {
-      for (const auto& t : f->file().tensors()) ++counts[std::string(io::DTypeToString(t.dtype))];
+    for (const io::SafetensorsFile* f : AllFiles()) {
+      for (const auto& t : f->tensors()) ++counts[std::string(io::DTypeToString(t.dtype))];
     }
     return counts;
   }
 
-  const std::map<std::string, std::string>& Metadata() const override { return unet_file_->file().metadata(); }
+  const std::map<std::string, std::string>& Metadata() const override { return unet_file_->metadata(); }
 
   KeyReport CompareKeys(const CheckpointLayout& layout) const override {
     std::map<std::string, std::vector<int64_t>> present;
@@ -334,14 +341,14 @@ class DiffusersCheckpoint : public Checkpoint {
     std::vector<std::string> prefixes;
     for (size_t i = 0; i < text_files_.size(); ++i) {
       prefixes.push_back(text_dirs_[i] + "/");
-      for (const auto& t : text_files_[i]->file().tensors()) present[text_dirs_[i] + "/" + t.name] = t.shape;
+      for (const auto& t : text_files_[i]->tensors()) present[text_dirs_[i] + "/" + t.name] = t.shape;
     }
     return Compare(present, ExpectedComponents(layout, prefixes));
   }
 
   uint64_t TotalBytes() const override {
     uint64_t n = 0;
-    for (const FileTensorSource* f : AllFiles()) n += f->file().file_size();
+    for (const io::SafetensorsFile* f : AllFiles()) n += f->file_size();
     return n;
   }
   const fs::path& path() const override { return path_; }
@@ -349,8 +356,8 @@ class DiffusersCheckpoint : public Checkpoint {
  private:
   DiffusersCheckpoint() = default;
 
-  std::vector<const FileTensorSource*> AllFiles() const {
-    std::vector<const FileTensorSource*> files = {unet_file_.get(), vae_file_.get()};
+  std::vector<const io::SafetensorsFile*> AllFiles() const {
+    std::vector<const io::SafetensorsFile*> files = {unet_file_.get(), vae_file_.get()};
     for (const auto& t : text_files_) files.push_back(t.get());
     return files;
   }
@@ -396,8 +403,8 @@ class DiffusersCheckpoint : public Checkpoint {
   }
 
   fs::path path_;
-  std::unique_ptr<FileTensorSource> unet_file_, vae_file_;
-  std::vector<std::unique_ptr<FileTensorSource>> text_files_;
+  std::unique_ptr<io::SafetensorsFile> unet_file_, vae_file_;
+  std::vector<std::unique_ptr<io::SafetensorsFile>> text_files_;
   std::vector<std::string> text_dirs_;
   std::map<std::string, nlohmann::json> configs_;
   std::unique_ptr<RenamedTensorSource> unet_view_, vae_view_;
@@ -428,7 +435,7 @@ CheckpointLayout DefaultLayout(ModelFamily family) {
 absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const fs::path& path) {
   std::error_code ec;
   if (fs::is_directory(path, ec)) return DiffusersCheckpoint::Open(path);
-  ASSIGN_OR_RETURN(auto file, FileTensorSource::Open(path));
+  ASSIGN_OR_RETURN(auto file, OpenStreamed(path));
   return std::unique_ptr<Checkpoint>(new SingleFileCheckpoint(std::move(file)));
 }
 

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/match.h"
+#include "core/base/testing/scoped_temp_dir.h"
 #include "core/common/fixtures.h"
 #include "core/io/safetensors.h"
 #include "core/models/checkpoint.h"
@@ -17,13 +18,6 @@ namespace lorad::models {
 namespace {
 
 namespace fs = std::filesystem;
-
-fs::path TempDir(const std::string& name) {
-  fs::path dir = fs::temp_directory_path() / ("lorad_models_test_" + std::to_string(::getpid())) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
 
 io::NamedTensors ReadAll(const io::SafetensorsFile& file) {
   io::NamedTensors all;
@@ -104,7 +98,8 @@ absl::Status LoadEdited(const std::string& name, const std::function<void(io::Na
   EXPECT_TRUE(file.ok());
   auto tensors = ReadAll(**file);
   edit(tensors);
-  const fs::path out = TempDir("malformed") / (name + ".safetensors");
+  const lorad::testing::ScopedTempDir dir("lorad_models_test");
+  const fs::path out = dir / (name + ".safetensors");
   EXPECT_TRUE(io::WriteSafetensors(out, tensors, (*file)->metadata()).ok());
   return LoadStableDiffusion(out).status();
 }
@@ -135,7 +130,8 @@ TEST(MalformedCheckpoint, UnknownArchitectureIsNamed) {
   });
   ASSERT_FALSE(status.ok());
   EXPECT_TRUE(absl::StrContains(status.message(), "model.diffusion_model.input_blocks.0.0.weight")) << status;
-  const fs::path other = TempDir("other") / "not_sd.safetensors";
+  const lorad::testing::ScopedTempDir dir("lorad_models_test");
+  const fs::path other = dir / "not_sd.safetensors";
   ASSERT_TRUE(io::WriteSafetensors(other, {{"encoder.weight", torch::zeros({2, 2})}}, {}).ok());
   auto s2 = LoadStableDiffusion(other).status();
   EXPECT_TRUE(absl::StrContains(s2.message(), "unknown architecture")) << s2;
@@ -205,7 +201,8 @@ TEST_P(TinyCheckpointTest, DiffusersFolderGivesIdenticalOutputs) {
   const std::string arch = GetParam();
   auto single = LoadStableDiffusion(FixturePath("tiny_" + arch + ".safetensors"));
   ASSERT_TRUE(single.ok()) << single.status();
-  const fs::path dir = TempDir("diffusers_" + arch);
+  const lorad::testing::ScopedTempDir tmp("lorad_models_test_diffusers");
+  const fs::path dir = tmp.path();
   WriteDiffusersFolder(arch, dir, *single);
   auto folder = LoadStableDiffusion(dir);
   ASSERT_TRUE(folder.ok()) << folder.status();

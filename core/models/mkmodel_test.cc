@@ -2,6 +2,8 @@
 // and come with a demo vocabulary whose size matches the token embeddings.
 #include <gtest/gtest.h>
 
+#include "core/base/sha256.h"
+#include "core/base/testing/scoped_temp_dir.h"
 #include "core/io/safetensors.h"
 #include "core/models/checkpoint.h"
 #include "core/models/inspect.h"
@@ -17,8 +19,7 @@ class MkModelTest : public ::testing::TestWithParam<ModelFamily> {};
 
 TEST_P(MkModelTest, TinyCheckpointLoadsAndIsDetected) {
   const ModelFamily family = GetParam();
-  const fs::path dir = fs::temp_directory_path() / ("lorad_mkmodel_test_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
+  const lorad::testing::ScopedTempDir dir("lorad_mkmodel_test");
   const fs::path out = dir / (std::string(ModelFamilyName(family)) + ".safetensors");
   MakeModelOptions options;
   options.family = family;
@@ -39,10 +40,31 @@ TEST_P(MkModelTest, TinyCheckpointLoadsAndIsDetected) {
     EXPECT_TRUE(sd->layout.text_encoders[i] == want.text_encoders[i]) << "text encoder " << i;
   }
 
-  // Same seed, same bytes; the demo vocabulary matches the embedding rows.
+  // Same seed, same bytes: the whole file's SHA-256, not its size.
   const fs::path again = dir / "again.safetensors";
   ASSERT_TRUE(MakeModel(again, options).ok());
-  EXPECT_EQ(fs::file_size(again), fs::file_size(out));
+  const auto out_sha = Sha256File(out);
+  const auto again_sha = Sha256File(again);
+  ASSERT_TRUE(out_sha.ok() && again_sha.ok());
+  EXPECT_EQ(*again_sha, *out_sha);
+  // Another seed: same names and shapes, other weights.
+  MakeModelOptions reseeded = options;
+  reseeded.seed = 4;
+  const fs::path other = dir / "other_seed.safetensors";
+  ASSERT_TRUE(MakeModel(other, reseeded).ok());
+  EXPECT_NE(*Sha256File(other), *out_sha);
+  auto a = io::SafetensorsFile::Open(out);
+  auto b = io::SafetensorsFile::Open(other);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ((*a)->Names(), (*b)->Names());
+  int differing = 0;
+  for (const auto& name : (*a)->Names()) {
+    EXPECT_EQ(*(*a)->Shape(name), *(*b)->Shape(name)) << name;
+    differing += !torch::equal(*(*a)->Get(name), *(*b)->Get(name));
+  }
+  EXPECT_GT(differing, 0);
+
+  // The demo vocabulary matches the embedding rows.
   auto tokenizer = text::ClipTokenizer::Load(text::CompanionTokenizerDir(out) / "vocab.json");
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
   EXPECT_EQ(tokenizer->vocab_size(), want.text_encoders[0].vocab_size);
@@ -61,7 +83,6 @@ TEST_P(MkModelTest, TinyCheckpointLoadsAndIsDetected) {
   ASSERT_TRUE(report.ok()) << report.status();
   EXPECT_EQ((*report)["family"], ModelFamilyName(family));
   EXPECT_FALSE(FormatInspection(*report).empty());
-  fs::remove_all(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, MkModelTest, ::testing::Values(ModelFamily::kSd15, ModelFamily::kSdxl),
@@ -70,7 +91,9 @@ INSTANTIATE_TEST_SUITE_P(Families, MkModelTest, ::testing::Values(ModelFamily::k
 TEST(MkModel, RejectsUnsupportedDtype) {
   MakeModelOptions options;
   options.dtype = torch::kInt32;
-  EXPECT_FALSE(MakeModel(fs::temp_directory_path() / "never_written.safetensors", options).ok());
+  const lorad::testing::ScopedTempDir dir("lorad_mkmodel_test");
+  EXPECT_FALSE(MakeModel(dir / "never_written.safetensors", options).ok());
+  EXPECT_FALSE(fs::exists(dir / "never_written.safetensors"));
 }
 
 }  // namespace
@@ -80,7 +103,8 @@ namespace lorad::models {
 namespace {
 
 TEST(Inspect, LoraFileShowsMetadataAndKeyCount) {
-  const auto path = std::filesystem::temp_directory_path() / ("lorad_inspect_lora_" + std::to_string(::getpid()) + ".safetensors");
+  const lorad::testing::ScopedTempDir dir("lorad_inspect_lora");
+  const auto path = dir / "lora.safetensors";
   io::NamedTensors t = {
       {"lora_unet_input_blocks_4_1_proj_in.lora_down.weight", torch::zeros({8, 32})},
       {"lora_unet_input_blocks_4_1_proj_in.lora_up.weight", torch::zeros({32, 8})},
@@ -98,7 +122,6 @@ TEST(Inspect, LoraFileShowsMetadataAndKeyCount) {
   EXPECT_EQ((*report)["metadata"]["ss_network_dim"], "8");
   EXPECT_FALSE((*report)["metadata"].contains("other"));
   EXPECT_NE(FormatInspection(*report).find("ss_network_alpha"), std::string::npos);
-  std::filesystem::remove(path);
 }
 
 }  // namespace

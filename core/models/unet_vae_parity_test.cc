@@ -29,20 +29,20 @@ torch::Tensor Ref(const io::SafetensorsFile& ref, const std::string& name) {
 }
 
 struct Fixture {
-  std::unique_ptr<FileTensorSource> ckpt;
+  std::unique_ptr<io::SafetensorsFile> ckpt;  // read as checkpoints are: streamed
   std::unique_ptr<io::SafetensorsFile> ref;
   nlohmann::json config;
 };
 
 Fixture OpenFixture(const std::string& model, const std::string& reference) {
   Fixture f;
-  auto ckpt = FileTensorSource::Open(FixturePath(model));
+  auto ckpt = io::SafetensorsFile::Open(FixturePath(model), io::SafetensorsFile::Access::kStreamed);
   EXPECT_TRUE(ckpt.ok()) << ckpt.status();
   auto ref = io::SafetensorsFile::Open(FixturePath(reference));
   EXPECT_TRUE(ref.ok()) << ref.status();
   if (ckpt.ok()) f.ckpt = std::move(*ckpt);
   if (ref.ok()) f.ref = std::move(*ref);
-  if (f.ckpt) f.config = FixtureConfig(f.ckpt->file().metadata());
+  if (f.ckpt) f.config = FixtureConfig(f.ckpt->metadata());
   return f;
 }
 
