@@ -13,6 +13,7 @@
 #include "core/base/exit_codes.h"
 #include "server/completion_notifier.h"
 #include "server/config.h"
+#include "server/data_dir_lock.h"
 #include "server/notify/webhook.h"
 #include "server/event_hub.h"
 #include "server/scheduler.h"
@@ -74,6 +75,12 @@ int Run(int argc, char** argv) {
   logger->flush_on(spdlog::level::info);
   spdlog::set_default_logger(logger);
 
+  // Before the store opens: a second lorad must not touch this data dir's jobs.
+  auto data_dir_lock = server::DataDirLock::Acquire(config.data_dir);
+  if (!data_dir_lock.ok()) {
+    spdlog::critical("{}", std::string(data_dir_lock.status().message()));
+    return kExitStorage;
+  }
   auto store = storage::JobStore::Open(config.db_path().string());
   if (!store.ok()) {
     spdlog::critical("{}", store.status().ToString());

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/advice.h"
+#include "server/data_dir_lock.h"
 #include "server/event_hub.h"
 #include "server/job_config.h"
 #include "server/paths.h"
@@ -152,6 +153,28 @@ TEST(JobConfigTest, ConfinesEveryPathKeyAgainstDotDotAbsoluteAndSymlinks) {
   EXPECT_EQ(prepared->config_toml.find("outside"), std::string::npos) << prepared->config_toml;
   EXPECT_TRUE(prepared->train.resume.empty());
   fs::remove_all(root);
+}
+
+TEST(DataDirLockTest, ASecondLockFailsNamingTheHolderAndReleaseFreesIt) {
+  fs::path dir = TempDir("lock");
+  {
+    auto first = DataDirLock::Acquire(dir);
+    ASSERT_TRUE(first.ok()) << first.status();
+    std::ifstream pid_file(dir / "lorad.lock");
+    int64_t pid = 0;
+    pid_file >> pid;
+    EXPECT_EQ(pid, getpid());
+    auto second = DataDirLock::Acquire(dir);
+    ASSERT_FALSE(second.ok());
+    EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_NE(second.status().message().find(dir.string()), std::string::npos) << second.status();
+    EXPECT_NE(second.status().message().find(absl::StrCat("pid ", getpid())), std::string::npos)
+        << second.status();
+  }
+  auto again = DataDirLock::Acquire(dir);  // the first was released with its owner
+  EXPECT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(DataDirLock::Acquire(dir / "missing" / "deeper").status().code(), absl::StatusCode::kInternal);
+  fs::remove_all(dir);
 }
 
 TEST(WorkerProcessTest, ReportsExitStatusStderrAndEventsFd) {

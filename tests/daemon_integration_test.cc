@@ -360,6 +360,27 @@ TEST_F(DaemonTest, UploadIsContentAddressedAndInspectRunsTheCurationReport) {
 
 // kill -9 mid-training, restart: the job resumes from its saved state and
 // succeeds; history is intact; the database passes integrity_check.
+TEST_F(DaemonTest, ASecondLoradOnTheSameDataDirExitsNamingTheHolder) {
+  // `timeout`: without the lock the second daemon would serve (SO_REUSEPORT) and never exit.
+  const std::string command = absl::StrCat(
+      "timeout 30 ", (BuildDir() / "server" / "lorad").string(), " --listen 127.0.0.1:0 --data-dir ",
+      daemon_->data_dir().string(), " --worker ", WorkerBinary().string(), " 2>&1; echo \"exit=$?\"");
+  FILE* pipe = popen(command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string output;
+  char buffer[4096];
+  while (size_t n = fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
+  pclose(pipe);
+  EXPECT_TRUE(absl::StrContains(output, "exit=13")) << output;  // kExitStorage
+  EXPECT_TRUE(absl::StrContains(output, absl::StrCat("data dir ", daemon_->data_dir().string(),
+                                                     " is in use by another lorad (pid ")))
+      << output;
+  // The first daemon still serves.
+  auto ctx = daemon_->client().Context();
+  lorad::v1::ServerInfo info;
+  EXPECT_TRUE(daemon_->client().stub()->GetServerInfo(ctx.get(), lorad::v1::GetServerInfoRequest(), &info).ok());
+}
+
 TEST(DaemonRestartTest, Kill9MidTrainingResumesFromLastState) {
   Daemon d(TestRoot("restart"), DaemonOptions{1, 5, "t", {}});
   d.Start();
