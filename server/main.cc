@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_split.h"
 #include "core/base/exit_codes.h"
+#include "server/auth.h"
 #include "server/completion_notifier.h"
 #include "server/config.h"
 #include "server/data_dir_lock.h"
@@ -128,6 +129,10 @@ int Run(int argc, char** argv) {
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.SetMaxReceiveMessageSize(16 << 20);
   builder.RegisterService(&service);
+  // Reflection lists every method and message: behind the token like the rest.
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(server::NewReflectionAuthInterceptorFactory(&config.tokens));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
   if (!grpc_server || port == 0) {
     spdlog::critical("cannot listen on {} (in use? try --listen 127.0.0.1:PORT)", config.listen);

@@ -12,6 +12,7 @@
 #include "server/advice.h"
 #include "server/dataset_upload.h"
 #include "server/job_config.h"
+#include "server/auth.h"
 #include "server/server_info.h"
 #include "server/status_util.h"
 #include "server/stream_reactors.h"
@@ -20,13 +21,6 @@
 namespace lorad::server {
 namespace {
 namespace fs = std::filesystem;
-
-bool ConstantTimeEquals(const std::string& a, const std::string& b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
-}
 
 void ToProto(const storage::ArtifactRecord& a, lorad::v1::Artifact* out) {
   out->set_id(a.id);
@@ -117,22 +111,7 @@ LoradService::LoradService(const ServerConfig* config, storage::JobStore* store,
 void LoradService::Shutdown() { curate_pool_.Shutdown(); }
 
 grpc::Status LoradService::Authorize(grpc::CallbackServerContext* ctx) const {
-  if (config_->tokens.empty()) return grpc::Status::OK;
-  const auto& metadata = ctx->client_metadata();
-  auto it = metadata.find("authorization");
-  if (it == metadata.end()) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                        "missing bearer token: pass --token or set LORAD_TOKEN");
-  }
-  const std::string value(it->second.data(), it->second.size());
-  const std::string prefix = "Bearer ";
-  if (value.rfind(prefix, 0) == 0) {
-    const std::string token = value.substr(prefix.size());
-    bool match = false;
-    for (const auto& t : config_->tokens) match |= ConstantTimeEquals(t, token);
-    if (match) return grpc::Status::OK;
-  }
-  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "invalid bearer token");
+  return CheckBearerToken(config_->tokens, ctx->client_metadata());
 }
 
 grpc::ServerUnaryReactor* LoradService::Reply(grpc::CallbackServerContext* ctx,

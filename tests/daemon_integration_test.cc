@@ -9,6 +9,8 @@
 #include <thread>
 
 #include <google/protobuf/util/message_differencer.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include "absl/strings/match.h"
@@ -379,6 +381,65 @@ TEST_F(DaemonTest, ASecondLoradOnTheSameDataDirExitsNamingTheHolder) {
   auto ctx = daemon_->client().Context();
   lorad::v1::ServerInfo info;
   EXPECT_TRUE(daemon_->client().stub()->GetServerInfo(ctx.get(), lorad::v1::GetServerInfoRequest(), &info).ok());
+}
+
+// One raw call of `method` (one request message, the replies read to the end)
+// through a generic stub: the reflection client library is not installed.
+struct RawReply {
+  grpc::Status status;
+  std::string bytes;  // every reply message, concatenated
+};
+RawReply RawCall(int port, const std::string& method, const std::string& request, const std::string& token) {
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
+  grpc::CompletionQueue cq;
+  void* tag = nullptr;
+  bool ok = false;
+  auto call = stub.PrepareCall(&ctx, method, &cq);
+  call->StartCall(reinterpret_cast<void*>(1));
+  cq.Next(&tag, &ok);
+  RawReply reply;
+  if (ok) {
+    grpc::Slice slice(request);
+    call->WriteLast(grpc::ByteBuffer(&slice, 1), grpc::WriteOptions(), reinterpret_cast<void*>(2));
+    cq.Next(&tag, &ok);
+    for (;;) {
+      grpc::ByteBuffer buffer;
+      call->Read(&buffer, reinterpret_cast<void*>(3));
+      cq.Next(&tag, &ok);
+      if (!ok) break;
+      std::vector<grpc::Slice> slices;
+      EXPECT_TRUE(buffer.Dump(&slices).ok());
+      for (const auto& s : slices) reply.bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    }
+  }
+  call->Finish(&reply.status, reinterpret_cast<void*>(4));
+  cq.Next(&tag, &ok);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return reply;
+}
+
+TEST_F(DaemonTest, ReflectionNeedsTheTokenAndHealthStaysOpen) {
+  const std::string reflection = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
+  const std::string list_services("\x3a\x01*", 3);  // ServerReflectionRequest{list_services: "*"}
+  RawReply with_token = RawCall(daemon_->port(), reflection, list_services, "test-token");
+  EXPECT_TRUE(with_token.status.ok()) << with_token.status.error_message();
+  EXPECT_TRUE(absl::StrContains(with_token.bytes, "lorad.v1.Lorad")) << with_token.bytes;
+  for (const std::string token : {"", "wrong-token"}) {
+    RawReply denied = RawCall(daemon_->port(), reflection, list_services, token);
+    EXPECT_EQ(denied.status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << token;
+    EXPECT_FALSE(absl::StrContains(denied.bytes, "lorad.v1")) << denied.bytes;
+    EXPECT_TRUE(absl::StrContains(denied.bytes, "bearer token")) << denied.bytes;  // the error_response
+  }
+  // grpc.health.v1.Health/Check with an empty request: open without a token.
+  RawReply health = RawCall(daemon_->port(), "/grpc.health.v1.Health/Check", "", "");
+  EXPECT_TRUE(health.status.ok()) << health.status.error_message();
+  EXPECT_EQ(health.bytes, std::string("\x08\x01", 2));  // SERVING
 }
 
 TEST(DaemonRestartTest, Kill9MidTrainingResumesFromLastState) {
