@@ -53,6 +53,7 @@ absl::Status LoadToml(const std::string& path, ServerConfig* c) {
     else if (k == "curate_binary") c->curate_binary = node.value_or(std::string());
     else if (k == "cancel_grace_s") c->cancel_grace_s = node.value_or(c->cancel_grace_s);
     else if (k == "max_upload_bytes") c->max_upload_bytes = node.value_or(c->max_upload_bytes);
+    else if (k == "min_free_bytes") c->min_free_bytes = node.value_or(c->min_free_bytes);
     else if (k == "max_upload_files")
       c->max_upload_files = static_cast<int>(node.value_or(int64_t{c->max_upload_files}));
     else if (k == "log_level") c->log_level = node.value_or(c->log_level);
@@ -71,7 +72,7 @@ std::string ServerUsage() {
          "             [--slots N] [--gpus 0,1] [--worker PATH] [--worker-arg ARG]...\n"
          "             [--curate PATH] [--grace-s SECONDS] [--tls-cert PEM --tls-key PEM]\n"
          "             [--models-root DIR] [--datasets-root DIR] [--allowed-root DIR]...\n"
-         "             [--max-upload-bytes N] [--log-level debug|info|warn]\n"
+         "             [--max-upload-bytes N] [--min-free-bytes N] [--log-level debug|info|warn]\n"
          "             [--webhook http://HOST:PORT/PATH]... (also webhook_urls in lorad.toml)\n"
          "Defaults: listen 127.0.0.1:50051 (reach it through `ssh -L 50051:127.0.0.1:50051 box`),\n"
          "data dir ./lorad-data, one slot per visible GPU. LORAD_TOKEN sets a token too.\n";
@@ -144,6 +145,8 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
       }
     } else if (name == "max-upload-bytes") {
       if (auto s = as_int(&config.max_upload_bytes); !s.ok()) return s;
+    } else if (name == "min-free-bytes") {
+      if (auto s = as_int(&config.min_free_bytes); !s.ok()) return s;
     } else if (name == "log-level") config.log_level = value;
     else {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name, "\n", ServerUsage()));

@@ -26,6 +26,8 @@ struct ServerConfig {
   double cancel_grace_s = 30;          // SIGTERM -> SIGKILL
   int64_t max_upload_bytes = int64_t{8} << 30;
   int max_upload_files = 100000;
+  // Free space the data dir keeps: an upload that would leave less is refused.
+  int64_t min_free_bytes = int64_t{2} << 30;
   std::string log_level = "info";
   // http:// URLs POSTed a JSON body when a job or a whole sweep ends.
   std::vector<std::string> webhook_urls;

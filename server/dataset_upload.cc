@@ -21,8 +21,9 @@ bool IsImage(const fs::path& path) {
 
 class DatasetUpload final : public grpc::ServerReadReactor<lorad::v1::UploadDatasetRequest> {
  public:
-  DatasetUpload(const ServerConfig* config, storage::JobStore* store, lorad::v1::Dataset* response)
-      : config_(config), store_(store), response_(response) {
+  DatasetUpload(const ServerConfig* config, UploadBudget* budget, storage::JobStore* store,
+                lorad::v1::Dataset* response)
+      : config_(config), budget_(budget), store_(store), response_(response) {
     std::random_device rd;
     incoming_ = config_->datasets_root / absl::StrCat(".incoming-", rd(), rd());
     std::error_code ec;
@@ -50,6 +51,7 @@ class DatasetUpload final : public grpc::ServerReadReactor<lorad::v1::UploadData
   void OnDone() override {
     std::error_code ec;
     if (!incoming_.empty()) fs::remove_all(incoming_, ec);
+    budget_->Release(reserved_);
     delete this;
   }
 
@@ -82,6 +84,10 @@ class DatasetUpload final : public grpc::ServerReadReactor<lorad::v1::UploadData
                           absl::StrCat("upload exceeds the daemon's limit of ", config_->max_upload_bytes,
                                        " bytes (max_upload_bytes in lorad.toml)"));
     }
+    if (absl::Status room = budget_->Reserve(static_cast<int64_t>(chunk.data().size())); !room.ok()) {
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, std::string(room.message()));
+    }
+    reserved_ += static_cast<int64_t>(chunk.data().size());
     if (chunk.path() != current_path_) {
       FinishCurrentFile();
       if (files_.count(chunk.path())) {
@@ -160,6 +166,8 @@ class DatasetUpload final : public grpc::ServerReadReactor<lorad::v1::UploadData
   }
 
   const ServerConfig* config_;
+  UploadBudget* budget_;
+  int64_t reserved_ = 0;  // this upload's share of budget_
   storage::JobStore* store_;
   lorad::v1::Dataset* response_;
   lorad::v1::UploadDatasetRequest request_;
@@ -186,8 +194,8 @@ void ToProto(const storage::DatasetRecord& d, lorad::v1::Dataset* out) {
 }
 
 grpc::ServerReadReactor<lorad::v1::UploadDatasetRequest>* NewDatasetUpload(
-    const ServerConfig* config, storage::JobStore* store, lorad::v1::Dataset* response) {
-  return new DatasetUpload(config, store, response);
+    const ServerConfig* config, UploadBudget* budget, storage::JobStore* store, lorad::v1::Dataset* response) {
+  return new DatasetUpload(config, budget, store, response);
 }
 
 }  // namespace lorad::server

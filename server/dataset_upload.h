@@ -9,12 +9,14 @@
 
 #include "lorad/v1/lorad.grpc.pb.h"
 #include "server/config.h"
+#include "server/upload_budget.h"
 #include "storage/job_store.h"
 
 namespace lorad::server {
 
+// `budget` (shared by all uploads in flight) is charged per chunk and given back when the call ends.
 grpc::ServerReadReactor<lorad::v1::UploadDatasetRequest>* NewDatasetUpload(
-    const ServerConfig* config, storage::JobStore* store, lorad::v1::Dataset* response);
+    const ServerConfig* config, UploadBudget* budget, storage::JobStore* store, lorad::v1::Dataset* response);
 
 template <typename T>
 grpc::ServerReadReactor<T>* FailedUpload(const grpc::Status& status) {

@@ -15,6 +15,7 @@
 #include "server/completion_notifier.h"
 #include "server/config.h"
 #include "server/data_dir_lock.h"
+#include "server/disk_cleanup.h"
 #include "server/notify/webhook.h"
 #include "server/event_hub.h"
 #include "server/scheduler.h"
@@ -81,6 +82,10 @@ int Run(int argc, char** argv) {
   if (!data_dir_lock.ok()) {
     spdlog::critical("{}", std::string(data_dir_lock.status().message()));
     return kExitStorage;
+  }
+  // Under the lock, an .incoming- folder is no live upload's: a crash cut it short.
+  for (const auto& partial : server::RemoveIncompleteUploads(config.datasets_root)) {
+    spdlog::warn("removed {}: an upload interrupted by a crash or kill", partial.string());
   }
   auto store = storage::JobStore::Open(config.db_path().string());
   if (!store.ok()) {

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/base/clock.h"
 #include "core/base/sha256.h"
+#include "server/disk_cleanup.h"
 #include "server/job_outcome.h"
 #include "server/launch_plan.h"
 #include "server/paths.h"
@@ -287,6 +288,12 @@ void Scheduler::FinishJob(Slot* slot, int64_t job_id, const WorkerReport& report
   Log()->info("job {} {}{}{}", job_id, storage::JobStateName(outcome.end.state),
               outcome.end.reason.empty() ? "" : ": ", outcome.end.reason);
   Record(job_id, std::move(write), true);
+  if (outcome.end.state == storage::JobState::kSucceeded) {
+    // A writer killed mid-save earlier in the run (or a resumed attempt) can leave <file>.tmp.<pid>.
+    for (const auto& tmp : RemoveTempFiles(options_.jobs_dir / std::to_string(job_id) / "output")) {
+      Log()->info("job {}: removed leftover temp file {}", job_id, tmp.string());
+    }
+  }
 }
 
 }  // namespace lorad::server

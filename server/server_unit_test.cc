@@ -6,12 +6,15 @@
 
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
 #include "server/advice.h"
 #include "server/data_dir_lock.h"
+#include "server/disk_cleanup.h"
+#include "server/upload_budget.h"
 #include "server/event_hub.h"
 #include "server/job_config.h"
 #include "server/paths.h"
@@ -175,6 +178,80 @@ TEST(DataDirLockTest, ASecondLockFailsNamingTheHolderAndReleaseFreesIt) {
   EXPECT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(DataDirLock::Acquire(dir / "missing" / "deeper").status().code(), absl::StatusCode::kInternal);
   fs::remove_all(dir);
+}
+
+TEST(UploadBudgetTest, CountsConcurrentUploadsTogetherAndKeepsTheFreeSpaceReserve) {
+  int64_t free = 1000;
+  UploadBudget budget(100, 500, "/data", [&free] { return free; });
+  EXPECT_TRUE(budget.Reserve(60).ok());
+  absl::Status over = budget.Reserve(50);  // a second upload: 110 together
+  EXPECT_EQ(over.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(over.message().find("max_upload_bytes"), std::string::npos) << over;
+  EXPECT_NE(over.message().find("100 bytes"), std::string::npos) << over;
+  EXPECT_EQ(budget.in_flight(), 60);  // nothing taken by a refusal
+  EXPECT_TRUE(budget.Reserve(40).ok());
+  budget.Release(60);
+  budget.Release(40);
+  EXPECT_EQ(budget.in_flight(), 0);
+
+  free = 540;  // 50 more would leave 490 < 500
+  absl::Status low = budget.Reserve(50);
+  EXPECT_EQ(low.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(low.message().find("min_free_bytes"), std::string::npos) << low;
+  EXPECT_NE(low.message().find("/data"), std::string::npos) << low;
+  EXPECT_EQ(budget.in_flight(), 0);
+  EXPECT_TRUE(budget.Reserve(40).ok());
+
+  // The real statvfs: no disk has an exabyte free.
+  UploadBudget real(int64_t{1} << 40, int64_t{1} << 60, fs::temp_directory_path());
+  EXPECT_EQ(real.Reserve(1).code(), absl::StatusCode::kResourceExhausted);
+
+  // Many uploads at once: exactly the budget is handed out.
+  UploadBudget shared(4000, 0, "/data", [] { return int64_t{1} << 40; });
+  std::atomic<int> granted{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 1000; ++i) granted += shared.Reserve(1).ok() ? 1 : 0;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(granted.load(), 4000);
+  EXPECT_EQ(shared.in_flight(), 4000);
+}
+
+TEST(DiskCleanupTest, RemovesInterruptedUploadsAndTempFilesOnly) {
+  fs::path root = TempDir("cleanup");
+  const fs::path datasets = root / "datasets";
+  fs::create_directories(datasets / ".incoming-123" / "10_cat");
+  std::ofstream(datasets / ".incoming-123" / "10_cat" / "a.png") << "x";
+  fs::create_directories(datasets / "0123abcd");
+  std::ofstream(datasets / "0123abcd" / "b.png") << "x";
+  auto removed = RemoveIncompleteUploads(datasets);
+  ASSERT_EQ(removed.size(), 1u);
+  EXPECT_EQ(removed[0], datasets / ".incoming-123");
+  EXPECT_FALSE(fs::exists(datasets / ".incoming-123"));
+  EXPECT_TRUE(fs::exists(datasets / "0123abcd" / "b.png"));
+
+  const fs::path output = root / "output";
+  fs::create_directories(output / "mine-state");
+  fs::create_directories(root / "shared_cache");
+  fs::create_directory_symlink(root / "shared_cache", output / "latent_cache");
+  for (const fs::path& f : {output / "mine.safetensors.tmp.4242", output / "mine-state" / "optimizer.bin.tmp.7",
+                            output / "mine.safetensors", output / "notes.tmp.txt", output / ".tmp.1",
+                            root / "shared_cache" / "entry.tmp.99"}) {
+    std::ofstream(f) << "x";
+  }
+  auto temps = RemoveTempFiles(output);
+  EXPECT_EQ(temps.size(), 2u);
+  EXPECT_FALSE(fs::exists(output / "mine.safetensors.tmp.4242"));
+  EXPECT_FALSE(fs::exists(output / "mine-state" / "optimizer.bin.tmp.7"));
+  EXPECT_TRUE(fs::exists(output / "mine.safetensors"));
+  EXPECT_TRUE(fs::exists(output / "notes.tmp.txt"));
+  EXPECT_TRUE(fs::exists(output / ".tmp.1"));
+  EXPECT_TRUE(fs::exists(root / "shared_cache" / "entry.tmp.99"));  // behind a symlink: not the job's
+  EXPECT_TRUE(RemoveTempFiles(root / "missing").empty());
+  fs::remove_all(root);
 }
 
 TEST(WorkerProcessTest, ReportsExitStatusStderrAndEventsFd) {

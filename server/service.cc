@@ -106,7 +106,8 @@ LoradService::LoradService(const ServerConfig* config, storage::JobStore* store,
       hub_(hub),
       scheduler_(scheduler),
       gpus_(std::move(gpus)),
-      started_(std::chrono::steady_clock::now()) {}
+      started_(std::chrono::steady_clock::now()),
+      upload_budget_(config->max_upload_bytes, config->min_free_bytes, config->data_dir) {}
 
 void LoradService::Shutdown() { curate_pool_.Shutdown(); }
 
@@ -299,7 +300,7 @@ grpc::ServerWriteReactor<lorad::v1::ArtifactChunk>* LoradService::FetchArtifact(
 grpc::ServerReadReactor<lorad::v1::UploadDatasetRequest>* LoradService::UploadDataset(
     grpc::CallbackServerContext* ctx, lorad::v1::Dataset* response) {
   if (auto s = Authorize(ctx); !s.ok()) return FailedUpload<lorad::v1::UploadDatasetRequest>(s);
-  return NewDatasetUpload(config_, store_, response);
+  return NewDatasetUpload(config_, &upload_budget_, store_, response);
 }
 
 grpc::ServerUnaryReactor* LoradService::ListDatasets(grpc::CallbackServerContext* ctx,

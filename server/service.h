@@ -18,6 +18,7 @@
 #include "server/scheduler.h"
 #include "server/server_info.h"
 #include "server/task_pool.h"
+#include "server/upload_budget.h"
 #include "storage/job_store.h"
 
 namespace lorad::server {
@@ -110,6 +111,8 @@ class LoradService final : public lorad::v1::Lorad::CallbackService {
   // InspectDataset answers RESOURCE_EXHAUSTED. Declared last: destroyed (and
   // joined) first, while the members its tasks use still exist.
   TaskPool curate_pool_{"curation reports", 2, 4};
+  // Shared by every UploadDataset in flight.
+  UploadBudget upload_budget_;
 };
 
 // Fills a lorad.v1.Job from the store's record.

@@ -442,6 +442,64 @@ TEST_F(DaemonTest, ReflectionNeedsTheTokenAndHealthStaysOpen) {
   EXPECT_EQ(health.bytes, std::string("\x08\x01", 2));  // SERVING
 }
 
+// Starts an upload of one `bytes`-byte file; the caller ends it.
+std::unique_ptr<grpc::ClientWriter<lorad::v1::UploadDatasetRequest>> StartUpload(
+    Daemon& d, grpc::ClientContext* ctx, lorad::v1::Dataset* response, const std::string& file, int64_t bytes) {
+  auto writer = d.client().stub()->UploadDataset(ctx, response);
+  lorad::v1::UploadDatasetRequest header;
+  header.mutable_header()->set_name(file);
+  header.mutable_header()->set_total_bytes(bytes);
+  header.mutable_header()->set_file_count(1);
+  writer->Write(header);
+  lorad::v1::UploadDatasetRequest chunk;
+  chunk.mutable_chunk()->set_path(file);
+  chunk.mutable_chunk()->set_data(std::string(static_cast<size_t>(bytes), file[0]));
+  writer->Write(chunk);
+  return writer;
+}
+
+TEST(DaemonDiskTest, ConcurrentUploadsShareTheLimitAndInterruptedUploadsGoAtStart) {
+  Daemon d(TestRoot("disk"), DaemonOptions{1, 5, "test-token",
+                                           {"--max-upload-bytes", "100000", "--min-free-bytes", "0"}});
+  // What a kill -9 mid-upload leaves behind.
+  const fs::path partial = d.data_dir() / "datasets" / ".incoming-1234";
+  fs::create_directories(partial / "1_cat");
+  std::ofstream(partial / "1_cat" / "a.png") << "half an image";
+  d.Start();
+  EXPECT_FALSE(fs::exists(partial));
+  EXPECT_TRUE(absl::StrContains(ReadFile(d.data_dir() / "logs" / "lorad.log"), partial.string()));
+
+  auto ctx1 = d.client().Context(true);
+  lorad::v1::Dataset first;
+  auto held = StartUpload(d, ctx1.get(), &first, "a.bin", 60000);
+  // Each upload is under the limit; both together are not.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the first chunk reaches the daemon
+  auto ctx2 = d.client().Context(true);
+  lorad::v1::Dataset second;
+  auto refused = StartUpload(d, ctx2.get(), &second, "b.bin", 50000);
+  refused->WritesDone();
+  grpc::Status status = refused->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  EXPECT_TRUE(absl::StrContains(status.error_message(), "max_upload_bytes")) << status.error_message();
+  EXPECT_TRUE(absl::StrContains(status.error_message(), "concurrent")) << status.error_message();
+
+  held->WritesDone();
+  status = held->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  // Its share is given back: the same 50 KB now lands.
+  auto ctx3 = d.client().Context(true);
+  lorad::v1::Dataset third;
+  auto later = StartUpload(d, ctx3.get(), &third, "b.bin", 50000);
+  later->WritesDone();
+  status = later->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  for (const auto& entry : fs::directory_iterator(d.data_dir() / "datasets")) {
+    EXPECT_FALSE(absl::StartsWith(entry.path().filename().string(), ".incoming-")) << entry.path();
+  }
+  EXPECT_EQ(d.Stop(), 0);
+  fs::remove_all(d.data_dir());
+}
+
 TEST(DaemonRestartTest, Kill9MidTrainingResumesFromLastState) {
   Daemon d(TestRoot("restart"), DaemonOptions{1, 5, "t", {}});
   d.Start();
