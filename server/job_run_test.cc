@@ -16,6 +16,7 @@
 #include "server/job_outcome.h"
 #include "server/launch_plan.h"
 #include "server/task_pool.h"
+#include "core/base/testing/scoped_temp_dir.h"
 
 namespace lorad::server {
 namespace {
@@ -168,8 +169,8 @@ TEST(ArtifactEventsTest, ProgressCarriesTheStepAndFinishedIsNotWritten) {
 }
 
 TEST(ArtifactEventsTest, InspectReadsSizeHashAndConfinement) {
-  const fs::path root = fs::temp_directory_path() / ("lorad_job_run_test_" + std::to_string(::getpid()));
-  fs::remove_all(root);
+  const lorad::testing::ScopedTempDir tmp("lorad_job_run_test");
+  const fs::path& root = tmp.path();
   fs::create_directories(root / "job" / "output" / "state");
   std::ofstream(root / "job" / "output" / "a.safetensors") << "abc";
   std::ofstream(root / "job" / "output" / "state" / "x") << "12345";

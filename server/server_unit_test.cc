@@ -19,17 +19,11 @@
 #include "server/job_config.h"
 #include "server/paths.h"
 #include "server/worker_process.h"
+#include "core/base/testing/scoped_temp_dir.h"
 
 namespace lorad::server {
 namespace {
 namespace fs = std::filesystem;
-
-fs::path TempDir(const std::string& name) {
-  fs::path dir = fs::temp_directory_path() / ("lorad_server_test_" + std::to_string(getpid()) + "_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return fs::canonical(dir);
-}
 
 TEST(PathsTest, RelativePathValidation) {
   EXPECT_TRUE(ValidateRelativePath("10_cat/001.png").ok());
@@ -39,7 +33,8 @@ TEST(PathsTest, RelativePathValidation) {
 }
 
 TEST(PathsTest, ConfinementResolvesDotDotAndSymlinks) {
-  fs::path root = TempDir("confine");
+  const lorad::testing::ScopedTempDir root_tmp("lorad_server_test_confine");
+  fs::path root = fs::canonical(root_tmp.path());  // symlink-free, as confinement compares
   fs::create_directories(root / "models");
   fs::create_symlink("/etc", root / "models" / "escape");
   std::vector<fs::path> roots = {root / "models"};
@@ -54,7 +49,8 @@ TEST(PathsTest, ConfinementResolvesDotDotAndSymlinks) {
 }
 
 TEST(JobConfigTest, RewritesPathsForcesOutputAndRefusesEscapes) {
-  fs::path root = TempDir("jobconfig");
+  const lorad::testing::ScopedTempDir root_tmp("lorad_server_test_jobconfig");
+  fs::path root = fs::canonical(root_tmp.path());  // symlink-free, as confinement compares
   JobRoots roots{root / "models", root / "datasets", {}};
   fs::create_directories(roots.models_root);
   fs::create_directories(roots.datasets_root / "cats");
@@ -91,7 +87,8 @@ TEST(JobConfigTest, RewritesPathsForcesOutputAndRefusesEscapes) {
 // the roots and a symlink inside a root that points out are each refused, the
 // error naming the key and the roots.
 TEST(JobConfigTest, ConfinesEveryPathKeyAgainstDotDotAbsoluteAndSymlinks) {
-  fs::path root = TempDir("confine_keys");
+  const lorad::testing::ScopedTempDir root_tmp("lorad_server_test_confine_keys");
+  fs::path root = fs::canonical(root_tmp.path());  // symlink-free, as confinement compares
   JobRoots roots{root / "models", root / "datasets", {}};
   fs::create_directories(roots.models_root);
   fs::create_directories(roots.datasets_root / "cats");
@@ -159,7 +156,8 @@ TEST(JobConfigTest, ConfinesEveryPathKeyAgainstDotDotAbsoluteAndSymlinks) {
 }
 
 TEST(DataDirLockTest, ASecondLockFailsNamingTheHolderAndReleaseFreesIt) {
-  fs::path dir = TempDir("lock");
+  const lorad::testing::ScopedTempDir dir_tmp("lorad_server_test_lock");
+  fs::path dir = fs::canonical(dir_tmp.path());  // symlink-free, as confinement compares
   {
     auto first = DataDirLock::Acquire(dir);
     ASSERT_TRUE(first.ok()) << first.status();
@@ -221,7 +219,8 @@ TEST(UploadBudgetTest, CountsConcurrentUploadsTogetherAndKeepsTheFreeSpaceReserv
 }
 
 TEST(DiskCleanupTest, RemovesInterruptedUploadsAndTempFilesOnly) {
-  fs::path root = TempDir("cleanup");
+  const lorad::testing::ScopedTempDir root_tmp("lorad_server_test_cleanup");
+  fs::path root = fs::canonical(root_tmp.path());
   const fs::path datasets = root / "datasets";
   fs::create_directories(datasets / ".incoming-123" / "10_cat");
   std::ofstream(datasets / ".incoming-123" / "10_cat" / "a.png") << "x";
@@ -282,7 +281,8 @@ TEST(WorkerProcessTest, SigtermReachesTheWholeGroupAndSignalsAreNamed) {
 }
 
 TEST(EventHubTest, ServesCachedAndStoredEventsAndWakesSubscribers) {
-  fs::path dir = TempDir("hub");
+  const lorad::testing::ScopedTempDir dir_tmp("lorad_server_test_hub");
+  fs::path dir = fs::canonical(dir_tmp.path());  // symlink-free, as confinement compares
   auto store = storage::JobStore::Open((dir / "db").string());
   ASSERT_TRUE(store.ok());
   storage::JobSpec spec;
@@ -317,7 +317,8 @@ TEST(EventHubTest, ServesCachedAndStoredEventsAndWakesSubscribers) {
 }
 
 TEST(AdviceTest, CountsImagesWithKohyaFolderRepeats) {
-  const fs::path dir = TempDir("advice_counts");
+  const lorad::testing::ScopedTempDir dir_tmp("lorad_server_test_advice_counts");
+  const fs::path dir = fs::canonical(dir_tmp.path());  // symlink-free, as confinement compares
   fs::create_directories(dir / "10_cat");
   fs::create_directories(dir / "misc");
   for (const char* name : {"10_cat/a.png", "10_cat/b.JPG", "10_cat/a.txt", "misc/c.webp", "notes.md"}) {
@@ -356,7 +357,8 @@ TEST(AdviceTest, NeverRulesBlockUnlessForcedAndWarningsDoNot) {
 // bad value is refused there, with the message lorad-train would print for the
 // same file (LoadTrainConfig adds only the file name in front).
 TEST(JobConfigTest, BadValuesAreRefusedWithTheTrainersMessage) {
-  fs::path root = TempDir("jobconfig_values");
+  const lorad::testing::ScopedTempDir root_tmp("lorad_server_test_jobconfig_values");
+  fs::path root = fs::canonical(root_tmp.path());  // symlink-free, as confinement compares
   JobRoots roots{root / "models", root / "datasets", {}};
   fs::create_directories(roots.models_root);
   fs::create_directories(roots.datasets_root / "cats");

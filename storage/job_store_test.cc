@@ -1,4 +1,5 @@
 #include "storage/job_store.h"
+#include "core/base/testing/scoped_temp_dir.h"
 
 #include <filesystem>
 
@@ -12,19 +13,11 @@ namespace fs = std::filesystem;
 class JobStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("lorad_storage_test_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
     auto store = JobStore::Open((dir_ / "lorad.db").string());
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = std::move(*store);
   }
-  void TearDown() override {
-    store_.reset();
-    fs::remove_all(dir_);
-  }
+  void TearDown() override { store_.reset(); }  // closed before dir_ goes
   JobRecord SubmitNamed(const std::string& name, int priority = 0, const std::string& rid = "") {
     JobSpec spec;
     spec.name = name;
@@ -36,7 +29,7 @@ class JobStoreTest : public ::testing::Test {
     EXPECT_TRUE(result.ok()) << result.status();
     return result->job;
   }
-  fs::path dir_;
+  lorad::testing::ScopedTempDir dir_{"lorad_storage_test"};
   std::unique_ptr<JobStore> store_;
 };
 

@@ -1,4 +1,5 @@
 #include "client/charts/charts.h"
+#include "core/base/testing/scoped_temp_dir.h"
 
 #include <cmath>
 #include <cstdlib>
@@ -19,18 +20,10 @@ namespace fs = std::filesystem;
 // A fresh temporary directory removed at the end of the test.
 class TempDir {
  public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "lorad_charts_XXXXXX").string();
-    path_ = ::mkdtemp(pattern.data());
-  }
-  ~TempDir() {
-    std::error_code error;
-    fs::remove_all(path_, error);
-  }
-  std::string File(const std::string& name) const { return (fs::path(path_) / name).string(); }
+  std::string File(const std::string& name) const { return (dir_ / name).string(); }
 
  private:
-  std::string path_;
+  lorad::testing::ScopedTempDir dir_{"lorad_charts"};
 };
 
 int CountNear(const cv::Mat& image, const cv::Scalar& color, double tolerance,

@@ -2,6 +2,7 @@
 // exit codes, argv passed verbatim, timeouts and stop requests that kill, and
 // clear errors for programs that are missing or not executable.
 #include "core/base/subprocess.h"
+#include "core/base/testing/scoped_temp_dir.h"
 
 #include <unistd.h>
 
@@ -117,13 +118,12 @@ TEST(SubprocessTest, MissingProgramIsNotFound) {
 }
 
 TEST(SubprocessTest, NonExecutableFileIsPermissionDenied) {
-  const std::filesystem::path file =
-      std::filesystem::temp_directory_path() / ("lorad_subprocess_test_" + std::to_string(::getpid()));
+  const lorad::testing::ScopedTempDir dir("lorad_subprocess_test");
+  const std::filesystem::path file = dir / "not_executable.sh";
   std::ofstream(file) << "#!/bin/sh\necho hi\n";
   SubprocessOptions options;
   options.argv = {file.string()};
   auto result = RunSubprocess(options);
-  std::filesystem::remove(file);
   EXPECT_EQ(result.status().code(), absl::StatusCode::kPermissionDenied) << result.status();
 }
 

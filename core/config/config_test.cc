@@ -1,4 +1,5 @@
 #include "core/config/config.h"
+#include "core/base/testing/scoped_temp_dir.h"
 
 #include <fstream>
 
@@ -165,7 +166,8 @@ TEST(ConfigTest, CommandLineForms) {
 }
 
 TEST(ConfigTest, LoadFromFileAndMissingFile) {
-  const auto path = std::filesystem::temp_directory_path() / "lorad_config_test.toml";
+  const lorad::testing::ScopedTempDir dir("lorad_config_test");
+  const auto path = dir / "lorad.toml";
   {
     std::ofstream out(path);
     out << kRequired << "network_dim = 12\n";
@@ -176,7 +178,6 @@ TEST(ConfigTest, LoadFromFileAndMissingFile) {
   auto missing = LoadTrainConfig("/nonexistent/lorad.toml", {});
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
-  std::filesystem::remove(path);
 }
 
 TEST(ConfigTest, TomlRoundTrip) {

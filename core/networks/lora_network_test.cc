@@ -10,6 +10,7 @@
 #include "core/networks/lora_network.h"
 #include "core/networks/metadata.h"
 #include "core/networks/targets.h"
+#include "core/base/testing/scoped_temp_dir.h"
 
 namespace lorad::networks {
 namespace {
@@ -128,8 +129,8 @@ TEST_P(EveryNetworkType, TrainsAndRoundTrips) {
   }
 
   // Save at every precision; a fresh network loads it back bit for bit.
-  const auto dir = std::filesystem::temp_directory_path() / ("lorad_networks_test_" + tc.name);
-  std::filesystem::create_directories(dir);
+  const lorad::testing::ScopedTempDir tmp("lorad_networks_test");
+  const std::filesystem::path& dir = tmp.path();
   for (auto dtype : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
     const auto path = dir / "lora.safetensors";
     LoraMetadataBuilder meta;
@@ -164,7 +165,6 @@ TEST_P(EveryNetworkType, TrainsAndRoundTrips) {
       EXPECT_EQ(info.dtype, *io::DTypeFromTorch(dtype)) << info.name;
     }
   }
-  std::filesystem::remove_all(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -13,6 +13,7 @@
 #include "core/common/fixtures.h"
 #include "core/io/safetensors.h"
 #include "core/optim/optimizer.h"
+#include "core/base/testing/scoped_temp_dir.h"
 
 namespace lorad::optim {
 namespace {
@@ -243,8 +244,8 @@ TEST(OptimFixture, Float64Trajectories) {
 TEST(OptimFixture, StateRoundTripIsBitExact) {
   const Fixture& f = GetFixture();
   const int half = f.steps / 2;
-  const auto dir = std::filesystem::temp_directory_path() / absl::StrCat("lorad_optim_state_", ::getpid());
-  std::filesystem::create_directories(dir);
+  const lorad::testing::ScopedTempDir tmp("lorad_optim_state");
+  const std::filesystem::path& dir = tmp.path();
   std::vector<std::pair<std::string, std::vector<std::string>>> runs;
   for (const json* c : OptimizerCases()) runs.emplace_back((*c)["id"], std::vector<std::string>{});
   runs.emplace_back("adamw8bit", std::vector<std::string>{});
@@ -300,7 +301,6 @@ TEST(OptimFixture, StateRoundTripIsBitExact) {
     }
     EXPECT_EQ(a->EffectiveLr(0), r->EffectiveLr(0)) << id;
   }
-  std::filesystem::remove_all(dir);
 }
 
 TEST(OptimFixture, LoadStateRejectsAnotherOptimizer) {

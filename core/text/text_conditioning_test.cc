@@ -6,6 +6,7 @@
 
 #include "core/common/fixtures.h"
 #include "core/io/safetensors.h"
+#include "core/base/testing/scoped_temp_dir.h"
 
 namespace lorad::text {
 namespace {
@@ -161,10 +162,9 @@ TEST(TextConditioner, WorksWithAndWithoutGrad) {
 TEST(TextConditioner, RejectsMismatchedSetups) {
   auto ckpt = Open("tiny_sd15.safetensors");
   auto enc = Encoder(*ckpt, "cond_stage_model.transformer.", ClipKeyLayout::kHuggingFace, "text_encoder_1_config");
-  const auto dir = std::filesystem::temp_directory_path() / ("lorad_cond_vocab_" + std::to_string(::getpid()));
-  ASSERT_TRUE(WriteDemoBpeVocabulary(dir, {"a cat"}, 600).ok());
-  auto small = ClipTokenizer::Load(dir);
-  std::filesystem::remove_all(dir);
+  const lorad::testing::ScopedTempDir dir("lorad_cond_vocab");
+  ASSERT_TRUE(WriteDemoBpeVocabulary(dir.path(), {"a cat"}, 600).ok());
+  auto small = ClipTokenizer::Load(dir.path());
   ASSERT_TRUE(small.ok());
   auto r = TextConditioner::Create({TextFamily::kSd15, 75, 0}, {enc}, {*small});
   ASSERT_FALSE(r.ok());
@@ -178,11 +178,10 @@ TEST(TextConditioner, RejectsMismatchedSetups) {
 // The demo path: a tiny random model whose token_embedding has the demo
 // vocabulary's size, with the vocabulary lorad-mkmodel writes next to it.
 TEST(TextConditioner, TinyModelWithDemoVocabulary) {
-  const auto dir = std::filesystem::temp_directory_path() / ("lorad_demo_cond_" + std::to_string(::getpid()));
+  const lorad::testing::ScopedTempDir dir("lorad_demo_cond");
   const std::vector<std::string> captions = {"a watercolor fox", "a red bird on a branch"};
-  ASSERT_TRUE(WriteDemoBpeVocabulary(dir, captions).ok());
-  auto tok = ClipTokenizer::Load(dir);
-  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(WriteDemoBpeVocabulary(dir.path(), captions).ok());
+  auto tok = ClipTokenizer::Load(dir.path());
   ASSERT_TRUE(tok.ok()) << tok.status();
   ClipTextConfig l;
   l.vocab_size = kDemoVocabularySize;

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/common/fixtures.h"
+#include "core/base/testing/scoped_temp_dir.h"
 
 namespace lorad::text {
 namespace {
@@ -29,19 +30,7 @@ nlohmann::json Reference() {
   return nlohmann::json::parse(in);
 }
 
-class TempDir {
- public:
-  explicit TempDir(const std::string& name)
-      : path_(fs::temp_directory_path() / (name + "_" + std::to_string(::getpid()))) {
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using TempDir = lorad::testing::ScopedTempDir;
 
 TEST(ClipTokenizer, SpecialIdsMatchReference) {
   const auto ref = Reference();

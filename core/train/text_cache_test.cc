@@ -12,12 +12,16 @@
 #include "core/train/dataset_glue.h"
 #include "core/train/test_support.h"
 #include "core/train/trainer.h"
+#include "core/base/testing/scoped_temp_dir.h"
 
 namespace lorad::train {
 namespace {
 
+// An empty folder `name` inside this test binary's temp dir, which is removed
+// at exit even when a test fails an ASSERT.
 std::filesystem::path FreshDir(const std::string& name) {
-  auto dir = std::filesystem::temp_directory_path() / ("lorad_text_cache_test_" + name);
+  static const lorad::testing::ScopedTempDir root("lorad_text_cache_test");  // removed at exit
+  auto dir = root / name;
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir;

@@ -8,6 +8,7 @@
 #include "core/train/checkpoint_files.h"
 #include "core/train/loss_scaler.h"
 #include "core/train/png.h"
+#include "core/base/testing/scoped_temp_dir.h"
 
 namespace lorad::train {
 namespace {
@@ -69,9 +70,8 @@ TEST(LossScalerTest, SkipsInfStepsAndBacksOffThenGrows) {
 }
 
 TEST(CheckpointFilesTest, KohyaNamesAndPruning) {
-  const auto dir = std::filesystem::temp_directory_path() / "lorad_ckpt_names_test";
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
+  const lorad::testing::ScopedTempDir tmp("lorad_ckpt_names_test");
+  const std::filesystem::path& dir = tmp.path();
   CheckpointNames names(dir, "mylora");
   EXPECT_EQ(names.FinalLora().filename(), "mylora.safetensors");
   EXPECT_EQ(names.StepLora(30).filename(), "mylora-step00000030.safetensors");
@@ -97,7 +97,6 @@ TEST(CheckpointFilesTest, KohyaNamesAndPruning) {
   registry.RemoveOldEpochs(names, 4, 1, /*keep_lora=*/2, std::nullopt);
   EXPECT_FALSE(std::filesystem::exists(names.EpochLora(2)));
   EXPECT_TRUE(std::filesystem::exists(names.EpochLora(3)));
-  std::filesystem::remove_all(dir);
 }
 
 

@@ -15,6 +15,7 @@
 #include "core/train/model_bundle.h"
 #include "core/train/test_support.h"
 #include "proto/event_stream.h"
+#include "core/base/testing/scoped_temp_dir.h"
 
 namespace lorad::train {
 namespace {
@@ -23,8 +24,11 @@ using testing::CaptionedImages;
 using testing::MemoryBatchSource;
 using testing::TinySdxlConfig;
 
+// An empty folder `name` inside this test binary's temp dir, which is removed
+// at exit even when a test fails an ASSERT.
 std::filesystem::path FreshDir(const std::string& name) {
-  auto dir = std::filesystem::temp_directory_path() / ("lorad_train_test_" + name);
+  static const lorad::testing::ScopedTempDir root("lorad_train_test");  // removed at exit
+  auto dir = root / name;
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir;
