@@ -70,16 +70,21 @@ class Checkpoint {
   // Detected family and configs (errors name the key that was looked for).
   virtual absl::StatusOr<CheckpointLayout> DetectLayout() const = 0;
   // U-Net / VAE tensors under their single-file names, with the kUnetPrefix /
-  // kVaePrefix prefixes (a diffusers folder presents renamed views).
+  // kVaePrefix prefixes (a diffusers folder presents renamed views). The
+  // sources read the files streamed (io::SafetensorsFile::Access::kStreamed)
+  // and are owned by this Checkpoint: references are valid while it lives.
   virtual const io::TensorSource& unet_source() const = 0;
   virtual const io::TensorSource& vae_source() const = 0;
-  // Text encoder i's tensor source (paired with layout.text_locations[i]).
+  // Text encoder i's tensor source (paired with layout.text_locations[i]);
+  // i must be below the number of text encoders (std::out_of_range otherwise
+  // for a diffusers folder). Valid while this Checkpoint lives.
   virtual const io::TensorSource& text_source(size_t i) const = 0;
   // Number of stored tensors.
   virtual int64_t TensorCount() const = 0;
   // Stored dtype name -> tensor count.
   virtual std::map<std::string, int64_t> DTypeCounts() const = 0;
-  // Metadata of the main file (single file) or the unet file (folder).
+  // Metadata of the main file (single file) or the unet file (folder); empty
+  // when the file has none. Valid while this Checkpoint lives.
   virtual const std::map<std::string, std::string>& Metadata() const = 0;
   // Missing / unexpected / ignored keys against `layout`'s expected key set.
   virtual KeyReport CompareKeys(const CheckpointLayout& layout) const = 0;
