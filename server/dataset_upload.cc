@@ -49,9 +49,7 @@ class DatasetUpload final : public grpc::ServerReadReactor<lorad::v1::UploadData
   }
 
   void OnDone() override {
-    std::error_code ec;
-    if (!incoming_.empty()) fs::remove_all(incoming_, ec);
-    budget_->Release(reserved_);
+    ReleaseDisk();
     delete this;
   }
 
@@ -157,12 +155,24 @@ class DatasetUpload final : public grpc::ServerReadReactor<lorad::v1::UploadData
     }
     ToProto(*stored, response_);
     spdlog::info("dataset {} stored ({} files, {} bytes)", id, files_.size(), total_bytes_);
+    ReleaseDisk();
     Finish(grpc::Status::OK);
   }
 
   void Fail(grpc::StatusCode code, const std::string& message) {
-    if (out_.is_open()) out_.close();
+    ReleaseDisk();
     Finish(grpc::Status(code, message));
+  }
+
+  // Before Finish, not in OnDone: a client that saw this call end must find
+  // its folder gone and its share of the budget free for its next upload.
+  void ReleaseDisk() {
+    if (out_.is_open()) out_.close();
+    std::error_code ec;
+    if (!incoming_.empty()) fs::remove_all(incoming_, ec);  // gone already when it became the dataset
+    incoming_.clear();
+    budget_->Release(reserved_);
+    reserved_ = 0;
   }
 
   const ServerConfig* config_;
