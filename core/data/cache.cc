@@ -1,9 +1,9 @@
 #include "core/data/cache.h"
 
 #include "absl/strings/str_cat.h"
-#include "core/common/logging.h"
-#include "core/common/status_macros.h"
-#include "core/common/sha256.h"
+#include "core/base/logging.h"
+#include "core/base/status_macros.h"
+#include "core/base/sha256.h"
 #include "core/io/safetensors.h"
 
 namespace lorad::data {

@@ -10,10 +10,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "core/common/status_macros.h"
+#include "core/base/status_macros.h"
 #include "core/data/caption.h"
 #include "core/data/image_io.h"
-#include "core/common/sha256.h"
+#include "core/base/sha256.h"
 
 namespace lorad::data {
 namespace {

@@ -2,7 +2,7 @@
 // Transformer2DModel -> SpatialTransformerImpl; ResnetBlock2D / Downsample2D /
 // Upsample2D -> ResBlockImpl / DownsampleImpl / UpsampleImpl; CLIPAttention /
 // CLIPMLP -> ClipAttentionImpl / ClipMlpImpl.
-#include "core/common/status_macros.h"
+#include "core/base/status_macros.h"
 #include "core/models/blocks.h"
 #include "core/models/unet.h"
 #include "core/networks/targets.h"

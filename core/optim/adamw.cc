@@ -1,7 +1,7 @@
 // torch.optim.AdamW, single-tensor (foreach=False) path, op for op (torch/optim/adamw.py).
 #include <cmath>
 
-#include "core/common/status_macros.h"
+#include "core/base/status_macros.h"
 #include "core/optim/optim_internal.h"
 
 namespace lorad::optim {

@@ -7,7 +7,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "core/common/status_macros.h"
+#include "core/base/status_macros.h"
 #include "core/optim/adamw8bit_kernel.h"
 #include "core/optim/optim_internal.h"
 

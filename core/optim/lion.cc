@@ -1,7 +1,7 @@
 // lion_pytorch.Lion (lucidrains/lion-pytorch lion_pytorch/lion_pytorch.py), op for op.
 #include <cmath>
 
-#include "core/common/status_macros.h"
+#include "core/base/status_macros.h"
 #include "core/optim/optim_internal.h"
 
 namespace lorad::optim {

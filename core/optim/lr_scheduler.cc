@@ -6,7 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "core/common/logging.h"
+#include "core/base/logging.h"
 #include "core/optim/optimizer.h"
 
 namespace lorad::optim {

@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "core/common/status_macros.h"
+#include "core/base/status_macros.h"
 
 namespace lorad::optim {
 

@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "core/common/status_macros.h"
+#include "core/base/status_macros.h"
 #include "core/common/torch_compat.h"
 
 namespace lorad::text {

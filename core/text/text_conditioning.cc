@@ -1,7 +1,7 @@
 #include "core/text/text_conditioning.h"
 
 #include "absl/strings/str_cat.h"
-#include "core/common/status_macros.h"
+#include "core/base/status_macros.h"
 
 namespace lorad::text {
 

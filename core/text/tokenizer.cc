@@ -15,7 +15,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "core/common/status_macros.h"
+#include "core/base/status_macros.h"
 #include "core/text/clip_bpe.h"
 
 namespace lorad::text {

@@ -9,7 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "core/common/status_macros.h"
+#include "core/base/status_macros.h"
 #include "core/text/clip_bpe.h"
 #include "core/text/tokenizer.h"
 

@@ -1,7 +1,7 @@
 #include "core/train/model_bundle.h"
 
 #include "absl/strings/str_cat.h"
-#include "core/common/status_macros.h"
+#include "core/base/status_macros.h"
 #include "core/text/tokenizer.h"
 
 namespace lorad::train {

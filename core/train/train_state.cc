@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
-#include "core/common/status_macros.h"
+#include "core/base/status_macros.h"
 #include "core/train/png.h"
 
 namespace lorad::train {
