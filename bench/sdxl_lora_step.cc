@@ -9,40 +9,9 @@
 #include "core/diffusion/loss.h"
 #include "core/networks/network_config.h"
 #include "core/networks/targets.h"
+#include "core/train/autocast.h"
 
 namespace lorad::bench {
-namespace {
-
-// Autocast on the step's device for one scope (what lorad-train does around the forward).
-class AutocastScope {
- public:
-  AutocastScope(const torch::Device& device, std::optional<torch::ScalarType> dtype)
-      : saved_(compat::CaptureAutocast()), enabled_(dtype.has_value()) {
-    if (!enabled_) return;
-    compat::AutocastState s = saved_;
-    if (device.is_cuda()) {
-      s.gpu_enabled = true;
-      s.gpu_dtype = *dtype;
-    } else {
-      s.cpu_enabled = true;
-      s.cpu_dtype = *dtype;
-    }
-    compat::RestoreAutocast(s);
-  }
-  ~AutocastScope() {
-    if (!enabled_) return;
-    compat::RestoreAutocast(saved_);
-    at::autocast::clear_cache();
-  }
-  AutocastScope(const AutocastScope&) = delete;
-  AutocastScope& operator=(const AutocastScope&) = delete;
-
- private:
-  compat::AutocastState saved_;
-  bool enabled_;
-};
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<SdxlLoraStep>> SdxlLoraStep::Create(const SdxlLoraOptions& options) {
   std::unique_ptr<SdxlLoraStep> s(new SdxlLoraStep(options));
@@ -102,7 +71,8 @@ absl::StatusOr<double> SdxlLoraStep::StepUnguarded() {
   diffusion::NoisyBatch noisy = diffusion::SampleNoisyLatents(latents_, schedule_, {}, noise_gen_, uniform_);
   torch::Tensor pred;
   {
-    AutocastScope autocast(options_.device, options_.autocast_dtype);
+    train::AutocastScope autocast(options_.autocast_dtype.has_value(), options_.device,
+                                 options_.autocast_dtype.value_or(torch::kBFloat16));
     torch::Tensor y = models::SdxlAddedConditioning(pooled_, original_hw_, crop_top_left_, target_hw_,
                                                     unet_->config().addition_time_embed_dim);
     pred = unet_->forward(noisy.noisy_latents.to(options_.weight_dtype), noisy.timesteps, context_, y);

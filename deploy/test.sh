@@ -17,12 +17,16 @@ if command -v ccache >/dev/null; then
   export CCACHE_BASEDIR="$PWD" CCACHE_SLOPPINESS="pch_defines,time_macros,include_file_mtime,include_file_ctime"
 fi
 
-run_build() {  # NAME BUILD_DIR [extra cmake args...]
-  local name="$1" dir="$2"; shift 2
+run_build() {  # NAME BUILD_DIR RUN_TESTS(yes|no) [extra cmake args...]
+  local name="$1" dir="$2" run_tests="$3"; shift 3
   local start=$SECONDS
   echo "== ${name}: configure + build (${dir})"
   cmake -S . -B "${dir}" -G Ninja -DCMAKE_BUILD_TYPE=Release "${launcher[@]}" "$@"
   cmake --build "${dir}" --parallel "${jobs}"
+  if [ "${run_tests}" != yes ]; then
+    echo "== ${name}: compiled and linked in $((SECONDS - start)) s (tests not run in this mode)"
+    return
+  fi
   echo "== ${name}: tests"
   ctest --test-dir "${dir}" --output-on-failure --parallel "${jobs}" --timeout 900
   echo "== ${name}: done in $((SECONDS - start)) s"
@@ -30,9 +34,11 @@ run_build() {  # NAME BUILD_DIR [extra cmake args...]
 
 for b in ${builds}; do
   case "$b" in
-    debian) run_build "Debian LibTorch 1.13 (CPU)" build ;;
-    torch2) run_build "pip torch LibTorch 2.x (CUDA build, tests on CPU)" build-torch2 \
+    debian) run_build "Debian LibTorch 1.13 (CPU)" build yes ;;
+    torch2) run_build "pip torch LibTorch 2.x (CUDA build, tests on CPU)" build-torch2 yes \
               -DCMAKE_PREFIX_PATH="$(./deploy/install-torch.sh)" ;;
-    *) echo "test.sh: unknown build '$b' (use debian, torch2)" >&2; exit 2 ;;
+    torch2-build) run_build "pip torch LibTorch 2.x (CUDA build)" build-torch2 no \
+              -DCMAKE_PREFIX_PATH="$(./deploy/install-torch.sh)" ;;
+    *) echo "test.sh: unknown build '$b' (use debian, torch2, torch2-build)" >&2; exit 2 ;;
   esac
 done
