@@ -51,6 +51,36 @@ class AdamW final : public PerParameterOptimizer {
     w.param.addcdiv_(exp_avg, denom, -step_size);
   }
 
+  // torch.optim.AdamW(fused=True): one kernel launch for the whole group. The
+  // kernel increments its device step counters; ParamState::step (what
+  // SaveState writes) follows on the host.
+  bool StepFused(double lr, FusedGroup& group) override {
+#if TORCH_VERSION_MAJOR >= 2
+    std::vector<torch::Tensor> exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps;
+    for (size_t i = 0; i < group.params.size(); ++i) {
+      ParamState& s = *group.states[i];
+      const torch::Tensor& p = group.params[i];
+      if (s.tensors.empty()) {
+        s.tensors["exp_avg"] = torch::zeros_like(p);
+        s.tensors["exp_avg_sq"] = torch::zeros_like(p);
+        if (c_.amsgrad) s.tensors["max_exp_avg_sq"] = torch::zeros_like(p);
+      }
+      exp_avgs.push_back(s.tensors["exp_avg"]);
+      exp_avg_sqs.push_back(s.tensors["exp_avg_sq"]);
+      if (c_.amsgrad) max_exp_avg_sqs.push_back(s.tensors["max_exp_avg_sq"]);
+      steps.push_back(torch::full({}, static_cast<double>(s.step), p.options()));
+    }
+    at::_fused_adamw_(group.params, group.grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, c_.beta1, c_.beta2,
+                      c_.weight_decay, c_.eps, c_.amsgrad, c_.maximize);
+    for (ParamState* s : group.states) s->step += 1;
+    return true;
+#else
+    (void)lr;
+    (void)group;
+    return false;
+#endif
+  }
+
   AdamWConfig c_;
   std::string class_path_;
 };

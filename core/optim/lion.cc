@@ -33,6 +33,32 @@ class Lion final : public PerParameterOptimizer {
     exp_avg.mul_(c_.beta2).add_(w.grad, 1.0 - c_.beta2);
   }
 
+  // The same ops as StepParam over the whole group, one foreach launch each.
+  bool StepFused(double lr, FusedGroup& group) override {
+#if TORCH_VERSION_MAJOR >= 2
+    const double wd = c_.decoupled_weight_decay ? c_.weight_decay / initial_lr_ : c_.weight_decay;
+    std::vector<torch::Tensor> exp_avgs;
+    for (size_t i = 0; i < group.params.size(); ++i) {
+      ParamState& s = *group.states[i];
+      if (s.tensors.empty()) s.tensors["exp_avg"] = torch::zeros_like(group.params[i]);
+      exp_avgs.push_back(s.tensors["exp_avg"]);
+      s.step += 1;
+    }
+    at::_foreach_mul_(group.params, 1.0 - lr * wd);
+    std::vector<torch::Tensor> update = at::_foreach_mul(exp_avgs, c_.beta1);
+    at::_foreach_add_(update, group.grads, 1.0 - c_.beta1);
+    at::_foreach_sign_(update);
+    at::_foreach_add_(group.params, update, -lr);
+    at::_foreach_mul_(exp_avgs, c_.beta2);
+    at::_foreach_add_(exp_avgs, group.grads, 1.0 - c_.beta2);
+    return true;
+#else
+    (void)lr;
+    (void)group;
+    return false;
+#endif
+  }
+
   LionConfig c_;
   std::string class_path_;
 };

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/base/status_macros.h"
+#include "core/common/torch_compat.h"
 
 namespace lorad::optim {
 
@@ -43,11 +44,34 @@ absl::Status TorchError(std::string_view optimizer, const c10::Error& e) {
   return absl::InternalError(absl::StrCat(std::string(optimizer), " step failed: ", e.what_without_backtrace()));
 }
 
+std::optional<FusedGroup> PerParameterOptimizer::CollectFused(int g) {
+  if (!compat::kTorch2 || !fused_kernels()) return std::nullopt;
+  FusedGroup f;
+  for (size_t i = 0; i < groups_[g].params.size(); ++i) {
+    const torch::Tensor& p = groups_[g].params[i];
+    const torch::Tensor& grad = p.grad();
+    if (!grad.defined()) continue;
+    if (!p.is_cuda() || p.scalar_type() != torch::kFloat || !grad.is_cuda() || grad.scalar_type() != torch::kFloat ||
+        grad.is_sparse() || grad.sizes() != p.sizes() || grad.device() != p.device()) {
+      return std::nullopt;
+    }
+    f.params.push_back(p.detach());
+    f.grads.push_back(grad.detach());
+    f.states.push_back(&state(g, static_cast<int>(i)));
+  }
+  if (f.params.empty()) return std::nullopt;
+  return f;
+}
+
 absl::Status PerParameterOptimizer::Step() {
   torch::NoGradGuard no_grad;
   bool any = false;
   try {
     for (int g = 0; g < num_groups(); ++g) {
+      if (std::optional<FusedGroup> fused = CollectFused(g); fused && StepFused(lrs_[g], *fused)) {
+        any = true;
+        continue;
+      }
       for (size_t i = 0; i < groups_[g].params.size(); ++i) {
         ASSIGN_OR_RETURN(std::optional<WorkTensor> w, PrepareParam(groups_[g].params[i], name()));
         if (!w) continue;

@@ -50,6 +50,15 @@ absl::StatusOr<std::unique_ptr<Optimizer>> MakeCame(const OptimizerArgs&, std::v
 // Wraps a LibTorch failure inside Step() into a status naming the optimizer.
 absl::Status TorchError(std::string_view optimizer, const c10::Error& e);
 
+// The parameters of one group that have gradients, for one multi-tensor
+// (fused / foreach) kernel call: CUDA float32 parameters with float32 gradients
+// of their shape, and their states.
+struct FusedGroup {
+  std::vector<torch::Tensor> params;
+  std::vector<torch::Tensor> grads;
+  std::vector<ParamState*> states;
+};
+
 // Optimizers whose update reads one parameter at a time (all but Prodigy, whose
 // d estimate needs a pass over every parameter first). Step() walks the groups,
 // prepares working copies, commits them and counts the step; subclasses write
@@ -62,6 +71,21 @@ class PerParameterOptimizer : public Optimizer {
   using Optimizer::Optimizer;
   // Updates one parameter with its group's current lr.
   virtual void StepParam(double lr, WorkTensor& w, ParamState& s) = 0;
+  // Updates a whole group in multi-tensor kernels, the same math as StepParam
+  // on each; false when the optimizer has no such kernels (the per-parameter
+  // path runs instead). Called only on LibTorch 2.x with fused_kernels() on and
+  // a non-empty group of CUDA float32 parameters.
+  virtual bool StepFused(double lr, FusedGroup& group) {
+    (void)lr;
+    (void)group;
+    return false;
+  }
+
+ private:
+  // Group g as a FusedGroup, or nullopt when any parameter with a gradient is
+  // not a CUDA float32 tensor with a float32 gradient of its shape (the
+  // per-parameter path then takes the group and reports any error).
+  std::optional<FusedGroup> CollectFused(int g);
 };
 
 }  // namespace lorad::optim

@@ -98,6 +98,15 @@ class Optimizer {
   // Bytes held by optimizer state tensors (for memory reports and the benchmark).
   int64_t StateBytes() const;
 
+  // Multi-tensor kernels on CUDA (on by default): AdamW steps a group's CUDA
+  // float32 parameters in one at::_fused_adamw_ call and Lion in at::_foreach_*
+  // ops, on LibTorch 2.x. The state they keep is the per-parameter path's, so
+  // SaveState/LoadState work across both. Off: one parameter at a time (the
+  // eager baseline the benchmark compares against). CPU parameters always take
+  // the per-parameter path.
+  void set_fused_kernels(bool on) { fused_kernels_ = on; }
+  bool fused_kernels() const { return fused_kernels_; }
+
   // Snapshot (deep copies) of the full state, and restore into an optimizer
   // created with the same type, args and parameter shapes. LoadState validates
   // names, shapes and dtypes and reports the first mismatch.
@@ -123,6 +132,7 @@ class Optimizer {
   double initial_lr_ = 0.0;
   int64_t step_count_ = 0;
   std::vector<std::string> describe_args_;
+  bool fused_kernels_ = true;
 };
 
 // Builds an optimizer from kohya's `optimizer_type` (case-insensitive: AdamW,
