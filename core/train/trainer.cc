@@ -4,7 +4,6 @@
 #include <cmath>
 #include <random>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -22,6 +21,8 @@
 #include "core/train/checkpoint_files.h"
 #include "core/train/loss_scaler.h"
 #include "core/train/model_bundle.h"
+#include "core/common/out_of_memory.h"
+#include "core/train/out_of_memory_report.h"
 #include "core/train/previews.h"
 #include "core/train/sample_prompts.h"
 #include "core/train/step_control.h"
@@ -31,11 +32,6 @@ namespace lorad::train {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-bool IsOutOfMemory(const std::string& what) {
-  return absl::StrContains(what, "out of memory") || absl::StrContains(what, "CUDA error: out of memory") ||
-         absl::StrContains(what, "DefaultCPUAllocator: can't allocate memory");
-}
 
 int64_t RandomSeed() {
   std::random_device rd;
@@ -106,10 +102,10 @@ class Run {
     try {
       return fn();
     } catch (const c10::Error& e) {
-      return StepError(e.what_without_backtrace());
+      return StepError(e);
     }
   }
-  absl::Status StepError(const std::string& what) const;
+  absl::Status StepError(const c10::Error& e) const;
   // Reports the end to the observers and returns `status` (DATA_LOSS names the last good LoRA).
   absl::Status Fail(absl::Status status);
   absl::Status Finish(absl::Status status);
@@ -690,14 +686,21 @@ absl::Status Run::Fail(absl::Status status) {
   return Finish(status);
 }
 
-absl::Status Run::StepError(const std::string& what) const {
-  if (IsOutOfMemory(what)) {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "out of memory on %s at step %d with train_batch_size=%d at resolution %dx%d: lower "
-        "train_batch_size or resolution, or enable gradient_checkpointing / cache_latents / mixed_precision",
-        device_.str(), pos_.global_step + 1, config_.train_batch_size, resolution_.first, resolution_.second));
+absl::Status Run::StepError(const c10::Error& e) const {
+  if (IsOutOfMemoryError(e)) {
+    OutOfMemoryFacts facts;
+    facts.device = device_.str();
+    facts.step = pos_.global_step + 1;
+    facts.train_batch_size = config_.train_batch_size;
+    facts.resolution = resolution_;
+    facts.gradient_checkpointing = config_.gradient_checkpointing;
+    facts.cache_latents = config_.cache_latents || config_.cache_latents_to_disk;
+    facts.mixed_precision = config_.mixed_precision;
+    facts.memory = DeviceMemoryStats(device_);
+    facts.detail = e.what_without_backtrace();
+    return OutOfMemoryError(facts);
   }
-  return absl::InternalError(absl::StrCat("training step ", pos_.global_step + 1, ": ", what));
+  return absl::InternalError(absl::StrCat("training step ", pos_.global_step + 1, ": ", e.what_without_backtrace()));
 }
 
 absl::StatusOr<TrainResult> Run::Execute() {
