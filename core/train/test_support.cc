@@ -117,10 +117,12 @@ double FixedLoss(ModelBundle& model, const CaptionedImages& data, uint64_t seed)
   auto cond = model.EncodeText(data.captions);
   if (!cond.ok()) return std::nan("");
   // Timesteps spread over the schedule, the same for every evaluation.
-  torch::Tensor t = torch::linspace(50, 950, n).round().to(torch::kInt64);
-  torch::Tensor noise = torch::randn(latents.sizes(), gen);
+  // Drawn on the CPU generator, then moved to the model's device (a no-op on the CPU).
+  const torch::Device device = latents.device();
+  torch::Tensor t = torch::linspace(50, 950, n).round().to(torch::kInt64).to(device);
+  torch::Tensor noise = torch::randn(latents.sizes(), gen).to(device);
   torch::Tensor acp = torch::pow(torch::linspace(std::sqrt(0.00085), std::sqrt(0.012), 1000, torch::kFloat64), 2);
-  acp = torch::cumprod(1 - acp, 0).to(torch::kFloat32).index_select(0, t).view({n, 1, 1, 1});
+  acp = torch::cumprod(1 - acp, 0).to(device, torch::kFloat32).index_select(0, t).view({n, 1, 1, 1});
   torch::Tensor noisy = acp.sqrt() * latents + (1 - acp).sqrt() * noise;
   const int64_t h = data.images.size(2), w = data.images.size(3);
   auto sizes = torch::tensor({h, w}, torch::kInt64).repeat({n, 1});
