@@ -22,6 +22,7 @@
 #include "core/train/loss_scaler.h"
 #include "core/train/model_bundle.h"
 #include "core/common/out_of_memory.h"
+#include "core/train/cuda_tuning.h"
 #include "core/train/out_of_memory_report.h"
 #include "core/train/previews.h"
 #include "core/train/sample_prompts.h"
@@ -236,6 +237,7 @@ absl::Status Run::Setup() {
   }
   ASSIGN_OR_RETURN(resolution_, config_.ResolutionWH(model_->native_resolution()));
   model_->unet().set_gradient_checkpointing(config_.gradient_checkpointing);
+  TuneForCuda(model_->unet(), device_);
 
   noise_gen_ = SeededGenerator(static_cast<uint64_t>(*config_.seed));
   vae_gen_ = SeededGenerator(static_cast<uint64_t>(*config_.seed) + 1);
@@ -533,8 +535,8 @@ absl::StatusOr<torch::Tensor> Run::MicroBatchLoss(const data::Batch& batch, doub
   torch::Tensor pred;
   {
     AutocastScope autocast(autocast_, device_, autocast_dtype_);
-    pred = model_->Predict(noisy.noisy_latents.to(weight_dtype_), noisy.timesteps, cond, batch.original_hw,
-                           batch.crop_top_left, batch.target_hw);
+    pred = model_->Predict(ChannelsLastOnCuda(noisy.noisy_latents.to(weight_dtype_)), noisy.timesteps, cond,
+                           batch.original_hw, batch.crop_top_left, batch.target_hw);
   }
   torch::Tensor target = diffusion::TrainingTarget(*schedule_, weighting_.prediction, latents, noisy.noise,
                                                    noisy.timesteps);
