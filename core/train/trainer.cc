@@ -60,7 +60,9 @@ class Run {
   // One optimizer step's micro-batches so far.
   struct StepAccumulator {
     int64_t micro = 0;
-    double loss_sum = 0;
+    // The micro-batch losses summed in float64 on the device: read back once
+    // per step (CompleteStep) instead of once per micro-batch.
+    torch::Tensor loss_sum;
     int64_t images = 0;
   };
 
@@ -72,7 +74,7 @@ class Run {
   absl::Status SetupNetworkAndOptimizer();
   std::vector<optim::ParamGroup> ParameterGroups() const;
   absl::Status RestoreState();
-  absl::StatusOr<torch::Tensor> MicroBatchLoss(const data::Batch& batch, double* loss_value);
+  absl::StatusOr<torch::Tensor> MicroBatchLoss(const data::Batch& batch);
   absl::StatusOr<text::TextConditioning> Conditioning(const std::vector<std::string>& captions);
   absl::Status OptimizerStep(bool* skipped, double* grad_norm);
   bool MaxNormEnabled() const { return config_.scale_weight_norms && *config_.scale_weight_norms != 0; }
@@ -90,7 +92,7 @@ class Run {
   void ReportStart();
   absl::Status TrainLoop();
   absl::Status TrainEpoch(int64_t epoch, bool& done);
-  absl::Status AccumulateMicroBatch(const data::Batch& batch, int64_t epoch, StepAccumulator& step);
+  absl::Status AccumulateMicroBatch(const data::Batch& batch, StepAccumulator& step);
   absl::Status CompleteStep(int64_t epoch, const data::BatchIterator& iterator, StepAccumulator& step);
   void ReportStep(int64_t epoch, double loss, bool skipped, double grad_norm);
   absl::Status AfterStep(bool done);
@@ -522,7 +524,7 @@ absl::StatusOr<text::TextConditioning> Run::Conditioning(const std::vector<std::
   return out;
 }
 
-absl::StatusOr<torch::Tensor> Run::MicroBatchLoss(const data::Batch& batch, double* loss_value) {
+absl::StatusOr<torch::Tensor> Run::MicroBatchLoss(const data::Batch& batch) {
   torch::Tensor latents;
   if (batch.latents.defined()) {
     latents = batch.latents.to(device_, torch::kFloat32);
@@ -549,7 +551,6 @@ absl::StatusOr<torch::Tensor> Run::MicroBatchLoss(const data::Batch& batch, doub
   loss = loss.mean({1, 2, 3});
   if (batch.loss_weights.defined()) loss = loss * batch.loss_weights.to(loss.device(), torch::kFloat32);
   loss = diffusion::PostProcessLoss(loss, noisy.timesteps, *schedule_, weighting_).mean();
-  *loss_value = loss.item<double>();
   return loss;
 }
 
@@ -758,7 +759,7 @@ absl::Status Run::TrainEpoch(int64_t epoch, bool& done) {
     if (!next.has_value()) break;
     const data::Batch& batch = *next;
     const bool epoch_end = batch.position.batch_index + 1 >= plan_.batches_per_epoch;
-    RETURN_IF_ERROR(Guarded([&] { return AccumulateMicroBatch(batch, epoch, step); }));
+    RETURN_IF_ERROR(Guarded([&] { return AccumulateMicroBatch(batch, step); }));
     if (step.micro < accumulation_ && !epoch_end) continue;
 
     RETURN_IF_ERROR(CompleteStep(epoch, *iterator, step));
@@ -769,15 +770,13 @@ absl::Status Run::TrainEpoch(int64_t epoch, bool& done) {
   return absl::OkStatus();
 }
 
-absl::Status Run::AccumulateMicroBatch(const data::Batch& batch, int64_t epoch, StepAccumulator& step) {
-  double value = 0;
-  ASSIGN_OR_RETURN(torch::Tensor loss, MicroBatchLoss(batch, &value));
-  // The fp16 scaler skips non-finite steps itself (SkipStreak watches it).
-  if (!use_scaler_) RETURN_IF_ERROR(CheckLossFinite(value, pos_.global_step + 1, epoch));
+absl::Status Run::AccumulateMicroBatch(const data::Batch& batch, StepAccumulator& step) {
+  ASSIGN_OR_RETURN(torch::Tensor loss, MicroBatchLoss(batch));
+  torch::Tensor value = loss.detach().to(torch::kFloat64);
+  step.loss_sum = step.loss_sum.defined() ? step.loss_sum + value : value;
   torch::Tensor scaled = loss / static_cast<double>(accumulation_);
   if (use_scaler_) scaled = scaler_.Scale(scaled);
   scaled.backward();
-  step.loss_sum += value;
   step.images += batch.size();
   ++step.micro;
   return absl::OkStatus();
@@ -786,10 +785,19 @@ absl::Status Run::AccumulateMicroBatch(const data::Batch& batch, int64_t epoch, 
 // The optimizer step over the accumulated gradients, then the position, the
 // divergence check, the epoch's loss average and the step report.
 absl::Status Run::CompleteStep(int64_t epoch, const data::BatchIterator& iterator, StepAccumulator& step) {
+  // The step's one read-back of its loss, before the optimizer touches the
+  // weights: a non-finite micro-batch loss makes the mean non-finite.
+  double loss_sum = 0;
+  RETURN_IF_ERROR(Guarded([&] {
+    loss_sum = step.loss_sum.item<double>();
+    return absl::OkStatus();
+  }));
+  const double loss = loss_sum / static_cast<double>(step.micro);
+  // The fp16 scaler skips non-finite steps itself (SkipStreak watches it).
+  if (!use_scaler_) RETURN_IF_ERROR(CheckLossFinite(loss, pos_.global_step + 1, epoch));
   bool skipped = false;
   double grad_norm = 0;
   RETURN_IF_ERROR(Guarded([&] { return OptimizerStep(&skipped, &grad_norm); }));
-  const double loss = step.loss_sum / static_cast<double>(step.micro);
   images_this_process_ += step.images;
   step = StepAccumulator();
   ++pos_.global_step;
