@@ -427,8 +427,11 @@ void Adam8bitStepTorchOps(DynamicMaps& maps, const Adam8bitHyper& h, double lr, 
   // 4. parameter update, then decay.
   const Consts k = MakeConsts(h, lr, step);
   torch::Tensor p = blocked(param.flatten().to(torch::kFloat));
-  torch::Tensor stepped =
-      torch::addcdiv(p, m, v.sqrt().add_(h.eps * static_cast<double>(k.correction2)), k.step_size);
+  // Spelled out as the fused kernel computes it, p + (step_size * m) / denom:
+  // addcdiv's internal order differs between LibTorch versions (1.13 scales m
+  // first, 2.x the quotient), which would break bit-identity with the kernel.
+  torch::Tensor denom = v.sqrt().add_(h.eps * static_cast<double>(k.correction2));
+  torch::Tensor stepped = m.mul(k.step_size).div_(denom).add_(p);
   if (h.weight_decay > 0) stepped.mul_(k.decay);
   if (!all_finite) stepped = torch::where(finite, stepped, p);
   param.copy_(stepped.view({-1}).slice(0, 0, n).view_as(param));

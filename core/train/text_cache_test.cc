@@ -11,38 +11,16 @@
 #include "core/io/safetensors.h"
 #include "core/train/dataset_glue.h"
 #include "core/train/test_support.h"
+#include "core/train/training_test_helpers.h"
 #include "core/train/trainer.h"
 #include "core/base/testing/scoped_temp_dir.h"
 
 namespace lorad::train {
 namespace {
 
-// An empty folder `name` inside this test binary's temp dir, which is removed
-// at exit even when a test fails an ASSERT.
-std::filesystem::path FreshDir(const std::string& name) {
-  static const lorad::testing::ScopedTempDir root("lorad_text_cache_test");  // removed at exit
-  auto dir = root / name;
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir;
-}
-
-std::map<std::string, torch::Tensor> ReadLora(const std::filesystem::path& path) {
-  auto file = io::SafetensorsFile::Open(path);
-  EXPECT_TRUE(file.ok()) << file.status();
-  std::map<std::string, torch::Tensor> out;
-  if (!file.ok()) return out;
-  for (const auto& name : (*file)->Names()) out[name] = (*file)->Get(name).value().clone();
-  return out;
-}
-
-void ExpectBitIdentical(const std::map<std::string, torch::Tensor>& a, const std::map<std::string, torch::Tensor>& b) {
-  ASSERT_EQ(a.size(), b.size());
-  for (const auto& [k, v] : a) {
-    ASSERT_TRUE(b.count(k)) << k;
-    EXPECT_TRUE(torch::equal(v, b.at(k))) << k;
-  }
-}
+using testing::ExpectBitIdentical;
+using testing::FreshDir;
+using testing::ReadLora;
 
 int64_t CountFiles(const std::filesystem::path& dir) {
   int64_t n = 0;

@@ -14,6 +14,7 @@
 #include "core/train/events_observer.h"
 #include "core/train/model_bundle.h"
 #include "core/train/test_support.h"
+#include "core/train/training_test_helpers.h"
 #include "proto/event_stream.h"
 #include "core/base/testing/scoped_temp_dir.h"
 
@@ -22,36 +23,11 @@ namespace {
 
 using testing::CaptionedImages;
 using testing::MemoryBatchSource;
+using testing::CancelAt;
+using testing::ExpectBitIdentical;
+using testing::FreshDir;
+using testing::ReadLora;
 using testing::TinySdxlConfig;
-
-// An empty folder `name` inside this test binary's temp dir, which is removed
-// at exit even when a test fails an ASSERT.
-std::filesystem::path FreshDir(const std::string& name) {
-  static const lorad::testing::ScopedTempDir root("lorad_train_test");  // removed at exit
-  auto dir = root / name;
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir;
-}
-
-std::map<std::string, torch::Tensor> ReadLora(const std::filesystem::path& path, io::Metadata* metadata = nullptr) {
-  auto file = io::SafetensorsFile::Open(path);
-  EXPECT_TRUE(file.ok()) << file.status();
-  std::map<std::string, torch::Tensor> out;
-  if (!file.ok()) return out;
-  for (const auto& name : (*file)->Names()) out[name] = (*file)->Get(name).value().clone();
-  if (metadata) *metadata = (*file)->metadata();
-  return out;
-}
-
-void ExpectBitIdentical(const std::map<std::string, torch::Tensor>& a, const std::map<std::string, torch::Tensor>& b) {
-  ASSERT_EQ(a.size(), b.size());
-  for (const auto& [k, v] : a) {
-    ASSERT_TRUE(b.count(k)) << k;
-    EXPECT_TRUE(torch::equal(v, b.at(k))) << k << " differs by " << (v - b.at(k)).abs().max().item<double>();
-  }
-}
-
 // A LoRA file loaded into a fresh network on the same model: training-set loss.
 double LossWithLora(const TrainConfig& config, const CaptionedImages& data, const std::filesystem::path& lora) {
   ModelBundleOptions options;
@@ -172,16 +148,6 @@ TEST(TrainerTest, EndToEndTinySdxlLossDropsAndLoraLoadsBack) {
   ASSERT_TRUE(all.back().has_finished());
   EXPECT_EQ(all.back().finished().status(), lorad::v1::Finished::SUCCEEDED);
 }
-
-// Cancels (with state) when the run reaches `step`.
-struct CancelAt : TrainObserver {
-  CancelAt(CancellationToken* token, int64_t step) : token(token), step(step) {}
-  void OnStep(const StepReport& r) override {
-    if (r.step == step) token->Cancel(true);
-  }
-  CancellationToken* token;
-  int64_t step;
-};
 
 TEST(TrainerTest, InterruptedAt30AndResumedEqualsUninterrupted60BitForBit) {
   CaptionedImages data = testing::MakeShapesDataset(8, 64);

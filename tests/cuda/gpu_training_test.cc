@@ -16,6 +16,7 @@
 #include "core/networks/lora_network.h"
 #include "core/train/model_bundle.h"
 #include "core/train/test_support.h"
+#include "core/train/training_test_helpers.h"
 #include "core/train/trainer.h"
 #include "tests/cuda/cuda_test_support.h"
 
@@ -24,15 +25,9 @@ namespace {
 
 using testing::CaptionedImages;
 using testing::MemoryBatchSource;
-
-std::filesystem::path FreshDir(const std::string& name) {
-  static const lorad::testing::ScopedTempDir root("lorad_gpu_train_test");  // removed at exit
-  auto dir = root / name;
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir;
-}
-
+using testing::CancelAt;
+using testing::FreshDir;
+using testing::ReadLora;
 TrainConfig GpuConfig(const std::filesystem::path& dir) {
   TrainConfig config = testing::TinySdxlConfig(dir);
   config.device = "cuda";
@@ -43,16 +38,6 @@ TrainConfig GpuConfig(const std::filesystem::path& dir) {
   config.max_train_steps = 30;
   return config;
 }
-
-std::map<std::string, torch::Tensor> ReadLora(const std::filesystem::path& path) {
-  std::map<std::string, torch::Tensor> out;
-  auto file = io::SafetensorsFile::Open(path);
-  EXPECT_TRUE(file.ok()) << file.status();
-  if (!file.ok()) return out;
-  for (const auto& name : (*file)->Names()) out[name] = (*file)->Get(name).value().clone();
-  return out;
-}
-
 // Training-set loss at fixed timesteps and noise with `lora` applied (none when
 // empty), evaluated with the model on `device`. Checks that the LoRA loads into
 // the network bit for bit.
@@ -124,16 +109,6 @@ TEST(GpuTrainingTest, ThirtyBf16MixedPrecisionStepsAreFiniteAndLowerTheLoss) {
   LORAD_SKIP_WITHOUT_CUDA();
   TrainsAndLossFalls("bf16", "bf16");
 }
-
-// Cancels (with state) when the run reaches `step`.
-struct CancelAt : TrainObserver {
-  CancelAt(CancellationToken* token, int64_t step) : token(token), step(step) {}
-  void OnStep(const StepReport& r) override {
-    if (r.step == step) token->Cancel(true);
-  }
-  CancellationToken* token;
-  int64_t step;
-};
 
 TEST(GpuTrainingTest, SaveResumeAndLoadOnTheGpu) {
   LORAD_SKIP_WITHOUT_CUDA();
