@@ -5,6 +5,7 @@
 
 #include "core/base/clock.h"
 #include "core/base/exit_codes.h"
+#include "core/base/json_scan.h"
 #include "core/base/sha256.h"
 #include "core/base/toml.h"
 
@@ -28,6 +29,27 @@ TEST(ExitCodesTest, ClientOutcomesAreDistinct) {
   EXPECT_EQ(ClientExitCode(absl::PermissionDeniedError("x")), kExitRefused);
   EXPECT_EQ(ClientExitCode(absl::DataLossError("x")), kExitChecksum);
   EXPECT_EQ(ClientExitCode(absl::InternalError("x")), kExitError);
+}
+
+TEST(JsonScanTest, MeasuresDepthAndEndWithoutCountingStrings) {
+  const JsonScan flat = ScanJson(R"({"a": {"shape": [1, 2]}, "b": "]]}}[[{"}   )");
+  EXPECT_EQ(flat.depth, 3);
+  EXPECT_EQ(flat.end, std::string_view(R"({"a": {"shape": [1, 2]}, "b": "]]}}[[{"})").size());
+  const JsonScan escaped = ScanJson(R"({"k": "a\"}"} x)");
+  EXPECT_EQ(escaped.depth, 1);
+  EXPECT_EQ(escaped.end, std::string_view(R"({"k": "a\"}"})").size());
+  EXPECT_EQ(ScanJson("{\"open\": [1").end, std::string_view::npos);
+  EXPECT_EQ(ScanJson("12 ").end, 2u);
+  EXPECT_EQ(ScanJson("").end, std::string_view::npos);
+}
+
+TEST(JsonScanTest, DeepNestingIsMeasuredNotRecursed) {
+  // 1,000,000 levels: the scan is linear and uses no stack per level.
+  const std::string deep = std::string(1000000, '[') + std::string(1000000, ']');
+  const JsonScan scan = ScanJson(deep);
+  EXPECT_EQ(scan.depth, 1000000);
+  EXPECT_EQ(scan.end, deep.size());
+  EXPECT_GT(scan.depth, kMaxJsonDepth);
 }
 
 TEST(TomlTest, ParsesAndNamesTheDocumentInErrors) {

@@ -16,14 +16,67 @@
 
 #include <nlohmann/json.hpp>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/base/json_scan.h"
 #include "core/base/status_macros.h"
 
 namespace lorad::io {
 namespace {
 
 constexpr uint64_t kMaxHeaderBytes = 100ull * 1000 * 1000;  // the reference reader's limit
+// Most tensors in one file. An SDXL checkpoint has about 2,500, the largest
+// LyCORIS files and training states a few tens of thousands.
+constexpr size_t kMaxTensors = 100000;
+// Highest tensor rank (Stable Diffusion's are at most 4).
+constexpr size_t kMaxRank = 8;
+
+// Builds the header's DOM like nlohmann's own parser, and on the way counts the
+// top-level keys (stopping at the tensor limit) and finds a duplicate one
+// (nlohmann keeps the last silently). Not nlohmann's callback parser: its
+// end_object rescans the parent object, quadratic in the tensor count.
+class HeaderSax : public nlohmann::detail::json_sax_dom_parser<nlohmann::json> {
+ public:
+  using Base = nlohmann::detail::json_sax_dom_parser<nlohmann::json>;
+  explicit HeaderSax(nlohmann::json& root) : Base(root, /*allow_exceptions=*/true) {}
+
+  bool start_object(std::size_t len) {
+    ++depth_;
+    return Base::start_object(len);
+  }
+  bool end_object() {
+    --depth_;
+    return Base::end_object();
+  }
+  bool start_array(std::size_t len) {
+    ++depth_;
+    return Base::start_array(len);
+  }
+  bool end_array() {
+    --depth_;
+    return Base::end_array();
+  }
+  bool key(std::string& name) {
+    if (depth_ == 1) {
+      if (top_keys_.size() > kMaxTensors) {  // kMaxTensors + __metadata__
+        too_many_ = true;
+        return false;
+      }
+      if (!top_keys_.insert(name).second && duplicate_.empty()) duplicate_ = name;
+    }
+    return Base::key(name);
+  }
+
+  bool too_many() const { return too_many_; }
+  const std::string& duplicate() const { return duplicate_; }
+
+ private:
+  int depth_ = 0;
+  absl::flat_hash_set<std::string> top_keys_;
+  std::string duplicate_;
+  bool too_many_ = false;
+};
 
 struct DTypeEntry {
   DType dtype;
@@ -149,28 +202,37 @@ absl::Status ParseHeaderText(std::string_view header_text, uint64_t file_size, s
   if (n == 0 || header_text.front() != '{') {
     return Invalid(what, "header does not start with '{'; not a safetensors file");
   }
-  // Trailing space padding is allowed.
-  while (!header_text.empty() && header_text.back() == ' ') header_text.remove_suffix(1);
-
-  // Detect duplicate keys (nlohmann keeps the last silently).
-  std::set<std::string> top_keys;
-  std::string duplicate;
-  auto callback = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
-    if (event == nlohmann::json::parse_event_t::key && depth == 1 && parsed.is_string()) {
-      if (!top_keys.insert(parsed.get<std::string>()).second && duplicate.empty()) {
-        duplicate = parsed.get<std::string>();
-      }
+  // Scanned before nlohmann sees it: its recursion per nesting level overflows
+  // the stack on a header nested 100,000 deep.
+  const JsonScan scan = ScanJson(header_text);
+  if (scan.depth > kMaxJsonDepth) {
+    return Invalid(what, absl::StrCat("header JSON is nested more than ", kMaxJsonDepth,
+                                      " levels deep (a safetensors header has 3)"));
+  }
+  if (scan.end == std::string_view::npos) return Invalid(what, "header is not valid JSON: its object is not closed");
+  // Only space padding may follow the JSON (the reference writer pads with
+  // spaces); a NUL or anything else is refused.
+  for (size_t i = scan.end; i < header_text.size(); ++i) {
+    if (header_text[i] != ' ') {
+      return Invalid(what, absl::StrCat("header has byte 0x", absl::Hex(static_cast<uint8_t>(header_text[i]),
+                                                                           absl::kZeroPad2),
+                                        " after its JSON at offset ", i, "; only spaces may pad the header"));
     }
-    return true;
-  };
+  }
+  header_text = header_text.substr(0, scan.end);
+
   nlohmann::json header;
+  HeaderSax sax(header);
   try {
-    header = nlohmann::json::parse(header_text.begin(), header_text.end(), callback);
+    nlohmann::json::sax_parse(header_text.begin(), header_text.end(), &sax);
   } catch (const nlohmann::json::exception& e) {
     return Invalid(what, absl::StrCat("header is not valid JSON: ", e.what()));
   }
-  if (!duplicate.empty()) {
-    return Invalid(what, absl::StrCat("header has the key '", duplicate, "' twice"));
+  if (sax.too_many()) {
+    return Invalid(what, absl::StrCat("header lists more than ", kMaxTensors, " tensors, the limit per file"));
+  }
+  if (!sax.duplicate().empty()) {
+    return Invalid(what, absl::StrCat("header has the key '", sax.duplicate(), "' twice"));
   }
   if (!header.is_object()) return Invalid(what, "header JSON is not an object");
 
@@ -208,6 +270,10 @@ absl::Status ParseHeaderText(std::string_view header_text, uint64_t file_size, s
     auto sh = value.find("shape");
     if (sh == value.end() || !sh->is_array()) {
       return Invalid(what, absl::StrCat("tensor '", key, "' has no shape list"));
+    }
+    if (sh->size() > kMaxRank) {
+      return Invalid(what, absl::StrCat("tensor '", key, "' has rank ", sh->size(), "; at most ", kMaxRank,
+                                        " dimensions are accepted"));
     }
     uint64_t numel = 1;
     for (const auto& d : *sh) {

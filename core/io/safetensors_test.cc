@@ -145,6 +145,38 @@ TEST_F(SafetensorsTest, EveryMalformedFileIsADistinctClearError) {
   }
 }
 
+// The hostile headers of the hardening report (issue 16): each is a clear
+// error, none a crash, and none takes long.
+TEST_F(SafetensorsTest, HostileHeadersAreRefusedWithoutCrashing) {
+  // A shape nested 100,000 deep (was a stack overflow in the JSON library).
+  const std::string deep_shape =
+      R"({"t":{"dtype":"F32","shape":)" + std::string(100000, '[') + std::string(100000, ']') +
+      R"(,"data_offsets":[0,0]}})";
+  EXPECT_NE(OpenError(Image(deep_shape, "")).find("nested more than"), std::string::npos);
+  // Metadata nested 1,000,000 deep.
+  const std::string deep_meta = R"({"__metadata__":{"fixture_config":)" + std::string(1000000, '{') +
+                                std::string(1000000, '}') + "}}";
+  EXPECT_NE(OpenError(Image(deep_meta, "")).find("nested more than"), std::string::npos);
+  // A NUL (or anything but spaces) after the JSON.
+  EXPECT_NE(OpenError(Image(std::string("{}") + '\0' + "     ", "")).find("0x00 after its JSON"), std::string::npos);
+  EXPECT_NE(OpenError(Image("{} x", "")).find("only spaces may pad"), std::string::npos);
+  EXPECT_NE(OpenError(Image("{\"t\": {", "")).find("not closed"), std::string::npos);
+  // A rank above any model's.
+  EXPECT_NE(OpenError(Image(R"({"t":{"dtype":"F32","shape":[1,1,1,1,1,1,1,1,1],"data_offsets":[0,4]}})",
+                            std::string(4, '\0')))
+                .find("rank 9"),
+            std::string::npos);
+  // 300,000 zero-size tensors (was killed after more than 20 s): refused at
+  // the count limit while parsing.
+  std::string many = "{";
+  for (int i = 0; i < 300000; ++i) {
+    if (i > 0) many += ",";
+    many += "\"t" + std::to_string(i) + R"(":{"dtype":"F32","shape":[0],"data_offsets":[0,0]})";
+  }
+  many += "}";
+  EXPECT_NE(OpenError(Image(many, "")).find("more than 100000 tensors"), std::string::npos);
+}
+
 TEST_F(SafetensorsTest, HeaderPaddingWithSpacesIsAccepted) {
   auto p = WriteRaw("pad.safetensors", Image("{}      ", ""));
   EXPECT_TRUE(SafetensorsFile::Open(p).ok());

@@ -2,10 +2,12 @@
 
 #include <fstream>
 #include <set>
+#include <sstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/base/json_scan.h"
 #include "core/base/status_macros.h"
 #include "core/io/safetensors.h"
 #include "core/models/detect.h"
@@ -57,7 +59,13 @@ const nlohmann::json* Sub(const nlohmann::json& j, const char* key) {
 absl::StatusOr<nlohmann::json> ReadJson(const fs::path& path) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path.string()));
-  auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  std::stringstream text;
+  text << in.rdbuf();
+  if (ScanJson(text.str()).depth > kMaxJsonDepth) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path.string(), " is nested more than ", kMaxJsonDepth, " levels deep; not a model config"));
+  }
+  auto j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(path.string(), " is not valid JSON"));
   return j;
 }

@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/match.h"
 #include "core/base/testing/scoped_temp_dir.h"
@@ -93,14 +94,18 @@ TEST_P(TinyCheckpointTest, LoadsAllComponents) {
 INSTANTIATE_TEST_SUITE_P(Tiny, TinyCheckpointTest, ::testing::Values("sd15", "sdxl"));
 
 // Writes tiny_sd15 with `edit` applied and returns the load error.
-absl::Status LoadEdited(const std::string& name, const std::function<void(io::NamedTensors&)>& edit) {
-  auto file = io::SafetensorsFile::Open(FixturePath("tiny_sd15.safetensors"));
+absl::Status LoadEdited(const std::string& name, const std::function<void(io::NamedTensors&)>& edit,
+                        const std::function<void(io::Metadata&)>& edit_metadata = nullptr,
+                        const std::string& arch = "sd15") {
+  auto file = io::SafetensorsFile::Open(FixturePath("tiny_" + arch + ".safetensors"));
   EXPECT_TRUE(file.ok());
   auto tensors = ReadAll(**file);
   edit(tensors);
+  io::Metadata metadata = (*file)->metadata();
+  if (edit_metadata) edit_metadata(metadata);
   const lorad::testing::ScopedTempDir dir("lorad_models_test");
   const fs::path out = dir / (name + ".safetensors");
-  EXPECT_TRUE(io::WriteSafetensors(out, tensors, (*file)->metadata()).ok());
+  EXPECT_TRUE(io::WriteSafetensors(out, tensors, metadata).ok());
   return LoadStableDiffusion(out).status();
 }
 
@@ -135,6 +140,40 @@ TEST(MalformedCheckpoint, UnknownArchitectureIsNamed) {
   ASSERT_TRUE(io::WriteSafetensors(other, {{"encoder.weight", torch::zeros({2, 2})}}, {}).ok());
   auto s2 = LoadStableDiffusion(other).status();
   EXPECT_TRUE(absl::StrContains(s2.message(), "unknown architecture")) << s2;
+}
+
+// The hostile model files of the hardening report (issue 16): dimensions out
+// of any Stable Diffusion model's range are refused by name before a module is
+// built or a width is divided by them.
+TEST(MalformedCheckpoint, ImpossibleDimensionsAreRefusedByName) {
+  auto replace = [](const std::string& key, torch::Tensor value) {
+    return [key, value](io::NamedTensors& t) {
+      for (auto& [name, tensor] : t) {
+        if (name == key) tensor = value;
+      }
+    };
+  };
+  // A VAE conv_in with 0 output channels (was SIGFPE).
+  auto zero = LoadEdited("zero", replace("first_stage_model.encoder.conv_in.weight", torch::zeros({0, 3, 3, 3})));
+  ASSERT_FALSE(zero.ok());
+  EXPECT_TRUE(absl::StrContains(zero.message(), "first_stage_model.encoder.conv_in.weight")) << zero;
+  EXPECT_TRUE(absl::StrContains(zero.message(), "ch = 0")) << zero;
+  // A conv with 3.2e9 output channels and no bytes (was an uncaught c10::Error).
+  auto huge = LoadEdited("huge", replace("model.diffusion_model.input_blocks.0.0.weight",
+                                         torch::zeros({3200000000LL, 0, 3, 3})));
+  ASSERT_FALSE(huge.ok());
+  EXPECT_TRUE(absl::StrContains(huge.message(), "model_channels = 3200000000")) << huge;
+  // addition_time_embed_dim = 2^31 in the metadata config (was a crash).
+  auto time_embed = LoadEdited(
+      "time_embed", [](io::NamedTensors&) {},
+      [](io::Metadata& m) {
+        auto config = nlohmann::json::parse(m.at("fixture_config"));
+        config["original_unet_config"]["addition_time_embed_dim"] = int64_t{1} << 31;
+        m["fixture_config"] = config.dump();
+      },
+      "sdxl");
+  ASSERT_FALSE(time_embed.ok());
+  EXPECT_TRUE(absl::StrContains(time_embed.message(), "'addition_time_embed_dim' = 2147483648")) << time_embed;
 }
 
 TEST(MalformedCheckpoint, RealFileVariationsAreAccepted) {

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "core/base/json_scan.h"
 #include "core/base/status_macros.h"
 #include "core/train/png.h"
 
@@ -80,6 +81,10 @@ absl::StatusOr<TrainingState> LoadTrainingState(const std::filesystem::path& dir
   if (!in) return absl::NotFoundError(absl::StrCat("resume: ", (dir / kStateFile).string(), " is missing"));
   std::stringstream buffer;
   buffer << in.rdbuf();
+  if (ScanJson(buffer.str()).depth > kMaxJsonDepth) {
+    return absl::DataLossError(absl::StrCat("resume: ", (dir / kStateFile).string(), " is nested more than ",
+                                            kMaxJsonDepth, " levels deep; it is not a lorad training state"));
+  }
   try {
     const nlohmann::json json = nlohmann::json::parse(buffer.str());
     if (json.value("format", "") != "lorad-train-state-1") {
