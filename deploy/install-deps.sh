@@ -10,6 +10,7 @@ packages=(
   libabsl-dev libspdlog-dev libfmt-dev libsqlite3-dev sqlite3
   libopencv-dev
   libgtest-dev libgmock-dev nlohmann-json3-dev libtomlplusplus-dev
+  clang-14 libclang-rt-14-dev llvm-14  # the sanitizer and fuzzing build (llvm-14: the symbolizer)
 )
 
 missing=()

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Sets up a fresh Debian 12 machine and runs the whole test suite twice: against
-# Debian's LibTorch 1.13 (CPU) and against the CUDA LibTorch 2.x inside a pip
-# torch wheel (the build a GPU box makes; here its tests run on the CPU, and the
-# tests labelled `cuda` skip themselves without a GPU).
-#   LORAD_TEST_BUILDS="debian torch2" (default) or one of them.
+# Sets up a fresh Debian 12 machine and runs the whole test suite in up to three
+# builds: the parts without LibTorch under ASan + UBSan with every fuzz target
+# (`sanitize`), against Debian's LibTorch 1.13 (CPU, `debian`), and against the
+# CUDA LibTorch 2.x inside a pip torch wheel (`torch2`: the build a GPU box
+# makes; here its tests run on the CPU, and the tests labelled `cuda` skip
+# themselves without a GPU; `torch2-build` compiles and links it only).
+#   LORAD_TEST_BUILDS="sanitize debian torch2" (default) or some of them.
+#   LORAD_FUZZ_SECONDS: seconds per fuzz target in `sanitize` (default 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./deploy/install-deps.sh
 jobs="$(nproc)"
-builds="${LORAD_TEST_BUILDS:-debian torch2}"
+builds="${LORAD_TEST_BUILDS:-sanitize debian torch2}"
 
 # ccache keeps rebuilds of unchanged files cheap between runs on the same machine.
 launcher=()
@@ -34,11 +37,12 @@ run_build() {  # NAME BUILD_DIR RUN_TESTS(yes|no) [extra cmake args...]
 
 for b in ${builds}; do
   case "$b" in
+    sanitize) ./deploy/sanitize.sh ;;
     debian) run_build "Debian LibTorch 1.13 (CPU)" build yes ;;
     torch2) run_build "pip torch LibTorch 2.x (CUDA build, tests on CPU)" build-torch2 yes \
               -DCMAKE_PREFIX_PATH="$(./deploy/install-torch.sh)" ;;
     torch2-build) run_build "pip torch LibTorch 2.x (CUDA build)" build-torch2 no \
               -DCMAKE_PREFIX_PATH="$(./deploy/install-torch.sh)" ;;
-    *) echo "test.sh: unknown build '$b' (use debian, torch2, torch2-build)" >&2; exit 2 ;;
+    *) echo "test.sh: unknown build '$b' (use sanitize, debian, torch2, torch2-build)" >&2; exit 2 ;;
   esac
 done

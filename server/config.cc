@@ -114,7 +114,10 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
   if (const char* token = std::getenv("LORAD_TOKEN"); token && *token && config.tokens.empty()) {
     config.tokens.push_back(token);
   }
-  for (const auto& [name, value] : flags) {
+  for (const auto& flag : flags) {
+    // Not a structured binding: clang 14 (the sanitizer build) cannot capture one.
+    const std::string& name = flag.first;
+    const std::string& value = flag.second;
     auto as_int = [&](int64_t* out) -> absl::Status {
       if (!absl::SimpleAtoi(value, out)) {
         return absl::InvalidArgumentError(absl::StrCat("--", name, " expects an integer, got '", value, "'"));

@@ -1,6 +1,13 @@
 #include "server/server_info.h"
 
+// The daemon runs no LibTorch code; it reports the version lorad-train was
+// built against. A build without LibTorch (the sanitizer build) has none.
+#if __has_include(<torch/version.h>) && !defined(LORAD_WITHOUT_TORCH)
 #include <torch/version.h>
+#define LORAD_LIBTORCH_VERSION TORCH_VERSION
+#else
+#define LORAD_LIBTORCH_VERSION "none"
+#endif
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
@@ -34,7 +41,7 @@ std::vector<GpuInfo> QueryGpus() {
   return gpus;
 }
 
-std::string LibTorchVersion() { return TORCH_VERSION; }
+std::string LibTorchVersion() { return LORAD_LIBTORCH_VERSION; }
 
 bool LibTorchHasCuda() {
 #ifdef LORAD_TORCH_CUDA

@@ -605,7 +605,9 @@ absl::StatusOr<TrainConfig> LoadTrainConfig(const std::filesystem::path& config_
 
 std::map<std::string, std::string> EffectiveOptions(const TrainConfig& config) {
   std::map<std::string, std::string> out;
-  for (const auto& [name, option] : Options()) {
+  for (const auto& entry : Options()) {
+    // Not a structured binding: clang 14 (the fuzzing build) cannot capture one.
+    const auto& name = entry.first;
     std::visit(
         [&](auto member) {
           using T = std::remove_cvref_t<decltype(config.*member)>;
@@ -626,14 +628,16 @@ std::map<std::string, std::string> EffectiveOptions(const TrainConfig& config) {
             out[name] = absl::StrJoin(value, " ");
           }
         },
-        option.member);
+        entry.second.member);
   }
   return out;
 }
 
 std::string ConfigToToml(const TrainConfig& config) {
   toml::table table;
-  for (const auto& [name, option] : Options()) {
+  for (const auto& entry : Options()) {
+    // Not a structured binding: clang 14 (the fuzzing build) cannot capture one.
+    const auto& name = entry.first;
     std::visit(
         [&](auto member) {
           using T = std::remove_cvref_t<decltype(config.*member)>;
@@ -648,7 +652,7 @@ std::string ConfigToToml(const TrainConfig& config) {
             table.insert(name, value);
           }
         },
-        option.member);
+        entry.second.member);
   }
   std::ostringstream out;
   out << table << "\n";

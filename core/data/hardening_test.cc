@@ -1,6 +1,8 @@
 // Issue 16: hostile dataset configs and images are errors naming the key or
 // file and the limit, or images skipped and named; never a crash or an
 // allocation of gigabytes. The hostile inputs are generated here and are small.
+#include <limits>
+
 #include <gtest/gtest.h>
 #include <zlib.h>
 
@@ -147,6 +149,18 @@ TEST(ImageHardening, DecompressionBombIsRefusedFromTheHeader) {
   EXPECT_EQ(DecodeBytes(*ParseImageHeader(HeaderOnlyPng(100, 10, 16, 2, TinyIdat()), "rgb16.png")), 6000);
   EXPECT_EQ(DecodeBytes(*ParseImageHeader(HeaderOnlyPng(100, 10, 8, 4, TinyIdat()), "ga.png")), 2000);
   EXPECT_FALSE(ParseImageHeader(HeaderOnlyPng(100, 10, 8, 7, TinyIdat()), "bad.png").ok());  // no color type 7
+}
+
+TEST(ImageHardening, DeclaredDecodeSizeSaturatesInsteadOfOverflowing) {
+  // The image_header fuzzer's first finding: a BMP declaring two sides near
+  // 2^31 made pixels x channels x bytes overflow int64 (undefined behaviour).
+  ImageHeader huge;
+  huge.stored_width = 2147483647;
+  huge.stored_height = 2147483647;
+  huge.channels = 4;
+  huge.bytes_per_channel = 2;
+  EXPECT_EQ(DecodeBytes(huge), std::numeric_limits<int64_t>::max());
+  EXPECT_GT(DecodeBytes(huge), kMaxImageDecodeBytes);  // refused before decoding
 }
 
 TEST(ImageHardening, PixelsThatDoNotDecodeAreAStatusNotAnException) {

@@ -18,31 +18,10 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/io/safetensors_header.h"
 #include "core/io/tensor_source.h"
 
 namespace lorad::io {
-
-enum class DType {
-  kBool, kU8, kI8, kF8_E5M2, kF8_E4M3, kI16, kU16, kF16, kBF16, kI32, kU32, kF32, kF64, kI64, kU64
-};
-
-// "F16" -> kF16 etc.; nullopt for names this reader does not know.
-std::optional<DType> ParseDType(std::string_view name);
-std::string_view DTypeToString(DType dtype);
-size_t DTypeSize(DType dtype);
-// The safetensors dtype of a LibTorch scalar type; error for unsupported ones.
-absl::StatusOr<DType> DTypeFromTorch(torch::ScalarType type);
-
-struct TensorInfo {
-  std::string name;
-  DType dtype;
-  std::vector<int64_t> shape;
-  uint64_t begin = 0;  // offsets relative to the data buffer
-  uint64_t end = 0;
-  int64_t numel() const;
-};
-
-using Metadata = std::map<std::string, std::string>;
 
 // A validated safetensors file: the one reader of the format in this tree.
 // Two access patterns, chosen at Open:
@@ -117,13 +96,9 @@ class SafetensorsFile : public TensorSource {
   absl::flat_hash_map<std::string, size_t> index_;
 };
 
-// Validates a complete in-memory safetensors image: the one header validator,
-// which Open runs on the mapping (kMapped) or, in two steps (length prefix,
-// then header text), on the bytes it reads (kStreamed).
-// On success fills `tensors` (sorted by offset), `metadata` and `header_size`.
-absl::Status ParseSafetensorsHeader(const uint8_t* data, uint64_t size, std::string_view what,
-                                    std::vector<TensorInfo>* tensors, Metadata* metadata,
-                                    uint64_t* header_size);
+
+// The safetensors dtype of a LibTorch scalar type; error for unsupported ones.
+absl::StatusOr<DType> DTypeFromTorch(torch::ScalarType type);
 
 using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
 
