@@ -51,6 +51,7 @@ constexpr char kUsageText[] =
     "  cancel JOB [--reason TEXT]\n"
     "  fetch JOB [--out DIR] [--all|--lora|--samples]   resumes partial downloads, verifies sha256\n"
     "  datasets upload DIR [--name N] | datasets ls | datasets inspect ID\n"
+    "  datasets rm ID|NAME                   refused while a queued or running job uses it\n"
     "  info\n"
     "  sweep SWEEP.toml [--name N] [--force] [--priority P]   prints the sweep id\n"
     "  sweep show ID|NAME [--csv|--json]   varied values, state, losses, steps, time, images/s, LoRA\n"
@@ -500,7 +501,23 @@ int Datasets(Client& client, const Args& args) {
     std::printf("%s\n", response.report_json().c_str());
     return kOk;
   }
-  std::fprintf(stderr, "loractl datasets: upload DIR | ls | inspect ID\n");
+  if (sub == "rm" && args.positional.size() == 2) {
+    lorad::v1::DeleteDatasetRequest request;
+    request.set_dataset(args.positional[1]);
+    lorad::v1::DeleteDatasetResponse response;
+    auto ctx = client.Context();
+    grpc::Status status = client.stub()->DeleteDataset(ctx.get(), request, &response);
+    if (!status.ok()) return ExitFor(status, absl::StrCat("datasets rm ", args.positional[1]));
+    const auto& d = response.dataset();
+    std::printf("deleted dataset %s%s%s (%s)\n", d.id().c_str(), d.id().empty() ? "" : " ", d.name().c_str(),
+                d.path().c_str());
+    if (!response.folder_deleted()) {
+      std::fprintf(stderr, "only its record: the folder %s was missing or outside the daemon's datasets root, "
+                   "and was left as it was\n", d.path().c_str());
+    }
+    return kOk;
+  }
+  std::fprintf(stderr, "loractl datasets: upload DIR | ls | inspect ID | rm ID|NAME\n");
   return kUsage;
 }
 

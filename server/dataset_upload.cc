@@ -21,9 +21,9 @@ bool IsImage(const fs::path& path) {
 
 class DatasetUpload final : public grpc::ServerReadReactor<lorad::v1::UploadDatasetRequest> {
  public:
-  DatasetUpload(const ServerConfig* config, UploadBudget* budget, storage::JobStore* store,
-                lorad::v1::Dataset* response)
-      : config_(config), budget_(budget), store_(store), response_(response) {
+  DatasetUpload(const ServerConfig* config, UploadBudget* budget, absl::Mutex* datasets_mu,
+                storage::JobStore* store, lorad::v1::Dataset* response)
+      : config_(config), budget_(budget), datasets_mu_(datasets_mu), store_(store), response_(response) {
     std::random_device rd;
     incoming_ = config_->datasets_root / absl::StrCat(".incoming-", rd(), rd());
     std::error_code ec;
@@ -138,17 +138,20 @@ class DatasetUpload final : public grpc::ServerReadReactor<lorad::v1::UploadData
     }
     const std::string id = id_hash.HexDigest().substr(0, 32);
     const fs::path final_dir = config_->datasets_root / id;
-    std::error_code ec;
-    if (!fs::exists(final_dir)) {
-      fs::rename(incoming_, final_dir, ec);
+    absl::StatusOr<storage::DatasetRecord> stored = absl::UnknownError("not stored");
+    {
+      // A delete of the same dataset must not hide final_dir between the check and the record.
+      absl::ReaderMutexLock datasets_lock(datasets_mu_);
+      std::error_code ec;
+      if (!fs::exists(final_dir)) fs::rename(incoming_, final_dir, ec);
       if (ec) {
-        Fail(grpc::StatusCode::INTERNAL, absl::StrCat("cannot store dataset: ", ec.message()));
-        return;
+        stored = absl::InternalError(absl::StrCat("cannot store dataset: ", ec.message()));
+      } else {
+        storage::DatasetRecord record{id, name_.empty() ? id.substr(0, 12) : name_, final_dir.string(),
+                                      total_bytes_, static_cast<int>(files_.size()), images, 0};
+        stored = store_->PutDataset(record);
       }
     }
-    storage::DatasetRecord record{id, name_.empty() ? id.substr(0, 12) : name_, final_dir.string(),
-                                  total_bytes_, static_cast<int>(files_.size()), images, 0};
-    auto stored = store_->PutDataset(record);
     if (!stored.ok()) {
       Fail(static_cast<grpc::StatusCode>(stored.status().code()), std::string(stored.status().message()));
       return;
@@ -177,6 +180,7 @@ class DatasetUpload final : public grpc::ServerReadReactor<lorad::v1::UploadData
 
   const ServerConfig* config_;
   UploadBudget* budget_;
+  absl::Mutex* datasets_mu_;  // the service's; see LoradService::datasets_mu_
   int64_t reserved_ = 0;  // this upload's share of budget_
   storage::JobStore* store_;
   lorad::v1::Dataset* response_;
@@ -204,8 +208,9 @@ void ToProto(const storage::DatasetRecord& d, lorad::v1::Dataset* out) {
 }
 
 grpc::ServerReadReactor<lorad::v1::UploadDatasetRequest>* NewDatasetUpload(
-    const ServerConfig* config, UploadBudget* budget, storage::JobStore* store, lorad::v1::Dataset* response) {
-  return new DatasetUpload(config, budget, store, response);
+    const ServerConfig* config, UploadBudget* budget, absl::Mutex* datasets_mu, storage::JobStore* store,
+    lorad::v1::Dataset* response) {
+  return new DatasetUpload(config, budget, datasets_mu, store, response);
 }
 
 }  // namespace lorad::server

@@ -7,6 +7,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/synchronization/mutex.h"
 #include "lorad/v1/lorad.grpc.pb.h"
 #include "server/config.h"
 #include "server/upload_budget.h"
@@ -15,8 +16,10 @@
 namespace lorad::server {
 
 // `budget` (shared by all uploads in flight) is charged per chunk and given back when the call ends.
+// `datasets_mu` is held shared while the finished upload is stored (DeleteDataset holds it exclusively).
 grpc::ServerReadReactor<lorad::v1::UploadDatasetRequest>* NewDatasetUpload(
-    const ServerConfig* config, UploadBudget* budget, storage::JobStore* store, lorad::v1::Dataset* response);
+    const ServerConfig* config, UploadBudget* budget, absl::Mutex* datasets_mu, storage::JobStore* store,
+    lorad::v1::Dataset* response);
 
 template <typename T>
 grpc::ServerReadReactor<T>* FailedUpload(const grpc::Status& status) {

@@ -21,19 +21,31 @@ bool IsTempFileName(const std::string& name) {
   return true;
 }
 
+// Removes the entries of `root` (not below it) whose names start with
+// `prefix`; remove_all deletes a symlink, never what it points at.
+std::vector<fs::path> RemoveEntriesNamed(const fs::path& root, const std::string& prefix) {
+  std::vector<fs::path> found;
+  std::error_code ec;
+  for (fs::directory_iterator it(root, ec), end; !ec && it != end; it.increment(ec)) {
+    if (absl::StartsWith(it->path().filename().string(), prefix)) found.push_back(it->path());
+  }
+  std::vector<fs::path> removed;
+  for (const auto& path : found) {  // after the walk: removing while iterating is unspecified
+    std::error_code remove_ec;
+    fs::remove_all(path, remove_ec);
+    if (!remove_ec) removed.push_back(path);
+  }
+  return removed;
+}
+
 }  // namespace
 
 std::vector<fs::path> RemoveIncompleteUploads(const fs::path& datasets_root) {
-  std::vector<fs::path> removed;
-  std::error_code ec;
-  for (fs::directory_iterator it(datasets_root, ec), end; !ec && it != end; it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    if (!absl::StartsWith(name, ".incoming-")) continue;
-    std::error_code remove_ec;
-    fs::remove_all(it->path(), remove_ec);
-    if (!remove_ec) removed.push_back(it->path());
-  }
-  return removed;
+  return RemoveEntriesNamed(datasets_root, ".incoming-");
+}
+
+std::vector<fs::path> RemoveInterruptedDeletions(const fs::path& datasets_root) {
+  return RemoveEntriesNamed(datasets_root, kDeletingPrefix);
 }
 
 std::vector<fs::path> RemoveTempFiles(const fs::path& output_dir) {

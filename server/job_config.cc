@@ -118,6 +118,25 @@ std::optional<std::string> FindFlattened(const toml::table& table, const std::st
   return std::nullopt;
 }
 
+// Appends the values of `table`'s data path keys, at any depth, to `out`.
+void CollectDataPaths(const toml::table& table, std::vector<fs::path>* out) {
+  for (auto&& [key, node] : table) {
+    if (const auto* sub = node.as_table()) {
+      CollectDataPaths(*sub, out);
+      continue;
+    }
+    if (const auto* arr = node.as_array()) {
+      for (const auto& item : *arr) {
+        if (const auto* t = item.as_table()) CollectDataPaths(*t, out);
+      }
+      continue;
+    }
+    auto it = PathKeys().find(std::string(key.str()));
+    if (it == PathKeys().end() || it->second != PathBase::kData) continue;
+    if (auto value = node.value<std::string>(); value && !value->empty()) out->emplace_back(*value);
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> ApplyOverrides(const std::string& config_toml,
@@ -206,6 +225,17 @@ absl::StatusOr<PreparedJobConfig> PrepareJobConfig(const JobConfigInput& input, 
   prepared.hyperparameters = prepared.train.explicitly_set;
   if (!worker_args.empty()) prepared.hyperparameters.erase("dataset_config");
   return prepared;
+}
+
+std::vector<fs::path> DataPaths(const PreparedJobConfig& prepared) {
+  std::vector<fs::path> paths;
+  for (const std::string* text : {&prepared.config_toml, &prepared.dataset_config_toml}) {
+    if (text->empty()) continue;
+    // Both were written by PrepareJobConfig from parsed tables: they parse.
+    auto parsed = ParseToml(*text, "prepared config");
+    if (parsed.ok()) CollectDataPaths(*parsed, &paths);
+  }
+  return paths;
 }
 
 fs::path DatasetConfigPath(const fs::path& job_dir) { return job_dir / "dataset_config.toml"; }

@@ -52,4 +52,9 @@ std::filesystem::path DatasetConfigPath(const std::filesystem::path& job_dir);
 // is checked for TOML syntax and paths only (its parser needs core/data).
 absl::StatusOr<PreparedJobConfig> PrepareJobConfig(const JobConfigInput& input, const JobRoots& roots);
 
+// Every data path (train_data_dir, reg_data_dir, image_dir, ...) a prepared job
+// reads, in its config and its dataset config, as PrepareJobConfig confined
+// them (absolute).
+std::vector<std::filesystem::path> DataPaths(const PreparedJobConfig& prepared);
+
 }  // namespace lorad::server

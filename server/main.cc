@@ -87,6 +87,9 @@ int Run(int argc, char** argv) {
   for (const auto& partial : server::RemoveIncompleteUploads(config.datasets_root)) {
     spdlog::warn("removed {}: an upload interrupted by a crash or kill", partial.string());
   }
+  for (const auto& leftover : server::RemoveInterruptedDeletions(config.datasets_root)) {
+    spdlog::warn("removed {}: a deleted dataset whose removal a crash or stop interrupted", leftover.string());
+  }
   auto store = storage::JobStore::Open(config.db_path().string());
   if (!store.ok()) {
     spdlog::critical("{}", store.status().ToString());

@@ -10,6 +10,7 @@
 #include "core/base/clock.h"
 #include "core/base/subprocess.h"
 #include "server/advice.h"
+#include "server/dataset_delete.h"
 #include "server/dataset_upload.h"
 #include "server/job_config.h"
 #include "server/auth.h"
@@ -109,7 +110,10 @@ LoradService::LoradService(const ServerConfig* config, storage::JobStore* store,
       started_(std::chrono::steady_clock::now()),
       upload_budget_(config->max_upload_bytes, config->min_free_bytes, config->data_dir) {}
 
-void LoradService::Shutdown() { curate_pool_.Shutdown(); }
+void LoradService::Shutdown() {
+  curate_pool_.Shutdown();
+  removal_pool_.Shutdown();
+}
 
 grpc::Status LoradService::Authorize(grpc::CallbackServerContext* ctx) const {
   return CheckBearerToken(config_->tokens, ctx->client_metadata());
@@ -192,6 +196,7 @@ grpc::ServerUnaryReactor* LoradService::SubmitJob(grpc::CallbackServerContext* c
                                                   const lorad::v1::SubmitJobRequest* request,
                                                   lorad::v1::Job* response) {
   if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
+  absl::ReaderMutexLock datasets_lock(&datasets_mu_);
   auto pending = PrepareSubmit(*request);
   if (!pending.ok()) return Reply(ctx, ToGrpcStatus(pending.status()));
   if (pending->advice.blocking()) {
@@ -300,7 +305,7 @@ grpc::ServerWriteReactor<lorad::v1::ArtifactChunk>* LoradService::FetchArtifact(
 grpc::ServerReadReactor<lorad::v1::UploadDatasetRequest>* LoradService::UploadDataset(
     grpc::CallbackServerContext* ctx, lorad::v1::Dataset* response) {
   if (auto s = Authorize(ctx); !s.ok()) return FailedUpload<lorad::v1::UploadDatasetRequest>(s);
-  return NewDatasetUpload(config_, &upload_budget_, store_, response);
+  return NewDatasetUpload(config_, &upload_budget_, &datasets_mu_, store_, response);
 }
 
 grpc::ServerUnaryReactor* LoradService::ListDatasets(grpc::CallbackServerContext* ctx,
@@ -343,6 +348,45 @@ grpc::ServerUnaryReactor* LoradService::InspectDataset(grpc::CallbackServerConte
       });
   if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
   return reactor;
+}
+
+grpc::ServerUnaryReactor* LoradService::DeleteDataset(grpc::CallbackServerContext* ctx,
+                                                      const lorad::v1::DeleteDatasetRequest* request,
+                                                      lorad::v1::DeleteDatasetResponse* response) {
+  if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
+  absl::StatusOr<DeletedDataset> deleted;
+  {
+    absl::MutexLock datasets_lock(&datasets_mu_);
+    deleted = DeleteStoredDataset(store_, scheduler_->options().roots, config_->jobs_dir(), request->dataset());
+  }
+  if (!deleted.ok()) return Reply(ctx, ToGrpcStatus(deleted.status()));
+  ToProto(deleted->dataset, response->mutable_dataset());
+  response->set_folder_deleted(!deleted->hidden.empty());
+  spdlog::info("dataset {} ('{}', {}) deleted{}", deleted->dataset.id.empty() ? "folder" : deleted->dataset.id,
+               deleted->dataset.name, deleted->dataset.path,
+               deleted->hidden.empty() ? "; its folder was missing or outside the datasets root, left as it was"
+                                       : "");
+  if (!deleted->hidden.empty()) {
+    auto remove = [hidden = deleted->hidden](const std::atomic<bool>& stopping) {
+      if (stopping) {
+        spdlog::info("{} is left for the next start to remove (lorad is stopping)", hidden.string());
+        return;
+      }
+      auto freed = RemoveHiddenDataset(hidden);
+      if (freed.ok()) {
+        spdlog::info("removed {} ({} bytes freed)", hidden.string(), *freed);
+      } else {
+        spdlog::warn("{}", std::string(freed.status().message()));
+      }
+    };
+    // With the queue full, the RPC thread removes it itself rather than leave
+    // the disk taken until the next start; a stopping daemon leaves it to that start.
+    if (absl::Status queued = removal_pool_.Submit(remove); queued.code() == absl::StatusCode::kResourceExhausted) {
+      std::atomic<bool> not_stopping{false};
+      remove(not_stopping);
+    }
+  }
+  return Reply(ctx, grpc::Status::OK);
 }
 
 grpc::ServerUnaryReactor* LoradService::GetServerInfo(grpc::CallbackServerContext* ctx,

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "lorad/v1/lorad.grpc.pb.h"
 #include "core/planner/advisor.h"
 #include "server/config.h"
@@ -61,6 +62,9 @@ class LoradService final : public lorad::v1::Lorad::CallbackService {
   grpc::ServerUnaryReactor* InspectDataset(grpc::CallbackServerContext* ctx,
                                            const lorad::v1::InspectDatasetRequest* request,
                                            lorad::v1::InspectDatasetResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteDataset(grpc::CallbackServerContext* ctx,
+                                          const lorad::v1::DeleteDatasetRequest* request,
+                                          lorad::v1::DeleteDatasetResponse* response) override;
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* ctx,
                                           const lorad::v1::GetServerInfoRequest* request,
                                           lorad::v1::ServerInfo* response) override;
@@ -107,10 +111,19 @@ class LoradService final : public lorad::v1::Lorad::CallbackService {
   Scheduler* scheduler_;
   const std::vector<GpuInfo> gpus_;
   const std::chrono::steady_clock::time_point started_;
+  // Guards no member but the datasets root's meaning: submits (which resolve
+  // and record a dataset) and an upload's final store hold it shared;
+  // DeleteDataset holds it exclusively from its check for jobs that read the
+  // dataset until the folder is renamed away, so no job is queued on, and no
+  // upload lands in, a folder being deleted.
+  absl::Mutex datasets_mu_;
   // lorad-curate runs: two at once, four more may wait; beyond that
   // InspectDataset answers RESOURCE_EXHAUSTED. Declared last: destroyed (and
   // joined) first, while the members its tasks use still exist.
   TaskPool curate_pool_{"curation reports", 2, 4};
+  // Removes deleted datasets' hidden folders (many files: not inside an RPC).
+  // One at a time; a stopping daemon leaves the queued ones to its next start.
+  TaskPool removal_pool_{"dataset removals", 1, 64};
   // Shared by every UploadDataset in flight.
   UploadBudget upload_budget_;
 };

@@ -40,6 +40,8 @@ grpc::ServerUnaryReactor* LoradService::SubmitSweep(grpc::CallbackServerContext*
                                    absl::StrCat("sweep name '", name, "' must not contain '/'")));
   }
 
+  // Until every job is recorded: no dataset a job names may be deleted meanwhile.
+  absl::ReaderMutexLock datasets_lock(&datasets_mu_);
   // Validate every job first: a "never" finding refuses the whole sweep before
   // anything is queued; any other bad job is reported and the rest still run.
   std::vector<PendingSubmit> pending;

@@ -564,6 +564,18 @@ absl::StatusOr<std::vector<DatasetRecord>> JobStore::ListDatasets() {
   return result;
 }
 
+absl::Status JobStore::DeleteDataset(const std::string& dataset_id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));
+  ASSIGN_OR_RETURN(Statement stmt, db_.Prepare("DELETE FROM datasets WHERE id = ?"));
+  RETURN_IF_ERROR(stmt.Bind(1, dataset_id).Run());
+  if (db_.Changes() == 0) {
+    return absl::NotFoundError(absl::StrCat("dataset ", dataset_id,
+                                            " does not exist (see `loractl datasets ls`)"));
+  }
+  return txn.Commit();
+}
+
 absl::StatusOr<int64_t> JobStore::CountJobs(JobState state) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(Statement stmt, db_.Prepare("SELECT COUNT(*) FROM jobs WHERE state = ?"));

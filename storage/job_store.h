@@ -181,6 +181,9 @@ class JobStore {
   absl::StatusOr<DatasetRecord> PutDataset(const DatasetRecord& dataset);
   absl::StatusOr<DatasetRecord> GetDataset(const std::string& dataset_id);
   absl::StatusOr<std::vector<DatasetRecord>> ListDatasets();
+  // Removes the dataset's record (not its folder). NOT_FOUND naming the id when
+  // there is none.
+  absl::Status DeleteDataset(const std::string& dataset_id);
   absl::StatusOr<int64_t> CountJobs(JobState state);
   // Records a sweep. A taken name is AlreadyExists unless `reuse_existing`
   // (an idempotent retry), which returns the stored record unchanged.

@@ -206,6 +206,18 @@ TEST_F(JobStoreTest, DatasetsAreStoredOnceById) {
   EXPECT_EQ(store_->GetDataset("nope").status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST_F(JobStoreTest, DeleteDatasetRemovesOnlyThatRecord) {
+  ASSERT_TRUE(store_->PutDataset({"abc123", "cats", "/data/datasets/abc123", 100, 4, 2, 0}).ok());
+  ASSERT_TRUE(store_->PutDataset({"def456", "dogs", "/data/datasets/def456", 100, 4, 2, 0}).ok());
+  ASSERT_TRUE(store_->DeleteDataset("abc123").ok());
+  EXPECT_EQ(store_->GetDataset("abc123").status().code(), absl::StatusCode::kNotFound);
+  ASSERT_EQ(store_->ListDatasets()->size(), 1u);
+  EXPECT_EQ(store_->ListDatasets()->at(0).id, "def456");
+  const absl::Status again = store_->DeleteDataset("abc123");
+  EXPECT_EQ(again.code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(again.message().find("abc123"), std::string::npos) << again;
+}
+
 TEST_F(JobStoreTest, RefusesADatabaseFromTheFuture) {
   store_.reset();
   {

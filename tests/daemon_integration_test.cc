@@ -1,6 +1,7 @@
 // End-to-end tests of lorad: a real daemon on a loopback port, real SQLite, the
 // real lorad-train training the tiny SDXL fixture on CPU for a few steps.
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -279,6 +280,13 @@ TEST_F(DaemonTest, EveryRpcNeedsTheTokenAndPathsStayInsideTheRoots) {
     { auto ctx = c->Context(); lorad::v1::ListArtifactsResponse r; statuses.push_back(s->ListArtifacts(ctx.get(), {}, &r)); }
     { auto ctx = c->Context(); lorad::v1::ListDatasetsResponse r; statuses.push_back(s->ListDatasets(ctx.get(), {}, &r)); }
     { auto ctx = c->Context(); lorad::v1::InspectDatasetResponse r; statuses.push_back(s->InspectDataset(ctx.get(), {}, &r)); }
+    {
+      auto ctx = c->Context();
+      lorad::v1::DeleteDatasetRequest request;
+      request.set_dataset(*dataset_);
+      lorad::v1::DeleteDatasetResponse r;
+      statuses.push_back(s->DeleteDataset(ctx.get(), request, &r));
+    }
     { auto ctx = c->Context(); lorad::v1::ServerInfo r; statuses.push_back(s->GetServerInfo(ctx.get(), {}, &r)); }
     {
       auto ctx = c->Context();
@@ -301,7 +309,7 @@ TEST_F(DaemonTest, EveryRpcNeedsTheTokenAndPathsStayInsideTheRoots) {
       writer->WritesDone();
       statuses.push_back(writer->Finish());
     }
-    ASSERT_EQ(statuses.size(), 11u);
+    ASSERT_EQ(statuses.size(), 12u);
     for (size_t i = 0; i < statuses.size(); ++i) {
       EXPECT_EQ(statuses[i].error_code(), grpc::StatusCode::UNAUTHENTICATED) << "rpc #" << i << " token '" << token << "'";
     }
@@ -498,6 +506,145 @@ TEST(DaemonDiskTest, ConcurrentUploadsShareTheLimitAndInterruptedUploadsGoAtStar
   }
   EXPECT_EQ(d.Stop(), 0);
   fs::remove_all(d.data_dir());
+}
+
+grpc::Status DeleteDataset(Daemon& d, const std::string& name, lorad::v1::DeleteDatasetResponse* response) {
+  auto ctx = d.client().Context();
+  lorad::v1::DeleteDatasetRequest request;
+  request.set_dataset(name);
+  return d.client().stub()->DeleteDataset(ctx.get(), request, response);
+}
+
+std::vector<std::string> ListedDatasetIds(Daemon& d) {
+  lorad::v1::ListDatasetsResponse datasets;
+  auto ctx = d.client().Context();
+  EXPECT_TRUE(d.client().stub()->ListDatasets(ctx.get(), {}, &datasets).ok());
+  std::vector<std::string> ids;
+  for (const auto& dataset : datasets.datasets()) ids.push_back(dataset.id());
+  return ids;
+}
+
+// Entries of the datasets root whose names start with `prefix`.
+std::vector<fs::path> EntriesNamed(const fs::path& root, const std::string& prefix) {
+  std::vector<fs::path> found;
+  for (const auto& entry : fs::directory_iterator(root)) {
+    if (absl::StartsWith(entry.path().filename().string(), prefix)) found.push_back(entry.path());
+  }
+  return found;
+}
+
+struct LoractlResult {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr
+};
+
+LoractlResult RunLoractl(const Daemon& d, const std::string& arguments) {
+  const std::string command = absl::StrCat((BuildDir() / "client" / "loractl").string(), " --server 127.0.0.1:",
+                                           d.port(), " --token test-token ", arguments, " 2>&1");
+  LoractlResult result;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return result;
+  char buffer[4096];
+  while (size_t n = fread(buffer, 1, sizeof(buffer), pipe)) result.output.append(buffer, n);
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+TEST(DaemonDatasetDeleteTest, DeleteRefusesTraversalAndDatasetsInUseAndLeftoversGoAtStart) {
+  Daemon d(TestRoot("delete"), DaemonOptions{1, 5, "test-token", {}});
+  const fs::path datasets_root = d.data_dir() / "datasets";
+  // What a daemon stopped mid-removal leaves behind.
+  const fs::path leftover = datasets_root / ".deleting-0123-x";
+  fs::create_directories(leftover / "1_cat");
+  std::ofstream(leftover / "1_cat" / "a.png") << "half removed";
+  // Outside the datasets root, and a link to it from inside.
+  const fs::path outside = d.data_dir().parent_path() / (d.data_dir().filename().string() + "-outside");
+  fs::remove_all(outside);
+  fs::create_directories(outside / "x");
+  std::ofstream(outside / "sentinel.txt") << "keep me";
+  fs::create_directory_symlink(outside, datasets_root / "escape");
+  d.Start();
+  EXPECT_FALSE(fs::exists(leftover));
+  EXPECT_TRUE(absl::StrContains(ReadFile(d.data_dir() / "logs" / "lorad.log"), leftover.string()));
+
+  const std::string used = d.UploadTestDataset(3);
+  const std::string spare = d.UploadTestDataset(2);
+  ASSERT_NE(used, spare);
+  lorad::v1::DeleteDatasetResponse response;
+
+  grpc::Status status = DeleteDataset(d, "no-such-dataset", &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << status.error_message();
+  EXPECT_TRUE(absl::StrContains(status.error_message(), "no-such-dataset")) << status.error_message();
+  for (const std::string& name : std::vector<std::string>{
+           "..", "../" + outside.filename().string(), "a/../../x", (outside / "x").string(), outside.string(),
+           absl::StrCat(used, "/../../", outside.filename().string()), "escape"}) {
+    status = DeleteDataset(d, name, &response);
+    EXPECT_TRUE(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
+                status.error_code() == grpc::StatusCode::PERMISSION_DENIED)
+        << name << ": " << status.error_code() << " " << status.error_message();
+  }
+  EXPECT_EQ(ReadFile(outside / "sentinel.txt"), "keep me");
+  EXPECT_TRUE(fs::is_directory(outside / "x"));
+  EXPECT_TRUE(fs::is_symlink(datasets_root / "escape"));
+  EXPECT_EQ(ListedDatasetIds(d).size(), 2u);
+
+  // A job on it (queued or already running) holds the dataset.
+  const int64_t job = d.Submit(Daemon::TinyConfig(100000, 0), used, "holds-it");
+  status = DeleteDataset(d, used, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << status.error_message();
+  EXPECT_TRUE(absl::StrContains(status.error_message(), absl::StrCat("job ", job, " 'holds-it'")))
+      << status.error_message();
+  EXPECT_TRUE(fs::is_directory(datasets_root / used));
+  lorad::v1::CancelJobRequest cancel;
+  cancel.set_job_id(job);
+  lorad::v1::Job cancelled;
+  {
+    auto ctx = d.client().Context();
+    ASSERT_TRUE(d.client().stub()->CancelJob(ctx.get(), cancel, &cancelled).ok());
+  }
+  d.WaitFor(job, [](const lorad::v1::Job& j) { return IsTerminal(j.state()); }, 60);
+
+  status = DeleteDataset(d, used, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.dataset().id(), used);
+  EXPECT_TRUE(response.folder_deleted());
+  EXPECT_EQ(ListedDatasetIds(d), std::vector<std::string>{spare});
+  EXPECT_FALSE(fs::exists(datasets_root / used));
+  // The hidden folder goes in the background.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (!EntriesNamed(datasets_root, ".deleting-").empty() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(EntriesNamed(datasets_root, ".deleting-").empty());
+  // A job on a deleted dataset is refused at submit, naming it.
+  lorad::v1::SubmitJobRequest submit;
+  submit.set_config_toml(Daemon::TinyConfig(2, 0));
+  submit.set_dataset(used);
+  lorad::v1::Job refused;
+  {
+    auto ctx = d.client().Context();
+    status = d.client().stub()->SubmitJob(ctx.get(), submit, &refused);
+  }
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << status.error_message();
+
+  // loractl: deleted, then unknown (exit 5), then refused (exit 6).
+  LoractlResult rm = RunLoractl(d, absl::StrCat("datasets rm ", spare));
+  EXPECT_EQ(rm.exit_code, 0) << rm.output;
+  EXPECT_TRUE(absl::StrContains(rm.output, absl::StrCat("deleted dataset ", spare))) << rm.output;
+  EXPECT_TRUE(ListedDatasetIds(d).empty());
+  rm = RunLoractl(d, absl::StrCat("datasets rm ", spare));
+  EXPECT_EQ(rm.exit_code, 5) << rm.output;
+  EXPECT_TRUE(absl::StrContains(rm.output, spare)) << rm.output;
+  rm = RunLoractl(d, "datasets rm ../x");
+  EXPECT_EQ(rm.exit_code, 6) << rm.output;
+  rm = RunLoractl(d, "datasets rm");
+  EXPECT_EQ(rm.exit_code, 2) << rm.output;
+
+  EXPECT_EQ(ReadFile(outside / "sentinel.txt"), "keep me");
+  EXPECT_EQ(d.Stop(), 0);
+  fs::remove_all(d.data_dir());
+  fs::remove_all(outside);
 }
 
 TEST(DaemonRestartTest, Kill9MidTrainingResumesFromLastState) {
