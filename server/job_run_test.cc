@@ -261,6 +261,7 @@ TEST(JobOutcomeTest, FailureReasonsNameTheTrainerExitCode) {
 
 TEST(JobOutcomeTest, EachTrainerExitCodeHasAMeaning) {
   EXPECT_EQ(TrainerExitMeaning(kExitUsage), "bad command line or config value");
+  EXPECT_EQ(TrainerExitMeaning(kExitWriteFailed), "it could not write its output (disk full or I/O error)");
   EXPECT_NE(TrainerExitMeaning(kExitNotFound).find("missing"), std::string::npos);
   EXPECT_EQ(TrainerExitMeaning(kExitDiverged), "diverged (NaN/inf)");
   EXPECT_EQ(TrainerExitMeaning(kExitOutOfMemory), "out of memory");

@@ -1,11 +1,13 @@
 #include "server/scheduler.h"
 
+#include <algorithm>
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "core/base/clock.h"
 #include "core/base/sha256.h"
 #include "server/disk_cleanup.h"
+#include "server/disk_space.h"
 #include "server/job_outcome.h"
 #include "server/launch_plan.h"
 #include "server/paths.h"
@@ -156,6 +158,22 @@ void Scheduler::DispatchLoop() {
 
 void Scheduler::Record(int64_t job_id, storage::EventWrite write, bool terminal) {
   auto stored = store_->AppendEvent(job_id, write);
+  // A job's end is never dropped: a job left RUNNING in the store would never
+  // end for its tails, and no slot would take its place. While the disk is full
+  // (or another process holds the database) the end is retried, backing off to
+  // 30 s, until it is stored or the daemon stops (the next start re-queues it).
+  absl::Duration wait = absl::Milliseconds(250);
+  while (!stored.ok() && terminal) {
+    Log()->error("job {}: cannot record its end yet ({}); retrying in {}", job_id, stored.status().ToString(),
+                 absl::FormatDuration(wait));
+    {
+      absl::MutexLock lock(&mu_);
+      if (mu_.AwaitWithTimeout(absl::Condition(&stopping_), wait)) break;
+    }
+    wait = std::min(wait * 2, absl::Seconds(30));
+    stored = store_->AppendEvent(job_id, write);
+    if (stored.ok()) Log()->info("job {}: its end is recorded after all", job_id);
+  }
   if (!stored.ok()) {
     Log()->error("job {}: cannot record a {} event: {}", job_id, storage::EventTypeName(write.event),
                  stored.status().ToString());
@@ -285,6 +303,13 @@ void Scheduler::FinishJob(Slot* slot, int64_t job_id, const WorkerReport& report
   write.event.set_time_unix_ms(NowUnixMs());
   *write.event.mutable_finished() = outcome.finished;
   write.end = outcome.end;
+  if (outcome.end.state == storage::JobState::kFailed) {
+    // A worker that hit a full disk fails with whatever write gave up first;
+    // the reason says what to do about it.
+    const std::string note = FullDiskNote(options_.jobs_dir);
+    write.end->reason += note;
+    write.event.mutable_finished()->set_reason(write.end->reason);
+  }
   Log()->info("job {} {}{}{}", job_id, storage::JobStateName(outcome.end.state),
               outcome.end.reason.empty() ? "" : ": ", outcome.end.reason);
   Record(job_id, std::move(write), true);

@@ -1,12 +1,7 @@
 #include "server/upload_budget.h"
 
-#include <sys/statvfs.h>
-
-#include <cerrno>
-#include <cstring>
-#include <limits>
-
 #include "absl/strings/str_cat.h"
+#include "server/disk_space.h"
 
 namespace lorad::server {
 
@@ -17,12 +12,7 @@ UploadBudget::UploadBudget(int64_t max_total_bytes, int64_t min_free_bytes, std:
       data_dir_(std::move(data_dir)),
       free_bytes_(std::move(free_bytes)) {
   if (!free_bytes_) {
-    free_bytes_ = [dir = data_dir_]() -> int64_t {
-      struct statvfs st {};
-      // Unknown free space does not block uploads; the write itself reports a full disk.
-      if (statvfs(dir.c_str(), &st) != 0) return std::numeric_limits<int64_t>::max();
-      return static_cast<int64_t>(st.f_bavail) * static_cast<int64_t>(st.f_frsize);
-    };
+    free_bytes_ = [dir = data_dir_] { return AvailableBytes(dir); };
   }
 }
 

@@ -15,8 +15,8 @@ namespace lorad::server {
 
 class UploadBudget {
  public:
-  // `free_bytes` reports the data dir's available bytes; the default reads
-  // statvfs(data_dir) (f_bavail * f_frsize).
+  // `free_bytes` reports the data dir's available bytes; the default is
+  // AvailableBytes(data_dir).
   UploadBudget(int64_t max_total_bytes, int64_t min_free_bytes, std::filesystem::path data_dir,
                std::function<int64_t()> free_bytes = nullptr);
 

@@ -19,6 +19,7 @@ TEST(ExitCodesTest, TrainerOutcomesAreDistinct) {
   EXPECT_EQ(TrainerExitCode(absl::DataLossError("x")), kExitDiverged);
   EXPECT_EQ(TrainerExitCode(absl::ResourceExhaustedError("x")), kExitOutOfMemory);
   EXPECT_EQ(TrainerExitCode(absl::CancelledError("x")), kExitCancelled);
+  EXPECT_EQ(TrainerExitCode(absl::UnavailableError("x: write failed: No space left on device")), kExitWriteFailed);
   EXPECT_EQ(TrainerExitCode(absl::InternalError("x")), kExitError);
 }
 

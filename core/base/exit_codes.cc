@@ -12,6 +12,7 @@ int TrainerExitCode(const absl::Status& status) {
     case absl::StatusCode::kDataLoss: return kExitDiverged;
     case absl::StatusCode::kResourceExhausted: return kExitOutOfMemory;
     case absl::StatusCode::kCancelled: return kExitCancelled;
+    case absl::StatusCode::kUnavailable: return kExitWriteFailed;
     default: return kExitError;
   }
 }

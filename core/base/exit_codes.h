@@ -24,12 +24,15 @@ enum ExitCode : int {
   kExitEventsBroken = 12,    // lorad-train: --events-fd could not be written (the daemon went away)
   kExitStorage = 13,         // lorad: the data dir's database cannot be opened
   kExitCannotListen = 14,    // lorad: the listen address is in use or invalid
+  kExitWriteFailed = 15,     // lorad-train: an output could not be written (disk full, I/O error); the last good LoRA is kept
 };
 
 // lorad-train's exit code for its run's final status: INVALID_ARGUMENT and
 // FAILED_PRECONDITION are usage errors, NOT_FOUND / PERMISSION_DENIED missing
 // input, DATA_LOSS a diverged run, RESOURCE_EXHAUSTED out of memory, CANCELLED a
-// cancel; anything else kExitError.
+// cancel, UNAVAILABLE a file that could not be written (a full disk: writes
+// fail with it, so a disk full is never reported as a diverged run); anything
+// else kExitError.
 int TrainerExitCode(const absl::Status& status);
 
 // loractl's exit code for an RPC or local status: UNAVAILABLE / DEADLINE_EXCEEDED

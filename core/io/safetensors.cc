@@ -389,14 +389,15 @@ absl::Status WriteSafetensors(const std::filesystem::path& path, const NamedTens
     ::close(fd);
     if (!ok) {
       std::filesystem::remove(tmp);
-      return absl::DataLossError(absl::StrCat(path.string(), ": write failed: ", std::strerror(err)));
+      // UNAVAILABLE, not DATA_LOSS: nothing is corrupt, the disk is full or failing.
+      return absl::UnavailableError(absl::StrCat(path.string(), ": write failed: ", std::strerror(err)));
     }
   }
   std::error_code ec;
   std::filesystem::rename(tmp, path, ec);
   if (ec) {
     std::filesystem::remove(tmp);
-    return absl::DataLossError(absl::StrCat(path.string(), ": rename failed: ", ec.message()));
+    return absl::UnavailableError(absl::StrCat(path.string(), ": rename failed: ", ec.message()));
   }
   return absl::OkStatus();
 }

@@ -82,7 +82,7 @@ absl::Status WriteStreaming(const fs::path& out, const std::vector<std::pair<std
   file.flush();
   if (!file) {
     fs::remove(tmp);
-    return absl::DataLossError(absl::StrCat("writing ", tmp.string(), " failed (disk full?)"));
+    return absl::UnavailableError(absl::StrCat("writing ", tmp.string(), " failed (disk full?)"));
   }
   file.close();
   std::error_code ec;

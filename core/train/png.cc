@@ -79,7 +79,7 @@ absl::Status WriteFileAtomic(const std::filesystem::path& path, const std::strin
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     out.flush();
-    if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp.string(), ": disk full or no permission?"));
+    if (!out) return absl::UnavailableError(absl::StrCat("cannot write ", tmp.string(), ": disk full or no permission?"));
   }
   std::filesystem::rename(tmp, path, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp.string(), " to ", path.string(), ": ", ec.message()));

@@ -683,8 +683,11 @@ absl::Status Run::Finish(absl::Status status) {
 }
 
 absl::Status Run::Fail(absl::Status status) {
-  if (status.code() == absl::StatusCode::kDataLoss && !last_lora_.empty()) {
-    status = absl::DataLossError(absl::StrCat(status.message(), "; the last good LoRA is ", last_lora_));
+  // A diverged run (DATA_LOSS) or a failed write (UNAVAILABLE: a full disk)
+  // still has every LoRA saved before it.
+  if ((status.code() == absl::StatusCode::kDataLoss || status.code() == absl::StatusCode::kUnavailable) &&
+      !last_lora_.empty()) {
+    status = absl::Status(status.code(), absl::StrCat(status.message(), "; the last good LoRA is ", last_lora_));
   }
   return Finish(status);
 }
