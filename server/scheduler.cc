@@ -156,27 +156,38 @@ void Scheduler::DispatchLoop() {
   }
 }
 
-void Scheduler::Record(int64_t job_id, storage::EventWrite write, bool terminal) {
-  auto stored = store_->AppendEvent(job_id, write);
-  // A job's end is never dropped: a job left RUNNING in the store would never
-  // end for its tails, and no slot would take its place. While the disk is full
-  // (or another process holds the database) the end is retried, backing off to
-  // 30 s, until it is stored or the daemon stops (the next start re-queues it).
+absl::Status Scheduler::RetryWhileTransient(int64_t job_id, const std::string& what,
+                                            const std::function<absl::Status()>& attempt) {
+  absl::Status status = attempt();
   absl::Duration wait = absl::Milliseconds(250);
-  while (!stored.ok() && terminal) {
-    Log()->error("job {}: cannot record its end yet ({}); retrying in {}", job_id, stored.status().ToString(),
+  // UNAVAILABLE: another process holds the database past busy_timeout;
+  // RESOURCE_EXHAUSTED: the disk is full. Both pass; anything else would not.
+  while (status.code() == absl::StatusCode::kUnavailable || status.code() == absl::StatusCode::kResourceExhausted) {
+    Log()->error("job {}: cannot record {} yet ({}); retrying in {}", job_id, what, status.ToString(),
                  absl::FormatDuration(wait));
     {
       absl::MutexLock lock(&mu_);
-      if (mu_.AwaitWithTimeout(absl::Condition(&stopping_), wait)) break;
+      if (mu_.AwaitWithTimeout(absl::Condition(&stopping_), wait)) return status;
     }
     wait = std::min(wait * 2, absl::Seconds(30));
-    stored = store_->AppendEvent(job_id, write);
-    if (stored.ok()) Log()->info("job {}: its end is recorded after all", job_id);
+    status = attempt();
+    if (status.ok()) Log()->info("job {}: {} recorded after all", job_id, what);
   }
-  if (!stored.ok()) {
+  return status;
+}
+
+void Scheduler::Record(int64_t job_id, storage::EventWrite write, bool terminal) {
+  // Never dropped while the store cannot take it for a while: a job whose end
+  // is lost stays RUNNING for its tails forever and no slot takes its place.
+  // On a stop the retry ends; the next start re-queues a job left RUNNING.
+  absl::StatusOr<storage::StoredEvent> stored = absl::UnknownError("not attempted");
+  const absl::Status status = RetryWhileTransient(job_id, absl::StrCat("a ", storage::EventTypeName(write.event), " event"), [&] {
+    stored = store_->AppendEvent(job_id, write);
+    return stored.status();
+  });
+  if (!status.ok()) {
     Log()->error("job {}: cannot record a {} event: {}", job_id, storage::EventTypeName(write.event),
-                 stored.status().ToString());
+                 status.ToString());
     return;
   }
   hub_->Publish(*stored, terminal);
@@ -244,9 +255,15 @@ std::optional<storage::ArtifactRecord> Scheduler::ResumePoint(int64_t job_id) {
 }
 
 void Scheduler::RecordBurst(int64_t job_id, const std::vector<storage::EventWrite>& writes) {
-  auto stored = store_->AppendEvents(job_id, writes);
-  if (!stored.ok()) {
-    Log()->error("job {}: cannot record {} events: {}", job_id, writes.size(), stored.status().ToString());
+  // Retried like Record; meanwhile the worker blocks on its full events pipe,
+  // so nothing it reports is lost.
+  absl::StatusOr<std::vector<storage::StoredEvent>> stored = absl::UnknownError("not attempted");
+  const absl::Status status = RetryWhileTransient(job_id, absl::StrCat(writes.size(), " events"), [&] {
+    stored = store_->AppendEvents(job_id, writes);
+    return stored.status();
+  });
+  if (!status.ok()) {
+    Log()->error("job {}: cannot record {} events: {}", job_id, writes.size(), status.ToString());
     return;
   }
   for (const auto& e : *stored) hub_->Publish(e, false);

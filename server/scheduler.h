@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -98,6 +99,12 @@ class Scheduler {
   void FinishJob(Slot* slot, int64_t job_id, const WorkerReport& report);
   // Ends the job FAILED before a worker ran.
   void Fail(const storage::JobRecord& job, const std::string& reason);
+  // Calls `attempt` until it is not UNAVAILABLE (database locked by another
+  // process) or RESOURCE_EXHAUSTED (disk full), backing off from 250 ms to 30 s,
+  // or until the daemon stops; returns the last status. `what` names it in logs.
+  absl::Status RetryWhileTransient(int64_t job_id, const std::string& what,
+                                   const std::function<absl::Status()>& attempt);
+  // Records one event, retried while transient (RetryWhileTransient), then publishes it.
   void Record(int64_t job_id, storage::EventWrite write, bool terminal);
   // Commits a burst of worker events in one transaction, then publishes them.
   void RecordBurst(int64_t job_id, const std::vector<storage::EventWrite>& writes);

@@ -20,6 +20,7 @@
 
 #include <google/protobuf/util/message_differencer.h>
 #include <grpcpp/grpcpp.h>
+#include <sqlite3.h>
 #include <gtest/gtest.h>
 
 #include "absl/strings/match.h"
@@ -402,6 +403,42 @@ TEST(DaemonDiskFull, AJobOnAFullDiskFailsAndItsEndIsRecordedOnceSpaceReturns) {
   auto store = storage::JobStore::Open((data / "lorad.db").string());
   ASSERT_TRUE(store.ok());
   EXPECT_TRUE((*store)->IntegrityCheck().ok());
+}
+
+// Another process holds the database's write lock for longer than the
+// daemon's busy_timeout (5 s) while a job trains: the daemon retries, the
+// worker waits on its events pipe, and every step's progress is recorded once.
+TEST(DaemonDatabaseLocked, AnotherProcessHoldingTheDatabaseDelaysEventsButLosesNone) {
+  Daemon d(TestRoot("locked"), DaemonOptions{1, 5, "t", {}});
+  d.Start();
+  const std::string dataset = d.UploadTestDataset(2);
+  const int steps = 12;
+  const int64_t id = d.Submit(Daemon::TinyConfig(steps, 4), dataset, "waits-for-the-lock");
+  d.WaitFor(id, [](const lorad::v1::Job& j) { return j.state() == lorad::v1::JOB_STATE_RUNNING; }, 120);
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open((d.data_dir() / "lorad.db").c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(other);
+  std::this_thread::sleep_for(std::chrono::seconds(8));
+  // The daemon still answers reads meanwhile (WAL readers are not blocked).
+  EXPECT_FALSE(IsTerminal(d.GetJob(id).state()));
+  ASSERT_EQ(sqlite3_exec(other, "COMMIT", nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(other);
+  sqlite3_close(other);
+  const lorad::v1::Job end = d.WaitFor(id, [](const lorad::v1::Job& j) { return IsTerminal(j.state()); }, 240);
+  ASSERT_EQ(end.state(), lorad::v1::JOB_STATE_SUCCEEDED) << end.reason();
+  const auto events = d.ReadAllEvents(id);
+  ExpectContiguous(events, "the job behind a locked database");
+  std::map<int64_t, int> progress;
+  for (const auto& e : events) {
+    if (e.event().has_progress()) ++progress[e.event().progress().step()];
+  }
+  for (int step = 1; step <= steps; ++step) EXPECT_EQ(progress[step], 1) << "progress of step " << step;
+  const std::string log = [&] {
+    std::ifstream in(d.data_dir() / "logs" / "lorad.log");
+    return std::string((std::istreambuf_iterator<char>(in)), {});
+  }();
+  EXPECT_TRUE(absl::StrContains(log, "recorded after all")) << "the lock never made the daemon retry";
+  EXPECT_EQ(d.Stop(), 0);
+  fs::remove_all(d.data_dir());
 }
 
 }  // namespace
