@@ -142,6 +142,10 @@ void CollectDataPaths(const toml::table& table, std::vector<fs::path>* out) {
 absl::StatusOr<std::string> ApplyOverrides(const std::string& config_toml,
                                            const std::map<std::string, std::string>& overrides) {
   if (overrides.empty()) return config_toml;
+  if (overrides.size() > kMaxOverrides) {
+    return absl::InvalidArgumentError(absl::StrCat("the job carries ", overrides.size(), " overrides; at most ",
+                                                   kMaxOverrides, " are accepted (kohya has about 250 options)"));
+  }
   auto parsed = ParseToml(config_toml, "training config");
   if (!parsed.ok()) return parsed.status();
   toml::table config = std::move(*parsed);

@@ -21,8 +21,13 @@ struct JobRoots {
   std::vector<std::filesystem::path> extra_roots;
 };
 
+// Most structured overrides one submit may carry: kohya has about 250 options,
+// and each override is a TOML parse on an RPC thread.
+inline constexpr size_t kMaxOverrides = 1024;
+
 // Applies structured overrides (kohya key -> TOML value text; a bare word is a
-// string) to a config, replacing the key wherever kohya would read it.
+// string) to a config, replacing the key wherever kohya would read it. More
+// than kMaxOverrides is INVALID_ARGUMENT naming the count and the limit.
 absl::StatusOr<std::string> ApplyOverrides(const std::string& config_toml,
                                            const std::map<std::string, std::string>& overrides);
 

@@ -48,6 +48,28 @@ TEST(PathsTest, ConfinementResolvesDotDotAndSymlinks) {
   fs::remove_all(root);
 }
 
+// From the hardening report (issue 16): 100,000 overrides held an RPC thread
+// past a 30 s deadline, and a config with no kohya key at all was queued.
+TEST(JobConfigTest, OverrideCountIsBoundedAndAConfigWithoutAModelIsRefused) {
+  std::map<std::string, std::string> many;
+  for (size_t i = 0; i <= kMaxOverrides; ++i) many[absl::StrCat("key", i)] = "1";
+  auto refused = ApplyOverrides("", many);
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("1025 overrides; at most 1024"), std::string::npos) << refused.status();
+  many.erase(many.begin());
+  EXPECT_TRUE(ApplyOverrides("", many).ok());
+
+  const lorad::testing::ScopedTempDir root_tmp("lorad_server_test_nomodel");
+  const fs::path root = fs::canonical(root_tmp.path());
+  JobRoots roots{root / "models", root / "datasets", {}};
+  fs::create_directories(roots.datasets_root / "cats");
+  JobConfigInput input{"x = 1\n", "", roots.datasets_root / "cats", root / "jobs" / "1"};
+  auto prepared = PrepareJobConfig(input, roots);
+  ASSERT_EQ(prepared.status().code(), absl::StatusCode::kInvalidArgument) << prepared.status();
+  EXPECT_NE(prepared.status().message().find("pretrained_model_name_or_path"), std::string::npos)
+      << prepared.status();
+}
+
 TEST(JobConfigTest, RewritesPathsForcesOutputAndRefusesEscapes) {
   const lorad::testing::ScopedTempDir root_tmp("lorad_server_test_jobconfig");
   fs::path root = fs::canonical(root_tmp.path());  // symlink-free, as confinement compares
