@@ -261,6 +261,19 @@ absl::StatusOr<torch::Tensor> SafetensorsFile::Get(std::string_view name,
   return stored;
 }
 
+std::optional<torch::Tensor> SafetensorsFile::MappedView(std::string_view name, torch::ScalarType type) const {
+  const TensorInfo* info = Find(name);
+  if (info == nullptr || access_ != Access::kMapped || info->numel() == 0 || !StoredAsIs(info->dtype) ||
+      StorageType(info->dtype) != type) {
+    return std::nullopt;
+  }
+  const uint64_t offset = 8 + header_size_ + info->begin;
+  if (offset % DTypeSize(info->dtype) != 0) return std::nullopt;  // elements must be aligned
+  auto view = StoredBytes(*info, type);
+  if (!view.ok()) return std::nullopt;
+  return *view;
+}
+
 absl::Status SafetensorsFile::ReadInto(std::string_view name, torch::Tensor& dst) const {
   const TensorInfo* info = Find(name);
   if (info == nullptr) return UnknownTensor(name);

@@ -62,6 +62,8 @@ class SafetensorsFile : public TensorSource {
   absl::Status ReadInto(std::string_view name, torch::Tensor& dst) const override;
   // Offset of the tensor's bytes in the data buffer (TensorInfo::begin).
   std::optional<uint64_t> DataOffset(std::string_view name) const override;
+  // kMapped, a dtype stored as LibTorch's `type`, an offset aligned for it.
+  std::optional<torch::Tensor> MappedView(std::string_view name, torch::ScalarType type) const override;
 
   Access access() const { return access_; }
   const Metadata& metadata() const { return metadata_; }

@@ -18,4 +18,8 @@ absl::Status TensorSource::ReadInto(std::string_view name, torch::Tensor& dst) c
 
 std::optional<uint64_t> TensorSource::DataOffset(std::string_view) const { return std::nullopt; }
 
+std::optional<torch::Tensor> TensorSource::MappedView(std::string_view, torch::ScalarType) const {
+  return std::nullopt;
+}
+
 }  // namespace lorad::io

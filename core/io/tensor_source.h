@@ -44,6 +44,13 @@ class TensorSource {
   // file order (sequential reads let the kernel's readahead work on a cold
   // cache); nullopt for an unknown name or a source that has no file order.
   virtual std::optional<uint64_t> DataOffset(std::string_view name) const;
+
+  // A zero-copy CPU view of the tensor, stored exactly as `type`, that shares
+  // the file's memory mapping; nullopt when the source has none for it (not
+  // mapped, another dtype, an unaligned offset, no bytes). Loading aliases
+  // frozen CPU weights with it: nothing is copied or zero-filled, and the page
+  // cache holds the only copy of the weights. The view keeps the mapping alive.
+  virtual std::optional<torch::Tensor> MappedView(std::string_view name, torch::ScalarType type) const;
 };
 
 }  // namespace lorad::io

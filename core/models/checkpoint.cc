@@ -24,10 +24,13 @@ constexpr char kTe1Sd15[] = "cond_stage_model.transformer.";
 constexpr char kTe1Sdxl[] = "conditioner.embedders.0.transformer.";
 constexpr char kTe2Sdxl[] = "conditioner.embedders.1.model.";
 
-// Checkpoints are read streamed: each tensor goes from the page cache straight
-// into its parameter, so loading holds one copy of the weights, not two.
-absl::StatusOr<std::unique_ptr<io::SafetensorsFile>> OpenStreamed(const fs::path& path) {
-  return io::SafetensorsFile::Open(path, io::SafetensorsFile::Access::kStreamed);
+// Checkpoints are memory-mapped: CPU weights in the file's dtype alias the
+// mapping (LoadModuleWeights), so loading copies and zero-fills nothing and the
+// page cache holds the only copy; the others are converted from it. (A
+// checkpoint must not be truncated while a run maps it; replacing the file by
+// a rename, as downloads and lorad's own writers do, is safe.)
+absl::StatusOr<std::unique_ptr<io::SafetensorsFile>> OpenCheckpointFile(const fs::path& path) {
+  return io::SafetensorsFile::Open(path, io::SafetensorsFile::Access::kMapped);
 }
 
 bool HasPrefix(const std::vector<std::string>& sorted, const std::string& prefix) {
@@ -264,14 +267,14 @@ class DiffusersCheckpoint : public Checkpoint {
     const std::vector<std::string> text_files = {"model.safetensors", "model.fp16.safetensors"};
     ASSIGN_OR_RETURN(auto unet_path, FindWeights(dir / "unet", model_files));
     ASSIGN_OR_RETURN(auto vae_path, FindWeights(dir / "vae", model_files));
-    ASSIGN_OR_RETURN(auto unet_file, OpenStreamed(unet_path));
-    ASSIGN_OR_RETURN(auto vae_file, OpenStreamed(vae_path));
+    ASSIGN_OR_RETURN(auto unet_file, OpenCheckpointFile(unet_path));
+    ASSIGN_OR_RETURN(auto vae_file, OpenCheckpointFile(vae_path));
     c->unet_file_ = std::move(unet_file);
     c->vae_file_ = std::move(vae_file);
     for (const char* sub : {"text_encoder", "text_encoder_2"}) {
       if (!fs::exists(dir / sub)) continue;
       ASSIGN_OR_RETURN(auto te_path, FindWeights(dir / sub, text_files));
-      ASSIGN_OR_RETURN(auto te_file, OpenStreamed(te_path));
+      ASSIGN_OR_RETURN(auto te_file, OpenCheckpointFile(te_path));
       c->text_files_.push_back(std::move(te_file));
       c->text_dirs_.push_back(sub);
     }
@@ -443,7 +446,7 @@ CheckpointLayout DefaultLayout(ModelFamily family) {
 absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const fs::path& path) {
   std::error_code ec;
   if (fs::is_directory(path, ec)) return DiffusersCheckpoint::Open(path);
-  ASSIGN_OR_RETURN(auto file, OpenStreamed(path));
+  ASSIGN_OR_RETURN(auto file, OpenCheckpointFile(path));
   return std::unique_ptr<Checkpoint>(new SingleFileCheckpoint(std::move(file)));
 }
 

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/match.h"
+#include "core/base/sha256.h"
 #include "core/base/testing/scoped_temp_dir.h"
 #include "core/common/fixtures.h"
 #include "core/io/safetensors.h"
@@ -92,6 +93,71 @@ TEST_P(TinyCheckpointTest, LoadsAllComponents) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Tiny, TinyCheckpointTest, ::testing::Values("sd15", "sdxl"));
+
+// The address ranges of this process's mappings of `path` (/proc/self/maps).
+std::vector<std::pair<uintptr_t, uintptr_t>> MappingsOf(const fs::path& path) {
+  std::vector<std::pair<uintptr_t, uintptr_t>> ranges;
+  std::ifstream maps("/proc/self/maps");
+  for (std::string line; std::getline(maps, line);) {
+    if (line.size() < path.string().size() || line.compare(line.size() - path.string().size(), std::string::npos,
+                                                            path.string()) != 0) {
+      continue;
+    }
+    uintptr_t begin = 0, end = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx", &begin, &end) == 2) ranges.emplace_back(begin, end);
+  }
+  return ranges;
+}
+
+// Weights in the file's own dtype alias the checkpoint's mapping (issue 16:
+// loading within 2x of a plain read; it copies and zero-fills nothing), writes
+// to them stay private to the process, and converted weights own their memory.
+TEST(CheckpointLoading, WeightsInTheFilesDtypeAliasTheMappingAndWritesStayPrivate) {
+  const lorad::testing::ScopedTempDir dir("lorad_models_alias");
+  const fs::path path = fs::canonical(dir.path()) / "aliased.safetensors";
+  fs::copy_file(FixturePath("tiny_sd15.safetensors"), path);
+  auto before = Sha256File(path);
+  ASSERT_TRUE(before.ok());
+  auto ckpt = Checkpoint::Open(path);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  std::string stored;
+  int64_t most = -1;
+  for (const auto& [name, count] : (*ckpt)->DTypeCounts()) {
+    if (count > most) most = count, stored = name;
+  }
+  LoadOptions same;
+  same.dtype = stored == "F16" ? torch::kFloat16 : stored == "BF16" ? torch::kBFloat16 : torch::kFloat32;
+  auto sd = LoadStableDiffusion(path, same);
+  ASSERT_TRUE(sd.ok()) << sd.status();
+  const auto ranges = MappingsOf(path);
+  ASSERT_FALSE(ranges.empty()) << "the checkpoint is not mapped after the load";
+  auto in_mapping = [&](const torch::Tensor& t) {
+    const auto at = reinterpret_cast<uintptr_t>(t.data_ptr());
+    for (const auto& [b, e] : ranges) {
+      if (at >= b && at < e) return true;
+    }
+    return false;
+  };
+  int aliased = 0, total = 0;
+  for (const auto& p : sd->unet->parameters()) {
+    ++total;
+    aliased += in_mapping(p);
+  }
+  EXPECT_EQ(aliased, total) << "UNet parameters that alias the file";
+  for (const auto& p : sd->text_encoders[0]->parameters()) EXPECT_TRUE(in_mapping(p) || p.numel() == 0);
+  {
+    torch::NoGradGuard no_grad;
+    sd->unet->parameters()[0].add_(1.0);  // copy-on-write: the file is untouched
+  }
+  EXPECT_EQ(*Sha256File(path), *before);
+  // Another dtype is a conversion: those weights own their memory.
+  LoadOptions other = same;
+  other.dtype = same.dtype == torch::kFloat32 ? torch::kBFloat16 : torch::kFloat32;
+  other.load_vae = other.load_text_encoders = false;
+  auto converted = LoadStableDiffusion(path, other);
+  ASSERT_TRUE(converted.ok()) << converted.status();
+  for (const auto& p : converted->unet->parameters()) EXPECT_FALSE(in_mapping(p));
+}
 
 // Writes tiny_sd15 with `edit` applied and returns the load error.
 absl::Status LoadEdited(const std::string& name, const std::function<void(io::NamedTensors&)>& edit,

@@ -63,6 +63,14 @@ absl::Status RenamedTensorSource::ReadInto(std::string_view name, torch::Tensor&
   return base_->ReadInto(e->base_name, dst);
 }
 
+std::optional<torch::Tensor> RenamedTensorSource::MappedView(std::string_view name, torch::ScalarType type) const {
+  const Entry* e = Find(name);
+  if (e == nullptr) return std::nullopt;
+  auto view = base_->MappedView(e->base_name, type);
+  if (!view) return std::nullopt;
+  return view->reshape(e->shape);
+}
+
 std::optional<uint64_t> RenamedTensorSource::DataOffset(std::string_view name) const {
   const Entry* e = Find(name);
   if (e == nullptr) return std::nullopt;
@@ -92,6 +100,12 @@ absl::Status LoadModuleWeights(torch::nn::Module& module, const io::TensorSource
     if (c10::IntArrayRef(*shape) != dst.sizes()) {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", key, "' has shape ", ShapeString(*shape),
                                                      ", the model expects ", ShapeString(dst.sizes())));
+    }
+    if (dst.device().is_cpu() && dst.is_contiguous()) {
+      if (auto view = source.MappedView(key, dst.scalar_type())) {
+        dst.set_data(view->reshape(dst.sizes()));  // the parameter now aliases the mapping
+        continue;
+      }
     }
     RETURN_IF_ERROR(source.ReadInto(key, dst));
   }

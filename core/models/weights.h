@@ -41,6 +41,8 @@ class RenamedTensorSource : public io::TensorSource {
   // straight into dst, in file order).
   absl::Status ReadInto(std::string_view name, torch::Tensor& dst) const override;
   std::optional<uint64_t> DataOffset(std::string_view name) const override;
+  // The base's view, reshaped to the exposed shape.
+  std::optional<torch::Tensor> MappedView(std::string_view name, torch::ScalarType type) const override;
 
   // The base name behind an exposed name; nullopt for an unknown name.
   std::optional<std::string> BaseName(std::string_view name) const;
@@ -54,7 +56,9 @@ class RenamedTensorSource : public io::TensorSource {
 
 // Copies `source[prefix + name]` into every parameter and buffer of `module`,
 // in the source's file order (TensorSource::DataOffset) and through
-// TensorSource::ReadInto. A missing key or a shape mismatch is an error naming the key.
+// TensorSource::ReadInto; a contiguous CPU tensor whose dtype the file stores
+// as is becomes a view of the file's mapping instead (TensorSource::MappedView).
+// A missing key or a shape mismatch is an error naming the key.
 absl::Status LoadModuleWeights(torch::nn::Module& module, const io::TensorSource& source, const std::string& prefix);
 
 // The parameter names and shapes of `module` (buffers included), prefixed.

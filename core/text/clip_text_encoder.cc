@@ -6,6 +6,7 @@
 #include "absl/strings/str_join.h"
 #include "core/base/status_macros.h"
 #include "core/common/torch_compat.h"
+#include "core/nn/layer.h"
 
 namespace lorad::text {
 
@@ -78,7 +79,9 @@ torch::Tensor ClipLayerNormImpl::forward(const torch::Tensor& x) {
 ClipEmbeddingImpl::ClipEmbeddingImpl(int64_t num, int64_t dim, const torch::TensorOptions& options) {
   const auto o = WithDtype(options);
   weight = register_parameter("weight", torch::empty({num, dim}, o));
-  if (!IsMeta(o)) {
+  // Under NoInitGuard the checkpoint overwrites it: drawing 38M normals for
+  // SDXL's token embeddings was most of a text encoder's load time.
+  if (!IsMeta(o) && !nn::NoInitGuard::active()) {
     torch::NoGradGuard no_grad;
     weight.normal_(0.0, 0.02);
   }
@@ -404,6 +407,18 @@ absl::Status LoadClipTextWeights(ClipTextEncoderImpl& encoder, const io::TensorS
       }
       auto* param = params.find(b.param);
       if (param == nullptr) return absl::InternalError(absl::StrCat("CLIP module lacks parameter ", b.param));
+      if (b.row_offset < 0 && !b.transpose) {
+        // A CPU parameter in the file's dtype aliases the file's mapping;
+        // otherwise the bytes go straight into the parameter.
+        if (param->device().is_cpu() && param->is_contiguous()) {
+          if (auto view = source.MappedView(key, param->scalar_type())) {
+            param->set_data(view->reshape(param->sizes()));
+            continue;
+          }
+        }
+        RETURN_IF_ERROR(source.ReadInto(key, *param));
+        continue;
+      }
       ASSIGN_OR_RETURN(auto value, source.Get(key));
       if (b.row_offset >= 0) value = value.narrow(0, b.row_offset, param->size(0));
       if (b.transpose) value = value.t();
