@@ -38,11 +38,6 @@ fs::path TestRoot(const std::string& name) {
   return fs::temp_directory_path() / absl::StrCat("lorad_fault_", getpid(), "_", name);
 }
 
-void ExpectContiguous(const std::vector<JobEvent>& events, const std::string& what) {
-  for (size_t i = 0; i < events.size(); ++i) {
-    ASSERT_EQ(events[i].seq(), static_cast<int64_t>(i) + 1) << what << ": gap or duplicate at index " << i;
-  }
-}
 
 std::vector<lorad::v1::Job> ListJobs(Daemon& d) {
   lorad::v1::ListJobsRequest request;
@@ -244,7 +239,7 @@ TEST(DaemonFaultMatrix, Kill9AtTwentyMomentsLosesNothingRecorded) {
         d.WaitFor(job.id(), [](const lorad::v1::Job& j) { return IsTerminal(j.state()); }, 300);
     EXPECT_EQ(end.state(), lorad::v1::JOB_STATE_SUCCEEDED) << "job " << job.id() << ": " << end.reason();
     const auto events = d.ReadAllEvents(job.id());
-    ExpectContiguous(events, absl::StrCat("job ", job.id()));
+    ExpectContiguous(events, 1, absl::StrCat("job ", job.id()));
     // An attempt after the first resumes from the newest state recorded before it.
     int64_t newest_state = 0;
     for (const auto& e : events) {
@@ -353,21 +348,10 @@ TEST(DaemonDiskFull, AJobOnAFullDiskFailsAndItsEndIsRecordedOnceSpaceReturns) {
   const std::string dataset = d.UploadTestDataset(2);
   const int64_t id = d.Submit(Daemon::TinyConfig(400, 1), dataset, "fills-the-disk");
   // Training has begun: the first progress event is recorded.
-  std::vector<JobEvent> before;
-  {
-    auto ctx = d.client().Context(true);
-    lorad::v1::StreamEventsRequest request;
-    request.set_job_id(id);
-    auto reader = d.client().stub()->StreamEvents(ctx.get(), request);
-    JobEvent e;
-    while (reader->Read(&e)) {
-      before.push_back(e);
-      if (e.event().has_progress()) break;
-      ASSERT_FALSE(e.event().has_finished()) << "the job ended before it trained";
-    }
-    ctx->TryCancel();
-    reader->Finish();
-  }
+  const std::vector<JobEvent> before =
+      d.ReadEventsUntil(id, [](const lorad::v1::Event& e) { return e.has_progress(); });
+  ASSERT_FALSE(before.empty());
+  ASSERT_TRUE(before.back().event().has_progress()) << "the job ended before it trained";
   const fs::path filler = root / "filler.bin";
   const int64_t filled = FillDisk(filler);
   std::fprintf(stderr, "filled the tmpfs with %lld bytes\n", static_cast<long long>(filled));
@@ -389,7 +373,7 @@ TEST(DaemonDiskFull, AJobOnAFullDiskFailsAndItsEndIsRecordedOnceSpaceReturns) {
   EXPECT_TRUE(absl::StrContains(end.reason(), "is full") || absl::StrContains(end.reason(), "No space left"))
       << end.reason();
   const auto events = d.ReadAllEvents(id);
-  ExpectContiguous(events, "the job on a full disk");
+  ExpectContiguous(events, 1, "the job on a full disk");
   ASSERT_GE(events.size(), before.size());
   for (size_t i = 0; i < before.size(); ++i) {
     EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(events[i], before[i])) << "event " << i << " changed";
@@ -426,7 +410,7 @@ TEST(DaemonDatabaseLocked, AnotherProcessHoldingTheDatabaseDelaysEventsButLosesN
   const lorad::v1::Job end = d.WaitFor(id, [](const lorad::v1::Job& j) { return IsTerminal(j.state()); }, 240);
   ASSERT_EQ(end.state(), lorad::v1::JOB_STATE_SUCCEEDED) << end.reason();
   const auto events = d.ReadAllEvents(id);
-  ExpectContiguous(events, "the job behind a locked database");
+  ExpectContiguous(events, 1, "the job behind a locked database");
   std::map<int64_t, int> progress;
   for (const auto& e : events) {
     if (e.event().has_progress()) ++progress[e.event().progress().step()];

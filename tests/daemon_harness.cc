@@ -203,6 +203,30 @@ std::vector<lorad::v1::JobEvent> Daemon::ReadAllEvents(int64_t job_id, int64_t a
   return events;
 }
 
+std::vector<lorad::v1::JobEvent> Daemon::ReadEventsUntil(
+    int64_t job_id, const std::function<bool(const lorad::v1::Event&)>& stop) {
+  auto ctx = client_->Context(true);
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(5));
+  lorad::v1::StreamEventsRequest request;
+  request.set_job_id(job_id);
+  auto reader = client_->stub()->StreamEvents(ctx.get(), request);
+  std::vector<lorad::v1::JobEvent> events;
+  lorad::v1::JobEvent event;
+  while (reader->Read(&event)) {
+    events.push_back(event);
+    if (stop(event.event()) || event.event().has_finished()) break;
+  }
+  ctx->TryCancel();
+  reader->Finish();
+  return events;
+}
+
+void ExpectContiguous(const std::vector<lorad::v1::JobEvent>& events, int64_t first, const std::string& what) {
+  for (size_t i = 0; i < events.size(); ++i) {
+    ASSERT_EQ(events[i].seq(), first + static_cast<int64_t>(i)) << what << ": gap or duplicate at index " << i;
+  }
+}
+
 std::string Daemon::UploadTestDataset(int images) {
   const fs::path local = data_dir_.parent_path() / (data_dir_.filename().string() + "-local-dataset");
   fs::remove_all(local);

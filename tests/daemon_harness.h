@@ -63,6 +63,10 @@ class Daemon {
                          double timeout_s);
   // Reads the whole event stream (follow until the job ends).
   std::vector<lorad::v1::JobEvent> ReadAllEvents(int64_t job_id, int64_t after_seq = 0);
+  // Follows the job's events from its first until `stop(event)` holds (that
+  // event included) or the job ends; a test that needs `stop` checks the last.
+  std::vector<lorad::v1::JobEvent> ReadEventsUntil(int64_t job_id,
+                                                   const std::function<bool(const lorad::v1::Event&)>& stop);
   std::string UploadTestDataset(int images);
 
  private:
@@ -74,5 +78,10 @@ class Daemon {
 };
 
 bool IsTerminal(lorad::v1::JobState state);
+
+// Asserts that `events` have the sequence numbers first, first + 1, ...; `what`
+// names the stream in the failure.
+void ExpectContiguous(const std::vector<lorad::v1::JobEvent>& events, int64_t first = 1,
+                      const std::string& what = "");
 
 }  // namespace lorad::tests

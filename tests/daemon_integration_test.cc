@@ -34,11 +34,6 @@ std::string ReadFile(const fs::path& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-void ExpectContiguous(const std::vector<JobEvent>& events, int64_t first = 1) {
-  for (size_t i = 0; i < events.size(); ++i) {
-    ASSERT_EQ(events[i].seq(), first + static_cast<int64_t>(i)) << "gap or duplicate at index " << i;
-  }
-}
 
 // One daemon with two slots shared by the tests that do not restart it.
 class DaemonTest : public ::testing::Test {
@@ -653,22 +648,12 @@ TEST(DaemonRestartTest, Kill9MidTrainingResumesFromLastState) {
   const std::string dataset = d.UploadTestDataset(3);
   const int64_t id = d.Submit(Daemon::TinyConfig(16, 4), dataset, "survivor");
   // Wait for a saved state past step 4, then pull the plug.
-  std::vector<JobEvent> before;
-  {
-    auto ctx = d.client().Context(true);
-    lorad::v1::StreamEventsRequest request;
-    request.set_job_id(id);
-    auto reader = d.client().stub()->StreamEvents(ctx.get(), request);
-    JobEvent e;
-    while (reader->Read(&e)) {
-      before.push_back(e);
-      if (e.event().has_checkpoint() && e.event().checkpoint().kind() == lorad::v1::ARTIFACT_KIND_STATE) break;
-      ASSERT_FALSE(e.event().has_finished()) << "job ended before a state was saved";
-    }
-    d.Kill9();
-    ctx->TryCancel();
-    reader->Finish();
-  }
+  const std::vector<JobEvent> before = d.ReadEventsUntil(id, [](const lorad::v1::Event& e) {
+    return e.has_checkpoint() && e.checkpoint().kind() == lorad::v1::ARTIFACT_KIND_STATE;
+  });
+  d.Kill9();
+  ASSERT_FALSE(before.empty());
+  ASSERT_FALSE(before.back().event().has_finished()) << "job ended before a state was saved";
   ASSERT_GE(before.back().event().checkpoint().step(), 4);
   d.Start();
   lorad::v1::Job job = d.WaitFor(id, [](const lorad::v1::Job& j) { return IsTerminal(j.state()); }, 240);

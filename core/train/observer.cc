@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
@@ -133,7 +134,8 @@ void ProgressBarObserver::OnFinish(const RunFinished& result) {
       break;
     case RunOutcome::kFailed:
       WriteLine(absl::StrFormat("FAILED at step %d: %s%s", result.final_step, result.reason,
-                                result.final_lora_path.empty()
+                                // A reason that already names it (Run::Fail's) is not repeated.
+                                result.final_lora_path.empty() || absl::StrContains(result.reason, result.final_lora_path)
                                     ? std::string()
                                     : absl::StrCat(" (last good LoRA: ", result.final_lora_path, ")")),
                 true);
