@@ -1,9 +1,19 @@
 #include "client/client.h"
 
-#include <cstdlib>
-#include <fstream>
+#include <fcntl.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <fstream>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "core/base/sha256.h"
 
 namespace lorad::client {
@@ -16,6 +26,136 @@ std::string ReadFile(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
+// The .part file of a fetch, appended to with plain write(2): no user-space
+// buffer to copy through, no flush or fsync per chunk, and every short write
+// or error reported (a lost write would otherwise pass the checksum, which is
+// taken over the bytes received, not the bytes stored).
+class PartFile {
+ public:
+  PartFile() = default;
+  PartFile(const PartFile&) = delete;
+  PartFile& operator=(const PartFile&) = delete;
+  ~PartFile() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+
+  absl::Status Open(const fs::path& path) {
+    path_ = path.string();
+    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd_ < 0) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path_, ": ", std::strerror(errno)));
+    return absl::OkStatus();
+  }
+
+  absl::Status Append(std::string_view bytes) {
+    while (!bytes.empty()) {
+      const ssize_t n = ::write(fd_, bytes.data(), bytes.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == ENOSPC || errno == EDQUOT)) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat("writing ", path_, ": ", std::strerror(errno), "; free space and fetch again (it resumes)"));
+      }
+      if (n <= 0) {
+        return absl::InternalError(
+            absl::StrCat("writing ", path_, ": ", n < 0 ? std::strerror(errno) : "nothing written"));
+      }
+      bytes.remove_prefix(static_cast<size_t>(n));
+    }
+    return absl::OkStatus();
+  }
+
+  // Reports errors that only show at close (NFS, quota).
+  absl::Status Close() {
+    const int fd = fd_;
+    fd_ = -1;
+    if (fd >= 0 && ::close(fd) != 0) {
+      return absl::ResourceExhaustedError(absl::StrCat("closing ", path_, ": ", std::strerror(errno)));
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
+
+// Hashes chunks on a thread of its own, in the order they are added, so the
+// receiving thread only reads and writes. At most kMaxQueued chunks wait: that
+// bounds memory, and a full queue stops the reads, which slows the daemon to
+// the hash's pace through gRPC flow control. Hashed buffers come back through
+// SpareBuffer() for the next read, so a long fetch allocates a handful of
+// chunk buffers, not one per chunk.
+class ChunkHasher {
+ public:
+  explicit ChunkHasher(lorad::Sha256 hash) : hash_(std::move(hash)), thread_([this] { Run(); }) {}
+  ChunkHasher(const ChunkHasher&) = delete;
+  ChunkHasher& operator=(const ChunkHasher&) = delete;
+  // Stops without hashing what is still queued (HexDigest drains first).
+  ~ChunkHasher() {
+    {
+      absl::MutexLock lock(&mu_);
+      closing_ = true;
+    }
+    thread_.join();
+  }
+
+  // Queues `bytes` for hashing; blocks while kMaxQueued chunks are waiting.
+  void Add(std::string bytes) {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(this, &ChunkHasher::HasRoom));
+    queue_.push_back(std::move(bytes));
+  }
+
+  // A hashed buffer to reuse (empty if none is free yet).
+  std::string SpareBuffer() {
+    absl::MutexLock lock(&mu_);
+    if (spare_.empty()) return std::string();
+    std::string buffer = std::move(spare_.back());
+    spare_.pop_back();
+    return buffer;
+  }
+
+  // Waits until every added chunk is hashed, then finishes the hash; call once.
+  std::string HexDigest() {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(this, &ChunkHasher::Drained));
+    return hash_.HexDigest();
+  }
+
+ private:
+  static constexpr size_t kMaxQueued = 4;
+
+  bool HasRoom() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return queue_.size() < kMaxQueued; }
+  bool Drained() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return queue_.empty() && !hashing_; }
+  bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !queue_.empty() || closing_; }
+
+  void Run() {
+    absl::MutexLock lock(&mu_);
+    while (true) {
+      mu_.Await(absl::Condition(this, &ChunkHasher::HasWork));
+      if (closing_) return;  // the fetch ended early: what is queued no longer counts
+      std::string bytes = std::move(queue_.front());
+      queue_.pop_front();
+      hashing_ = true;
+      mu_.Unlock();
+      // hash_ is only touched here while hashing_ is set; HexDigest waits for it.
+      hash_.Update(bytes);
+      mu_.Lock();
+      hashing_ = false;
+      if (spare_.size() < kMaxQueued) {
+        bytes.clear();  // keeps the capacity
+        spare_.push_back(std::move(bytes));
+      }
+    }
+  }
+
+  absl::Mutex mu_;
+  lorad::Sha256 hash_;  // written by the hashing thread only, read once drained
+  std::deque<std::string> queue_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> spare_ ABSL_GUARDED_BY(mu_);
+  bool hashing_ ABSL_GUARDED_BY(mu_) = false;
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;  // last: starts after the members it uses exist
+};
 
 }  // namespace
 
@@ -129,8 +269,12 @@ absl::Status Client::FetchArtifact(const lorad::v1::Artifact& artifact, const fs
       left -= in.gcount();
     }
   }
-  std::ofstream out(part, std::ios::binary | std::ios::app);
-  if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", part.string()));
+  PartFile out;
+  if (auto s = out.Open(part); !s.ok()) return s;
+  // From here the hash runs on its own thread: the tree's SHA-256 is the slowest
+  // stage of a fetch, several times slower than the stream, so it should never
+  // wait on a network read or a file write.
+  ChunkHasher hasher(std::move(hash));
   auto ctx = Context(true);
   lorad::v1::FetchArtifactRequest request;
   request.set_artifact_id(artifact.id());
@@ -140,29 +284,37 @@ absl::Status Client::FetchArtifact(const lorad::v1::Artifact& artifact, const fs
   lorad::v1::ArtifactChunk chunk;
   std::string server_sha;
   int64_t received = 0;
-  while (reader->Read(&chunk)) {
+  while (true) {
+    // Parse into a buffer the hasher has finished with: its capacity is reused.
+    *chunk.mutable_data() = hasher.SpareBuffer();
+    if (!reader->Read(&chunk)) break;
+    absl::Status failed;
     if (chunk.offset() != offset) {
+      failed = absl::DataLossError(absl::StrCat("chunk at offset ", chunk.offset(), ", expected ", offset));
+    } else {
+      failed = out.Append(chunk.data());
+    }
+    if (!failed.ok()) {
       ctx->TryCancel();
       reader->Finish();
-      return absl::DataLossError(absl::StrCat("chunk at offset ", chunk.offset(), ", expected ", offset));
+      return failed;  // the .part holds a prefix of the file: the next fetch resumes from its end
     }
-    out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
-    hash.Update(chunk.data());
-    offset += static_cast<int64_t>(chunk.data().size());
-    received += static_cast<int64_t>(chunk.data().size());
+    const auto size = static_cast<int64_t>(chunk.data().size());
+    hasher.Add(std::move(*chunk.mutable_data()));
+    offset += size;
+    received += size;
     if (progress) progress(offset, chunk.total_bytes());
     if (chunk.last()) server_sha = chunk.sha256();
     if (stop_after_bytes > 0 && received >= stop_after_bytes && !chunk.last()) {
-      out.close();
       ctx->TryCancel();
       reader->Finish();
       return absl::AbortedError(absl::StrCat("stopped after ", received, " bytes (as asked)"));
     }
   }
-  out.close();
   grpc::Status status = reader->Finish();
   if (!status.ok()) return FromGrpc(status);  // keep the .part: the next fetch resumes
-  const std::string local_sha = hash.HexDigest();
+  if (auto s = out.Close(); !s.ok()) return s;
+  const std::string local_sha = hasher.HexDigest();
   if (server_sha.empty() || local_sha != server_sha) {
     fs::remove(part, ec);
     return absl::DataLossError(absl::StrCat("sha256 mismatch for ", artifact.name(), ": got ", local_sha,

@@ -41,6 +41,7 @@ class Client {
   // Downloads an artifact to `target`, resuming from `target`.part when present,
   // verifying the final sha256; renames into place on success. DATA_LOSS on a
   // checksum mismatch (the .part file is removed so the next try starts over).
+  // The checksum is computed on a second thread while chunks arrive.
   // `stop_after_bytes` > 0 aborts after that many bytes (tests interrupt with it).
   absl::Status FetchArtifact(const lorad::v1::Artifact& artifact, const std::filesystem::path& target,
                              int64_t stop_after_bytes = 0,
