@@ -1,5 +1,10 @@
 #include "core/base/sha256.h"
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
+
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -22,7 +27,7 @@ constexpr std::array<uint32_t, 64> kK = {
 
 inline uint32_t Rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
 
-void Compress(std::array<uint32_t, 8>& h, const uint8_t* block) {
+void CompressPortable(std::array<uint32_t, 8>& h, const uint8_t* block) {
   uint32_t w[64];
   for (int i = 0; i < 16; ++i) {
     w[i] = (uint32_t(block[4 * i]) << 24) | (uint32_t(block[4 * i + 1]) << 16) | (uint32_t(block[4 * i + 2]) << 8) |
@@ -51,6 +56,59 @@ void Compress(std::array<uint32_t, 8>& h, const uint8_t* block) {
     a = t1 + t2;
   }
   h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += hh;
+}
+
+#if defined(__x86_64__)
+// The x86 SHA extensions (Intel since Goldmont/Ice Lake, AMD since Zen): about
+// 6x the portable rounds, which bounded a verified FetchArtifact at ~270 MiB/s.
+// The state is kept as ABEF / CDGH, the layout sha256rnds2 works on.
+__attribute__((target("sha,sse4.1,ssse3"))) void CompressShaNi(std::array<uint32_t, 8>& h, const uint8_t* block) {
+  const __m128i byte_swap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+  __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(&h[0])), 0xB1);  // CDAB
+  __m128i state1 = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(&h[4])), 0x1B);  // EFGH
+  __m128i state0 = _mm_alignr_epi8(tmp, state1, 8);  // ABEF
+  state1 = _mm_blend_epi16(state1, tmp, 0xF0);       // CDGH
+  const __m128i abef = state0, cdgh = state1;
+  __m128i msg[4];
+  for (int i = 0; i < 4; ++i) {
+    msg[i] = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 16 * i)), byte_swap);
+  }
+  for (int i = 0; i < 16; ++i) {  // 4 rounds each, on W[4i..4i+3]
+    __m128i wk = _mm_add_epi32(msg[i % 4], _mm_loadu_si128(reinterpret_cast<const __m128i*>(&kK[4 * i])));
+    state1 = _mm_sha256rnds2_epu32(state1, state0, wk);
+    state0 = _mm_sha256rnds2_epu32(state0, state1, _mm_shuffle_epi32(wk, 0x0E));
+    if (i < 12) {
+      // W[4i+16..4i+19] = W[t-16] + s0(W[t-15]) + W[t-7] + s1(W[t-2]).
+      __m128i next = _mm_sha256msg1_epu32(msg[i % 4], msg[(i + 1) % 4]);
+      next = _mm_add_epi32(next, _mm_alignr_epi8(msg[(i + 3) % 4], msg[(i + 2) % 4], 4));
+      msg[i % 4] = _mm_sha256msg2_epu32(next, msg[(i + 3) % 4]);
+    }
+  }
+  state0 = _mm_add_epi32(state0, abef);
+  state1 = _mm_add_epi32(state1, cdgh);
+  tmp = _mm_shuffle_epi32(state0, 0x1B);          // FEBA
+  state1 = _mm_shuffle_epi32(state1, 0xB1);       // DCHG
+  state0 = _mm_blend_epi16(tmp, state1, 0xF0);    // DCBA
+  state1 = _mm_alignr_epi8(state1, tmp, 8);       // HGFE
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(&h[0]), state0);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(&h[4]), state1);
+}
+
+bool CpuHasShaNi() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
+  const bool ssse3_sse41 = (ecx & (1u << 9)) != 0 && (ecx & (1u << 19)) != 0;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  return ssse3_sse41 && (ebx & (1u << 29)) != 0;
+}
+#endif
+
+void Compress(std::array<uint32_t, 8>& h, const uint8_t* block) {
+#if defined(__x86_64__)
+  static const bool sha_ni = CpuHasShaNi();
+  if (sha_ni) return CompressShaNi(h, block);
+#endif
+  CompressPortable(h, block);
 }
 
 }  // namespace
