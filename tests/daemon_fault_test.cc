@@ -396,11 +396,13 @@ TEST(DaemonDatabaseLocked, AnotherProcessHoldingTheDatabaseDelaysEventsButLosesN
   Daemon d(TestRoot("locked"), DaemonOptions{1, 5, "t", {}});
   d.Start();
   const std::string dataset = d.UploadTestDataset(2);
-  const int steps = 12;
-  const int64_t id = d.Submit(Daemon::TinyConfig(steps, 4), dataset, "waits-for-the-lock");
+  // Long enough that the job is still training when the lock is taken on a busy machine.
+  const int steps = 40;
+  const int64_t id = d.Submit(Daemon::TinyConfig(steps, 10), dataset, "waits-for-the-lock");
   d.WaitFor(id, [](const lorad::v1::Job& j) { return j.state() == lorad::v1::JOB_STATE_RUNNING; }, 120);
   sqlite3* other = nullptr;
   ASSERT_EQ(sqlite3_open((d.data_dir() / "lorad.db").c_str(), &other), SQLITE_OK);
+  sqlite3_busy_timeout(other, 30000);  // the daemon may be mid-commit at this instant
   ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(other);
   std::this_thread::sleep_for(std::chrono::seconds(8));
   // The daemon still answers reads meanwhile (WAL readers are not blocked).
