@@ -27,12 +27,12 @@ namespace lorad::io {
 // Two access patterns, chosen at Open:
 //  - kMapped: the file is memory-mapped; Get returns zero-copy views of the
 //    mapping that keep it alive (it is private copy-on-write, so writing to a
-//    view never changes the file). For fixtures, LoRA files, caches.
+//    view never changes the file). For checkpoints (CPU weights in the file's
+//    dtype alias the mapping: MappedView), LoRA files, fixtures, caches.
 //  - kStreamed: nothing but the header is held; Get returns a fresh tensor
 //    read with pread, and ReadInto reads straight into the caller's tensor when
 //    dtype and layout allow (else through one tensor-sized staging buffer).
-//    For checkpoints: the page cache, not the process, holds the file, so
-//    loading a model keeps one copy of the weights in memory.
+//    For files that may change while they are read.
 // Both patterns validate the header with the same parser (ParseSafetensorsHeader).
 // Thread-safe for concurrent reads.
 class SafetensorsFile : public TensorSource {
