@@ -22,4 +22,14 @@ std::optional<torch::Tensor> TensorSource::MappedView(std::string_view, torch::S
   return std::nullopt;
 }
 
+absl::Status AliasOrReadInto(const TensorSource& source, std::string_view name, torch::Tensor& dst) {
+  if (dst.device().is_cpu() && dst.is_contiguous()) {
+    if (auto view = source.MappedView(name, dst.scalar_type())) {
+      dst.set_data(view->reshape(dst.sizes()));  // dst now aliases the mapping
+      return absl::OkStatus();
+    }
+  }
+  return source.ReadInto(name, dst);
+}
+
 }  // namespace lorad::io

@@ -53,4 +53,9 @@ class TensorSource {
   virtual std::optional<torch::Tensor> MappedView(std::string_view name, torch::ScalarType type) const;
 };
 
+// Fills `dst` (a model's weight) from `source[name]`: a contiguous CPU `dst`
+// becomes an alias of the file's mapping when MappedView offers one (set_data),
+// anything else is read with ReadInto. Errors as ReadInto.
+absl::Status AliasOrReadInto(const TensorSource& source, std::string_view name, torch::Tensor& dst);
+
 }  // namespace lorad::io

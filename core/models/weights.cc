@@ -101,13 +101,7 @@ absl::Status LoadModuleWeights(torch::nn::Module& module, const io::TensorSource
       return absl::InvalidArgumentError(absl::StrCat("tensor '", key, "' has shape ", ShapeString(*shape),
                                                      ", the model expects ", ShapeString(dst.sizes())));
     }
-    if (dst.device().is_cpu() && dst.is_contiguous()) {
-      if (auto view = source.MappedView(key, dst.scalar_type())) {
-        dst.set_data(view->reshape(dst.sizes()));  // the parameter now aliases the mapping
-        continue;
-      }
-    }
-    RETURN_IF_ERROR(source.ReadInto(key, dst));
+    RETURN_IF_ERROR(io::AliasOrReadInto(source, key, dst));
   }
   return absl::OkStatus();
 }

@@ -408,15 +408,7 @@ absl::Status LoadClipTextWeights(ClipTextEncoderImpl& encoder, const io::TensorS
       auto* param = params.find(b.param);
       if (param == nullptr) return absl::InternalError(absl::StrCat("CLIP module lacks parameter ", b.param));
       if (b.row_offset < 0 && !b.transpose) {
-        // A CPU parameter in the file's dtype aliases the file's mapping;
-        // otherwise the bytes go straight into the parameter.
-        if (param->device().is_cpu() && param->is_contiguous()) {
-          if (auto view = source.MappedView(key, param->scalar_type())) {
-            param->set_data(view->reshape(param->sizes()));
-            continue;
-          }
-        }
-        RETURN_IF_ERROR(source.ReadInto(key, *param));
+        RETURN_IF_ERROR(io::AliasOrReadInto(source, key, *param));
         continue;
       }
       ASSIGN_OR_RETURN(auto value, source.Get(key));
