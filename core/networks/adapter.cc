@@ -152,6 +152,8 @@ absl::Status Adapter::LoadStateDict(const std::map<std::string, torch::Tensor>& 
     auto src = tensors.at(key);
     param.copy_(src.to(param.device(), param.scalar_type()));
   }
+  // Saved files hold the scalar folded in (LyCORIS resets it on load too).
+  scalar_ = 1.0;
   if (auto it = tensors.find("alpha"); it != tensors.end()) {
     const double a = it->second.to(torch::kFloat64).item<double>();
     alpha_ = a == 0.0 ? static_cast<double>(spec_.dim) : a;

@@ -78,6 +78,16 @@ class Adapter : public nn::LayerAdapter {
   // Parameters LoRA+ treats as "up" (lora_up, hada_w*_a, lokr_w*... per kohya/LyCORIS naming).
   virtual std::vector<torch::Tensor> UpParameters() const = 0;
 
+  // Max-norm regularisation (`scale_weight_norms`) shrinks the delta by `ratio`
+  // (< 1) the way the network module does it. kohya networks.lora: lora_up and
+  // lora_down times sqrt(ratio) (apply_max_norm_regularization). LyCORIS
+  // (lycoris/modules/*.py apply_max_norm): LoCon and LoHa multiply their
+  // non-trained `scalar`, which the saved file folds into the first factor;
+  // LoKr multiplies each of its n factors by ratio^(1/n).
+  virtual void ScaleDelta(double ratio, NetworkModule module) { scalar_ *= ratio; }
+  // LyCORIS' scalar (1 until a max-norm pass scales it; reset to 1 by LoadStateDict).
+  double scalar() const { return scalar_; }
+
  protected:
   // Non-DoRA training forward: base(x) + adapter path * multiplier.
   virtual torch::Tensor ForwardDelta(const torch::Tensor& x, const nn::LayerImpl& layer, bool training) = 0;
@@ -101,6 +111,7 @@ class Adapter : public nn::LayerAdapter {
   double alpha_ = 1.0;
   double scale_ = 1.0;
   double multiplier_ = 1.0;
+  double scalar_ = 1.0;
   torch::Tensor dora_scale_;
   std::shared_ptr<DropoutRng> rng_;
 };

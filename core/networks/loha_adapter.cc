@@ -51,7 +51,10 @@ class LohaAdapter : public RebuiltDeltaAdapter {
   io::NamedTensors StateDict() const override {
     io::NamedTensors out;
     AppendCommonState(&out);
-    for (auto& [k, v] : LoadableTensors()) out.emplace_back(k, v.detach());
+    for (auto& [k, v] : LoadableTensors()) {
+      // LyCORIS' custom_state_dict: the max-norm scalar folded into hada_w1_a.
+      out.emplace_back(k, k == "hada_w1_a" && scalar_ != 1.0 ? v.detach() * scalar_ : v.detach());
+    }
     return out;
   }
 
@@ -62,7 +65,7 @@ class LohaAdapter : public RebuiltDeltaAdapter {
     } else {
       w = w1a_.matmul(w1b_) * w2a_.matmul(w2b_);
     }
-    return ToWeightShape(w, weight_shape_) * scale_;
+    return ToWeightShape(w, weight_shape_) * (scale_ * scalar_);
   }
 
   std::vector<torch::Tensor> UpParameters() const override { return {w1a_, w2a_}; }

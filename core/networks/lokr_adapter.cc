@@ -107,6 +107,14 @@ class LokrAdapter : public RebuiltDeltaAdapter {
     return ToWeightShape(torch::kron(w1.contiguous(), w2.contiguous()), weight_shape_) * scale_;
   }
 
+  // LyCORIS LokrModule.apply_max_norm: ratio spread evenly over the factors.
+  void ScaleDelta(double ratio, NetworkModule /*module*/) override {
+    torch::NoGradGuard no_grad;
+    auto named = Named();
+    const double each = std::pow(ratio, 1.0 / static_cast<double>(named.size()));
+    for (auto& [name, t] : named) t->mul_(each);
+  }
+
   std::vector<torch::Tensor> UpParameters() const override {
     std::vector<torch::Tensor> up;
     if (use_w1_) up.push_back(w1_); else up.push_back(w1a_);

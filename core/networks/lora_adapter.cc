@@ -46,7 +46,8 @@ class LoraAdapter : public Adapter {
     io::NamedTensors out;
     AppendCommonState(&out);
     out.emplace_back("lora_down.weight", down_.detach());
-    out.emplace_back("lora_up.weight", up_.detach());
+    // LyCORIS' custom_state_dict: the max-norm scalar folded into lora_up.
+    out.emplace_back("lora_up.weight", scalar_ == 1.0 ? up_.detach() : up_.detach() * scalar_);
     if (tucker_) out.emplace_back("lora_mid.weight", mid_.detach());
     return out;
   }
@@ -58,10 +59,18 @@ class LoraAdapter : public Adapter {
     } else {
       w = up_.flatten(1).matmul(down_.flatten(1));
     }
-    return ToWeightShape(w, weight_shape_) * scale_;
+    return ToWeightShape(w, weight_shape_) * (scale_ * scalar_);
   }
 
   std::vector<torch::Tensor> UpParameters() const override { return {up_}; }
+
+  void ScaleDelta(double ratio, NetworkModule module) override {
+    if (module == NetworkModule::kLycoris) return Adapter::ScaleDelta(ratio, module);
+    torch::NoGradGuard no_grad;
+    const double root = std::sqrt(ratio);
+    up_.mul_(root);
+    down_.mul_(root);
+  }
 
  protected:
   torch::Tensor Down(const torch::Tensor& x) const {
@@ -90,7 +99,7 @@ class LoraAdapter : public Adapter {
         lx = torch::dropout(lx, spec_.dropout, true);
       }
     }
-    double scale = scale_;
+    double scale = scale_ * scalar_;
     if (training && spec_.rank_dropout > 0) {
       torch::Tensor r;
       if (rng_ && rng_->generator) {
@@ -104,7 +113,7 @@ class LoraAdapter : public Adapter {
       if (lx.dim() == 3) mask = mask.unsqueeze(1);
       if (lx.dim() == 4) mask = mask.unsqueeze(-1).unsqueeze(-1);
       lx = lx * mask;
-      scale = scale_ * (1.0 / (1.0 - spec_.rank_dropout));
+      scale = scale_ * scalar_ * (1.0 / (1.0 - spec_.rank_dropout));
     }
     return base + Up(lx) * multiplier_ * scale;
   }

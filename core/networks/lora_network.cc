@@ -29,16 +29,6 @@ absl::StatusOr<torch::ScalarType> ParseSavePrecision(const std::string& name) {
       absl::StrCat("save_precision '", name, "' is not supported; use one of float, fp16, bf16"));
 }
 
-absl::Status CheckMaxNormSupported(const NetworkConfig& config) {
-  if (config.algo != Algo::kLora || config.dora) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "config key 'scale_weight_norms' is supported for LoRA / LoCon only (as in kohya), not for algo=",
-        config.dora ? absl::StrCat(AlgoName(config.algo), " with DoRA") : AlgoName(config.algo),
-        "; remove scale_weight_norms or train a plain LoRA"));
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<std::unique_ptr<LoraNetwork>> LoraNetwork::Create(const NetworkConfig& config,
                                                                  const std::vector<TargetLayer>& targets,
                                                                  std::optional<at::Generator> init_generator) {
@@ -140,36 +130,27 @@ absl::StatusOr<MaxNormStats> LoraNetwork::ApplyMaxNorm(double max_norm) {
     return absl::InvalidArgumentError(
         absl::StrCat("scale_weight_norms must be a positive number, got ", max_norm));
   }
-  RETURN_IF_ERROR(CheckMaxNormSupported(config_));
   MaxNormStats stats;
   if (modules_.empty()) return stats;
   torch::NoGradGuard no_grad;
   double norm_sum = 0;
   for (auto& m : modules_) {
-    if (m.adapter->has_dora()) {
-      NetworkConfig with_dora = config_;
-      with_dora.dora = true;
-      return CheckMaxNormSupported(with_dora);
-    }
-    auto named = m.adapter->named_parameters(/*recurse=*/false);
-    torch::Tensor* down = named.find("lora_down");
-    torch::Tensor* up = named.find("lora_up");
-    if (down == nullptr || up == nullptr) {
-      return absl::InternalError(absl::StrCat(m.lora_name, ": a LoRA module without lora_down / lora_up"));
-    }
-    // Merged delta in float32 (the adapter may be kept in bf16 / fp16).
+    // The delta as the loaders apply it (scale once, LyCORIS' scalar), in float32.
     const double norm = m.adapter->DeltaWeight().to(torch::kFloat32).norm().item<double>();
     double ratio = 1.0;
     if (norm > max_norm) {
       ratio = max_norm / norm;
-      const double root = std::sqrt(ratio);
-      up->mul_(root);
-      down->mul_(root);
+      m.adapter->ScaleDelta(ratio, config_.module);
       ++stats.keys_scaled;
     }
     const double scaled = norm * ratio;
     norm_sum += scaled;
     stats.max_key_norm = std::max(stats.max_key_norm, scaled);
+  }
+  // LyCORIS reports zeros when nothing was scaled; kohya the norms of every module.
+  if (config_.module == NetworkModule::kLycoris && stats.keys_scaled == 0) {
+    stats.max_key_norm = 0;
+    return stats;
   }
   stats.average_key_norm = norm_sum / static_cast<double>(modules_.size());
   return stats;

@@ -37,9 +37,6 @@ struct MaxNormStats {
   double max_key_norm = 0;
 };
 
-// kohya supports scale_weight_norms for LoRA / LoCon only: INVALID_ARGUMENT
-// naming the key and the algorithm for LoHa, LoKr and DoRA.
-absl::Status CheckMaxNormSupported(const NetworkConfig& config);
 
 // Not thread-safe. The network must outlive its attachment (Remove() or destroy
 // it before the models if they live on).
@@ -96,11 +93,12 @@ class LoraNetwork {
   absl::Status LoadStateDict(const std::map<std::string, torch::Tensor>& tensors);
   absl::Status LoadWeights(const std::filesystem::path& path);
 
-  // Max-norm regularisation (kohya `scale_weight_norms`), called after each
-  // optimizer step: for every module whose merged delta ||scale * up @ down||
-  // exceeds `max_norm`, scales up and down by sqrt(max_norm / norm) so the
-  // delta's norm becomes max_norm. INVALID_ARGUMENT for max_norm <= 0 or a
-  // network CheckMaxNormSupported rejects.
+  // Max-norm regularisation (`scale_weight_norms`), called after each
+  // optimizer step: every module whose delta (as the loaders apply it) has a
+  // Frobenius norm above `max_norm` is shrunk to max_norm, for every algorithm,
+  // the way its network module does it (Adapter::ScaleDelta: kohya's
+  // sqrt split for networks.lora, LyCORIS' scalar / factor scaling for
+  // lycoris.kohya). INVALID_ARGUMENT for max_norm <= 0.
   absl::StatusOr<MaxNormStats> ApplyMaxNorm(double max_norm);
 
   // lora_name -> weight with the adapter merged (multiplier m), for previews / tests.

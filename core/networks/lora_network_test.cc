@@ -305,25 +305,5 @@ TEST(LoraNetwork, MaxNormScalesOnlyModulesAboveTheLimit) {
   EXPECT_NE(bad.status().message().find("scale_weight_norms"), std::string::npos);
 }
 
-TEST(LoraNetwork, MaxNormRejectsLohaLokrAndDora) {
-  for (const auto& args : std::vector<std::vector<std::string>>{
-           {"algo=loha"}, {"algo=lokr"}, {"algo=locon", "dora_wd=True"}}) {
-    TinyModel model;
-    const NetworkConfig config = Config(args);
-    const absl::Status check = CheckMaxNormSupported(config);
-    ASSERT_FALSE(check.ok()) << args[0];
-    EXPECT_EQ(check.code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(check.message().find("scale_weight_norms"), std::string::npos) << check.message();
-    EXPECT_NE(check.message().find(AlgoName(config.algo)), std::string::npos) << check.message();
-    auto net = LoraNetwork::Create(config, Targets(model, false));
-    ASSERT_TRUE(net.ok()) << net.status();
-    auto applied = (*net)->ApplyMaxNorm(1.0);
-    ASSERT_FALSE(applied.ok());
-    EXPECT_NE(applied.status().message().find("scale_weight_norms"), std::string::npos);
-  }
-  EXPECT_TRUE(CheckMaxNormSupported(Config({"algo=locon"})).ok());
-  EXPECT_TRUE(CheckMaxNormSupported(Config({}, "networks.lora")).ok());
-}
-
 }  // namespace
 }  // namespace lorad::networks

@@ -366,7 +366,6 @@ absl::Status Run::ParseNetworkOptions() {
       return absl::InvalidArgumentError(absl::StrCat("config key 'scale_weight_norms' must be a positive number, got ",
                                                      *config_.scale_weight_norms, " (0 disables it)"));
     }
-    RETURN_IF_ERROR(networks::CheckMaxNormSupported(net_config_));
   }
   return absl::OkStatus();
 }
