@@ -510,6 +510,16 @@ absl::Status ValidateTrainConfig(const TrainConfig& config) {
     return absl::InvalidArgumentError(
         "config keys 'network_train_unet_only' and 'network_train_text_encoder_only' exclude each other");
   }
+  // The scheduler's name, checked here so a submit is refused before a worker
+  // starts (LrScheduler builds from the same list).
+  {
+    std::string scheduler = absl::AsciiStrToLower(absl::StripAsciiWhitespace(config.lr_scheduler));
+    if (absl::StartsWith(scheduler, "adafactor:")) scheduler = "adafactor";
+    const std::vector<std::string>& names = LrSchedulerNames();
+    if (std::find(names.begin(), names.end(), scheduler) == names.end()) {
+      return BadValue("lr_scheduler", config.lr_scheduler, absl::StrCat("one of ", absl::StrJoin(names, ", ")));
+    }
+  }
   if (config.lr_scheduler == "constant" && config.lr_warmup_steps > 0) {
     return absl::InvalidArgumentError(
         "config key 'lr_warmup_steps': lr_scheduler \"constant\" takes no warmup; use \"constant_with_warmup\"");
@@ -657,6 +667,13 @@ std::string ConfigToToml(const TrainConfig& config) {
   std::ostringstream out;
   out << table << "\n";
   return out.str();
+}
+
+const std::vector<std::string>& LrSchedulerNames() {
+  static const auto* names = new std::vector<std::string>{
+      "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+      "cosine_with_min_lr", "adafactor"};
+  return *names;
 }
 
 std::vector<std::string> KnownOptionNames() {

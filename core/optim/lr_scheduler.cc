@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/base/logging.h"
+#include "core/config/config.h"
 #include "core/optim/optimizer.h"
 
 namespace lorad::optim {
@@ -21,8 +22,7 @@ double Warmup(int64_t step, int64_t warmup) {
 }  // namespace
 
 std::vector<std::string> LrScheduler::AcceptedNames() {
-  return {"constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
-          "cosine_with_min_lr", "adafactor"};
+  return train::LrSchedulerNames();  // the config parser checks the same list
 }
 
 absl::StatusOr<LrScheduler> LrScheduler::Create(const SchedulerOptions& options) {
