@@ -45,6 +45,8 @@ constexpr char kUsageText[] =
     "usage: loractl [--server HOST:PORT] [--token T] [--tls [--ca PEM]] [--timeout S] COMMAND ...\n"
     "  submit CONFIG.toml [--dataset-config D.toml] [--dataset DIR|ID] [--name N] [--priority P]\n"
     "         [--set key=value]... [--sweep NAME] [--request-id ID] [--force]   prints the job id\n"
+    "         [--kind character|style|concept]   what the LoRA learns: the advisor holds the job to\n"
+    "                                            the guide's thresholds for that kind\n"
     "  ls [--state queued|running|succeeded|failed|cancelled] [--name TEXT] [--sweep NAME] [--limit N] [--json]\n"
     "  show JOB [--json]\n"
     "  tail JOB [--after SEQ] [--json]        follows to the end; reconnects and resumes\n"
@@ -59,7 +61,7 @@ constexpr char kUsageText[] =
     "  plot JOB|SWEEP_NAME|--sweep ID -o loss.png [--smoothing S]   one smoothed curve per job\n"
     "  grid SWEEP -o samples.png [--cache DIR] [--cell N]   latest preview per job x prompt\n"
     "  fetch --sweep ID [--out DIR]          every final LoRA of the sweep\n"
-    "  advise DATASET --kind character|style [--config C.toml] [--family sdxl|sd15] [--json]\n"
+    "  advise DATASET --kind character|style|concept [--config C.toml] [--family sdxl|sd15] [--json]\n"
     "         DATASET: a local folder (runs lorad-curate here) or an uploaded dataset id\n"
     "Server and token also come from LORAD_SERVER and LORAD_TOKEN.\n"
     "Exit codes: 0 ok, 1 error, 2 usage, 3 unreachable, 4 auth, 5 not found, 6 refused,\n"
@@ -190,6 +192,15 @@ int Submit(Client& client, const Args& args) {
   request.set_priority(static_cast<int32_t>(priority));
   request.set_sweep(args.Get("sweep"));
   request.set_force(args.Has("force"));  // run despite "never" advisor findings
+  if (args.Has("kind")) {
+    // Checked here too: a typo is a usage error naming the accepted kinds.
+    auto kind = lorad::planner::ParseTrainingKind(args.Get("kind"));
+    if (!kind.ok()) {
+      std::fprintf(stderr, "loractl submit: --%s\n", std::string(kind.status().message()).c_str());
+      return kUsage;
+    }
+    request.set_kind(std::string(lorad::planner::TrainingKindName(*kind)));
+  }
   if (args.Has("set")) {
     for (const auto& kv : args.flags.at("set")) {
       auto eq = kv.find('=');
@@ -764,7 +775,7 @@ absl::StatusOr<std::string> LocalCurationJson(const fs::path& folder, const char
 
 int Advise(Client& client, const Args& args, const char* argv0) {
   if (args.positional.size() != 1 || !args.Has("kind")) {
-    std::fprintf(stderr, "loractl advise: expected DATASET --kind character|style\n");
+    std::fprintf(stderr, "loractl advise: expected DATASET --kind character|style|concept\n");
     return kUsage;
   }
   auto kind = lorad::planner::ParseTrainingKind(args.Get("kind"));

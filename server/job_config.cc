@@ -10,6 +10,8 @@
 #include "absl/strings/str_join.h"
 #include "server/paths.h"
 #include "core/base/toml.h"
+#include "core/networks/network_config.h"
+#include "core/train/dataset_args.h"
 
 namespace lorad::server {
 namespace fs = std::filesystem;
@@ -226,6 +228,22 @@ absl::StatusOr<PreparedJobConfig> PrepareJobConfig(const JobConfigInput& input, 
   auto train = train::ParseTrainConfig(prepared.config_toml, worker_args);
   if (!train.ok()) return train.status();
   prepared.train = std::move(*train);
+  // The network keys go through the trainer's network parser, so a bad
+  // network_args entry is refused now rather than when the worker starts.
+  if (auto network = networks::ParseNetworkConfig(networks::NetworkInputOf(prepared.train)); !network.ok()) {
+    return network.status();
+  }
+  if (dataset) {
+    // The worker's reading: the config's dataset keys as fallbacks (the model's
+    // native resolution is not known here; the config's sdxl flag stands in).
+    auto args = train::DatasetArgsFor(prepared.train, prepared.train.sdxl ? 1024 : 512);
+    if (!args.ok()) return args.status();
+    auto datasets = data::ParseDatasetConfigToml(prepared.dataset_config_toml, dataset_base, *args);
+    if (!datasets.ok()) {
+      return absl::Status(datasets.status().code(), absl::StrCat("dataset config: ", datasets.status().message()));
+    }
+    prepared.datasets = std::move(*datasets);
+  }
   prepared.hyperparameters = prepared.train.explicitly_set;
   if (!worker_args.empty()) prepared.hyperparameters.erase("dataset_config");
   return prepared;

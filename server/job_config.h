@@ -1,17 +1,20 @@
 // Turns a submitted kohya config into the files a worker runs with: overrides
 // applied, every path confined to the daemon's roots, output under the job's
 // folder, state saving on (so a restarted daemon resumes the job). Values are
-// not judged here: the result goes through the trainer's own parser
-// (core/config), so a bad value is refused with lorad-train's message.
+// not judged here: the result goes through the trainer's own parsers (core/config
+// for the config, core/networks for network_module/network_args, core/data for
+// the dataset_config), so a bad value is refused with lorad-train's message.
 #pragma once
 
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "core/config/config.h"
+#include "core/data/dataset_config.h"
 
 namespace lorad::server {
 
@@ -43,6 +46,8 @@ struct PreparedJobConfig {
   std::string dataset_config_toml;  // empty when none was given
   // config_toml as lorad-train reads it, with the --dataset_config the worker gets.
   train::TrainConfig train;
+  // dataset_config_toml as core/data resolves it for the worker (unset when none).
+  std::optional<data::ResolvedDatasets> datasets;
   // The kohya keys the config sets, as text (train.explicitly_set, without the
   // daemon's --dataset_config).
   std::map<std::string, std::string> hyperparameters;
@@ -53,8 +58,9 @@ std::filesystem::path DatasetConfigPath(const std::filesystem::path& job_dir);
 
 // PERMISSION_DENIED for a path outside the roots; INVALID_ARGUMENT for TOML
 // errors (with line and column), bad overrides, and any value or combination
-// the trainer refuses (train::ParseTrainConfig's message). The dataset config
-// is checked for TOML syntax and paths only (its parser needs core/data).
+// the trainer refuses: train::ParseTrainConfig's message, the network parser's
+// (network_args), and the dataset config parser's (data::ParseDatasetConfigToml,
+// fed the config's keys as lorad-train feeds them).
 absl::StatusOr<PreparedJobConfig> PrepareJobConfig(const JobConfigInput& input, const JobRoots& roots);
 
 // Every data path (train_data_dir, reg_data_dir, image_dir, ...) a prepared job

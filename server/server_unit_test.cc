@@ -360,19 +360,102 @@ train::TrainConfig Parsed(const std::string& toml) {
   return config.ok() ? *config : train::TrainConfig();
 }
 
+SubmitAdviceInput AdviceFor(const std::string& toml, bool force = false) {
+  SubmitAdviceInput input;
+  input.config = Parsed(toml);
+  input.force = force;
+  return input;
+}
+
 TEST(AdviceTest, NeverRulesBlockUnlessForcedAndWarningsDoNot) {
-  const train::TrainConfig came_high = Parsed("optimizer_type = \"came_pytorch.CAME\"\nlearning_rate = 5e-4\n");
-  const planner::AdviceReport refused = AdviseSubmit(came_high, fs::path(), /*force=*/false);
+  const std::string came_high = "optimizer_type = \"came_pytorch.CAME\"\nlearning_rate = 5e-4\n";
+  const planner::AdviceReport refused = AdviseSubmit(AdviceFor(came_high));
   EXPECT_TRUE(refused.blocking());
   EXPECT_NE(DescribeNeverFindings(refused).find("never-came-high-lr"), std::string::npos);
-  const planner::AdviceReport forced = AdviseSubmit(came_high, fs::path(), /*force=*/true);
+  const planner::AdviceReport forced = AdviseSubmit(AdviceFor(came_high, /*force=*/true));
   EXPECT_FALSE(forced.blocking());
   EXPECT_FALSE(forced.never_findings().empty());  // still attached as warnings
 
-  const planner::AdviceReport fine =
-      AdviseSubmit(Parsed("optimizer_type = \"AdamW\"\nlearning_rate = 1e-4\n"), fs::path(), false);
+  const planner::AdviceReport fine = AdviseSubmit(AdviceFor("optimizer_type = \"AdamW\"\nlearning_rate = 1e-4\n"));
   EXPECT_FALSE(fine.blocking());
   EXPECT_TRUE(fine.never_findings().empty());
+}
+
+bool Fired(const planner::AdviceReport& report, const std::string& rule_id) {
+  for (const auto& finding : report.findings) {
+    if (finding.rule_id == rule_id) return true;
+  }
+  return false;
+}
+
+// An uploaded dataset's curation report (lorad-curate --json, as SubmitJob keeps
+// it) reaches the rules with the job's kind; a dataset_config resolved by
+// PrepareJobConfig then decides keep_tokens and the repeats.
+TEST(AdviceTest, TheCurationReportAndTheDatasetConfigReachTheAdvisor) {
+  const lorad::testing::ScopedTempDir root_tmp("lorad_server_test_advice_report");
+  const fs::path root = fs::canonical(root_tmp.path());
+  JobRoots roots{root / "models", root / "datasets", {}};
+  fs::create_directories(roots.models_root);
+  const fs::path dataset = roots.datasets_root / "abc123";
+  fs::create_directories(dataset / "img");
+  for (int i = 0; i < 3; ++i) std::ofstream(dataset / "img" / absl::StrCat(i, ".png")) << "x";
+
+  const std::string report = R"({
+    "images": 240, "train_images_with_repeats": 240,
+    "exact_duplicates": [["a.png", "b.png"]], "near_duplicates": [],
+    "below_512": [{"path": "s.png", "width": 300, "height": 300}], "below_1024": [],
+    "booru_captions": 240, "natural_captions": 0,
+    "captions_from_files": 240, "caption_heads": [{"tag": "mvc style", "position": 1, "count": 240}]
+  })";
+  const fs::path cache = CurationCachePath(root / "data", "abc123");
+  ASSERT_TRUE(WriteCurationCache(cache, report).ok());
+  EXPECT_EQ(ReadCurationCache(cache), report);
+  EXPECT_EQ(ReadCurationCache(root / "data" / "curation" / "none.json"), "");
+
+  const std::string config =
+      "pretrained_model_name_or_path = \"sdxl.safetensors\"\noptimizer_type = \"AdamW8bit\"\n"
+      "learning_rate = 1e-4\nnetwork_train_unet_only = true\ntrain_batch_size = 4\nmax_train_epochs = 10\n"
+      "shuffle_caption = true\n";
+  JobConfigInput job{config, "", dataset, root / "jobs" / "1"};
+  auto prepared = PrepareJobConfig(job, roots);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  SubmitAdviceInput input;
+  input.config = prepared->train;
+  input.dataset_dir = dataset;
+  input.curation_json = ReadCurationCache(cache);
+  input.kind = planner::TrainingKind::kStyle;
+  planner::AdviceReport advice = AdviseSubmit(input);
+  EXPECT_EQ(advice.computed_steps, 600);  // 240 images / batch 4 x 10 epochs: the report's count
+  for (const char* rule : {"dataset-duplicates", "dataset-low-res", "keep-tokens-trigger", "style-large-adamw-lr",
+                           "style-steps"}) {
+    EXPECT_TRUE(Fired(advice, rule)) << rule << "\n" << planner::RenderText(advice);
+  }
+  // Without the report only the folder's 3 images are known: the style rules for
+  // large sets and the curation rules stay silent.
+  input.curation_json.clear();
+  advice = AdviseSubmit(input);
+  EXPECT_FALSE(Fired(advice, "dataset-duplicates"));
+  EXPECT_FALSE(Fired(advice, "style-large-adamw-lr"));
+  EXPECT_FALSE(Fired(advice, "keep-tokens-trigger"));
+  // A report that is not one: the folder is counted instead.
+  input.curation_json = "{not json";
+  EXPECT_EQ(SubmitDatasetFacts(input).image_count, 3);
+
+  // The dataset_config protects the trigger (keep_tokens = 1) and sets the repeats.
+  job.dataset_config_toml = "[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"img\"\nnum_repeats = 20\nkeep_tokens = 1\n";
+  prepared = PrepareJobConfig(job, roots);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  ASSERT_TRUE(prepared->datasets.has_value());
+  input.config = prepared->train;
+  input.dataset_config = prepared->datasets;
+  input.curation_json = report;
+  const planner::DatasetFacts facts = SubmitDatasetFacts(input);
+  EXPECT_EQ(facts.keep_tokens, 1);
+  EXPECT_EQ(facts.shuffle_caption, true);  // the config's, inherited by the subset
+  EXPECT_EQ(facts.images_with_repeats, 60);  // 3 images x 20
+  advice = AdviseSubmit(input);
+  EXPECT_FALSE(Fired(advice, "keep-tokens-trigger")) << planner::RenderText(advice);
+  EXPECT_TRUE(Fired(advice, "dataset-duplicates"));
 }
 
 // SubmitJob (and each sweep job) prepares the config with PrepareJobConfig: a
@@ -424,6 +507,46 @@ TEST(JobConfigTest, BadValuesAreRefusedWithTheTrainersMessage) {
   EXPECT_EQ(with_dataset_config->train.dataset_config, DatasetConfigPath(root / "jobs" / "1").string());
   EXPECT_FALSE(with_dataset_config->hyperparameters.contains("dataset_config"));
   fs::remove_all(root);
+}
+
+// Issue 12: the whole job is read by the trainer's parsers at submit, so a bad
+// value anywhere (config, network_args, dataset config) is INVALID_ARGUMENT
+// naming the key, not a worker failing later.
+TEST(JobConfigTest, EveryPartOfTheJobIsParsedAtSubmit) {
+  const lorad::testing::ScopedTempDir root_tmp("lorad_server_test_jobconfig_whole");
+  const fs::path root = fs::canonical(root_tmp.path());
+  JobRoots roots{root / "models", root / "datasets", {}};
+  fs::create_directories(roots.models_root);
+  fs::create_directories(roots.datasets_root / "cats" / "img");
+  const std::string base = "pretrained_model_name_or_path = \"tiny.safetensors\"\n";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"learning_rate = \"abc\"\n", "learning_rate"},
+      {"lr_scheduler = \"bogus\"\n", "lr_scheduler"},
+      {"network_dim = -3\n", "network_dim"},
+      {"network_args = [\"dora_wd=maybe\"]\n", "dora_wd"},
+      {"network_args = [\"algo=dora\"]\n", "algo"},
+      {"network_args = [\"colour=red\"]\n", "colour"},
+  };
+  for (const auto& [bad, key] : cases) {
+    JobConfigInput input{base + bad, "", roots.datasets_root / "cats", root / "jobs" / "1"};
+    auto prepared = PrepareJobConfig(input, roots);
+    ASSERT_EQ(prepared.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(prepared.status().message().find(key), std::string::npos) << prepared.status();
+  }
+  // The guide's DoRA spelling is accepted.
+  JobConfigInput input{base + "network_module = \"lycoris.kohya\"\nnetwork_args = [\"algo=lora\", \"use_dora=True\"]\n",
+                       "", roots.datasets_root / "cats", root / "jobs" / "1"};
+  ASSERT_TRUE(PrepareJobConfig(input, roots).ok());
+  // The dataset config goes through core/data's parser.
+  input.config_toml = base;
+  input.dataset_config_toml = "[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"img\"\nnum_repeats = \"many\"\n";
+  auto prepared = PrepareJobConfig(input, roots);
+  ASSERT_EQ(prepared.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(prepared.status().message().find("num_repeats"), std::string::npos) << prepared.status();
+  input.dataset_config_toml = "[[datasets]]\nbatch_size = 2\n";
+  prepared = PrepareJobConfig(input, roots);
+  ASSERT_EQ(prepared.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(prepared.status().message().find("subsets"), std::string::npos) << prepared.status();
 }
 
 }  // namespace

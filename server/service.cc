@@ -143,9 +143,24 @@ absl::StatusOr<LoradService::PendingSubmit> LoradService::PrepareSubmit(
                        config_->jobs_dir() / "validation"};
   auto prepared = PrepareJobConfig(input, roots);
   if (!prepared.ok()) return prepared.status();
+  SubmitAdviceInput advice;
+  if (!request.kind().empty()) {
+    auto kind = planner::ParseTrainingKind(request.kind());
+    if (!kind.ok()) return kind.status();
+    advice.kind = *kind;
+  }
+  advice.config = prepared->train;
+  advice.dataset_dir = *dataset_dir;
+  advice.dataset_config = prepared->datasets;
+  advice.force = request.force();
+  if (!request.dataset().empty()) {
+    if (auto dataset = store_->GetDataset(request.dataset()); dataset.ok()) {
+      advice.curation_json = ReadCurationCache(CurationCachePath(config_->data_dir, dataset->id));
+    }
+  }
 
   PendingSubmit pending;
-  pending.advice = AdviseSubmit(prepared->train, *dataset_dir, request.force());
+  pending.advice = AdviseSubmit(advice);
   storage::JobSpec& spec = pending.spec;
   spec.name = JobName(request);
   spec.priority = request.priority();
@@ -196,18 +211,63 @@ grpc::ServerUnaryReactor* LoradService::SubmitJob(grpc::CallbackServerContext* c
                                                   const lorad::v1::SubmitJobRequest* request,
                                                   lorad::v1::Job* response) {
   if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
+  // An uploaded dataset is advised on with its curation report. Datasets are
+  // content-addressed, so the report is computed once (lorad-curate, on the
+  // curate pool: no RPC thread waits on image decoding) and kept.
+  auto dataset = request->dataset().empty() ? absl::StatusOr<storage::DatasetRecord>(absl::NotFoundError("none"))
+                                            : store_->GetDataset(request->dataset());
+  std::error_code ec;
+  if (!dataset.ok() || fs::exists(CurationCachePath(config_->data_dir, dataset->id), ec)) {
+    return Reply(ctx, FinishSubmit(*request, response));
+  }
+  auto* reactor = ctx->DefaultReactor();
+  const fs::path cache = CurationCachePath(config_->data_dir, dataset->id);
+  const fs::path stderr_log = config_->logs_dir() / absl::StrCat("curate-", dataset->id, ".stderr");
+  absl::Status queued = curate_pool_.Submit(
+      [this, ctx, reactor, request, response, cache, stderr_log, id = dataset->id,
+       folder = dataset->path](const std::atomic<bool>& stopping) {
+        auto report = CurationReport(config_->curate_binary, folder, stderr_log, [ctx, &stopping] {
+          return stopping.load() || ctx->IsCancelled();
+        });
+        if (stopping) {
+          reactor->Finish(ToGrpcStatus(absl::UnavailableError("lorad is stopping")));
+          return;
+        }
+        if (report.ok()) {
+          if (absl::Status written = WriteCurationCache(cache, *report); !written.ok()) {
+            spdlog::warn("dataset {}: curation report not kept: {}", id, written.ToString());
+          }
+        } else if (ctx->IsCancelled()) {
+          reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
+          return;
+        } else {
+          spdlog::warn("dataset {}: no curation report for the advisor ({}); advising on its image counts", id,
+                       report.status().ToString());
+        }
+        reactor->Finish(FinishSubmit(*request, response));
+      });
+  if (!queued.ok()) {
+    // Every curate slot is taken: advise on the folder's counts rather than refuse the job.
+    spdlog::info("dataset {}: {}; advising this submit on its image counts", dataset->id,
+                 std::string(queued.message()));
+    reactor->Finish(FinishSubmit(*request, response));
+  }
+  return reactor;
+}
+
+grpc::Status LoradService::FinishSubmit(const lorad::v1::SubmitJobRequest& request, lorad::v1::Job* response) {
   absl::ReaderMutexLock datasets_lock(&datasets_mu_);
-  auto pending = PrepareSubmit(*request);
-  if (!pending.ok()) return Reply(ctx, ToGrpcStatus(pending.status()));
+  auto pending = PrepareSubmit(request);
+  if (!pending.ok()) return ToGrpcStatus(pending.status());
   if (pending->advice.blocking()) {
-    return Reply(ctx, grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                                   absl::StrCat("refused by the advisor (pass --force to run anyway): ",
-                                                DescribeNeverFindings(pending->advice))));
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        absl::StrCat("refused by the advisor (pass --force to run anyway): ",
+                                     DescribeNeverFindings(pending->advice)));
   }
   auto job = CommitSubmit(*pending);
-  if (!job.ok()) return Reply(ctx, ToGrpcStatus(job.status()));
+  if (!job.ok()) return ToGrpcStatus(job.status());
   ToProto(*job, response);
-  return Reply(ctx, grpc::Status::OK);
+  return grpc::Status::OK;
 }
 
 grpc::ServerUnaryReactor* LoradService::GetJob(grpc::CallbackServerContext* ctx,
@@ -330,10 +390,16 @@ grpc::ServerUnaryReactor* LoradService::InspectDataset(grpc::CallbackServerConte
   // slow folder holds an RPC thread; a departed client or a stopping daemon
   // kills it. ctx, reactor and response stay valid until reactor->Finish,
   // which the task (or a refusal here) calls exactly once.
+  // The report of a dataset is kept once computed (its content never changes).
+  const fs::path cache = CurationCachePath(config_->data_dir, dataset->id);
+  if (std::string kept = ReadCurationCache(cache); !kept.empty()) {
+    response->set_report_json(std::move(kept));
+    return Reply(ctx, grpc::Status::OK);
+  }
   auto* reactor = ctx->DefaultReactor();
   const fs::path stderr_log = config_->logs_dir() / absl::StrCat("curate-", dataset->id, ".stderr");
   absl::Status queued = curate_pool_.Submit(
-      [ctx, reactor, response, stderr_log, binary = config_->curate_binary,
+      [ctx, reactor, response, stderr_log, cache, binary = config_->curate_binary,
        folder = dataset->path](const std::atomic<bool>& stopping) {
         auto report = CurationReport(binary, folder, stderr_log, [ctx, &stopping] {
           return stopping.load() || ctx->IsCancelled();
@@ -342,6 +408,9 @@ grpc::ServerUnaryReactor* LoradService::InspectDataset(grpc::CallbackServerConte
           const absl::Status status = stopping ? absl::UnavailableError("lorad is stopping") : report.status();
           reactor->Finish(ToGrpcStatus(status));
           return;
+        }
+        if (absl::Status written = WriteCurationCache(cache, *report); !written.ok()) {
+          spdlog::warn("curation report not kept: {}", written.ToString());
         }
         response->set_report_json(std::move(*report));
         reactor->Finish(grpc::Status::OK);
@@ -360,6 +429,10 @@ grpc::ServerUnaryReactor* LoradService::DeleteDataset(grpc::CallbackServerContex
     deleted = DeleteStoredDataset(store_, scheduler_->options().roots, config_->jobs_dir(), request->dataset());
   }
   if (!deleted.ok()) return Reply(ctx, ToGrpcStatus(deleted.status()));
+  if (!deleted->dataset.id.empty()) {
+    std::error_code ec;
+    fs::remove(CurationCachePath(config_->data_dir, deleted->dataset.id), ec);
+  }
   ToProto(deleted->dataset, response->mutable_dataset());
   response->set_folder_deleted(!deleted->hidden.empty());
   spdlog::info("dataset {} ('{}', {}) deleted{}", deleted->dataset.id.empty() ? "folder" : deleted->dataset.id,

@@ -92,6 +92,9 @@ class LoradService final : public lorad::v1::Lorad::CallbackService {
   // SubmitJob's checks: overrides, dataset resolution, path confinement, TOML,
   // advisor. Does not refuse on "never" findings (the caller decides).
   absl::StatusOr<PendingSubmit> PrepareSubmit(const lorad::v1::SubmitJobRequest& request);
+  // SubmitJob after its curation report is in place: prepares under the
+  // datasets lock, refuses on "never" findings, records, fills `response`.
+  grpc::Status FinishSubmit(const lorad::v1::SubmitJobRequest& request, lorad::v1::Job* response);
   // Records the job (idempotent by request_id), attaches one Warning event per
   // finding to a newly created job, and (unless `defer_dispatch`, as a sweep
   // does until all its jobs are recorded) wakes the scheduler.
@@ -118,7 +121,8 @@ class LoradService final : public lorad::v1::Lorad::CallbackService {
   // upload lands in, a folder being deleted.
   absl::Mutex datasets_mu_;
   // lorad-curate runs: two at once, four more may wait; beyond that
-  // InspectDataset answers RESOURCE_EXHAUSTED. Declared last: destroyed (and
+  // InspectDataset answers RESOURCE_EXHAUSTED (and SubmitJob advises on the
+  // folder's counts). Declared last: destroyed (and
   // joined) first, while the members its tasks use still exist.
   TaskPool curate_pool_{"curation reports", 2, 4};
   // Removes deleted datasets' hidden folders (many files: not inside an RPC).

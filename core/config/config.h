@@ -52,7 +52,8 @@ struct TrainConfig {
   int64_t lr_scheduler_num_cycles = 1;
   double lr_scheduler_power = 1.0;
   std::optional<double> lr_scheduler_min_lr_ratio;
-  std::vector<std::string> lr_scheduler_args;
+  std::vector<std::string> lr_scheduler_args;    // "key=value": the schedule's / class's keyword arguments
+  std::string lr_scheduler_type;                 // a scheduler class by module path (kohya); overrides lr_scheduler
   double max_grad_norm = 1.0;                    // 0 disables clipping
 
   // --- loop ---
@@ -120,7 +121,8 @@ struct TrainConfig {
   std::string sample_prompts;
   std::optional<int64_t> sample_every_n_steps;
   std::optional<int64_t> sample_every_n_epochs;
-  std::string sample_sampler = "ddim";           // ddim | euler (k_euler); other kohya names fall back to euler
+  std::string sample_sampler = "ddim";           // any kohya sampler name (core/diffusion/sampler.h SamplerNames)
+  double sample_lora_strength = 1.0;             // lorad: preview network multiplier (prompt option --lora_strength)
   bool sample_at_first = false;
 
   // --- dataset (the data module reads these) ---
@@ -206,6 +208,10 @@ std::string ConfigToToml(const TrainConfig& config);
 
 // Every option name the parser knows (sorted), for help text.
 std::vector<std::string> KnownOptionNames();
+
+// The lr_scheduler names the trainer builds (core/optim's LrScheduler), as
+// kohya spells them; "adafactor:<initial lr>" is read as "adafactor".
+const std::vector<std::string>& LrSchedulerNames();
 
 // The optimizer step plan, as kohya's train_network.py derives max_train_steps from epochs.
 struct StepPlan {

@@ -124,6 +124,7 @@ absl::StatusOr<CurationReport> BuildCurationReport(const Dataset& ds, const Cura
 
   // Captions: problems, style, tags, keep_tokens preview.
   std::map<std::string, int64_t> tags;
+  std::map<std::pair<std::string, int>, int64_t> heads;
   for (const auto& e : images) {
     const std::string path = e.path.string();
     if (e.caption_problem == "missing") r.missing_captions.push_back(path);
@@ -134,7 +135,12 @@ absl::StatusOr<CurationReport> BuildCurationReport(const Dataset& ds, const Cura
     r.caption_styles.push_back({path, style});
     r.booru_captions += style == "booru";
     r.natural_captions += style == "natural";
-    for (const auto& t : CaptionTags(e.caption, ",")) ++tags[Lower(t)];
+    const std::vector<std::string> caption_tags = CaptionTags(e.caption, ",");
+    for (const auto& t : caption_tags) ++tags[Lower(t)];
+    ++r.captions_from_files;
+    for (size_t i = 0; i < caption_tags.size() && i < CurationReport::kCaptionHeadPositions; ++i) {
+      ++heads[{Lower(caption_tags[i]), static_cast<int>(i) + 1}];
+    }
     const auto& s = groups[e.dataset_index].subsets[e.subset_index];
     if (static_cast<int>(r.keep_tokens_preview.size()) < options.keep_tokens_samples &&
         (s.keep_tokens > 0 || !s.keep_tokens_separator.empty())) {
@@ -157,6 +163,12 @@ absl::StatusOr<CurationReport> BuildCurationReport(const Dataset& ds, const Cura
   std::stable_sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
   if (static_cast<int>(sorted.size()) > options.top_tags) sorted.resize(std::max(0, options.top_tags));
   r.top_tags = std::move(sorted);
+  for (const auto& [key, n] : heads) {
+    if (n >= 2) r.caption_heads.push_back({key.first, key.second, n});
+  }
+  std::stable_sort(r.caption_heads.begin(), r.caption_heads.end(), [](const auto& a, const auto& b) {
+    return a.count != b.count ? a.count > b.count : a.position < b.position;
+  });
   r.mixed_caption_styles = r.booru_captions > 0 && r.natural_captions > 0;
 
   // One warning line per problem kind.
@@ -227,6 +239,11 @@ std::string CurationReport::ToJson() const {
   j["mixed_caption_styles"] = mixed_caption_styles;
   j["top_tags"] = json::array();
   for (const auto& [t, n] : top_tags) j["top_tags"].push_back({{"tag", t}, {"count", n}});
+  j["captions_from_files"] = captions_from_files;
+  j["caption_heads"] = json::array();
+  for (const auto& h : caption_heads) {
+    j["caption_heads"].push_back({{"tag", h.tag}, {"position", h.position}, {"count", h.count}});
+  }
   j["keep_tokens_preview"] = json::array();
   for (const auto& p : keep_tokens_preview) {
     j["keep_tokens_preview"].push_back({{"path", p.path}, {"keep_tokens", p.keep_tokens}, {"kept", p.kept}, {"rest", p.rest}});

@@ -72,6 +72,17 @@ struct CurationReport {
   bool mixed_caption_styles = false;
   std::vector<std::pair<std::string, int64_t>> top_tags;
   std::vector<KeepTokensPreview> keep_tokens_preview;
+  // The first kCaptionHeadPositions tags of every caption file, counted per
+  // (tag, 1-based position): the advisor finds a trigger word in them and
+  // checks keep_tokens protects it, even when keep_tokens is 0.
+  struct CaptionHead {
+    std::string tag;  // lowercased
+    int position = 1;
+    int64_t count = 0;
+  };
+  static constexpr int kCaptionHeadPositions = 3;
+  std::vector<CaptionHead> caption_heads;  // count >= 2 only; most frequent, then earliest, first
+  int64_t captions_from_files = 0;         // the captions caption_heads counts over
   std::vector<std::string> unreadable_files;  // "path: reason"
   std::vector<std::string> warnings;          // the problems, one line each
 

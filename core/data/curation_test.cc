@@ -99,6 +99,18 @@ TEST(Curation, FindsExactlyThePlantedProblems) {
   EXPECT_TRUE(r->mixed_caption_styles);
   ASSERT_EQ(r->top_tags.size(), 3u);
   EXPECT_EQ(r->top_tags[0].second, 3);
+  // The leading tags of every caption file, for the advisor's trigger check:
+  // "chara" opens 3 of the 4 read captions (img04's is a sentence, img06's empty,
+  // img07 is skipped); ties are ordered by position.
+  ASSERT_GE(r->caption_heads.size(), 3u);
+  EXPECT_EQ(r->caption_heads[0].tag, "chara");
+  EXPECT_EQ(r->caption_heads[0].position, 1);
+  EXPECT_EQ(r->caption_heads[0].count, 3);
+  EXPECT_EQ(r->caption_heads[1].tag, "1girl");
+  EXPECT_EQ(r->caption_heads[1].position, 2);
+  EXPECT_EQ(r->caption_heads[1].count, 3);
+  EXPECT_EQ(r->caption_heads[2].tag, "red hair");
+  EXPECT_EQ(r->captions_from_files, 4);
   ASSERT_FALSE(r->keep_tokens_preview.empty());
   EXPECT_EQ(r->keep_tokens_preview[0].kept, "chara");
   EXPECT_EQ(r->keep_tokens_preview[0].rest, "1girl, red hair, smile");

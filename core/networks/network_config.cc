@@ -89,6 +89,16 @@ std::string NetworkConfig::NetworkArgsJson() const {
   return absl::StrCat("{", absl::StrJoin(items, ", "), "}");
 }
 
+NetworkConfigInput NetworkInputOf(const train::TrainConfig& config) {
+  NetworkConfigInput input;
+  input.network_module = config.network_module;
+  input.network_dim = config.network_dim;
+  input.network_alpha = config.network_alpha;
+  input.network_dropout = config.network_dropout;
+  input.network_args = config.network_args;
+  return input;
+}
+
 absl::StatusOr<NetworkConfig> ParseNetworkConfig(const NetworkConfigInput& input) {
   NetworkConfig c;
   if (input.network_module == "networks.lora") {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/config/config.h"
 
 namespace lorad::networks {
 
@@ -71,5 +72,9 @@ struct NetworkConfig {
 // value and what is accepted (unknown module, unknown network_args key, a
 // non-numeric dim, dropout outside [0, 1), DoRA with LoKr tucker, ...).
 absl::StatusOr<NetworkConfig> ParseNetworkConfig(const NetworkConfigInput& input);
+
+// The network keys of a parsed training config (network_module, network_dim,
+// network_alpha, network_dropout, network_args), for ParseNetworkConfig.
+NetworkConfigInput NetworkInputOf(const train::TrainConfig& config);
 
 }  // namespace lorad::networks

@@ -1,6 +1,7 @@
 #include "core/planner/advisor.h"
 
 #include <algorithm>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -12,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "core/networks/network_config.h"
 
 namespace lorad::planner {
 namespace {
@@ -23,25 +25,25 @@ std::string NormalizeOptimizer(absl::string_view optimizer_type) {
   return name;
 }
 
-std::string OptimizerFamily(const std::string& optimizer) {
-  if (absl::StrContains(optimizer, "came")) return "came";
-  if (absl::StrContains(optimizer, "adamw")) return "adamw";
-  if (absl::StartsWith(optimizer, "lion") || absl::StartsWith(optimizer, "pagedlion")) return "lion";
-  if (absl::StartsWith(optimizer, "prodigy")) return "prodigy";
-  if (absl::StartsWith(optimizer, "adafactor")) return "adafactor";
-  if (absl::StartsWith(optimizer, "dadapt")) return "dadaptation";
-  return optimizer;
+// DoRA as the trainer reads network_args (use_dora / dora_wd in any of the
+// parser's boolean spellings); unknown when the network config does not parse.
+std::optional<bool> UsesDora(const train::TrainConfig& config) {
+  auto network = networks::ParseNetworkConfig(networks::NetworkInputOf(config));
+  if (!network.ok()) return std::nullopt;
+  return network->dora;
 }
 
-bool UsesDora(const std::vector<std::string>& network_args) {
-  for (const std::string& arg : network_args) {
-    std::string compact;
-    for (char c : arg) {
-      if (!absl::ascii_isspace(static_cast<unsigned char>(c))) compact += absl::ascii_tolower(c);
-    }
-    if (compact == "dora_wd=true" || compact == "algo=dora") return true;
-  }
-  return false;
+// Generic booru subject tags ("1girl", "2boys", "solo"): nearly every caption of
+// a character set opens with them, so they are no trigger.
+bool IsSubjectCountTag(absl::string_view tag) {
+  if (tag == "solo" || tag == "no humans" || absl::StartsWith(tag, "multiple ")) return true;
+  size_t digits = 0;
+  while (digits < tag.size() && absl::ascii_isdigit(static_cast<unsigned char>(tag[digits]))) ++digits;
+  if (digits == 0) return false;
+  absl::string_view rest = tag.substr(digits);
+  absl::ConsumeSuffix(&rest, "s");
+  absl::ConsumeSuffix(&rest, "+");
+  return rest == "girl" || rest == "boy" || rest == "other";
 }
 
 struct StepCount {
@@ -76,8 +78,9 @@ absl::StatusOr<TrainingKind> ParseTrainingKind(absl::string_view text) {
   const std::string lower = absl::AsciiStrToLower(text);
   if (lower == "character") return TrainingKind::kCharacter;
   if (lower == "style") return TrainingKind::kStyle;
-  return absl::InvalidArgumentError(
-      absl::StrCat("--kind '", std::string(text), "' is not one of: character, style"));
+  if (lower == "concept") return TrainingKind::kConcept;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "kind '", std::string(text), "' is not one of: character, style, concept"));
 }
 
 absl::StatusOr<ModelFamily> ParseModelFamily(absl::string_view text) {
@@ -92,6 +95,7 @@ absl::string_view TrainingKindName(TrainingKind kind) {
   switch (kind) {
     case TrainingKind::kCharacter: return "character";
     case TrainingKind::kStyle: return "style";
+    case TrainingKind::kConcept: return "concept";
     case TrainingKind::kUnspecified: return "unspecified";
   }
   return "unspecified";
@@ -106,33 +110,53 @@ absl::string_view ModelFamilyName(ModelFamily family) {
   return "unknown";
 }
 
-std::string DetectLeadingTriggerWord(const std::vector<std::string>& captions,
-                                     double min_fraction) {
-  absl::flat_hash_map<std::string, int64_t> counts;
-  int64_t non_empty = 0;
-  for (const std::string& caption : captions) {
-    const absl::string_view trimmed = absl::StripAsciiWhitespace(caption);
-    if (trimmed.empty()) continue;
-    ++non_empty;
-    const absl::string_view first = absl::StripAsciiWhitespace(
-        trimmed.substr(0, std::min(trimmed.find(','), trimmed.size())));
-    // A trigger is a short tag; a long first segment is a sentence.
+std::string OptimizerFamily(absl::string_view optimizer_type) {
+  const std::string optimizer = NormalizeOptimizer(optimizer_type);
+  if (absl::StrContains(optimizer, "came")) return "came";
+  if (absl::StrContains(optimizer, "adamw")) return "adamw";
+  if (absl::StartsWith(optimizer, "lion") || absl::StartsWith(optimizer, "pagedlion")) return "lion";
+  if (absl::StartsWith(optimizer, "prodigy")) return "prodigy";
+  if (absl::StartsWith(optimizer, "adafactor")) return "adafactor";
+  if (absl::StartsWith(optimizer, "dadapt")) return "dadapt";
+  if (absl::StartsWith(optimizer, "sgd")) return "sgd";
+  return optimizer;
+}
+
+TriggerWord DetectTriggerWord(const std::vector<CaptionHead>& heads, int64_t captions,
+                              double min_fraction) {
+  struct Seen {
+    int64_t count = 0;
+    int first = 0;
+    int last = 0;
+  };
+  absl::flat_hash_map<std::string, Seen> by_tag;
+  for (const CaptionHead& head : heads) {
+    const std::string tag = absl::AsciiStrToLower(absl::StripAsciiWhitespace(head.tag));
     const std::vector<absl::string_view> words =
-        absl::StrSplit(first, absl::ByAnyChar(" \t"), absl::SkipEmpty());
-    if (words.empty() || words.size() > 3) continue;
-    ++counts[absl::AsciiStrToLower(first)];
+        absl::StrSplit(tag, absl::ByAnyChar(" \t"), absl::SkipEmpty());
+    // A trigger is a short tag; a long first segment is a sentence.
+    if (words.empty() || words.size() > 3 || IsSubjectCountTag(tag) || head.count <= 0) continue;
+    Seen& seen = by_tag[tag];
+    seen.count += head.count;
+    seen.first = seen.first == 0 ? head.position : std::min(seen.first, head.position);
+    seen.last = std::max(seen.last, head.position);
   }
-  if (non_empty < 2) return "";
-  std::string best;
-  int64_t best_count = 0;
-  for (const auto& [token, count] : counts) {
-    if (count > best_count || (count == best_count && token < best)) {
-      best = token;
-      best_count = count;
+  TriggerWord best;
+  const Seen* best_seen = nullptr;
+  if (captions < 2) return best;
+  for (const auto& entry : by_tag) {
+    const Seen& seen = entry.second;
+    if (static_cast<double>(seen.count) < min_fraction * static_cast<double>(captions)) continue;
+    const bool better =
+        best_seen == nullptr || seen.count > best_seen->count ||
+        (seen.count == best_seen->count &&
+         (seen.first < best_seen->first || (seen.first == best_seen->first && entry.first < best.word)));
+    if (better) {
+      best = TriggerWord{entry.first, seen.last};
+      best_seen = &seen;
     }
   }
-  return static_cast<double>(best_count) >= min_fraction * static_cast<double>(non_empty) ? best
-                                                                                          : "";
+  return best;
 }
 
 FactMap ComputeFacts(const AdvisorInput& input) {
@@ -156,14 +180,20 @@ FactMap ComputeFacts(const AdvisorInput& input) {
   number("all_duplicates", static_cast<double>(data.exact_duplicates + data.near_duplicates));
   number("booru_captions", static_cast<double>(data.booru_captions));
   number("natural_captions", static_cast<double>(data.natural_captions));
-  if (!data.leading_trigger_word.empty()) facts["trigger_word"] = data.leading_trigger_word;
-  number("has_trigger_word", data.leading_trigger_word.empty() ? 0 : 1);
+  if (!data.trigger_word.empty()) {
+    facts["trigger_word"] = data.trigger_word;
+    number("trigger_position", data.trigger_position);
+  }
+  number("has_trigger_word", data.trigger_word.empty() ? 0 : 1);
   number("keep_tokens", static_cast<double>(data.keep_tokens.value_or(config.keep_tokens)));
+  const bool shuffle = data.shuffle_caption.value_or(config.shuffle_caption);
+  number("shuffle_caption", shuffle ? 1 : 0);
+  number("tags_unfixed",
+         shuffle || data.caption_tag_dropout_rate.value_or(config.caption_tag_dropout_rate) > 0 ? 1 : 0);
 
   facts["optimizer_type"] = config.optimizer_type.empty() ? "AdamW" : config.optimizer_type;
-  const std::string optimizer = NormalizeOptimizer(config.optimizer_type);
-  facts["optimizer"] = optimizer;
-  facts["optimizer_family"] = OptimizerFamily(optimizer);
+  facts["optimizer"] = NormalizeOptimizer(config.optimizer_type);
+  facts["optimizer_family"] = OptimizerFamily(config.optimizer_type);
   const double lr = config.UnetLr();
   const double te_lr = config.network_train_unet_only ? 0.0 : config.TextEncoderLr();
   number("lr", lr);
@@ -171,7 +201,8 @@ FactMap ComputeFacts(const AdvisorInput& input) {
   number("max_lr", std::max(lr, te_lr));
   number("dim", static_cast<double>(config.network_dim));
   number("alpha", config.network_alpha);
-  number("dora", UsesDora(config.network_args) ? 1 : 0);
+  if (const std::optional<bool> dora = UsesDora(config)) number("dora", *dora ? 1 : 0);
+  number("clip_skip", static_cast<double>(config.clip_skip.value_or(1)));
   number("batch", static_cast<double>(config.train_batch_size));
   number("grad_accum", static_cast<double>(config.gradient_accumulation_steps));
   if (config.max_train_epochs) number("epochs", static_cast<double>(*config.max_train_epochs));

@@ -21,10 +21,13 @@
 
 namespace lorad::planner {
 
-enum class TrainingKind { kUnspecified, kCharacter, kStyle };
+// What the LoRA is meant to learn; the guide's thresholds differ for characters
+// and styles. kConcept (objects, poses, ...) gets only the kind-neutral rules.
+enum class TrainingKind { kUnspecified, kCharacter, kStyle, kConcept };
 enum class ModelFamily { kUnknown, kSdxl, kSd15 };
 
-// Parses "character" | "style" (case-insensitive); InvalidArgument otherwise.
+// Parses "character" | "style" | "concept" (case-insensitive); InvalidArgument
+// naming the accepted kinds otherwise.
 absl::StatusOr<TrainingKind> ParseTrainingKind(absl::string_view text);
 // Parses "sdxl" | "sd15" | "sd1.5" | "sd1" (case-insensitive).
 absl::StatusOr<ModelFamily> ParseModelFamily(absl::string_view text);
@@ -41,19 +44,42 @@ struct DatasetFacts {
   int64_t near_duplicates = 0;      // perceptual-hash pairs under the threshold
   int64_t booru_captions = 0;       // caption files in tag style
   int64_t natural_captions = 0;     // caption files in natural language
-  // The first token most captions share ("ohwx", "sks woman"), empty when none;
-  // see DetectLeadingTriggerWord.
-  std::string leading_trigger_word;
-  // keep_tokens from the dataset_config subsets when they set it (wins over
-  // the training config's keep_tokens).
+  // A tag most captions open with ("ohwx", "sks woman"), empty when none, and
+  // the furthest tag position (1-based) it sits at; see DetectTriggerWord.
+  std::string trigger_word;
+  int trigger_position = 0;
+  // The dataset_config's caption settings when every training subset sets the
+  // same value; they win over the training config's keys, as in kohya.
   std::optional<int64_t> keep_tokens;
+  std::optional<bool> shuffle_caption;
+  std::optional<double> caption_tag_dropout_rate;
   ModelFamily family = ModelFamily::kUnknown;
 };
 
-// Returns the first caption token (comma- or space-separated, lowercased) that at
-// least `min_fraction` of the non-empty captions start with, or "" when none.
-std::string DetectLeadingTriggerWord(const std::vector<std::string>& captions,
-                                     double min_fraction = 0.8);
+// How often a tag opens captions at one position: the curation report's
+// caption_heads (core/data/curation.h).
+struct CaptionHead {
+  std::string tag;  // lowercased
+  int position = 1;  // 1-based tag position
+  int64_t count = 0;
+};
+
+struct TriggerWord {
+  std::string word;  // empty: none
+  int position = 0;  // the furthest position it opens captions at
+};
+
+// The trigger word of a dataset: a short tag (at most 3 words, not a generic
+// subject count such as "1girl" or "solo") found among the first tags of at
+// least `min_fraction` of `captions` caption files (at least 2). The most
+// frequent wins; a tie goes to the earlier position.
+TriggerWord DetectTriggerWord(const std::vector<CaptionHead>& heads, int64_t captions,
+                              double min_fraction = 0.8);
+
+// The optimizer family the rules speak of: the lowercase last dotted part of
+// `optimizer_type` ("LoraEasyCustomOptimizer.came.CAME" -> came), grouped:
+// adamw, lion, adafactor, prodigy, came, dadapt, sgd; any other name as is.
+std::string OptimizerFamily(absl::string_view optimizer_type);
 
 struct AdvisorInput {
   DatasetFacts dataset;

@@ -18,7 +18,8 @@ AdvisorInput CleanCharacter() {
   input.dataset.image_count = 40;
   input.dataset.images_with_repeats = 400;
   input.dataset.booru_captions = 40;
-  input.dataset.leading_trigger_word = "ohwx";
+  input.dataset.trigger_word = "ohwx";
+  input.dataset.trigger_position = 1;
   input.dataset.family = ModelFamily::kSdxl;
   input.config.optimizer_type = "came_pytorch.CAME";
   input.config.unet_lr = 6e-5;
@@ -28,6 +29,7 @@ AdvisorInput CleanCharacter() {
   input.config.train_batch_size = 2;
   input.config.max_train_epochs = 10;
   input.config.keep_tokens = 1;
+  input.config.shuffle_caption = true;
   return input;
 }
 
@@ -99,12 +101,10 @@ std::vector<RuleCase> Cases() {
        [] { auto in = CleanCharacter(); in.config.optimizer_type = "AdamW"; return in; },
        [] { auto in = CleanCharacter(); in.config.optimizer_type = "AdamW";
             in.dataset.image_count = 50; return in; }, "AdamW"},
-      {"style-50-100-came-lr",
-       [] { auto in = CleanMidStyle(); in.dataset.image_count = 80;
-            in.config.learning_rate = 6e-5; return in; },
-       [] { auto in = CleanMidStyle(); in.dataset.image_count = 80;
-            in.config.optimizer_type = "AdamW"; in.config.learning_rate = 6e-5; return in; },
-       "6e-5"},
+      {"style-came-lr-low",
+       [] { auto in = CleanMidStyle(); in.config.learning_rate = 6e-5; return in; },
+       [] { auto in = CleanMidStyle(); in.config.optimizer_type = "AdamW";
+            in.config.learning_rate = 6e-5; return in; }, "lr 6e-5"},
       {"style-50-100-came-weak",
        [] { auto in = CleanMidStyle(); in.dataset.image_count = 80; return in; },
        [] { auto in = CleanMidStyle(); in.dataset.image_count = 80;
@@ -112,20 +112,21 @@ std::vector<RuleCase> Cases() {
       {"style-100-150-came-dora",
        [] { auto in = CleanMidStyle(); in.config.network_args.clear(); return in; },
        [] { auto in = CleanMidStyle(); in.config.network_args.clear();
-            in.dataset.image_count = 151; return in; }, "DoRA 0"},
+            in.dataset.image_count = 151; return in; }, "without DoRA"},
       {"style-large-adamw",
        [] { auto in = CleanLargeStyle(); in.config.optimizer_type = "CAME";
             in.config.learning_rate = 1e-4; return in; },
        [] { auto in = CleanLargeStyle(); in.config.optimizer_type = "CAME";
             in.config.learning_rate = 1e-4; in.dataset.image_count = 200; return in; },
        "CAME at lr 1e-4"},
-      {"style-300-lr-too-low",
-       [] { auto in = CleanLargeStyle(); in.config.learning_rate = 6e-5; return in; },
-       [] { auto in = CleanLargeStyle(); in.config.learning_rate = 7e-5; return in; }, "300 images"},
+      {"style-large-adamw-lr",
+       [] { auto in = CleanLargeStyle(); in.config.learning_rate = 4e-4; return in; },
+       [] { auto in = CleanLargeStyle(); in.config.learning_rate = 4e-4;
+            in.dataset.image_count = 200; return in; }, "lr 4e-4"},
       {"style-steps",
        [] { auto in = CleanLargeStyle(); in.config.max_train_epochs = 10; return in; },
        [] { auto in = CleanLargeStyle(); in.config.max_train_epochs = 48; return in; },
-       "750 steps (300 images x repeats / batch 4 = 75 steps/epoch x 10 epochs)"},
+       "750 steps with AdamW8bit (300 images x repeats / batch 4 = 75 steps/epoch x 10 epochs)"},
       {"te-lr-not-below-unet",
        [] { auto in = CleanCharacter(); in.config.unet_lr.reset();
             in.config.text_encoder_lr.reset(); in.config.learning_rate = 6e-5; return in; },
@@ -136,15 +137,23 @@ std::vector<RuleCase> Cases() {
             in.config.text_encoder_lr = 1e-4; return in; },
        [] { auto in = CleanLargeStyle(); in.config.network_train_unet_only = false;
             in.config.text_encoder_lr = 0.0; return in; }, "1e-4"},
+      {"clip-skip-range",
+       [] { auto in = CleanCharacter(); in.config.clip_skip = 3; return in; },
+       [] { auto in = CleanCharacter(); in.config.clip_skip = 2; return in; }, "clip_skip 3"},
       {"batch-size-cost",
+       [] { auto in = CleanCharacter(); in.config.train_batch_size = 1; return in; },
+       // The guide: higher batch sizes when VRAM allows.
        [] { auto in = CleanCharacter(); in.config.train_batch_size = 8; return in; },
-       [] { auto in = CleanCharacter(); in.config.train_batch_size = 4; return in; },
-       "train_batch_size 8"},
+       "train_batch_size 1"},
       {"dataset-duplicates",
        [] { auto in = CleanCharacter(); in.dataset.exact_duplicates = 1;
             in.dataset.near_duplicates = 2; return in; },
        CleanCharacter, "1 exact and 2 near"},
       {"dataset-low-res",
+       [] { auto in = CleanCharacter(); in.dataset.below_512 = 2; in.dataset.below_1024 = 3;
+            return in; },
+       [] { auto in = CleanCharacter(); in.dataset.below_1024 = 3; return in; }, "2 of 40 images"},
+      {"dataset-sdxl-below-1024",
        [] { auto in = CleanCharacter(); in.dataset.below_1024 = 3; return in; },
        [] { auto in = CleanCharacter(); in.dataset.below_1024 = 3;
             in.dataset.family = ModelFamily::kSd15; return in; }, "3 of 40 images"},
@@ -307,22 +316,130 @@ TEST(AdvisorTest, ConfigErrorsAreTheTrainersAndNameTheKey) {
   EXPECT_EQ(ok->network_args, std::vector<std::string>{"conv_dim=4"});
 }
 
-TEST(AdvisorTest, DetectsLeadingTriggerWord) {
-  EXPECT_EQ(DetectLeadingTriggerWord({"ohwx, 1girl, smile", "OHWX, solo", "ohwx, outdoors",
-                                      "ohwx,  night", "1girl, ohwx"}),
-            "ohwx");
-  EXPECT_EQ(DetectLeadingTriggerWord({"sks woman, smiling", "sks woman, park"}), "sks woman");
-  // Natural-language sentences are not triggers, nor is a minority tag.
-  EXPECT_EQ(DetectLeadingTriggerWord({"a photo of a dog on grass", "a photo of a cat on a mat"}),
-            "");
-  EXPECT_EQ(DetectLeadingTriggerWord({"ohwx, a", "ohwx, b", "1girl, c", "solo, d"}), "");
-  EXPECT_EQ(DetectLeadingTriggerWord({"ohwx, only one"}), "");
+TEST(AdvisorTest, DetectsTheTriggerWordAndItsPosition) {
+  // "ohwx" opens 9 of 10 captions (1 of them at tag 2); "1girl" is no trigger.
+  TriggerWord trigger =
+      DetectTriggerWord({{"1girl", 1, 10}, {"ohwx", 1, 8}, {"ohwx", 2, 1}, {"smile", 3, 4}}, 10);
+  EXPECT_EQ(trigger.word, "ohwx");
+  EXPECT_EQ(trigger.position, 2);
+  EXPECT_EQ(DetectTriggerWord({{"sks woman", 1, 2}}, 2).word, "sks woman");
+  // Sentences, subject counts and minority tags are no triggers.
+  EXPECT_EQ(DetectTriggerWord({{"a photo of a dog", 1, 5}}, 5).word, "");
+  EXPECT_EQ(DetectTriggerWord({{"2girls", 1, 5}, {"solo", 2, 5}, {"multiple boys", 1, 5}}, 5).word, "");
+  EXPECT_EQ(DetectTriggerWord({{"ohwx", 1, 7}}, 10).word, "");
+  EXPECT_EQ(DetectTriggerWord({{"ohwx", 1, 1}}, 1).word, "");
+  // A tie goes to the earlier position.
+  trigger = DetectTriggerWord({{"smile", 2, 10}, {"ohwx", 1, 10}}, 10);
+  EXPECT_EQ(trigger.word, "ohwx");
+  EXPECT_EQ(trigger.position, 1);
+}
+
+// The rule exists for keep_tokens = 0: it fires whenever the trigger is not
+// protected from shuffling or tag dropout, and only then.
+TEST(AdvisorTest, KeepTokensRuleFiresWhenTheTriggerIsNotProtected) {
+  AdvisorInput input = CleanCharacter();
+  input.config.keep_tokens = 0;
+  const Finding* finding = FindRule(Advise(input), "keep-tokens-trigger");
+  ASSERT_NE(finding, nullptr);
+  EXPECT_NE(finding->message.find("keep_tokens = 0"), std::string::npos) << finding->message;
+  // keep_tokens 1 with the trigger at tag 2: still unprotected, asks for 2.
+  input.config.keep_tokens = 1;
+  input.dataset.trigger_position = 2;
+  finding = FindRule(Advise(input), "keep-tokens-trigger");
+  ASSERT_NE(finding, nullptr);
+  EXPECT_NE(finding->message.find("set keep_tokens = 2"), std::string::npos) << finding->message;
+  input.config.keep_tokens = 2;
+  EXPECT_EQ(FindRule(Advise(input), "keep-tokens-trigger"), nullptr);
+  // Nothing moves the tags: no shuffle, no tag dropout.
+  input.config.keep_tokens = 0;
+  input.config.shuffle_caption = false;
+  EXPECT_EQ(FindRule(Advise(input), "keep-tokens-trigger"), nullptr);
+  input.config.caption_tag_dropout_rate = 0.1;  // dropout drops unprotected tags
+  EXPECT_NE(FindRule(Advise(input), "keep-tokens-trigger"), nullptr);
+  // The dataset_config's shuffle_caption = false wins over the config's.
+  input.config.caption_tag_dropout_rate = 0;
+  input.config.shuffle_caption = true;
+  input.dataset.shuffle_caption = false;
+  EXPECT_EQ(FindRule(Advise(input), "keep-tokens-trigger"), nullptr);
+  // No trigger word: nothing to protect.
+  input = CleanCharacter();
+  input.config.keep_tokens = 0;
+  input.dataset.trigger_word.clear();
+  input.dataset.trigger_position = 0;
+  EXPECT_EQ(FindRule(Advise(input), "keep-tokens-trigger"), nullptr);
+}
+
+// DoRA as the trainer's network_args parser reads it, in every spelling it accepts.
+TEST(AdvisorTest, RecognisesDoraInTheTrainersSpellings) {
+  const auto dora = [](const std::string& module, std::vector<std::string> args) {
+    AdvisorInput input;
+    input.config.network_module = module;
+    input.config.network_args = std::move(args);
+    const FactMap facts = ComputeFacts(input);
+    const auto found = facts.find("dora");
+    return found == facts.end() ? -1.0 : std::get<double>(found->second);
+  };
+  // The guide's own configuration.
+  EXPECT_EQ(dora("lycoris.kohya", {"algo=lora", "use_dora=True", "conv_dim=16", "conv_alpha=8"}), 1.0);
+  EXPECT_EQ(dora("networks.lora", {"dora_wd=True"}), 1.0);
+  EXPECT_EQ(dora("networks.lora", {"dora_wd=true"}), 1.0);
+  EXPECT_EQ(dora("networks.lora", {"dora_wd=1"}), 1.0);
+  EXPECT_EQ(dora("lycoris.kohya", {"algo=locon", " use_dora = \"True\" "}), 1.0);
+  EXPECT_EQ(dora("lycoris.kohya", {"algo=loha", "dora_wd=yes"}), 1.0);
+  EXPECT_EQ(dora("networks.lora", {"dora_wd=False"}), 0.0);
+  EXPECT_EQ(dora("networks.lora", {}), 0.0);
+  // What the trainer refuses (no LyCORIS algo is called "dora") is unknown, not "no DoRA".
+  EXPECT_EQ(dora("lycoris.kohya", {"algo=dora"}), -1.0);
+  EXPECT_EQ(dora("networks.lora", {"use_dora=maybe"}), -1.0);
+}
+
+TEST(AdvisorTest, OptimizerFamiliesCoverEveryKohyaSpelling) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"", "adamw"}, {"AdamW", "adamw"}, {"AdamW8bit", "adamw"}, {"PagedAdamW8bit", "adamw"},
+      {"bitsandbytes.optim.AdamW8bit", "adamw"}, {"AdamWScheduleFree", "adamw"},
+      {"Lion", "lion"}, {"Lion8bit", "lion"}, {"PagedLion8bit", "lion"},
+      {"Adafactor", "adafactor"}, {"transformers.optimization.Adafactor", "adafactor"},
+      {"Prodigy", "prodigy"}, {"prodigyopt.Prodigy", "prodigy"},
+      {"CAME", "came"}, {"came_pytorch.CAME", "came"}, {"LoraEasyCustomOptimizer.came.CAME", "came"},
+      {"DAdaptation", "dadapt"}, {"DAdaptAdam", "dadapt"}, {"DAdaptLion", "dadapt"},
+      {"dadaptation.DAdaptAdanIP", "dadapt"}, {"SGDNesterov", "sgd"}, {"SGDNesterov8bit", "sgd"},
+      {"LoraEasyCustomOptimizer.compass.Compass", "compass"},
+  };
+  for (const auto& [name, family] : cases) EXPECT_EQ(OptimizerFamily(name), family) << name;
+}
+
+// The guide's 3600+ steps for style consistency comes from its general setup:
+// every family but CAME (whose style results sit at 630 steps) is held to it.
+TEST(AdvisorTest, StepAdviceCoversEveryOptimizerFamily) {
+  for (const std::string optimizer :
+       {"AdamW8bit", "Lion", "Adafactor", "Prodigy", "DAdaptAdam", "SGDNesterov",
+        "LoraEasyCustomOptimizer.compass.Compass"}) {
+    AdvisorInput input = CleanLargeStyle();
+    input.config.optimizer_type = optimizer;
+    input.config.max_train_epochs = 10;  // 750 steps
+    const Finding* finding = FindRule(Advise(input), "style-steps");
+    ASSERT_NE(finding, nullptr) << optimizer;
+    EXPECT_NE(finding->message.find("750 steps with " + optimizer), std::string::npos) << finding->message;
+    input.config.max_train_epochs = 49;  // 3675 steps
+    EXPECT_EQ(FindRule(Advise(input), "style-steps"), nullptr) << optimizer;
+  }
+  AdvisorInput came = CleanMidStyle();
+  came.config.optimizer_type = "LoraEasyCustomOptimizer.came.CAME";
+  came.config.max_train_epochs = 10;  // 600 steps
+  EXPECT_EQ(FindRule(Advise(came), "style-steps"), nullptr);
+  // Characters get no step floor from the guide.
+  AdvisorInput character = CleanCharacter();
+  character.config.optimizer_type = "AdamW";
+  EXPECT_EQ(FindRule(Advise(character), "style-steps"), nullptr);
 }
 
 TEST(AdvisorTest, ParsesKindAndFamily) {
   EXPECT_EQ(*ParseTrainingKind("Style"), TrainingKind::kStyle);
   EXPECT_EQ(*ParseTrainingKind("character"), TrainingKind::kCharacter);
-  EXPECT_FALSE(ParseTrainingKind("concept").ok());
+  EXPECT_EQ(*ParseTrainingKind("Concept"), TrainingKind::kConcept);
+  auto bad = ParseTrainingKind("landscape");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("character, style, concept"), std::string::npos);
   EXPECT_EQ(*ParseModelFamily("SDXL"), ModelFamily::kSdxl);
   EXPECT_EQ(*ParseModelFamily("sd1.5"), ModelFamily::kSd15);
   EXPECT_FALSE(ParseModelFamily("flux").ok());

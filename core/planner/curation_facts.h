@@ -3,7 +3,7 @@
 // which lorad_planner itself stays free of.
 #pragma once
 
-#include <optional>
+#include "absl/status/statusor.h"
 
 #include "core/planner/advisor.h"
 #include "core/data/curation.h"
@@ -12,10 +12,11 @@ namespace lorad::planner {
 
 // images, images_with_repeats (training subsets), below_512/below_1024,
 // duplicates (each identical group of n files counts n-1), near-duplicate
-// pairs, caption style counts, the leading trigger word (from the report's
-// keep_tokens preview captions), and keep_tokens when every training subset
-// of a dataset_config agrees on a non-zero value (`from_dataset_config`).
-DatasetFacts FactsFromCurationReport(const data::CurationReport& report, ModelFamily family,
-                                     bool from_dataset_config = false);
+// pairs, caption style counts, the trigger word (from the report's
+// caption_heads), and keep_tokens when every training subset of a
+// dataset_config agrees on a non-zero value (`from_dataset_config`). The same
+// reading as FactsFromCurationJson (it goes through the report's JSON).
+absl::StatusOr<DatasetFacts> FactsFromCurationReport(const data::CurationReport& report, ModelFamily family,
+                                                     bool from_dataset_config = false);
 
 }  // namespace lorad::planner

@@ -15,11 +15,14 @@ TEST(CurationFactsTest, MapsEveryFieldTheRulesUse) {
   report.near_duplicates = {{"e.png", "f.png", 3}};
   report.booru_captions = 10;
   report.natural_captions = 2;
-  report.keep_tokens_preview = {{"1.txt", 0, "", "ohwx, smile"}, {"2.txt", 0, "", "ohwx, park"},
-                                {"3.txt", 1, "ohwx", "night, city"}};
+  // keep_tokens 0 (no preview at all): the trigger still comes from the heads.
+  report.captions_from_files = 12;
+  report.caption_heads = {{"ohwx", 1, 9}, {"1girl", 1, 12}, {"ohwx", 2, 2}, {"smile", 2, 4}};
   report.subsets = {{"img", false, 12, 10, 120, 1, ".txt"}, {"reg", true, 5, 1, 5, 0, ".txt"}};
 
-  const DatasetFacts facts = FactsFromCurationReport(report, ModelFamily::kSdxl, true);
+  auto parsed = FactsFromCurationReport(report, ModelFamily::kSdxl, true);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  const DatasetFacts& facts = *parsed;
   EXPECT_EQ(facts.image_count, 12);
   EXPECT_EQ(facts.images_with_repeats, 120);
   EXPECT_EQ(facts.below_512, 1);
@@ -28,13 +31,14 @@ TEST(CurationFactsTest, MapsEveryFieldTheRulesUse) {
   EXPECT_EQ(facts.near_duplicates, 1);
   EXPECT_EQ(facts.booru_captions, 10);
   EXPECT_EQ(facts.natural_captions, 2);
-  EXPECT_EQ(facts.leading_trigger_word, "ohwx");
+  EXPECT_EQ(facts.trigger_word, "ohwx");  // 11 of 12 captions; "1girl" is no trigger
+  EXPECT_EQ(facts.trigger_position, 2);
   ASSERT_TRUE(facts.keep_tokens.has_value());
   EXPECT_EQ(*facts.keep_tokens, 1);  // the reg subset's 0 is ignored
   EXPECT_EQ(facts.family, ModelFamily::kSdxl);
 
   // A plain folder dataset: keep_tokens comes from the training config.
-  EXPECT_FALSE(FactsFromCurationReport(report, ModelFamily::kSdxl, false).keep_tokens.has_value());
+  EXPECT_FALSE(FactsFromCurationReport(report, ModelFamily::kSdxl, false)->keep_tokens.has_value());
 }
 
 }  // namespace

@@ -34,13 +34,14 @@ absl::StatusOr<DatasetFacts> FactsFromCurationJson(absl::string_view report_json
     facts.near_duplicates = static_cast<int64_t>(j.value("near_duplicates", nlohmann::json::array()).size());
     facts.booru_captions = j.value("booru_captions", int64_t{0});
     facts.natural_captions = j.value("natural_captions", int64_t{0});
-    std::vector<std::string> captions;
-    for (const auto& preview : j.value("keep_tokens_preview", nlohmann::json::array())) {
-      const std::string kept = preview.value("kept", std::string());
-      const std::string rest = preview.value("rest", std::string());
-      captions.push_back(kept.empty() ? rest : (rest.empty() ? kept : kept + ", " + rest));
+    std::vector<CaptionHead> heads;
+    for (const auto& head : j.value("caption_heads", nlohmann::json::array())) {
+      heads.push_back(CaptionHead{head.at("tag").get<std::string>(), head.at("position").get<int>(),
+                                  head.at("count").get<int64_t>()});
     }
-    facts.leading_trigger_word = DetectLeadingTriggerWord(captions);
+    const TriggerWord trigger = DetectTriggerWord(heads, j.value("captions_from_files", int64_t{0}));
+    facts.trigger_word = trigger.word;
+    facts.trigger_position = trigger.position;
     if (from_dataset_config) {
       std::optional<int64_t> shared;
       bool agree = true;

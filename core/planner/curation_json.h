@@ -1,6 +1,7 @@
 // DatasetFacts from a curation report's JSON (`lorad-curate --json`, or the
 // daemon's InspectDataset.report_json), for clients that do not link core/data.
-// Mirrors FactsFromCurationReport (curation_facts.h) field for field.
+// FactsFromCurationReport (curation_facts.h) goes through this too: one reading
+// of a report. The trigger word comes from the report's caption_heads.
 #pragma once
 
 #include "absl/status/statusor.h"

@@ -14,8 +14,8 @@ TEST(CurationJsonTest, ReadsTheFieldsTheRulesUse) {
     "below_512": [{"path": "s.png", "width": 300, "height": 300}],
     "below_1024": [{"path": "s.png", "width": 300, "height": 300}, {"path": "m.png", "width": 800, "height": 900}],
     "booru_captions": 7, "natural_captions": 5,
-    "keep_tokens_preview": [{"kept": "", "rest": "ohwx, 1girl, smile"}, {"kept": "", "rest": "ohwx, 1girl"},
-                            {"kept": "", "rest": "ohwx, outdoors"}]
+    "captions_from_files": 12,
+    "caption_heads": [{"tag": "1girl", "position": 2, "count": 12}, {"tag": "ohwx", "position": 1, "count": 12}]
   })";
   auto facts = FactsFromCurationJson(report, ModelFamily::kSdxl, /*from_dataset_config=*/true);
   ASSERT_TRUE(facts.ok()) << facts.status();
@@ -27,7 +27,8 @@ TEST(CurationJsonTest, ReadsTheFieldsTheRulesUse) {
   EXPECT_EQ(facts->below_1024, 2);
   EXPECT_EQ(facts->booru_captions, 7);
   EXPECT_EQ(facts->natural_captions, 5);
-  EXPECT_EQ(facts->leading_trigger_word, "ohwx");
+  EXPECT_EQ(facts->trigger_word, "ohwx");
+  EXPECT_EQ(facts->trigger_position, 1);
   ASSERT_TRUE(facts->keep_tokens.has_value());
   EXPECT_EQ(*facts->keep_tokens, 1);
   EXPECT_EQ(facts->family, ModelFamily::kSdxl);
@@ -51,6 +52,10 @@ TEST(CurationJsonTest, RejectsWhatIsNotAReport) {
   EXPECT_EQ(FactsFromCurationJson("{\"x\": 1}", ModelFamily::kUnknown).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(FactsFromCurationJson("{\"images\": \"many\"}", ModelFamily::kUnknown).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(FactsFromCurationJson("{\"images\": 1, \"caption_heads\": [{\"tag\": 3}]}", ModelFamily::kUnknown)
+                .status()
+                .code(),
             absl::StatusCode::kInvalidArgument);
 }
 

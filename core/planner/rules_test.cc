@@ -1,6 +1,10 @@
 #include "core/planner/rules.h"
 
+#include <cstdlib>
+#include <fstream>
+#include <set>
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -21,11 +25,79 @@ TEST(RulesTest, BuiltInTableLoadsWithUniqueIdsAndCitations) {
   EXPECT_TRUE(has_never);
 }
 
+// The section headings of shared/seed/lora_training_guide_2025.md that the
+// built-in rules cite, as written there (without the leading emoji).
+const std::set<std::string>& CitedGuideHeadings() {
+  static const auto* headings = new std::set<std::string>{
+      "What NOT to Do (Expensive Lessons Learned)",
+      "CAME + DoRA Fighting Game Style Experiments",
+      "CAME Dataset Size Threshold Discovery",
+      "Key Threshold Insights:",
+      "Style vs Character Training with CAME:",
+      "Training Schedule Insights",
+      "Quality Over Speed",
+      "Learning Rates (The Critical Setting)",
+      "Optimizer Experiments",
+      "Quality Over Quantity",
+      "Dataset Quality Focus",
+  };
+  return *headings;
+}
+
+// The "quoted" parts of a citation.
+std::vector<std::string> QuotedParts(const std::string& text) {
+  std::vector<std::string> parts;
+  size_t open = text.find('"');
+  while (open != std::string::npos) {
+    const size_t close = text.find('"', open + 1);
+    if (close == std::string::npos) break;
+    parts.push_back(text.substr(open + 1, close - open - 1));
+    open = text.find('"', close + 1);
+  }
+  return parts;
+}
+
+// Every citation names at least one heading of the guide, in double quotes.
+TEST(RulesTest, EveryCitationNamesASectionHeadingOfTheGuide) {
+  for (const Rule& rule : DefaultRules().rules) {
+    EXPECT_EQ(rule.citation.rfind("DuskFall guide, ", 0), 0u) << rule.id << ": " << rule.citation;
+    const std::vector<std::string> cited = QuotedParts(rule.citation);
+    EXPECT_FALSE(cited.empty()) << rule.id << " cites no heading: " << rule.citation;
+    for (const std::string& heading : cited) {
+      EXPECT_TRUE(CitedGuideHeadings().contains(heading)) << rule.id << " cites '" << heading << "'";
+    }
+  }
+}
+
+// With LORAD_GUIDE naming the guide's file (shared/seed/lora_training_guide_2025.md),
+// the embedded list is checked against the headings the file really has.
+TEST(RulesTest, CitedHeadingsExistInTheGuideFile) {
+  const char* path = std::getenv("LORAD_GUIDE");
+  if (path == nullptr || *path == '\0') GTEST_SKIP() << "LORAD_GUIDE is not set";
+  std::ifstream in(path);
+  ASSERT_TRUE(in) << "cannot read LORAD_GUIDE=" << path;
+  std::set<std::string> headings;
+  bool in_code = false;
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("```", 0) == 0) in_code = !in_code;
+    if (in_code || line.empty() || line[0] != '#') continue;
+    size_t start = line.find_first_not_of('#');
+    // Skip the spaces and the emoji (any non-ASCII bytes) before the title.
+    while (start < line.size() && (line[start] == ' ' || static_cast<unsigned char>(line[start]) >= 0x80)) ++start;
+    if (start < line.size()) headings.insert(line.substr(start));
+  }
+  ASSERT_GT(headings.size(), 20u);
+  for (const std::string& heading : CitedGuideHeadings()) {
+    EXPECT_TRUE(headings.contains(heading)) << "the guide has no heading '" << heading << "'";
+  }
+}
+
 TEST(RulesTest, EveryKnownFactIsComputedForAFullInput) {
   AdvisorInput input;
   input.kind = TrainingKind::kStyle;
   input.dataset.image_count = 10;
-  input.dataset.leading_trigger_word = "ohwx";
+  input.dataset.trigger_word = "ohwx";
+  input.dataset.trigger_position = 1;
   input.config.learning_rate = 1e-4;
   input.config.max_train_epochs = 2;
   const FactMap facts = ComputeFacts(input);

@@ -13,13 +13,10 @@
 #include "core/data/dataset.h"
 #include "core/config/config.h"
 #include "core/networks/metadata.h"
+#include "core/train/dataset_args.h"
 #include "core/train/trainer.h"
 
 namespace lorad::train {
-
-// `native_resolution` (512 / 1024) is used when config.resolution is empty.
-// config.seed must be set (the data order depends on it).
-absl::StatusOr<data::DatasetArgs> DatasetArgsFor(const TrainConfig& config, int64_t native_resolution);
 
 // The base model's native resolution from its header alone (no weights loaded).
 absl::StatusOr<int64_t> NativeResolutionOf(const std::string& checkpoint_path);

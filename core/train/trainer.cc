@@ -353,13 +353,7 @@ absl::Status Run::SetupTextEncoderDiskCache() {
 }
 
 absl::Status Run::ParseNetworkOptions() {
-  networks::NetworkConfigInput input;
-  input.network_module = config_.network_module;
-  input.network_dim = config_.network_dim;
-  input.network_alpha = config_.network_alpha;
-  input.network_dropout = config_.network_dropout;
-  input.network_args = config_.network_args;
-  ASSIGN_OR_RETURN(net_config_, networks::ParseNetworkConfig(input));
+  ASSIGN_OR_RETURN(net_config_, networks::ParseNetworkConfig(networks::NetworkInputOf(config_)));
   // kohya: scale_weight_norms = 0 (or unset) disables max-norm.
   if (MaxNormEnabled()) {
     if (!(*config_.scale_weight_norms > 0) || !std::isfinite(*config_.scale_weight_norms)) {
