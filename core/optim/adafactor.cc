@@ -127,9 +127,9 @@ absl::StatusOr<std::unique_ptr<Optimizer>> MakeAdafactor(const OptimizerArgs& ar
   RETURN_IF_ERROR(RequireRange(n, "decay_rate", c.decay_rate, -INFINITY, false, 0, false));
   if (c.beta1) RETURN_IF_ERROR(RequireRange(n, "beta1", *c.beta1, 0, true, 1, false));
   RETURN_IF_ERROR(RequireRange(n, "weight_decay", c.weight_decay, 0, true, INFINITY, false));
-  if (c.warmup_init && !c.relative_step) {
-    return absl::InvalidArgumentError("Adafactor warmup_init=True requires relative_step=True");
-  }
+  // kohya turns relative_step on when warmup_init is set (transformers would raise);
+  // OptimizerWarnings reports it.
+  if (c.warmup_init && !c.relative_step) c.relative_step = true;
   if (!c.relative_step) {
     for (const ParamGroup& g : groups) {
       if (g.lr <= 0) {

@@ -40,6 +40,13 @@ torch::Tensor ApproxSqGrad(const torch::Tensor& row, const torch::Tensor& col) {
   return torch::mul(r_factor, c_factor);
 }
 
+void CopyStochasticBf16(const torch::Tensor& target, const torch::Tensor& source) {
+  torch::Tensor bits = source.to(torch::kFloat).contiguous().view(torch::kInt);
+  torch::Tensor r = torch::randint_like(bits, 0, int64_t{1} << 16);
+  r.add_(bits).bitwise_and_(-65536);  // keep the upper 16 bits
+  target.copy_(r.view(torch::kFloat));
+}
+
 absl::Status TorchError(std::string_view optimizer, const c10::Error& e) {
   return absl::InternalError(absl::StrCat(std::string(optimizer), " step failed: ", e.what_without_backtrace()));
 }

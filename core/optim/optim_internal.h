@@ -46,6 +46,26 @@ absl::StatusOr<std::unique_ptr<Optimizer>> MakeLion(const OptimizerArgs&, std::v
 absl::StatusOr<std::unique_ptr<Optimizer>> MakeAdafactor(const OptimizerArgs&, std::vector<ParamGroup>, std::string);
 absl::StatusOr<std::unique_ptr<Optimizer>> MakeProdigy(const OptimizerArgs&, std::vector<ParamGroup>, std::string);
 absl::StatusOr<std::unique_ptr<Optimizer>> MakeCame(const OptimizerArgs&, std::vector<ParamGroup>, std::string);
+absl::StatusOr<std::unique_ptr<Optimizer>> MakeLoraEasyCame(const OptimizerArgs&, std::vector<ParamGroup>, std::string);
+absl::StatusOr<std::unique_ptr<Optimizer>> MakeCompass(const OptimizerArgs&, std::vector<ParamGroup>, std::string);
+absl::StatusOr<std::unique_ptr<Optimizer>> MakeDAdaptAdam(const OptimizerArgs&, std::vector<ParamGroup>, std::string);
+absl::StatusOr<std::unique_ptr<Optimizer>> MakeDAdaptAdamPreprint(const OptimizerArgs&, std::vector<ParamGroup>,
+                                                                  std::string);
+absl::StatusOr<std::unique_ptr<Optimizer>> MakeDAdaptLion(const OptimizerArgs&, std::vector<ParamGroup>, std::string);
+absl::StatusOr<std::unique_ptr<Optimizer>> MakeDAdaptSgd(const OptimizerArgs&, std::vector<ParamGroup>, std::string);
+absl::StatusOr<std::unique_ptr<Optimizer>> MakeDAdaptAdaGrad(const OptimizerArgs&, std::vector<ParamGroup>, std::string);
+absl::StatusOr<std::unique_ptr<Optimizer>> MakeDAdaptAdan(const OptimizerArgs&, std::vector<ParamGroup>, std::string);
+// torch.optim.SGD / bitsandbytes SGD8bit; kohya_nesterov: the SGDNesterov(8bit)
+// spelling (nesterov=True set by kohya, momentum 0.9 unless given).
+absl::StatusOr<std::unique_ptr<Optimizer>> MakeSgd(const OptimizerArgs&, std::vector<ParamGroup>, std::string,
+                                                   bool kohya_nesterov);
+absl::StatusOr<std::unique_ptr<Optimizer>> MakeSgd8bit(const OptimizerArgs&, std::vector<ParamGroup>, std::string,
+                                                       bool kohya_nesterov);
+
+// Writes float32 `source` into bfloat16 `target` with stochastic rounding: a
+// random 16-bit integer is added to the low half of each float's bits, which
+// are then cut (LoRA_Easy_Training_Scripts' copy_stochastic_, after Nerogar).
+void CopyStochasticBf16(const torch::Tensor& target, const torch::Tensor& source);
 
 // Wraps a LibTorch failure inside Step() into a status naming the optimizer.
 absl::Status TorchError(std::string_view optimizer, const c10::Error& e);

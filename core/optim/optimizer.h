@@ -1,7 +1,9 @@
 // Optimizers over parameter groups that reproduce their reference Python
 // implementations step for step (each .cc names its reference file): torch AdamW, bitsandbytes
-// AdamW8bit, lion_pytorch Lion, transformers Adafactor, prodigyopt Prodigy and
-// came_pytorch CAME. Created the kohya way: an `optimizer_type` name and a list
+// AdamW8bit and SGD8bit, lion_pytorch Lion, transformers Adafactor, prodigyopt Prodigy,
+// came_pytorch CAME, dadaptation's DAdapt* (Adam, AdamPreprint, Lion, SGD, AdaGrad, Adan),
+// torch SGD (kohya's SGDNesterov) and LoRA_Easy_Training_Scripts' CAME and Compass.
+// Created the kohya way: an `optimizer_type` name and a list
 // of "key=value" `optimizer_args`.
 //
 // Usage per training step:
@@ -88,7 +90,8 @@ class Optimizer {
   // kohya's ss_optimizer value: Python class path plus "(args)" when args were
   // given, e.g. "torch.optim.adamw.AdamW(weight_decay=0.1,betas=(0.9, 0.99))".
   std::string Describe() const;
-  // The canonical short name ("AdamW", "AdamW8bit", "Lion", "Adafactor", "Prodigy", "CAME").
+  // The canonical short name ("AdamW", "AdamW8bit", "Lion", "Adafactor", "Prodigy", "CAME",
+  // "LoraEasyCAME", "Compass", "DAdaptAdam", ..., "SGD", "SGDNesterov", "SGDNesterov8bit", "SGD8bit").
   virtual std::string_view name() const = 0;
   // Python class path, e.g. "prodigyopt.prodigy.Prodigy".
   virtual std::string_view class_path() const = 0;
@@ -138,7 +141,9 @@ class Optimizer {
 // Builds an optimizer from kohya's `optimizer_type` (case-insensitive: AdamW,
 // AdamW8bit, bitsandbytes.optim.AdamW8bit, Lion, lion_pytorch.Lion, Adafactor,
 // transformers.optimization.Adafactor, Prodigy, prodigyopt.Prodigy, CAME,
-// came_pytorch.CAME, LoraEasyCustomOptimizer.came.CAME, ...) and
+// came_pytorch.CAME, DAdaptation (= DAdaptAdamPreprint), DAdaptAdam, DAdaptLion,
+// DAdaptSGD, DAdaptAdaGrad, DAdaptAdan, SGDNesterov, SGDNesterov8bit, SGD,
+// torch.optim.SGD, LoraEasyCustomOptimizer.came.CAME, LoraEasyCustomOptimizer.compass.Compass, ...) and
 // `optimizer_args` ("weight_decay=0.1", "betas=0.9,0.999", "decouple=True",
 // "beta1=None"). Each group's lr is its base lr. Errors name the offending
 // type/arg and list the accepted ones.

@@ -17,6 +17,7 @@
 #include "core/networks/metadata.h"
 #include "core/optim/lr_scheduler.h"
 #include "core/optim/optimizer.h"
+#include "core/optim/optimizer_warnings.h"
 #include "core/train/autocast.h"
 #include "core/train/checkpoint_files.h"
 #include "core/train/loss_scaler.h"
@@ -288,6 +289,20 @@ absl::Status Run::Setup() {
   scheduler_ = *scheduler;
   if (optimizer_->UsesInternalLr() && scheduler_->name() != "adafactor") {
     Warn("adafactor_schedule", "Adafactor with relative_step computes its own lr; lr_scheduler is ignored");
+  }
+  {
+    // kohya's get_optimizer advice for this optimizer choice (lr near 1 for D-Adaptation, ...).
+    optim::OptimizerWarningInputs advice;
+    advice.optimizer = std::string(optimizer_->name());
+    advice.optimizer_args = config_.optimizer_args;
+    advice.learning_rate = config_.learning_rate;
+    advice.unet_lr = config_.unet_lr;
+    advice.text_encoder_lr = config_.text_encoder_lr;
+    for (int g = 0; g < optimizer_->num_groups(); ++g) advice.group_lrs.push_back(optimizer_->base_lr(g));
+    advice.lr_scheduler = config_.lr_scheduler;
+    advice.lr_warmup_steps = config_.lr_warmup_steps;
+    advice.max_grad_norm = config_.max_grad_norm;
+    for (const optim::OptimizerWarning& w : optim::OptimizerWarnings(advice)) Warn(w.code, w.message);
   }
 
   if (config_.cache_latents) {
