@@ -22,6 +22,7 @@
 #include "core/base/limits.h"
 #include "core/base/status_macros.h"
 #include "core/base/toml.h"
+#include "core/optim/lr_scheduler_type.h"
 
 namespace lorad::train {
 namespace {
@@ -73,6 +74,7 @@ const std::map<std::string, Option>& Options() {
       LORAD_OPT(lr_scheduler_power, {}, 0, 1000),
       LORAD_OPT(lr_scheduler_min_lr_ratio, {}, 0, 1),
       LORAD_OPT(lr_scheduler_args),
+      LORAD_OPT(lr_scheduler_type),
       LORAD_OPT(max_grad_norm, {}, 0, 1e6),
       LORAD_OPT(train_batch_size, {}, 1, kMaxBatchSize),
       LORAD_OPT(max_train_steps, {}, 1, kMaxTrainSteps),
@@ -380,6 +382,18 @@ absl::Status ApplyTomlValue(TrainConfig& config, const std::string& key, const t
       config.explicitly_set[key] = absl::StrJoin(items, " ");
       return absl::OkStatus();
     }
+    if (key == "text_encoder_lr" && !items.empty()) {
+      // kohya's text_encoder_lr takes one value per text encoder (nargs="*");
+      // its SD / SDXL LoRA network (networks/lora.py) trains both at the first.
+      if (std::any_of(items.begin(), items.end(), [&](const std::string& v) { return v != items[0]; })) {
+        config.warnings.push_back(absl::StrCat("text_encoder_lr = [", absl::StrJoin(items, ", "),
+                                               "]: both text encoders train at the first value, ", items[0],
+                                               ", as kohya's networks.lora does"));
+      }
+      RETURN_IF_ERROR(Assign(config, key, it->second, items[0]));
+      config.explicitly_set[key] = items[0];
+      return absl::OkStatus();
+    }
     if (key == "resolution") {
       config.resolution = absl::StrJoin(items, ",");
       config.explicitly_set[key] = config.resolution;
@@ -535,14 +549,33 @@ absl::Status ValidateTrainConfig(const TrainConfig& config) {
     return absl::InvalidArgumentError(absl::StrCat("config keys 'min_timestep'/'max_timestep': need 0 <= min < max <= 1000, got ",
                                                    min_t, " and ", max_t));
   }
-  if (config.cache_text_encoder_outputs && !config.network_train_unet_only) {
+  // The text encoders are frozen with network_train_unet_only, or when their lr
+  // is 0 (kohya drops that parameter group).
+  const bool text_frozen = config.network_train_unet_only || config.TextEncoderLr() == 0;
+  if (config.cache_text_encoder_outputs && !text_frozen) {
     return absl::InvalidArgumentError(
-        "config key 'cache_text_encoder_outputs' needs network_train_unet_only = true (the text encoders must be frozen)");
+        "config key 'cache_text_encoder_outputs' needs frozen text encoders: network_train_unet_only = true or "
+        "text_encoder_lr = 0");
   }
-  if (config.cache_text_encoder_outputs_to_disk && !config.network_train_unet_only) {
+  if (config.cache_text_encoder_outputs_to_disk && !text_frozen) {
     return absl::InvalidArgumentError(
-        "config key 'cache_text_encoder_outputs_to_disk' needs network_train_unet_only = true (the text encoders must "
-        "be frozen)");
+        "config key 'cache_text_encoder_outputs_to_disk' needs frozen text encoders: network_train_unet_only = true "
+        "or text_encoder_lr = 0");
+  }
+  if (!config.lr_scheduler_type.empty()) {
+    // kohya get_scheduler_fix: the class is built with lr_scheduler_args and no warmup.
+    if (config.lr_warmup_steps != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config key 'lr_warmup_steps': lr_scheduler_type ", config.lr_scheduler_type,
+          " takes no lr_warmup_steps (kohya raises); set it to 0 and give the class its own warmup in "
+          "lr_scheduler_args if it has one (e.g. warmup_steps=N for REX)"));
+    }
+    std::vector<std::string> ignored;  // warnings that need the step count come from the trainer
+    auto typed = optim::ParseTypedSchedule(config.lr_scheduler_type, config.lr_scheduler_args, 0, 2, &ignored);
+    if (!typed.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config key 'lr_scheduler_type'/'lr_scheduler_args': ", typed.status().message()));
+    }
   }
   // kohya: 0 disables max-norm; negative limits are meaningless.
   if (config.scale_weight_norms && !(*config.scale_weight_norms >= 0)) {

@@ -7,8 +7,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/base/logging.h"
+#include "core/base/status_macros.h"
 #include "core/config/config.h"
 #include "core/optim/optimizer.h"
+#include "core/optim/optimizer_args.h"
 
 namespace lorad::optim {
 namespace {
@@ -26,6 +28,21 @@ std::vector<std::string> LrScheduler::AcceptedNames() {
 }
 
 absl::StatusOr<LrScheduler> LrScheduler::Create(const SchedulerOptions& options) {
+  if (!options.type.empty()) {
+    // kohya get_scheduler_fix: a scheduler class takes no lr_warmup_steps.
+    if (options.warmup_steps != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "lr_scheduler_type ", options.type, " does not take lr_warmup_steps (kohya raises): set lr_warmup_steps = 0 "
+          "and give the class its own warmup in lr_scheduler_args if it has one (e.g. warmup_steps=N for REX)"));
+    }
+    LrScheduler s;
+    s.name_ = absl::AsciiStrToLower(absl::StripAsciiWhitespace(options.name));
+    s.total_ = options.total_steps;
+    ASSIGN_OR_RETURN(TypedSchedule typed, ParseTypedSchedule(options.type, options.args, options.total_steps,
+                                                             std::max(1, options.num_groups), &s.warnings_));
+    s.typed_ = std::move(typed);
+    return s;
+  }
   std::string name = absl::AsciiStrToLower(absl::StripAsciiWhitespace(options.name));
   // kohya spells the Adafactor schedule "adafactor:<initial lr>".
   if (absl::StartsWith(name, "adafactor:")) name = "adafactor";
@@ -71,6 +88,7 @@ absl::StatusOr<LrScheduler> LrScheduler::Create(const SchedulerOptions& options)
                           "cosine_with_min_lr)",
                           s.min_lr_ratio_, name);
   }
+  RETURN_IF_ERROR(s.ReadNamedScheduleArgs(options.args));
   if (name == "polynomial") {
     if (!(s.lr_init_ > s.lr_end_)) {
       return absl::InvalidArgumentError(absl::StrCat("polynomial schedule needs the learning rate (", s.lr_init_,
@@ -84,7 +102,49 @@ absl::StatusOr<LrScheduler> LrScheduler::Create(const SchedulerOptions& options)
   return s;
 }
 
+absl::Status LrScheduler::ReadNamedScheduleArgs(const std::vector<std::string>& args) {
+  if (args.empty()) return absl::OkStatus();
+  // kohya passes lr_scheduler_args to the transformers / diffusers schedule
+  // function as keyword arguments; these are the ones it does not pass itself.
+  std::vector<std::string> accepted = {"last_epoch"};
+  if (name_ == "cosine") accepted.push_back("num_cycles");
+  if (name_ == "polynomial") accepted.push_back("lr_end");
+  ASSIGN_OR_RETURN(OptimizerArgs parsed, OptimizerArgs::Parse(args, "lr_scheduler_args"));
+  absl::Status known = parsed.CheckKnown(absl::StrCat("lr_scheduler ", name_), accepted);
+  if (!known.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        known.message(), " (lr_scheduler_args are keyword arguments of the schedule; kohya passes warmup, total "
+                         "steps, num_cycles and power itself from lr_warmup_steps, lr_scheduler_num_cycles and "
+                         "lr_scheduler_power)"));
+  }
+  ASSIGN_OR_RETURN(int64_t last_epoch, parsed.Int("last_epoch", -1));
+  if (last_epoch != -1) {
+    return absl::InvalidArgumentError("lr_scheduler_args last_epoch must stay -1; resume a run with `resume` instead");
+  }
+  ASSIGN_OR_RETURN(cosine_cycles_, parsed.Float("num_cycles", 0.5));
+  ASSIGN_OR_RETURN(lr_end_, parsed.Float("lr_end", lr_end_));
+  return absl::OkStatus();
+}
+
+double LrScheduler::LrAt(int group, double base_lr, int64_t step) const {
+  if (!typed_) return base_lr * Multiplier(step);
+  if (static_cast<size_t>(group) >= states_.size()) states_.resize(group + 1);
+  TypedGroupState& g = states_[group];
+  // A new group, a changed base lr or a step back (resume): start over.
+  if (!g.started || g.step > step || g.base_lr != base_lr) {
+    g = StartGroup(*typed_, group, base_lr);
+  }
+  while (g.step < step) AdvanceGroup(*typed_, group, g);
+  return g.lr;
+}
+
 double LrScheduler::Multiplier(int64_t step) const {
+  if (typed_) {
+    // A fresh position, so this never disturbs the groups' states.
+    TypedGroupState g = StartGroup(*typed_, 0, 1.0);
+    while (g.step < step) AdvanceGroup(*typed_, 0, g);
+    return g.lr;
+  }
   const int64_t W = warmup_, T = total_;
   if (name_ == "constant" || name_ == "adafactor") return 1.0;
   if (step < W) return Warmup(step, W);
@@ -94,8 +154,9 @@ double LrScheduler::Multiplier(int64_t step) const {
     return std::max(0.0, static_cast<double>(T - step) / static_cast<double>(std::max<int64_t>(1, T - W)));
   }
   if (name_ == "cosine") {
-    // kohya calls it without num_cycles: transformers' default 0.5, one half cosine.
-    return std::max(0.0, 0.5 * (1.0 + std::cos(kPi * 0.5 * 2.0 * progress)));
+    // kohya calls it without num_cycles: transformers' default 0.5, one half
+    // cosine, unless lr_scheduler_args sets num_cycles.
+    return std::max(0.0, 0.5 * (1.0 + std::cos(kPi * cosine_cycles_ * 2.0 * progress)));
   }
   if (name_ == "cosine_with_restarts") {
     if (progress >= 1.0) return 0.0;
@@ -124,6 +185,12 @@ absl::Status LrScheduler::Apply(int64_t step, Optimizer& optimizer) const {
   // Adafactor with relative_step computes its own lr (kohya forces the adafactor schedule).
   if (optimizer.UsesInternalLr()) return absl::OkStatus();
   if (step < 0) return absl::InvalidArgumentError(absl::StrCat("scheduler step ", step, " must be >= 0"));
+  if (typed_) {
+    for (int g = 0; g < optimizer.num_groups(); ++g) {
+      RETURN_IF_ERROR(optimizer.SetLr(g, LrAt(g, optimizer.base_lr(g), step)));
+    }
+    return absl::OkStatus();
+  }
   const double multiplier = Multiplier(step);
   for (int g = 0; g < optimizer.num_groups(); ++g) {
     absl::Status status = optimizer.SetLr(g, optimizer.base_lr(g) * multiplier);

@@ -4,11 +4,13 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/optim/lr_scheduler_type.h"
 
 namespace lorad::optim {
 
@@ -31,6 +33,15 @@ struct SchedulerOptions {
   // polynomial: lr_end and lr_init (the optimizer's default lr; must be > lr_end).
   double lr_end = 1e-7;
   double lr_init = 0.0;
+  // lr_scheduler_type: a scheduler class by module path (see lr_scheduler_type.h);
+  // when set, `name` is only recorded, as in kohya.
+  std::string type;
+  // lr_scheduler_args ("key=value", Python literals): the class's keyword
+  // arguments, or extra arguments of the named schedule (cosine: num_cycles;
+  // polynomial: lr_end; cosine_with_min_lr: min_lr), as kohya passes them.
+  std::vector<std::string> args;
+  // Parameter groups (OneCycleLR max_lr may give one value per group).
+  int num_groups = 1;
 };
 
 class LrScheduler {
@@ -40,11 +51,20 @@ class LrScheduler {
   static absl::StatusOr<LrScheduler> Create(const SchedulerOptions& options);
   static std::vector<std::string> AcceptedNames();
 
-  // lr_lambda(step), step counted from 0.
+  // lr_lambda(step), step counted from 0. With lr_scheduler_type: the rate
+  // of a group whose base lr is 1.
   double Multiplier(int64_t step) const;
-  // Sets every group's lr to base_lr x Multiplier(step). The "adafactor"
-  // schedule leaves the optimizer alone (Adafactor computes its own lr).
+  // The lr of a group created with `base_lr` at `step`.
+  double LrAt(int group, double base_lr, int64_t step) const;
+  // Sets every group's lr for `step`: base_lr x Multiplier(step), or the
+  // lr_scheduler_type class's rate. The "adafactor" schedule leaves the
+  // optimizer alone (Adafactor computes its own lr).
   absl::Status Apply(int64_t step, Optimizer& optimizer) const;
+
+  // What the schedule does that the user should know (e.g. REX with one-step cycles).
+  const std::vector<std::string>& warnings() const { return warnings_; }
+  // "torch.optim.lr_scheduler.CosineAnnealingLR", ...; empty without lr_scheduler_type.
+  const std::string& type() const { return typed_ ? typed_->class_path : no_type_; }
 
   const std::string& name() const { return name_; }
   int64_t warmup_steps() const { return warmup_; }
@@ -52,6 +72,7 @@ class LrScheduler {
 
  private:
   LrScheduler() = default;
+  absl::Status ReadNamedScheduleArgs(const std::vector<std::string>& args);
   std::string name_;
   int64_t warmup_ = 0;
   int64_t total_ = 0;
@@ -60,6 +81,13 @@ class LrScheduler {
   double min_lr_ratio_ = 0;
   double lr_end_ = 1e-7;
   double lr_init_ = 0;
+  double cosine_cycles_ = 0.5;  // transformers' default for "cosine"
+  std::optional<TypedSchedule> typed_;
+  // Per group, the typed schedule's position: rates depend on the previous
+  // step's (torch's chainable form), so they are advanced, not recomputed.
+  mutable std::vector<TypedGroupState> states_;
+  std::vector<std::string> warnings_;
+  std::string no_type_;
 };
 
 }  // namespace lorad::optim

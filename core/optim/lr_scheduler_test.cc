@@ -101,5 +101,120 @@ TEST(LrScheduler, AdafactorScheduleNeedsRelativeStepAdafactor) {
   EXPECT_TRUE(sched->Apply(3, **ada).ok());
 }
 
+// kohya's lr_scheduler_type: every supported class against the class itself
+// (tests/fixtures/make_lr_scheduler_reference.py, torch 2.11 and
+// LoraEasyCustomOptimizer), two groups, 300 updates, to the last bit.
+TEST(LrSchedulerType, ReproducesTheReferenceClasses) {
+  auto file = io::SafetensorsFile::Open(std::string(LORAD_REPO_FIXTURES) + "/lr_scheduler_reference.safetensors");
+  ASSERT_TRUE(file.ok()) << file.status();
+  const json cases = json::parse((*file)->metadata().at("cases"));
+  ASSERT_EQ(cases.size(), 14u);
+  for (const auto& [name, c] : cases.items()) {
+    SCOPED_TRACE(name);
+    const int64_t steps = c["steps"];
+    SchedulerOptions o;
+    o.name = "cosine";  // recorded only: the class decides, as in kohya
+    o.total_steps = steps;
+    o.type = c["lr_scheduler_type"];
+    o.args = c["lr_scheduler_args"].get<std::vector<std::string>>();
+    o.num_groups = 2;
+    auto sched = LrScheduler::Create(o);
+    ASSERT_TRUE(sched.ok()) << sched.status();
+    const torch::Tensor ref = *(*file)->Get("lrs/" + name, torch::kDouble);
+    const auto base = c["base_lrs"].get<std::vector<double>>();
+    double worst = 0;
+    for (int g = 0; g < 2; ++g) {
+      for (int64_t i = 0; i < steps; ++i) {
+        const double expected = ref[g][i].item<double>();
+        worst = std::max(worst, std::fabs(sched->LrAt(g, base[g], i) - expected) / std::max(1e-30, std::fabs(expected)));
+      }
+    }
+    std::printf("[sched-type] %-26s worst relative diff %.3e\n", name.c_str(), worst);
+    EXPECT_LE(worst, 1e-12);
+    // Through an optimizer, stepping as the trainer does, and after a resume (a step back).
+    torch::Tensor p0 = torch::zeros({2}, torch::requires_grad()), p1 = torch::zeros({2}, torch::requires_grad());
+    auto opt = CreateOptimizer("AdamW", {}, {ParamGroup{"unet", {p0}, base[0]}, ParamGroup{"te", {p1}, base[1]}});
+    ASSERT_TRUE(opt.ok());
+    for (int64_t i : {int64_t{0}, int64_t{1}, int64_t{150}, int64_t{151}, int64_t{40}, steps - 1}) {
+      ASSERT_TRUE(sched->Apply(i, **opt).ok());
+      EXPECT_NEAR((*opt)->lr(0), ref[0][i].item<double>(), 1e-12 * base[0]) << i;
+      EXPECT_NEAR((*opt)->lr(1), ref[1][i].item<double>(), 1e-12 * base[1]) << i;
+    }
+    EXPECT_EQ(sched->type().find('.') != std::string::npos, true) << sched->type();
+  }
+}
+
+TEST(LrSchedulerType, NotebookRexWarnsAboutOneStepCycles) {
+  SchedulerOptions o;
+  o.total_steps = 500;
+  o.type = "LoraEasyCustomOptimizer.RexAnnealingWarmRestarts.RexAnnealingWarmRestarts";
+  o.args = {"min_lr=1e-9", "gamma=0.9", "d=0.9"};
+  auto sched = LrScheduler::Create(o);
+  ASSERT_TRUE(sched.ok()) << sched.status();
+  ASSERT_EQ(sched->warnings().size(), 1u);
+  EXPECT_NE(sched->warnings()[0].find("first_cycle_max_steps=500"), std::string::npos) << sched->warnings()[0];
+  o.args.push_back("first_cycle_max_steps=500");
+  EXPECT_TRUE(LrScheduler::Create(o)->warnings().empty());
+}
+
+TEST(LrSchedulerType, ClearErrors) {
+  auto make = [](std::string type, std::vector<std::string> args, double warmup = 0) {
+    SchedulerOptions o;
+    o.total_steps = 100;
+    o.type = std::move(type);
+    o.args = std::move(args);
+    o.warmup_steps = warmup;
+    return LrScheduler::Create(o).status();
+  };
+  auto expect = [](const absl::Status& status, const std::vector<std::string>& words) {
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    for (const std::string& w : words) EXPECT_NE(status.message().find(w), std::string::npos) << w << ": " << status;
+  };
+  // Unknown class: lists what exists.
+  expect(make("Bogus.Scheduler", {}), {"unknown lr_scheduler_type", "CosineAnnealingLR", "RexAnnealingWarmRestarts"});
+  expect(make("CosineAnnealingLr", {"T_max=10"}), {"unknown lr_scheduler_type", "CosineAnnealingLR"});
+  // torch classes that need Python objects say why.
+  expect(make("LambdaLR", {}), {"Python function"});
+  expect(make("torch.optim.lr_scheduler.ReduceLROnPlateau", {}), {"metric"});
+  // kohya refuses warmup with a scheduler class.
+  expect(make("CosineAnnealingLR", {"T_max=10"}, 10), {"lr_warmup_steps", "warmup_steps=N"});
+  // Arguments: required, unknown, bad values.
+  expect(make("CosineAnnealingLR", {}), {"T_max", "T_max=100"});
+  expect(make("StepLR", {"step_size=10", "gama=0.5"}), {"gama", "step_size, gamma"});
+  expect(make("StepLR", {"step_size=abc"}), {"step_size", "integer"});
+  expect(make("OneCycleLR", {"max_lr=1e-4", "total_steps=100"}), {"cycle_momentum=False"});
+  expect(make("OneCycleLR", {"max_lr=1e-4", "total_steps=50", "cycle_momentum=False"}), {"total_steps=100"});
+  expect(make("LoraEasyCustomOptimizer.RexAnnealingWarmRestarts.RexAnnealingWarmRestarts", {"d=0.9"}),
+         {"gamma"});
+  expect(make("LoraEasyCustomOptimizer.RexAnnealingWarmRestarts.RexAnnealingWarmRestarts",
+              {"gamma=0.9", "first_cycle_max_steps=10", "warmup_steps=10"}),
+         {"warmup_steps (10) must be smaller than first_cycle_max_steps (10)"});
+  expect(make("ExponentialLR", {"gamma=0.9", "last_epoch=5"}), {"last_epoch"});
+}
+
+// kohya passes lr_scheduler_args to the named schedules too.
+TEST(LrScheduler, NamedScheduleArgs) {
+  SchedulerOptions o;
+  o.name = "cosine";
+  o.total_steps = 100;
+  o.args = {"num_cycles=1.0"};
+  auto full = LrScheduler::Create(o);
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_NEAR(full->Multiplier(50), 0.0, 1e-12);  // one full cosine: back up at the end
+  EXPECT_NEAR(full->Multiplier(100), 1.0, 1e-12);
+  o.args = {"num_cycles=0.5"};
+  EXPECT_NEAR(LrScheduler::Create(o)->Multiplier(50), 0.5, 1e-12);
+  o.name = "linear";
+  auto bad = LrScheduler::Create(o);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("num_cycles"), std::string::npos) << bad.status();
+  o.name = "polynomial";
+  o.lr_init = 1e-3;
+  o.args = {"lr_end=1e-5"};
+  auto poly = LrScheduler::Create(o);
+  ASSERT_TRUE(poly.ok()) << poly.status();
+  EXPECT_NEAR(poly->Multiplier(100), 1e-5 / 1e-3, 1e-12);
+}
+
 }  // namespace
 }  // namespace lorad::optim

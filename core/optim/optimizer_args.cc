@@ -66,22 +66,24 @@ std::string PythonRepr(const std::string& raw) {
 
 }  // namespace
 
-absl::StatusOr<OptimizerArgs> OptimizerArgs::Parse(const std::vector<std::string>& args) {
+absl::StatusOr<OptimizerArgs> OptimizerArgs::Parse(const std::vector<std::string>& args, const std::string& key_name) {
   OptimizerArgs out;
+  out.key_name_ = key_name;
   for (const std::string& arg : args) {
     size_t eq = arg.find('=');
     if (eq == std::string::npos) {
       return absl::InvalidArgumentError(
-          absl::StrCat("optimizer_args entry '", arg, "' is not of the form key=value (e.g. weight_decay=0.01)"));
+          absl::StrCat(key_name, " entry '", arg, "' is not of the form key=value (e.g. ",
+                       key_name == "optimizer_args" ? "weight_decay=0.01" : "gamma=0.9", ")"));
     }
     std::string key = Trim(arg.substr(0, eq));
     std::string value = Trim(arg.substr(eq + 1));
-    if (key.empty()) return absl::InvalidArgumentError(absl::StrCat("optimizer_args entry '", arg, "' has no key"));
+    if (key.empty()) return absl::InvalidArgumentError(absl::StrCat(key_name, " entry '", arg, "' has no key"));
     if (value.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("optimizer_args entry '", arg, "' has no value for ", key));
+      return absl::InvalidArgumentError(absl::StrCat(key_name, " entry '", arg, "' has no value for ", key));
     }
     if (out.values_.count(key)) {
-      return absl::InvalidArgumentError(absl::StrCat("optimizer_args sets ", key, " twice"));
+      return absl::InvalidArgumentError(absl::StrCat(key_name, " sets ", key, " twice"));
     }
     out.values_[key] = value;
     out.ordered_.emplace_back(key, value);
@@ -92,13 +94,13 @@ absl::StatusOr<OptimizerArgs> OptimizerArgs::Parse(const std::vector<std::string
 absl::Status OptimizerArgs::CheckKnown(const std::string& optimizer, const std::vector<std::string>& accepted) const {
   std::set<std::string> known(accepted.begin(), accepted.end());
   for (const auto& [key, value] : ordered_) {
-    if (key == "lr") {
+    if (key == "lr" && key_name_ == "optimizer_args") {
       return absl::InvalidArgumentError(absl::StrCat(
           "optimizer_args must not set lr for ", optimizer,
           ": the learning rate comes from learning_rate / unet_lr / text_encoder_lr (kohya passes it separately)"));
     }
     if (!known.count(key)) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown optimizer arg '", key, "' for ", optimizer,
+      return absl::InvalidArgumentError(absl::StrCat("unknown ", Label(), "'", key, "' for ", optimizer,
                                                      "; accepted: ", absl::StrJoin(accepted, ", ")));
     }
   }
@@ -111,7 +113,7 @@ absl::StatusOr<double> OptimizerArgs::Float(const std::string& key, double fallb
   std::optional<double> v = ParseNumber(it->second);
   if (!v) {
     return absl::InvalidArgumentError(
-        absl::StrCat("optimizer arg ", key, "=", it->second, " is not a number (e.g. ", key, "=0.01)"));
+        absl::StrCat(Label(), key, "=", it->second, " is not a number (e.g. ", key, "=0.01)"));
   }
   return *v;
 }
@@ -124,7 +126,7 @@ absl::StatusOr<std::optional<double>> OptimizerArgs::OptionalFloat(const std::st
   std::optional<double> v = ParseNumber(it->second);
   if (!v) {
     return absl::InvalidArgumentError(
-        absl::StrCat("optimizer arg ", key, "=", it->second, " is neither a number nor None"));
+        absl::StrCat(Label(), key, "=", it->second, " is neither a number nor None"));
   }
   return v;
 }
@@ -136,7 +138,7 @@ absl::StatusOr<bool> OptimizerArgs::Bool(const std::string& key, bool fallback) 
   if (lower == "true" || lower == "1") return true;
   if (lower == "false" || lower == "0") return false;
   return absl::InvalidArgumentError(
-      absl::StrCat("optimizer arg ", key, "=", it->second, " is not a boolean (use True or False)"));
+      absl::StrCat(Label(), key, "=", it->second, " is not a boolean (use True or False)"));
 }
 
 absl::StatusOr<int64_t> OptimizerArgs::Int(const std::string& key, int64_t fallback) const {
@@ -144,9 +146,28 @@ absl::StatusOr<int64_t> OptimizerArgs::Int(const std::string& key, int64_t fallb
   if (it == values_.end()) return fallback;
   std::optional<double> v = ParseNumber(it->second);
   if (!v || !std::isfinite(*v) || std::floor(*v) != *v || std::fabs(*v) > 9e15) {
-    return absl::InvalidArgumentError(absl::StrCat("optimizer arg ", key, "=", it->second, " is not an integer"));
+    return absl::InvalidArgumentError(absl::StrCat(Label(), key, "=", it->second, " is not an integer"));
   }
   return static_cast<int64_t>(*v);
+}
+
+std::string OptimizerArgs::Label() const {
+  return key_name_ == "optimizer_args" ? "optimizer arg " : absl::StrCat(key_name_, " ");
+}
+
+absl::StatusOr<std::vector<int64_t>> OptimizerArgs::Ints(const std::string& key) const {
+  auto it = values_.find(key);
+  if (it == values_.end()) return absl::InvalidArgumentError(absl::StrCat(Label(), key, " is required"));
+  std::vector<int64_t> out;
+  for (absl::string_view piece : absl::StrSplit(Unbracket(it->second), ',', absl::SkipWhitespace())) {
+    std::optional<double> v = ParseNumber(std::string(piece));
+    if (!v || !std::isfinite(*v) || std::floor(*v) != *v || std::fabs(*v) > 9e15) {
+      return absl::InvalidArgumentError(absl::StrCat(Label(), key, "=", it->second, ": '", std::string(piece),
+                                                     "' is not an integer"));
+    }
+    out.push_back(static_cast<int64_t>(*v));
+  }
+  return out;
 }
 
 absl::StatusOr<std::vector<double>> OptimizerArgs::Floats(const std::string& key, std::vector<double> fallback) const {
@@ -156,13 +177,13 @@ absl::StatusOr<std::vector<double>> OptimizerArgs::Floats(const std::string& key
   for (absl::string_view piece : absl::StrSplit(Unbracket(it->second), ',', absl::SkipWhitespace())) {
     std::optional<double> v = ParseNumber(std::string(piece));
     if (!v) {
-      return absl::InvalidArgumentError(absl::StrCat("optimizer arg ", key, "=", it->second, ": '",
+      return absl::InvalidArgumentError(absl::StrCat(Label(), key, "=", it->second, ": '",
                                                      std::string(piece), "' is not a number"));
     }
     out.push_back(*v);
   }
   if (out.size() != fallback.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("optimizer arg ", key, "=", it->second, " needs ",
+    return absl::InvalidArgumentError(absl::StrCat(Label(), key, "=", it->second, " needs ",
                                                    fallback.size(), " comma-separated values, got ", out.size()));
   }
   return out;

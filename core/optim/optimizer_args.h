@@ -15,8 +15,10 @@ namespace lorad::optim {
 class OptimizerArgs {
  public:
   // Splits each "key=value" (keys case-sensitive as in Python kwargs).
-  // Errors: no '=', empty key, the same key twice.
-  static absl::StatusOr<OptimizerArgs> Parse(const std::vector<std::string>& args);
+  // Errors: no '=', empty key, the same key twice. `key_name` is the config
+  // key the list came from (optimizer_args, lr_scheduler_args), for messages.
+  static absl::StatusOr<OptimizerArgs> Parse(const std::vector<std::string>& args,
+                                             const std::string& key_name = "optimizer_args");
 
   // Fails when a key is not in `accepted` for `optimizer`; the error lists the accepted keys.
   absl::Status CheckKnown(const std::string& optimizer, const std::vector<std::string>& accepted) const;
@@ -29,11 +31,22 @@ class OptimizerArgs {
   absl::StatusOr<int64_t> Int(const std::string& key, int64_t fallback) const;
   // A tuple of exactly `size` floats ("0.9,0.999", "(0.9, 0.999)", "[0.9,0.999]").
   absl::StatusOr<std::vector<double>> Floats(const std::string& key, std::vector<double> fallback) const;
+  // A list of integers of any length ("[10, 20]", "10,20"); the key is required.
+  absl::StatusOr<std::vector<int64_t>> Ints(const std::string& key) const;
+  // The keys as given, in order.
+  std::vector<std::string> Keys() const {
+    std::vector<std::string> out;
+    for (const auto& kv : ordered_) out.push_back(kv.first);
+    return out;
+  }
 
   // "k=v" pieces for kohya's ss_optimizer string, values in Python repr, in the given order.
   std::vector<std::string> DescribeArgs() const;
 
  private:
+  std::string Label() const;  // "optimizer arg " or "<key_name> "
+
+  std::string key_name_ = "optimizer_args";
   std::vector<std::pair<std::string, std::string>> ordered_;
   std::map<std::string, std::string> values_;
 };

@@ -72,6 +72,7 @@ class Run {
   absl::Status ParseNetworkOptions();
   absl::Status SetupTextEncoderDiskCache();
   std::string TextEncoderIdentity() const;
+  absl::Status ChooseTrainedParts();
   absl::Status SetupNetworkAndOptimizer();
   std::vector<optim::ParamGroup> ParameterGroups() const;
   absl::Status RestoreState();
@@ -127,8 +128,12 @@ class Run {
   bool autocast_ = false;
   torch::ScalarType autocast_dtype_ = torch::kBFloat16;
   bool use_scaler_ = false;
+  // Which parts are trained, and which have adapter modules (a part with lr 0
+  // continued from network_weights keeps its loaded modules, frozen).
   bool train_unet_ = true;
   bool train_text_ = false;
+  bool adapt_unet_ = true;
+  bool adapt_text_ = false;
 
   std::unique_ptr<ModelBundle> model_;
   networks::NetworkConfig net_config_;
@@ -199,6 +204,43 @@ absl::Status Run::SetupPrecision() {
   return absl::OkStatus();
 }
 
+// kohya's prepare_optimizer_params (networks/lora.py) drops a parameter group
+// whose lr is 0 ("NO LR skipping!"): that part is never updated. Its fresh
+// modules would only add kohya's zero-initialised delta, so they are not
+// created, trained or saved. Modules that network_weights brings for such a
+// part stay, frozen, and are saved as loaded (kohya keeps and saves them too).
+absl::Status Run::ChooseTrainedParts() {
+  const double te_lr = config_.TextEncoderLr(), unet_lr = config_.UnetLr();
+  const bool wants_text = !config_.network_train_unet_only;
+  const bool wants_unet = !config_.network_train_text_encoder_only;
+  train_text_ = wants_text && te_lr != 0;
+  train_unet_ = wants_unet && unet_lr != 0;
+  if (!train_text_ && !train_unet_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "nothing to train: the learning rate of every trained part is 0 (unet_lr/learning_rate = ", unet_lr,
+        wants_text ? absl::StrCat(", text_encoder_lr = ", te_lr) : std::string(),
+        "); kohya drops parameter groups with lr 0. Set unet_lr or learning_rate above 0"));
+  }
+  const bool continued = !config_.network_weights.empty();
+  adapt_text_ = train_text_ || (wants_text && continued);
+  adapt_unet_ = train_unet_ || (wants_unet && continued);
+  if (wants_text && !train_text_) {
+    Warn("text_encoder_lr_zero",
+         absl::StrCat("text_encoder_lr is 0: the text encoder is not trained, as in kohya (its parameter group is "
+                      "dropped); ",
+                      continued ? "the text-encoder modules of network_weights stay as loaded"
+                                : "no text-encoder modules are created or saved",
+                      ". Set network_train_unet_only = true to say so"));
+  }
+  if (wants_unet && !train_unet_) {
+    Warn("unet_lr_zero", absl::StrCat("unet_lr is 0: the U-Net is not trained, as in kohya (its parameter group is "
+                                      "dropped); ",
+                                      continued ? "the U-Net modules of network_weights stay as loaded"
+                                                : "no U-Net modules are created or saved"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Run::Setup() {
   started_at_ = NowUnixMs() / 1000;
   for (const std::string& w : config_.warnings) Warn("config", w);
@@ -212,9 +254,8 @@ absl::Status Run::Setup() {
                                                     ec.message()));
   }
   RETURN_IF_ERROR(SetupPrecision());
-  train_text_ = !config_.network_train_unet_only;
   if (config_.cache_text_encoder_outputs_to_disk) config_.cache_text_encoder_outputs = true;
-  train_unet_ = !config_.network_train_text_encoder_only;
+  RETURN_IF_ERROR(ChooseTrainedParts());
 
   if (!config_.sample_prompts.empty()) {
     ASSIGN_OR_RETURN(prompts_, LoadSamplePrompts(config_.sample_prompts));
@@ -282,11 +323,17 @@ absl::Status Run::Setup() {
   sched.power = config_.lr_scheduler_power;
   sched.min_lr_ratio = config_.lr_scheduler_min_lr_ratio.value_or(0.0);
   sched.lr_init = optimizer_->initial_lr();
+  sched.type = config_.lr_scheduler_type;
+  sched.args = config_.lr_scheduler_args;
+  sched.num_groups = optimizer_->num_groups();
   auto scheduler = optim::LrScheduler::Create(sched);
   if (!scheduler.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("config key 'lr_scheduler': ", scheduler.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        config_.lr_scheduler_type.empty() ? "config key 'lr_scheduler': " : "config key 'lr_scheduler_type': ",
+        scheduler.status().message()));
   }
   scheduler_ = *scheduler;
+  for (const std::string& warning : scheduler_->warnings()) Warn("lr_scheduler_type", warning);
   if (optimizer_->UsesInternalLr() && scheduler_->name() != "adafactor") {
     Warn("adafactor_schedule", "Adafactor with relative_step computes its own lr; lr_scheduler is ignored");
   }
@@ -339,7 +386,8 @@ std::string Run::TextEncoderIdentity() const {
 }
 
 absl::Status Run::SetupTextEncoderDiskCache() {
-  if (!config_.cache_text_encoder_outputs_to_disk || train_text_) return absl::OkStatus();
+  // Text-encoder modules (trained, or frozen from network_weights) change the outputs.
+  if (!config_.cache_text_encoder_outputs_to_disk || adapt_text_) return absl::OkStatus();
   if (!inputs_.cache_text_encoder_outputs) {
     Warn("cache_text_encoder_outputs_to_disk",
          "cache_text_encoder_outputs_to_disk: this batch source has no disk cache for text-encoder outputs; they "
@@ -387,13 +435,14 @@ std::vector<optim::ParamGroup> Run::ParameterGroups() const {
   auto add_part = [&](const std::string& name, bool text_encoder, double lr, std::optional<double> ratio) {
     if (!ratio) {
       auto params = text_encoder ? network_->TextEncoderParameters() : network_->UnetParameters();
-      if (!params.empty()) groups.push_back({name, params, lr});
+      if (!params.empty() && lr != 0) groups.push_back({name, params, lr});
       return;
     }
     auto rest = network_->NonUpParameters(text_encoder);
     auto up = network_->UpParameters(text_encoder);
-    if (!rest.empty()) groups.push_back({name, rest, lr});
-    if (!up.empty()) groups.push_back({absl::StrCat(name, "_plus"), up, lr * *ratio});
+    // kohya drops any group whose lr is 0, a LoRA+ group at lr x ratio included.
+    if (!rest.empty() && lr != 0) groups.push_back({name, rest, lr});
+    if (!up.empty() && lr * *ratio != 0) groups.push_back({absl::StrCat(name, "_plus"), up, lr * *ratio});
   };
   if (train_text_) {
     add_part("text_encoder", true, config_.TextEncoderLr(),
@@ -408,7 +457,7 @@ std::vector<optim::ParamGroup> Run::ParameterGroups() const {
 }
 
 absl::Status Run::SetupNetworkAndOptimizer() {
-  ASSIGN_OR_RETURN(auto targets, model_->NetworkTargets(train_unet_, train_text_, net_config_.TargetsConvBlocks()));
+  ASSIGN_OR_RETURN(auto targets, model_->NetworkTargets(adapt_unet_, adapt_text_, net_config_.TargetsConvBlocks()));
   if (targets.empty()) return absl::FailedPreconditionError("the network found no layers to adapt in this model");
   at::Generator init_gen = SeededGenerator(static_cast<uint64_t>(*config_.seed));
   ASSIGN_OR_RETURN(network_, networks::LoraNetwork::Create(net_config_, targets, init_gen));
@@ -424,6 +473,9 @@ absl::Status Run::SetupNetworkAndOptimizer() {
   network_->Apply();
   network_->Train(true);
 
+  // Only the optimizer's parameters take gradients (frozen continued modules do not).
+  for (auto& p : network_->UnetParameters()) p.set_requires_grad(false);
+  for (auto& p : network_->TextEncoderParameters()) p.set_requires_grad(false);
   std::vector<optim::ParamGroup> groups = ParameterGroups();
   for (const auto& g : groups) {
     group_names_.push_back(g.name);
@@ -444,7 +496,8 @@ std::map<std::string, std::string> Run::Fingerprint() const {
           {"network_args", absl::StrJoin(config_.network_args, " ")},
           {"optimizer_type", config_.optimizer_type},
           {"model_arch", model_->arch_name()},
-          {"network_train_unet_only", config_.network_train_unet_only ? "true" : "false"}};
+          {"network_train_unet_only", config_.network_train_unet_only ? "true" : "false"},
+          {"adapted_parts", absl::StrCat(adapt_unet_ ? "unet" : "", adapt_text_ ? "+text_encoder" : "")}};
 }
 
 absl::StatusOr<TrainingState> Run::CaptureState() const {
@@ -667,6 +720,7 @@ absl::Status Run::RenderSamples() {
   settings.autocast_dtype = autocast_dtype_;
   settings.prediction = weighting_.prediction;
   settings.default_sampler = config_.sample_sampler;
+  settings.default_lora_strength = config_.sample_lora_strength;
   settings.seed = pos_.seed;
   ASSIGN_OR_RETURN(std::vector<std::filesystem::path> written,
                    RenderPreviews(prompts_, settings, *model_, *network_, *schedule_,

@@ -395,18 +395,106 @@ TEST(TrainerTest, ScaleWeightNormsCapsEveryModuleAndReportsIt) {
   EXPECT_NEAR(recorder.steps.back().max_norm->max_key_norm, capped_max, limit * 1e-4);
 }
 
-TEST(TrainerTest, ScaleWeightNormsRejectsLohaBeforeLoadingTheModel) {
+bool HasKeyPrefix(const std::map<std::string, torch::Tensor>& tensors, const std::string& prefix) {
+  return std::any_of(tensors.begin(), tensors.end(), [&](auto& kv) { return kv.first.rfind(prefix, 0) == 0; });
+}
+
+// kohya drops parameter groups whose lr is 0 ("NO LR skipping!"): with
+// text_encoder_lr = 0 and the text encoder not frozen, CAME, Adafactor and
+// AdamW train the U-Net alone, and no text-encoder module is saved. A continued
+// LoRA keeps its text-encoder modules as loaded.
+TEST(TrainerTest, ZeroLearningRateGroupsAreDroppedAsKohyaDoes) {
+  CaptionedImages data = testing::MakeShapesDataset(4, 64);
+  std::filesystem::path full_lora;
+  {
+    TrainConfig config = TinySdxlConfig(FreshDir("te_lr_seed"));
+    config.max_train_steps = 2;
+    config.network_train_unet_only = false;
+    config.text_encoder_lr = 1e-3;
+    MemoryBatchSource source(data, 4, 3);
+    auto result = Train(config, {&source, {}, {}});
+    ASSERT_TRUE(result.ok()) << result.status();
+    full_lora = result->final_lora;
+    ASSERT_TRUE(HasKeyPrefix(ReadLora(full_lora), "lora_te1_"));
+  }
+  for (const std::string optimizer : {"AdamW", "CAME", "Adafactor"}) {
+    SCOPED_TRACE(optimizer);
+    TrainConfig config = TinySdxlConfig(FreshDir("te_lr_zero_" + optimizer));
+    config.max_train_steps = 3;
+    config.network_train_unet_only = false;
+    config.text_encoder_lr = 0;
+    config.unet_lr = 1e-4;
+    config.optimizer_type = optimizer;
+    if (optimizer == "Adafactor") config.optimizer_args = {"relative_step=False", "scale_parameter=False"};
+    MemoryBatchSource source(data, 4, 3);
+    Recorder recorder;
+    auto result = Train(config, {&source, {}, {}}, &recorder);
+    ASSERT_TRUE(result.ok()) << result.status();
+    ASSERT_EQ(recorder.steps.size(), 3u);
+    ASSERT_EQ(recorder.steps[0].lrs.size(), 1u);
+    EXPECT_EQ(recorder.steps[0].lrs[0].group, "unet");
+    EXPECT_TRUE(std::any_of(recorder.warnings.begin(), recorder.warnings.end(),
+                            [](const auto& w) { return w.second.find("text_encoder_lr is 0") != std::string::npos; }));
+    auto tensors = ReadLora(result->final_lora);
+    EXPECT_FALSE(HasKeyPrefix(tensors, "lora_te")) << "text-encoder modules were saved";
+    EXPECT_TRUE(HasKeyPrefix(tensors, "lora_unet_"));
+  }
+  {
+    // Continued from a LoRA with text-encoder modules: they are kept, unchanged.
+    TrainConfig config = TinySdxlConfig(FreshDir("te_lr_zero_continued"));
+    config.max_train_steps = 2;
+    config.network_train_unet_only = false;
+    config.text_encoder_lr = 0;
+    config.network_weights = full_lora.string();
+    MemoryBatchSource source(data, 4, 3);
+    auto result = Train(config, {&source, {}, {}});
+    ASSERT_TRUE(result.ok()) << result.status();
+    auto before = ReadLora(full_lora), after = ReadLora(result->final_lora);
+    int64_t te_keys = 0;
+    for (const auto& [key, value] : before) {
+      if (key.rfind("lora_te", 0) != 0) continue;
+      ++te_keys;
+      ASSERT_TRUE(after.count(key)) << key;
+      EXPECT_TRUE(torch::equal(after.at(key), value)) << key;
+    }
+    EXPECT_GT(te_keys, 0);
+  }
+  {
+    TrainConfig config = TinySdxlConfig(FreshDir("all_lr_zero"));
+    config.learning_rate = 0;
+    MemoryBatchSource source(data, 4, 3);
+    auto result = Train(config, {&source, {}, {}});
+    ASSERT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << result.status();
+    EXPECT_NE(result.status().message().find("nothing to train"), std::string::npos) << result.status();
+  }
+}
+
+// LyCORIS applies max-norm to every algorithm (apply_max_norm of LoCon, LoHa,
+// LoKr; DoRA through LoCon): LoHa, LoKr and DoRA train under a tight limit and
+// every step's pass keeps every module at or below it.
+TEST(TrainerTest, ScaleWeightNormsCapsLohaLokrAndDora) {
   CaptionedImages data = testing::MakeShapesDataset(4, 64);
   MemoryBatchSource source(data, 4, 3);
-  TrainConfig config = TinySdxlConfig(FreshDir("maxnorm_loha"));
-  config.pretrained_model_name_or_path = "/nonexistent/model.safetensors";  // never reached
-  config.network_module = "lycoris.kohya";
-  config.network_args = {"algo=loha"};
-  config.scale_weight_norms = 1.0;
-  auto result = Train(config, {&source, {}, {}});
-  ASSERT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << result.status();
-  EXPECT_NE(result.status().message().find("scale_weight_norms"), std::string::npos) << result.status();
-  EXPECT_NE(result.status().message().find("loha"), std::string::npos) << result.status();
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+           {"algo=loha"}, {"algo=lokr", "factor=4"}, {"algo=locon", "dora_wd=True"}}) {
+    SCOPED_TRACE(args[0]);
+    TrainConfig config = TinySdxlConfig(FreshDir("maxnorm_" + args[0].substr(5)));
+    config.max_train_steps = 3;
+    config.network_module = "lycoris.kohya";
+    config.network_args = args;
+    config.scale_weight_norms = 1e-4;
+    Recorder recorder;
+    auto result = Train(config, {&source, {}, {}}, &recorder);
+    ASSERT_TRUE(result.ok()) << result.status();
+    ASSERT_EQ(recorder.steps.size(), 3u);
+    int64_t scaled = 0;
+    for (const StepReport& r : recorder.steps) {
+      ASSERT_TRUE(r.max_norm.has_value());
+      scaled += r.max_norm->keys_scaled;
+      EXPECT_LE(r.max_norm->max_key_norm, 1e-4 * (1 + 1e-5));
+    }
+    EXPECT_GT(scaled, 0);
+  }
 }
 
 TEST(TrainerTest, TextEncoderDiskCacheWithoutAHookWarnsThatItStaysInMemory) {
