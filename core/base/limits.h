@@ -44,5 +44,8 @@ inline constexpr size_t kMaxConfigStringBytes = 64 << 10;
 // Sample prompt files: bytes and prompts (each prompt is a full sampling run).
 inline constexpr size_t kMaxSamplePromptsBytes = 1 << 20;
 inline constexpr size_t kMaxSamplePrompts = 1000;
+// Preview LoRA strength (prompt option --lora_strength, config sample_lora_strength):
+// the network multiplier, negative to invert; beyond this a preview is noise.
+inline constexpr double kMaxPreviewLoraStrength = 10.0;
 
 }  // namespace lorad

@@ -135,6 +135,7 @@ const std::map<std::string, Option>& Options() {
       LORAD_OPT(sample_every_n_steps, {}, 1, kMaxTrainSteps),
       LORAD_OPT(sample_every_n_epochs, {}, 1, kMaxTrainEpochs),
       LORAD_OPT(sample_sampler),
+      LORAD_OPT(sample_lora_strength, {}, -kMaxPreviewLoraStrength, kMaxPreviewLoraStrength),
       LORAD_OPT(sample_at_first),
       LORAD_OPT(dataset_config),
       LORAD_OPT(train_data_dir),

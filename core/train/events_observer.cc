@@ -108,6 +108,8 @@ void EventsObserver::OnSample(const SampleReport& r) {
     s->set_step(r.step);
     s->set_prompt_index(static_cast<int32_t>(r.prompt_index));
     s->set_prompt(r.prompt);
+    s->set_sampler(r.sampler);
+    s->set_lora_strength(r.lora_strength);
     std::string sha;
     int64_t bytes = 0;
     FileFacts(absolute, &sha, &bytes);

@@ -72,6 +72,8 @@ struct SampleReport {
   int64_t step = 0;
   int64_t prompt_index = 0;
   std::string prompt;
+  std::string sampler;        // the kohya sampler name it was rendered with
+  double lora_strength = 1.0; // the network multiplier it was rendered at
 };
 
 enum class RunOutcome { kSucceeded, kFailed, kCancelled };

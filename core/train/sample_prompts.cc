@@ -1,5 +1,6 @@
 #include "core/train/sample_prompts.h"
 
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -87,6 +88,14 @@ absl::StatusOr<std::vector<SamplePrompt>> ParseSamplePrompts(const std::string& 
         prompt.cfg_scale = scale;
       } else if (name == "ss") {
         prompt.sampler = value;
+      } else if (name == "lora_strength") {
+        double strength = 0;
+        if (!absl::SimpleAtod(value, &strength) || !(std::abs(strength) <= kMaxPreviewLoraStrength)) {
+          return BadOption(line_number, name,
+                           absl::StrCat("needs a LoRA strength (network multiplier) from ", -kMaxPreviewLoraStrength,
+                                        " to ", kMaxPreviewLoraStrength, ", got \"", value, "\""));
+        }
+        prompt.lora_strength = strength;
       }
       // Other kohya options (--cn, --am, ...) concern features not trained here: ignored.
     }

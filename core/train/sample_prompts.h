@@ -1,6 +1,8 @@
 // Preview prompt files in kohya's text syntax: one prompt per line, options after
 // " --": `--n` negative prompt, `--w`/`--h` size, `--s` steps, `--l` CFG scale,
-// `--d` seed, `--ss` sampler. Lines starting with '#' and blank lines are skipped.
+// `--d` seed, `--ss` sampler; and lorad's own `--lora_strength` (the network
+// multiplier for that preview; kohya has no such option and ignores it).
+// Lines starting with '#' and blank lines are skipped.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +24,7 @@ struct SamplePrompt {
   double cfg_scale = 7.5;
   std::optional<int64_t> seed;      // unset: derived from the run seed and the prompt's index
   std::string sampler;              // empty: the config's sample_sampler
+  std::optional<double> lora_strength;  // unset: the config's sample_lora_strength
   int64_t line = 0;                 // 1-based line in the file, for messages
 };
 

@@ -79,5 +79,31 @@ TEST(SamplePromptsTest, SizesAndCountsAreLimited) {
   EXPECT_NE(file.status().message().find("sample_prompts"), std::string::npos) << file.status();
 }
 
+// lorad's own option: the LoRA strength of one preview (kohya has none).
+TEST(SamplePromptsTest, LoraStrength) {
+  auto prompts = ParseSamplePrompts(
+      "a cat --lora_strength 0.6 --ss dpm_2_a\n"
+      "a dog --lora_strength 0\n"
+      "a fox --lora_strength -1.5 --s 12\n"
+      "a cow\n");
+  ASSERT_TRUE(prompts.ok()) << prompts.status();
+  ASSERT_EQ(prompts->size(), 4u);
+  EXPECT_DOUBLE_EQ((*prompts)[0].lora_strength.value(), 0.6);
+  EXPECT_EQ((*prompts)[0].sampler, "dpm_2_a");
+  EXPECT_DOUBLE_EQ((*prompts)[1].lora_strength.value(), 0.0);
+  EXPECT_DOUBLE_EQ((*prompts)[2].lora_strength.value(), -1.5);
+  EXPECT_EQ((*prompts)[2].steps, 12);
+  EXPECT_FALSE((*prompts)[3].lora_strength.has_value());  // the config's sample_lora_strength
+
+  for (const std::string bad : {"strong", "", "10.5", "-11", "nan", "inf", "0.5x"}) {
+    auto refused = ParseSamplePrompts("ok\na cat --lora_strength " + bad + "\n");
+    ASSERT_FALSE(refused.ok()) << bad;
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(refused.status().message().find("line 2"), std::string::npos) << refused.status();
+    EXPECT_NE(refused.status().message().find("--lora_strength"), std::string::npos) << refused.status();
+    EXPECT_NE(refused.status().message().find("-10 to 10"), std::string::npos) << refused.status();
+  }
+}
+
 }  // namespace
 }  // namespace lorad::train

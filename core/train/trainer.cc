@@ -260,11 +260,7 @@ absl::Status Run::Setup() {
   if (!config_.sample_prompts.empty()) {
     ASSIGN_OR_RETURN(prompts_, LoadSamplePrompts(config_.sample_prompts));
   }
-  if (!config_.sample_sampler.empty() && !diffusion::ParseSamplerKind(config_.sample_sampler).ok()) {
-    Warn("sample_sampler", absl::StrCat("sample_sampler \"", config_.sample_sampler,
-                                        "\" is not implemented here; previews use euler"));
-    config_.sample_sampler = "euler";
-  }
+  RETURN_IF_ERROR(CheckPreviewSamplers(config_.sample_sampler, prompts_));
 
   // Network options are checked before the (slow) model load.
   RETURN_IF_ERROR(ParseNetworkOptions());
