@@ -16,6 +16,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "client/charts/charts.h"
 #include "client/client.h"
 #include "client/sweep_view.h"
@@ -54,6 +56,12 @@ constexpr char kUsageText[] =
     "  fetch JOB [--out DIR] [--all|--lora|--samples]   resumes partial downloads, verifies sha256\n"
     "  datasets upload DIR [--name N] | datasets ls | datasets inspect ID\n"
     "  datasets rm ID|NAME                   refused while a queued or running job uses it\n"
+    "  datasets tag ID|NAME --model M.onnx [--tags selected_tags.csv] [--threshold 0.35]\n"
+    "      [--character-threshold 0.85] [--trigger WORD] [--mode merge|overwrite|skip-existing]\n"
+    "      [--keep-tokens N] [--caption-extension EXT] [--name NEW] [--undesired-tags a,b]\n"
+    "      [--character-tags-first] [--use-rating-tags] [--keep-underscores] [--json]\n"
+    "                                        WD14 auto-tagging (lorad-tag on the daemon); paths are\n"
+    "                                        relative to its models root; prints the new dataset id\n"
     "  info\n"
     "  sweep SWEEP.toml [--name N] [--force] [--priority P]   prints the sweep id\n"
     "  sweep show ID|NAME [--csv|--json]   varied values, state, losses, steps, time, images/s, LoRA\n"
@@ -94,7 +102,8 @@ struct Args {
   }
 };
 
-const std::set<std::string> kBoolFlags = {"json", "all", "lora", "samples", "tls", "help", "csv", "force"};
+const std::set<std::string> kBoolFlags = {"json", "all", "lora", "samples", "tls", "help", "csv", "force",
+                                          "character-tags-first", "use-rating-tags", "keep-underscores"};
 
 absl::StatusOr<Args> ParseArgs(int argc, char** argv, int start) {
   Args args;
@@ -474,6 +483,68 @@ int Fetch(Client& client, const Args& args) {
   return kOk;
 }
 
+// `datasets tag`: the daemon's TagDataset; the tagged copy's id on stdout.
+int TagDataset(Client& client, const Args& args) {
+  lorad::v1::TagDatasetRequest request;
+  request.set_dataset(args.positional[1]);
+  request.set_model(args.Get("model"));
+  if (request.model().empty()) {
+    std::fprintf(stderr, "loractl datasets tag: --model is required (the tagger's model.onnx under the daemon's "
+                 "models root)\n");
+    return kUsage;
+  }
+  request.set_tags_csv(args.Get("tags"));
+  for (const char* flag : {"threshold", "character-threshold"}) {
+    if (!args.Has(flag)) continue;
+    float value = 0;
+    if (!absl::SimpleAtof(args.Get(flag), &value)) {
+      std::fprintf(stderr, "loractl datasets tag: --%s expects a probability, got '%s'\n", flag,
+                   args.Get(flag).c_str());
+      return kUsage;
+    }
+    if (std::string(flag) == "threshold") request.set_threshold(value);
+    else request.set_character_threshold(value);
+  }
+  if (args.Has("keep-tokens")) {
+    int keep = 0;
+    if (!absl::SimpleAtoi(args.Get("keep-tokens"), &keep) || keep < 0) {
+      std::fprintf(stderr, "loractl datasets tag: --keep-tokens expects an integer >= 0\n");
+      return kUsage;
+    }
+    request.set_keep_tokens(keep);
+  }
+  request.set_trigger(args.Get("trigger"));
+  request.set_mode(args.Get("mode"));
+  request.set_caption_extension(args.Get("caption-extension"));
+  request.set_name(args.Get("name"));
+  for (absl::string_view tag : absl::StrSplit(args.Get("undesired-tags"), ',', absl::SkipWhitespace())) {
+    request.add_undesired_tags(std::string(absl::StripAsciiWhitespace(tag)));
+  }
+  request.set_character_tags_first(args.Has("character-tags-first"));
+  request.set_use_rating_tags(args.Has("use-rating-tags"));
+  request.set_keep_underscores(args.Has("keep-underscores"));
+  lorad::v1::TagDatasetResponse response;
+  auto ctx = client.Context();
+  // The tagger runs on the daemon's CPU: minutes for a large dataset.
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::hours(2));
+  grpc::Status status = client.stub()->TagDataset(ctx.get(), request, &response);
+  if (!status.ok()) return ExitFor(status, absl::StrCat("datasets tag ", args.positional[1]));
+  if (args.Has("json")) {
+    std::printf("%s\n", Json(response).c_str());
+    return kOk;
+  }
+  for (const auto& c : response.captions()) std::fprintf(stderr, "%s: %s\n", c.path().c_str(), c.caption().c_str());
+  std::fprintf(stderr, "%d caption(s) written (%s), %d skipped, of %d image(s); tagged dataset %s '%s'\n",
+               response.written(), response.caption_extension().c_str(), response.skipped(), response.images(),
+               response.dataset().id().c_str(), response.dataset().name().c_str());
+  if (response.trigger_after_kept() > 0) {
+    std::fprintf(stderr, "warning: in %d caption(s) the kept tokens lack the trigger, which follows them\n",
+                 response.trigger_after_kept());
+  }
+  std::printf("%s\n", response.dataset().id().c_str());
+  return kOk;
+}
+
 int Datasets(Client& client, const Args& args) {
   const std::string sub = args.positional.empty() ? "ls" : args.positional[0];
   if (sub == "upload") {
@@ -528,7 +599,8 @@ int Datasets(Client& client, const Args& args) {
     }
     return kOk;
   }
-  std::fprintf(stderr, "loractl datasets: upload DIR | ls | inspect ID | rm ID|NAME\n");
+  if (sub == "tag" && args.positional.size() == 2) return TagDataset(client, args);
+  std::fprintf(stderr, "loractl datasets: upload DIR | ls | inspect ID | rm ID|NAME | tag ID|NAME --model M\n");
   return kUsage;
 }
 

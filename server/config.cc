@@ -51,6 +51,7 @@ absl::Status LoadToml(const std::string& path, ServerConfig* c) {
     else if (k == "worker_args") c->worker_args = StringList(&node);
     else if (k == "webhook_urls" || k == "webhook_url") c->webhook_urls = StringList(&node);
     else if (k == "curate_binary") c->curate_binary = node.value_or(std::string());
+    else if (k == "tag_binary") c->tag_binary = node.value_or(std::string());
     else if (k == "cancel_grace_s") c->cancel_grace_s = node.value_or(c->cancel_grace_s);
     else if (k == "max_upload_bytes") c->max_upload_bytes = node.value_or(c->max_upload_bytes);
     else if (k == "min_free_bytes") c->min_free_bytes = node.value_or(c->min_free_bytes);
@@ -70,7 +71,7 @@ absl::Status LoadToml(const std::string& path, ServerConfig* c) {
 std::string ServerUsage() {
   return "usage: lorad [--config lorad.toml] [--listen ADDR] [--data-dir DIR] [--token T]\n"
          "             [--slots N] [--gpus 0,1] [--worker PATH] [--worker-arg ARG]...\n"
-         "             [--curate PATH] [--grace-s SECONDS] [--tls-cert PEM --tls-key PEM]\n"
+         "             [--curate PATH] [--tag PATH] [--grace-s SECONDS] [--tls-cert PEM --tls-key PEM]\n"
          "             [--models-root DIR] [--datasets-root DIR] [--allowed-root DIR]...\n"
          "             [--max-upload-bytes N] [--min-free-bytes N] [--log-level debug|info|warn]\n"
          "             [--webhook http://HOST:PORT/PATH]... (also webhook_urls in lorad.toml)\n"
@@ -142,6 +143,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
     else if (name == "worker-arg") config.worker_args.push_back(value);
     else if (name == "webhook") config.webhook_urls.push_back(value);
     else if (name == "curate") config.curate_binary = value;
+    else if (name == "tag") config.tag_binary = value;
     else if (name == "grace-s") {
       if (!absl::SimpleAtod(value, &config.cancel_grace_s)) {
         return absl::InvalidArgumentError(absl::StrCat("--grace-s expects seconds, got '", value, "'"));
@@ -190,6 +192,7 @@ absl::Status FinalizeServerConfig(ServerConfig* c, const fs::path& self_path) {
   };
   if (c->worker_binary.empty()) c->worker_binary = sibling("lorad-train");
   if (c->curate_binary.empty()) c->curate_binary = sibling("lorad-curate");
+  if (c->tag_binary.empty()) c->tag_binary = sibling("lorad-tag");
   if (c->cancel_grace_s < 0) return absl::InvalidArgumentError("cancel_grace_s must be >= 0");
   return absl::OkStatus();
 }

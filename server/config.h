@@ -23,6 +23,7 @@ struct ServerConfig {
   std::string worker_binary;           // default: lorad-train next to lorad
   std::vector<std::string> worker_args;  // inserted before lorad-train's own arguments
   std::string curate_binary;           // default: lorad-curate next to lorad
+  std::string tag_binary;              // default: lorad-tag next to lorad (TagDataset)
   double cancel_grace_s = 30;          // SIGTERM -> SIGKILL
   int64_t max_upload_bytes = int64_t{8} << 30;
   int max_upload_files = 100000;

@@ -11,6 +11,7 @@
 #include "core/base/subprocess.h"
 #include "server/advice.h"
 #include "server/dataset_delete.h"
+#include "server/dataset_tag.h"
 #include "server/dataset_upload.h"
 #include "server/job_config.h"
 #include "server/auth.h"
@@ -460,6 +461,32 @@ grpc::ServerUnaryReactor* LoradService::DeleteDataset(grpc::CallbackServerContex
     }
   }
   return Reply(ctx, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* LoradService::TagDataset(grpc::CallbackServerContext* ctx,
+                                                   const lorad::v1::TagDatasetRequest* request,
+                                                   lorad::v1::TagDatasetResponse* response) {
+  if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
+  // Tagging decodes every image and runs a network (OpenCV): lorad-tag runs as
+  // a child process on the curate pool, like InspectDataset's report; ctx,
+  // request, reactor and response stay valid until reactor->Finish.
+  auto* reactor = ctx->DefaultReactor();
+  TagJob job{config_->tag_binary, config_->datasets_root, config_->models_root,
+             config_->logs_dir() / "tag-last.stderr"};
+  absl::Status queued = curate_pool_.Submit([this, ctx, reactor, request, response,
+                                             job = std::move(job)](const std::atomic<bool>& stopping) {
+    auto tagged = TagStoredDataset(store_, &datasets_mu_, job, *request, [ctx, &stopping] {
+      return stopping.load() || ctx->IsCancelled();
+    });
+    if (!tagged.ok()) {
+      reactor->Finish(ToGrpcStatus(stopping ? absl::UnavailableError("lorad is stopping") : tagged.status()));
+      return;
+    }
+    *response = std::move(*tagged);
+    reactor->Finish(grpc::Status::OK);
+  });
+  if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* LoradService::GetServerInfo(grpc::CallbackServerContext* ctx,

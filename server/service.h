@@ -65,6 +65,10 @@ class LoradService final : public lorad::v1::Lorad::CallbackService {
   grpc::ServerUnaryReactor* DeleteDataset(grpc::CallbackServerContext* ctx,
                                           const lorad::v1::DeleteDatasetRequest* request,
                                           lorad::v1::DeleteDatasetResponse* response) override;
+  // Runs lorad-tag on a copy of the dataset (server/dataset_tag.h), on the curate pool.
+  grpc::ServerUnaryReactor* TagDataset(grpc::CallbackServerContext* ctx,
+                                       const lorad::v1::TagDatasetRequest* request,
+                                       lorad::v1::TagDatasetResponse* response) override;
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* ctx,
                                           const lorad::v1::GetServerInfoRequest* request,
                                           lorad::v1::ServerInfo* response) override;

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -16,6 +17,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "storage/job_store.h"
 #include "tests/daemon_harness.h"
 
@@ -363,6 +365,43 @@ TEST_F(DaemonTest, UploadIsContentAddressedAndInspectRunsTheCurationReport) {
             grpc::StatusCode::NOT_FOUND);
 }
 
+// Issue 12: SubmitJob reads the whole job with the trainer's parsers (a bad
+// value is INVALID_ARGUMENT naming the key, before any worker starts) and
+// advises on the uploaded dataset's curation report, for the job's kind.
+TEST_F(DaemonTest, SubmitParsesTheWholeJobAndAdvisesOnTheCurationReport) {
+  Daemon& d = *daemon_;
+  auto submit = [&](const std::string& config, const std::string& kind, lorad::v1::Job* job) {
+    lorad::v1::SubmitJobRequest request;
+    request.set_config_toml(config);
+    request.set_dataset(*dataset_);
+    request.set_name("advised");
+    request.set_kind(kind);
+    auto ctx = d.client().Context();
+    return d.client().stub()->SubmitJob(ctx.get(), request, job);
+  };
+  lorad::v1::Job job;
+  grpc::Status refused = submit(Daemon::TinyConfig(1, 0, "lr_scheduler = \"bogus\"\n"), "style", &job);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StrContains(refused.error_message(), "lr_scheduler")) << refused.error_message();
+  refused = submit(Daemon::TinyConfig(1, 0, "network_args = [\"dora_wd=maybe\"]\n"), "style", &job);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StrContains(refused.error_message(), "dora_wd")) << refused.error_message();
+  refused = submit(Daemon::TinyConfig(1, 0), "landscape", &job);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StrContains(refused.error_message(), "character, style, concept")) << refused.error_message();
+
+  const grpc::Status status = submit(Daemon::TinyConfig(1, 0), "style", &job);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(fs::exists(d.data_dir() / "curation" / (*dataset_ + ".json")));  // kept for the next submit
+  std::set<std::string> codes;
+  for (const auto& e : d.ReadEventsUntil(job.id(), [](const lorad::v1::Event& e) { return e.has_finished(); })) {
+    if (e.event().has_warning()) codes.insert(e.event().warning().code());
+  }
+  // 64 px images: only the curation report knows their size; "style": the kind reached the rules.
+  EXPECT_TRUE(codes.contains("advisor.dataset-low-res")) << absl::StrJoin(codes, ", ");
+  EXPECT_TRUE(codes.contains("advisor.style-steps")) << absl::StrJoin(codes, ", ");
+}
+
 // kill -9 mid-training, restart: the job resumes from its saved state and
 // succeeds; history is intact; the database passes integrity_check.
 TEST_F(DaemonTest, ASecondLoradOnTheSameDataDirExitsNamingTheHolder) {
@@ -707,6 +746,103 @@ TEST(DaemonRestartTest, Kill9MidTrainingResumesFromLastState) {
   ASSERT_TRUE(store.ok());
   EXPECT_TRUE((*store)->IntegrityCheck().ok());
   fs::remove_all(d.data_dir());
+}
+
+grpc::Status TagDataset(Daemon& d, const lorad::v1::TagDatasetRequest& request,
+                        lorad::v1::TagDatasetResponse* response) {
+  auto ctx = d.client().Context();
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(5));
+  return d.client().stub()->TagDataset(ctx.get(), request, response);
+}
+
+// TagDataset end to end: upload, tag with the tiny WD14 tagger in the models
+// root, read the captions back; the source dataset stays as it was; tagger
+// paths outside the models root, symlinks and a corrupt model are refused.
+TEST_F(DaemonTest, TagDatasetWritesWd14CaptionsIntoANewDataset) {
+  const fs::path fixtures = fs::path(LORAD_REPO_FIXTURES) / "tagger";
+  const fs::path models = daemon_->data_dir() / "models";
+  fs::create_directories(models / "wd14");
+  fs::copy_file(fixtures / "tiny_tagger.onnx", models / "wd14" / "model.onnx", fs::copy_options::overwrite_existing);
+  fs::copy_file(fixtures / "selected_tags.csv", models / "wd14" / "selected_tags.csv",
+                fs::copy_options::overwrite_existing);
+  const fs::path local = daemon_->data_dir().parent_path() / "tag-local-dataset";
+  fs::remove_all(local);
+  fs::create_directories(local / "10_mychar");
+  for (const char* name : {"wide_rgb.png", "tall_rgba.png", "small_gray.png"}) {
+    fs::copy_file(fixtures / name, local / "10_mychar" / name);
+  }
+  std::ofstream(local / "10_mychar" / "tall_rgba.txt") << "mychar, solo, handmade tag\n";
+  auto source = daemon_->client().UploadDataset(local, "anime");
+  ASSERT_TRUE(source.ok()) << source.status();
+
+  lorad::v1::TagDatasetRequest request;
+  request.set_dataset("anime");  // by name
+  request.set_model("wd14/model.onnx");  // selected_tags.csv beside it
+  request.set_trigger("mychar");
+  request.set_keep_tokens(1);
+  request.set_threshold(0.5f);
+  lorad::v1::TagDatasetResponse response;
+  grpc::Status status = TagDataset(*daemon_, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.source_id(), source->id());
+  EXPECT_NE(response.dataset().id(), source->id());
+  EXPECT_EQ(response.dataset().name(), "anime-tagged");
+  EXPECT_EQ(response.images(), 3);
+  EXPECT_EQ(response.written(), 3);
+  EXPECT_EQ(response.caption_extension(), ".txt");
+  EXPECT_EQ(response.dataset().images(), 3);
+  EXPECT_EQ(response.dataset().files(), 6);
+  std::map<std::string, std::string> captions;
+  for (const auto& c : response.captions()) captions[c.path()] = c.caption();
+  const std::string wide = "mychar, 1girl, solo, long hair, smile, ^_^, looking at viewer, kaname madoka (magical girl)";
+  EXPECT_EQ(captions["10_mychar/wide_rgb.png"], wide);
+  EXPECT_EQ(captions["10_mychar/tall_rgba.png"],
+            "mychar, solo, handmade tag, 1girl, smile, ^_^, looking at viewer, kaname madoka (magical girl)");
+  // The files of the stored dataset say the same; the source is untouched.
+  const fs::path tagged(response.dataset().path());
+  EXPECT_EQ(ReadFile(tagged / "10_mychar" / "wide_rgb.txt"), wide + "\n");
+  const fs::path source_dir(source->path());
+  EXPECT_FALSE(fs::exists(source_dir / "10_mychar" / "wide_rgb.txt"));
+  EXPECT_EQ(ReadFile(source_dir / "10_mychar" / "tall_rgba.txt"), "mychar, solo, handmade tag\n");
+  lorad::v1::ListDatasetsResponse listed;
+  auto ctx = daemon_->client().Context();
+  ASSERT_TRUE(daemon_->client().stub()->ListDatasets(ctx.get(), {}, &listed).ok());
+  bool found = false;
+  for (const auto& d : listed.datasets()) found |= d.id() == response.dataset().id();
+  EXPECT_TRUE(found);
+
+  // Tagging the same way again stores nothing new: the same content, the same id.
+  request.set_dataset(source->id());
+  lorad::v1::TagDatasetResponse again;
+  ASSERT_TRUE(TagDataset(*daemon_, request, &again).ok());
+  EXPECT_EQ(again.dataset().id(), response.dataset().id());
+
+  // Refusals name the cause.
+  auto refused = [&](const std::string& model, grpc::StatusCode code, const std::string& says) {
+    lorad::v1::TagDatasetRequest bad = request;
+    bad.set_model(model);
+    bad.set_tags_csv("wd14/selected_tags.csv");
+    lorad::v1::TagDatasetResponse r;
+    grpc::Status s = TagDataset(*daemon_, bad, &r);
+    EXPECT_EQ(s.error_code(), code) << model << ": " << s.error_message();
+    EXPECT_NE(s.error_message().find(says), std::string::npos) << s.error_message();
+  };
+  refused("../lorad.db", grpc::StatusCode::INVALID_ARGUMENT, "relative to the daemon's models root");
+  refused("/etc/passwd", grpc::StatusCode::INVALID_ARGUMENT, "relative to the daemon's models root");
+  refused("wd14/absent.onnx", grpc::StatusCode::NOT_FOUND, "absent.onnx");
+  fs::create_symlink(fixtures / "tiny_tagger.onnx", models / "wd14" / "link.onnx");
+  refused("wd14/link.onnx", grpc::StatusCode::PERMISSION_DENIED, "symbolic link");
+  std::ofstream(models / "wd14" / "corrupt.onnx") << "not a model";
+  refused("wd14/corrupt.onnx", grpc::StatusCode::INVALID_ARGUMENT, "corrupt.onnx");
+  lorad::v1::TagDatasetRequest unknown = request;
+  unknown.set_dataset("no-such-dataset");
+  lorad::v1::TagDatasetResponse r;
+  EXPECT_EQ(TagDataset(*daemon_, unknown, &r).error_code(), grpc::StatusCode::NOT_FOUND);
+  // Nothing staged is left behind.
+  for (const auto& entry : fs::directory_iterator(daemon_->data_dir() / "datasets")) {
+    EXPECT_NE(entry.path().filename().string().rfind(".incoming-", 0), 0u) << entry.path();
+  }
+  fs::remove_all(local);
 }
 
 }  // namespace

@@ -131,6 +131,9 @@ static int ToolMain(int argc, char** argv) {
       if (!number(&selection.character_threshold)) return Fail(a + " needs a probability (above 1 disables)");
     } else if (a == "--trigger" && has_value) {
       policy.trigger = argv[++i];
+      if (policy.trigger.find_first_of(",\n") != std::string::npos) {
+        return Fail("--trigger must be one caption token (no comma or newline)");
+      }
     } else if (a == "--mode" && has_value) {
       auto mode = ParseCaptionMode(argv[++i]);
       if (!mode.ok()) return Fail(std::string(mode.status().message()));
