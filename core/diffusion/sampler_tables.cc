@@ -2,18 +2,14 @@
 // (schedulers/scheduling_*.py: set_timesteps, _sigma_to_t).
 #include <algorithm>
 #include <cmath>
-#include <cfenv>
 
 #include "core/diffusion/sampler_internal.h"
 
 namespace lorad::diffusion::sampler_internal {
 
 double RoundHalfEven(double x) {
-  // std::nearbyint rounds in the current mode, which is to-nearest-even unless changed.
-  const int previous = std::fegetround();
-  std::fesetround(FE_TONEAREST);
-  const double r = std::nearbyint(x);
-  std::fesetround(previous);
+  const double r = std::round(x);  // halves away from zero
+  if (std::abs(x - std::trunc(x)) == 0.5) return 2.0 * std::round(x / 2.0);
   return r;
 }
 

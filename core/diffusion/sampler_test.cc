@@ -208,6 +208,18 @@ TEST(Sampler, LeadingTimestepsWithOffset) {
   EXPECT_EQ(Floats(kohya->timesteps()).back(), 0);
 }
 
+// numpy rounds linspace timesteps half to even: linspace(0, 999, 7) has 166.5 and 832.5.
+TEST(Sampler, LinspaceTimestepsRoundHalfToEven) {
+  NoiseSchedule schedule;
+  SamplerOptions linspace;
+  auto ddim = MakeScheduler(SamplerKind::kDdim, schedule, 7, PredictionType::kEpsilon, linspace);
+  EXPECT_EQ(Floats(ddim->timesteps()), (std::vector<float>{999, 832, 666, 500, 333, 166, 0}));
+  // DPM-Solver: n + 1 points, the last (0) dropped.
+  auto dpm = MakeScheduler(SamplerKind::kDpmSolverPlusPlus, schedule, 6, PredictionType::kEpsilon,
+                           KohyaSamplerOptions(SamplerKind::kDpmSolverPlusPlus));
+  EXPECT_EQ(Floats(dpm->timesteps()), (std::vector<float>{999, 832, 666, 500, 333, 166}));
+}
+
 // A denoiser that knows x0: eps = (x - sqrt(a) x0) / sqrt(1 - a) at the model's
 // input scale, with a from the train sigma table interpolated at t (the
 // k-diffusion samplers call it at fractional timesteps).
