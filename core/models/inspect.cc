@@ -6,6 +6,7 @@
 #include "absl/strings/str_join.h"
 #include "core/base/status_macros.h"
 #include "core/io/safetensors.h"
+#include "core/models/base_model.h"
 #include "core/models/checkpoint.h"
 
 namespace lorad::models {
@@ -85,6 +86,12 @@ absl::StatusOr<nlohmann::json> InspectModelFile(const std::filesystem::path& pat
     }
   }
   r["parameters"] = params;
+  ASSIGN_OR_RETURN(const BaseModelFacts facts, ReadBaseModelFacts(path));
+  r["prediction"] = {{"type", PredictionName(facts.prediction)},
+                     {"evidence", facts.prediction_evidence},
+                     {"zero_terminal_snr", facts.zero_terminal_snr},
+                     {"zero_terminal_snr_evidence", facts.zero_terminal_snr_evidence}};
+  r["lineage"] = {{"name", facts.lineage}, {"evidence", facts.lineage_evidence}};
   const KeyReport keys = ckpt->CompareKeys(layout);
   r["keys"] = {{"missing", keys.missing},
                {"unexpected", keys.unexpected},
@@ -119,6 +126,19 @@ std::string FormatInspection(const nlohmann::json& r) {
   }
   line("kind", absl::StrCat("Stable Diffusion checkpoint (", r.value("format", ""), ")"));
   line("family", r.value("family", ""));
+  if (r.contains("lineage") && !r["lineage"]["name"].get<std::string>().empty()) {
+    line("lineage", absl::StrCat(r["lineage"]["name"].get<std::string>(), " (",
+                                 r["lineage"]["evidence"].get<std::string>(), ")"));
+  }
+  if (r.contains("prediction")) {
+    const auto& p = r["prediction"];
+    std::string prediction = p["type"].get<std::string>();
+    if (!p["evidence"].get<std::string>().empty()) absl::StrAppend(&prediction, " (", p["evidence"].get<std::string>(), ")");
+    if (p["zero_terminal_snr"].get<bool>()) {
+      absl::StrAppend(&prediction, ", zero terminal SNR (", p["zero_terminal_snr_evidence"].get<std::string>(), ")");
+    }
+    line("prediction", prediction);
+  }
   line("tensors", r["tensor_count"].dump());
   line("dtypes", list(r["dtypes"]));
   int64_t total = 0;

@@ -15,6 +15,7 @@
 #include "core/diffusion/sampler.h"
 #include "core/networks/lora_network.h"
 #include "core/networks/metadata.h"
+#include "core/models/base_model.h"
 #include "core/optim/lr_scheduler.h"
 #include "core/optim/optimizer.h"
 #include "core/optim/optimizer_warnings.h"
@@ -262,6 +263,13 @@ absl::Status Run::Setup() {
   }
   RETURN_IF_ERROR(CheckPreviewSamplers(config_.sample_sampler, prompts_));
 
+  // The checkpoint's own facts (v-prediction, zero terminal SNR) from its
+  // header, before the (slow) model load; an unreadable file is left to the loader.
+  if (auto facts = models::ReadBaseModelFacts(config_.pretrained_model_name_or_path); facts.ok()) {
+    std::vector<std::string> notes;
+    RETURN_IF_ERROR(models::ApplyBaseModelFacts(*facts, config_, &notes));
+    for (const std::string& note : notes) Warn("base_model", note);
+  }
   // Network options are checked before the (slow) model load.
   RETURN_IF_ERROR(ParseNetworkOptions());
 

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/match.h"
+#include "core/common/fixtures.h"
 #include "core/io/safetensors.h"
 #include "core/networks/lora_network.h"
 #include "core/train/events_observer.h"
@@ -467,6 +468,49 @@ TEST(TrainerTest, ZeroLearningRateGroupsAreDroppedAsKohyaDoes) {
     ASSERT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << result.status();
     EXPECT_NE(result.status().message().find("nothing to train"), std::string::npos) << result.status();
   }
+}
+
+// A v-prediction checkpoint (NoobAI-XL v-pred carries a `v_pred` tensor, some
+// a `ztsnr` one) trains with v_parameterization and zero_terminal_snr, says so,
+// and records it in the LoRA; v_parameterization = false on it is refused.
+TEST(TrainerTest, VPredictionCheckpointSetsVParameterization) {
+  auto fixture = io::SafetensorsFile::Open(lorad::FixturePath("tiny_sdxl.safetensors"));
+  ASSERT_TRUE(fixture.ok()) << fixture.status();
+  io::NamedTensors tensors;
+  for (const std::string& name : (*fixture)->Names()) tensors.emplace_back(name, *(*fixture)->Get(name));
+  tensors.emplace_back("v_pred", torch::empty({0}));
+  tensors.emplace_back("ztsnr", torch::empty({0}));
+  io::Metadata metadata = (*fixture)->metadata();
+  metadata["modelspec.title"] = "NoobAI-XL V-Pred (tiny test copy)";
+  const auto dir = FreshDir("vpred");
+  const std::filesystem::path checkpoint = dir / "vpred.safetensors";
+  ASSERT_TRUE(io::WriteSafetensors(checkpoint, tensors, metadata).ok());
+
+  CaptionedImages data = testing::MakeShapesDataset(4, 64);
+  MemoryBatchSource source(data, 4, 3);
+  TrainConfig config = TinySdxlConfig(dir / "out");
+  config.pretrained_model_name_or_path = checkpoint.string();
+  config.max_train_steps = 2;
+  Recorder recorder;
+  auto result = Train(config, {&source, {}, {}}, &recorder);
+  ASSERT_TRUE(result.ok()) << result.status();
+  auto warned = [&](const std::string& text) {
+    return std::any_of(recorder.warnings.begin(), recorder.warnings.end(),
+                       [&](const auto& w) { return w.second.find(text) != std::string::npos; });
+  };
+  EXPECT_TRUE(warned("v_parameterization = true"));
+  EXPECT_TRUE(warned("zero_terminal_snr = true"));
+  io::Metadata lora_metadata;
+  ReadLora(result->final_lora, &lora_metadata);
+  EXPECT_EQ(lora_metadata["ss_v_parameterization"], "True");
+  EXPECT_EQ(lora_metadata["ss_zero_terminal_snr"], "True");
+  EXPECT_EQ(lora_metadata["modelspec.prediction_type"], "v");
+
+  config.output_dir = (dir / "refused").string();
+  config.explicitly_set["v_parameterization"] = "false";
+  auto refused = Train(config, {&source, {}, {}});
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_NE(refused.status().message().find("v_pred"), std::string::npos) << refused.status();
 }
 
 // LyCORIS applies max-norm to every algorithm (apply_max_norm of LoCon, LoHa,
