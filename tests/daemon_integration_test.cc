@@ -113,6 +113,113 @@ TEST_F(DaemonTest, SubmitRunSucceedStreamInOrderAndFetchVerifiedLora) {
   ExpectContiguous(rest, 4);
 }
 
+// The config the guide's notebook (Lora_Easy_Training_Jupyter) writes, as it
+// writes it: sections, CAME at 1e-4, REX through lr_scheduler_type with its
+// args (and lr_scheduler = "rex", which kohya ignores then), text_encoder_lr 0
+// with the text encoder not frozen, sdpa, max_token_length 225,
+// cache_latents_to_disk, lowram, a logging_dir; plus its dataset TOML. It
+// trains to the end with lorad-train alone and through the daemon.
+std::string NotebookConfig(const std::string& model, const std::string& output_dir, const std::string& logging_dir) {
+  return absl::StrCat(R"([network_arguments]
+unet_lr = 0.0001
+text_encoder_lr = 0
+network_dim = 4
+network_alpha = 2
+network_module = "networks.lora"
+
+[optimizer_arguments]
+learning_rate = 0.0001
+lr_scheduler = "rex"
+optimizer_type = "Came"
+optimizer_args = [ "weight_decay=0.04",]
+lr_scheduler_type = "LoraEasyCustomOptimizer.RexAnnealingWarmRestarts.RexAnnealingWarmRestarts"
+lr_scheduler_args = [ "min_lr=1e-9", "gamma=0.9", "d=0.9",]
+
+[training_arguments]
+lowram = true
+pretrained_model_name_or_path = ")", model, R"("
+max_train_epochs = 2
+train_batch_size = 1
+mixed_precision = "fp16"
+save_precision = "fp16"
+save_every_n_epochs = 1
+save_last_n_epochs = 1
+output_name = "notebook"
+output_dir = ")", output_dir, R"("
+logging_dir = ")", logging_dir, R"("
+cache_latents = true
+cache_latents_to_disk = true
+cache_text_encoder_outputs = false
+sdpa = true
+max_token_length = 225
+seed = 42
+device = "cpu"
+)");
+}
+
+std::string NotebookDatasetConfig(const std::string& image_dir) {
+  return absl::StrCat(R"([general]
+resolution = 64
+shuffle_caption = true
+keep_tokens = 0
+flip_aug = false
+caption_extension = ".txt"
+enable_bucket = true
+bucket_no_upscale = false
+bucket_reso_steps = 64
+min_bucket_reso = 64
+max_bucket_reso = 128
+
+[[datasets]]
+[[datasets.subsets]]
+num_repeats = 2
+image_dir = ")", image_dir, R"("
+)");
+}
+
+TEST_F(DaemonTest, NotebookSectionedConfigTrainsStandaloneAndInTheDaemon) {
+  Daemon& d = *daemon_;
+  const fs::path root = TestRoot("notebook");
+  fs::remove_all(root);
+  MakeImageDataset(root / "images", 3);
+  {
+    // lorad-train alone, as the notebook runs sdxl_train_network.py.
+    std::ofstream(root / "config.toml")
+        << NotebookConfig((d.data_dir() / "models" / "tiny_sdxl.safetensors").string(), (root / "output").string(),
+                          (root / "logs").string());
+    std::ofstream(root / "dataset.toml") << NotebookDatasetConfig((root / "images" / "1_shape").string());
+    const std::string command =
+        absl::StrCat("'", WorkerBinary().string(), "' --config_file '", (root / "config.toml").string(),
+                     "' --dataset_config '", (root / "dataset.toml").string(), "' > '", (root / "train.log").string(),
+                     "' 2>&1");
+    ASSERT_EQ(std::system(command.c_str()), 0) << ReadFile(root / "train.log");
+    const std::string log = ReadFile(root / "train.log");
+    EXPECT_TRUE(fs::exists(root / "output" / "notebook.safetensors")) << log;
+    // What lorad had to say about it: the dropped text-encoder group and REX's one-step cycles.
+    EXPECT_NE(log.find("text_encoder_lr is 0"), std::string::npos) << log;
+    EXPECT_NE(log.find("first_cycle_max_steps"), std::string::npos) << log;
+    EXPECT_EQ(log.find("unknown config key"), std::string::npos) << log;
+  }
+  {
+    // The same files through the daemon: the model by name, the images in an upload.
+    lorad::v1::SubmitJobRequest request;
+    request.set_config_toml(NotebookConfig("tiny_sdxl.safetensors", "/content/output", "/content/logs"));
+    request.set_dataset_config_toml(NotebookDatasetConfig("1_shape"));
+    request.set_dataset(*dataset_);
+    request.set_name("notebook");
+    lorad::v1::Job job;
+    auto ctx = d.client().Context();
+    grpc::Status status = d.client().stub()->SubmitJob(ctx.get(), request, &job);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    lorad::v1::Job done = d.WaitFor(job.id(), [](const lorad::v1::Job& j) { return IsTerminal(j.state()); }, 300);
+    ASSERT_EQ(done.state(), lorad::v1::JOB_STATE_SUCCEEDED) << done.reason();
+    EXPECT_EQ(done.hyperparameters().at("lr_scheduler_type"),
+              "LoraEasyCustomOptimizer.RexAnnealingWarmRestarts.RexAnnealingWarmRestarts");
+    EXPECT_TRUE(fs::exists(done.final_lora_path()));
+  }
+  fs::remove_all(root);
+}
+
 TEST_F(DaemonTest, TailDisconnectAndResumeLosesNothing) {
   Daemon& d = *daemon_;
   const int64_t id = d.Submit(Daemon::TinyConfig(8, 0), *dataset_, "tail");

@@ -526,8 +526,9 @@ absl::Status ValidateTrainConfig(const TrainConfig& config) {
         "config keys 'network_train_unet_only' and 'network_train_text_encoder_only' exclude each other");
   }
   // The scheduler's name, checked here so a submit is refused before a worker
-  // starts (LrScheduler builds from the same list).
-  {
+  // starts (LrScheduler builds from the same list). With lr_scheduler_type the
+  // name is only recorded (kohya ignores it; the guide's notebook writes "rex").
+  if (config.lr_scheduler_type.empty()) {
     std::string scheduler = absl::AsciiStrToLower(absl::StripAsciiWhitespace(config.lr_scheduler));
     if (absl::StartsWith(scheduler, "adafactor:")) scheduler = "adafactor";
     const std::vector<std::string>& names = LrSchedulerNames();
