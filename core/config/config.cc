@@ -177,15 +177,102 @@ const std::set<std::string>& NoEffectOptions() {
   static const auto* keys = new std::set<std::string>{
       "xformers", "sdpa", "mem_eff_attn", "max_data_loader_n_workers", "persistent_data_loader_workers",
       "lowram", "highvram", "logging_dir", "log_with", "log_prefix", "log_tracker_name", "log_config",
-      "wandb_api_key", "wandb_run_name", "huggingface_repo_id", "huggingface_repo_type",
-      "huggingface_path_in_repo", "huggingface_token", "huggingface_repo_visibility",
-      "save_state_to_huggingface", "resume_from_huggingface", "async_upload", "ddp_timeout",
-      "ddp_gradient_as_bucket_view", "ddp_static_graph", "console_log_level", "console_log_file",
-      "console_log_simple", "skip_until_initial_step", "initial_epoch", "initial_step",
-      "lowvram", "cache_info", "use_8bit_adam", "use_lion_optimizer", "fp8_base",
-      "training_comment_extra", "sample_prompts_path", "output_config", "config_file",
-      "caption_extention", "no_half_vae_for_sampling"};
+      "wandb_api_key", "wandb_run_name", "async_upload", "ddp_timeout", "ddp_gradient_as_bucket_view",
+      "ddp_static_graph", "console_log_level", "console_log_file", "console_log_simple", "lowvram", "cache_info",
+      "training_comment_extra", "sample_prompts_path", "output_config", "config_file", "no_half_vae_for_sampling"};
   return *keys;
+}
+
+// kohya options with no field here that still change what kohya does: each is
+// mapped onto lorad's option, or accepted with a warning that says what lorad
+// does instead. Never silently dropped (that would change the run's meaning).
+struct ForeignOption {
+  const char* alias_of;  // non-null: the same option under kohya's old spelling
+  const char* warning;   // non-null: accepted, with this warning when set
+};
+
+const std::map<std::string, ForeignOption>& ForeignOptions() {
+  static const auto* options = new std::map<std::string, ForeignOption>{
+      // kohya's prepare_dataset_args: the misspelt key still sets caption_extension.
+      {"caption_extention", {"caption_extension", nullptr}},
+      {"fp8_base",
+       {nullptr, "fp8_base is not supported: the frozen weights stay in the mixed_precision dtype (more memory "
+                 "than kohya's fp8, the same LoRA)"}},
+      {"initial_epoch", {nullptr, "initial_epoch is not supported: training starts at epoch 1; continue a run with "
+                                  "`resume` from a saved state"}},
+      {"initial_step", {nullptr, "initial_step is not supported: training starts at step 0; continue a run with "
+                                 "`resume` from a saved state"}},
+      {"skip_until_initial_step", {nullptr, "skip_until_initial_step is not supported: continue a run with `resume` "
+                                            "from a saved state"}},
+      {"huggingface_repo_id", {nullptr, "lorad does not upload to Hugging Face (huggingface_repo_id is ignored): "
+                                        "fetch the LoRA with `loractl fetch` and upload it from there"}},
+      {"huggingface_repo_type", {nullptr, nullptr}},
+      {"huggingface_path_in_repo", {nullptr, nullptr}},
+      {"huggingface_token", {nullptr, nullptr}},
+      {"huggingface_repo_visibility", {nullptr, nullptr}},
+      {"save_state_to_huggingface", {nullptr, "save_state_to_huggingface is ignored: states stay on this machine"}},
+      {"resume_from_huggingface", {nullptr, "resume_from_huggingface is not supported: resume from a local state "
+                                            "folder"}},
+      // get_optimizer's deprecated flags pick the optimizer (see ApplyOptimizerFlags).
+      {"use_8bit_adam", {nullptr, nullptr}},
+      {"use_lion_optimizer", {nullptr, nullptr}},
+  };
+  return *options;
+}
+
+bool IsTrue(const std::string& text) {
+  const std::string v = absl::AsciiStrToLower(absl::StripAsciiWhitespace(text));
+  return v == "true" || v == "1" || v == "yes" || v == "on";
+}
+
+absl::Status Assign(TrainConfig& config, const std::string& key, const struct Option& option, const std::string& text);
+
+// A key Options() does not know: a ForeignOption, a no-effect key, or unknown.
+// `text` is the value as the command line would give it.
+absl::Status ApplyForeignOption(TrainConfig& config, const std::string& key, const std::string& text,
+                                const char* unknown_what) {
+  auto it = ForeignOptions().find(key);
+  if (it != ForeignOptions().end()) {
+    if (it->second.alias_of != nullptr) {
+      const std::string target = it->second.alias_of;
+      RETURN_IF_ERROR(Assign(config, target, Options().at(target), text));
+      config.explicitly_set[target] = text;
+      return absl::OkStatus();
+    }
+    config.explicitly_set[key] = text;
+    // A flag set to false asks for nothing; any other value is what kohya would act on.
+    if (it->second.warning != nullptr && !text.empty() && absl::AsciiStrToLower(text) != "false") {
+      config.warnings.push_back(it->second.warning);
+    }
+    return absl::OkStatus();
+  }
+  if (NoEffectOptions().count(key) == 0) {
+    config.warnings.push_back(absl::StrCat("unknown ", unknown_what, " '", key, "' ignored"));
+  }
+  return absl::OkStatus();
+}
+
+// kohya's get_optimizer: use_8bit_adam / use_lion_optimizer choose AdamW8bit /
+// Lion and may not be combined with each other or with optimizer_type.
+absl::Status ApplyOptimizerFlags(TrainConfig& config) {
+  auto flag = [&](const char* key) {
+    auto it = config.explicitly_set.find(key);
+    return it != config.explicitly_set.end() && IsTrue(it->second);
+  };
+  const bool adam8 = flag("use_8bit_adam"), lion = flag("use_lion_optimizer");
+  if (!adam8 && !lion) return absl::OkStatus();
+  if (adam8 && lion) {
+    return absl::InvalidArgumentError("config keys 'use_8bit_adam' and 'use_lion_optimizer' exclude each other");
+  }
+  const char* flag_name = adam8 ? "use_8bit_adam" : "use_lion_optimizer";
+  if (config.explicitly_set.count("optimizer_type") && !config.optimizer_type.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("config keys '", flag_name, "' and 'optimizer_type' are both set (",
+                                                   "kohya refuses this); keep optimizer_type = \"", config.optimizer_type,
+                                                   "\" and remove ", flag_name));
+  }
+  config.optimizer_type = adam8 ? "AdamW8bit" : "Lion";
+  config.explicitly_set["optimizer_type"] = config.optimizer_type;
+  return absl::OkStatus();
 }
 
 // Quoted for an error message; a huge value is cut (the message names its size).
@@ -366,10 +453,12 @@ absl::Status ApplyTomlValue(TrainConfig& config, const std::string& key, const t
   const auto& options = Options();
   auto it = options.find(key);
   if (it == options.end()) {
-    if (NoEffectOptions().count(key) == 0) {
-      config.warnings.push_back(absl::StrCat("unknown config key '", key, "' ignored"));
-    }
-    return absl::OkStatus();
+    std::string text;
+    if (auto v = node.as_boolean()) text = v->get() ? "true" : "false";
+    if (auto v = node.as_string()) text = v->get();
+    if (auto v = node.as_integer()) text = std::to_string(v->get());
+    if (auto v = node.as_floating_point()) text = FormatDouble(v->get());
+    return ApplyForeignOption(config, key, text, "config key");
   }
   if (const toml::array* array = node.as_array()) {
     std::vector<std::string> items;
@@ -492,12 +581,7 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ParseCommandLin
 absl::Status SetOption(TrainConfig& config, const std::string& key, const std::string& value) {
   const auto& options = Options();
   auto it = options.find(key);
-  if (it == options.end()) {
-    if (NoEffectOptions().count(key) == 0) {
-      config.warnings.push_back(absl::StrCat("unknown option '", key, "' ignored"));
-    }
-    return absl::OkStatus();
-  }
+  if (it == options.end()) return ApplyForeignOption(config, key, value, "option");
   RETURN_IF_ERROR(Assign(config, key, it->second, value));
   config.explicitly_set[key] = value;
   return absl::OkStatus();
@@ -617,6 +701,7 @@ absl::StatusOr<TrainConfig> ParseTrainOptions(const std::string& toml_text,
     if (key == "config_file") continue;
     RETURN_IF_ERROR(SetOption(config, key, value));
   }
+  RETURN_IF_ERROR(ApplyOptimizerFlags(config));
   return config;
 }
 
@@ -709,6 +794,12 @@ const std::vector<std::string>& LrSchedulerNames() {
       "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
       "cosine_with_min_lr", "adafactor"};
   return *names;
+}
+
+std::vector<std::string> ForeignOptionNames() {
+  std::set<std::string> names(NoEffectOptions().begin(), NoEffectOptions().end());
+  for (const auto& entry : ForeignOptions()) names.insert(entry.first);
+  return std::vector<std::string>(names.begin(), names.end());
 }
 
 std::vector<std::string> KnownOptionNames() {

@@ -208,6 +208,9 @@ std::string ConfigToToml(const TrainConfig& config);
 
 // Every option name the parser knows (sorted), for help text.
 std::vector<std::string> KnownOptionNames();
+// kohya option names accepted without a field of their own: aliases, flags
+// mapped onto an option, keys accepted with a warning, keys with no effect.
+std::vector<std::string> ForeignOptionNames();
 
 // The lr_scheduler names the trainer builds (core/optim's LrScheduler), as
 // kohya spells them; "adafactor:<initial lr>" is read as "adafactor".

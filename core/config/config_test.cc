@@ -1,7 +1,11 @@
 #include "core/config/config.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "core/base/testing/scoped_temp_dir.h"
 
 #include <fstream>
+#include <iterator>
 
 #include <gtest/gtest.h>
 
@@ -340,6 +344,55 @@ TEST(ConfigHardeningTest, StepsPerEpochAreBounded) {
   auto huge_epoch = ComputeStepPlan(*config, int64_t{1} << 31);  // 2^30 repeats x 2 images
   ASSERT_FALSE(huge_epoch.ok());
   EXPECT_NE(huge_epoch.status().message().find("10000000"), std::string::npos) << huge_epoch.status();
+}
+
+// kohya keys without a field here: old spellings and flags map onto options,
+// keys lorad cannot honour warn, and none is silently dropped.
+TEST(ConfigTest, KohyaForeignKeysMapOrWarn) {
+  auto alias = ParseTrainConfig(std::string(kRequired) + "caption_extention = \".txt\"\n", {});
+  ASSERT_TRUE(alias.ok()) << alias.status();
+  EXPECT_EQ(alias->caption_extension, ".txt");
+  EXPECT_TRUE(alias->warnings.empty());
+
+  auto adam8 = ParseTrainConfig(std::string(kRequired) + "use_8bit_adam = true\n", {});
+  ASSERT_TRUE(adam8.ok()) << adam8.status();
+  EXPECT_EQ(adam8->optimizer_type, "AdamW8bit");
+  auto lion = ParseTrainConfig(kRequired, {{"use_lion_optimizer", "true"}});
+  ASSERT_TRUE(lion.ok()) << lion.status();
+  EXPECT_EQ(lion->optimizer_type, "Lion");
+  auto off = ParseTrainConfig(std::string(kRequired) + "use_8bit_adam = false\n", {});
+  ASSERT_TRUE(off.ok());
+  EXPECT_EQ(off->optimizer_type, "AdamW");
+  auto both = ParseTrainConfig(std::string(kRequired) + "use_8bit_adam = true\noptimizer_type = \"Lion\"\n", {});
+  ASSERT_FALSE(both.ok());
+  EXPECT_NE(both.status().message().find("use_8bit_adam"), std::string::npos) << both.status();
+  EXPECT_NE(both.status().message().find("optimizer_type"), std::string::npos) << both.status();
+
+  auto warned = ParseTrainConfig(std::string(kRequired) + "fp8_base = true\ninitial_step = 100\n"
+                                 "huggingface_repo_id = \"me/lora\"\nfp8_base_unet = true\n", {});
+  ASSERT_TRUE(warned.ok()) << warned.status();
+  const std::string all = absl::StrJoin(warned->warnings, "\n");
+  EXPECT_NE(all.find("fp8_base is not supported"), std::string::npos) << all;
+  EXPECT_NE(all.find("initial_step is not supported"), std::string::npos) << all;
+  EXPECT_NE(all.find("Hugging Face"), std::string::npos) << all;
+  EXPECT_NE(all.find("unknown config key 'fp8_base_unet'"), std::string::npos) << all;
+  auto unset = ParseTrainConfig(std::string(kRequired) + "fp8_base = false\n", {});
+  ASSERT_TRUE(unset.ok());
+  EXPECT_TRUE(unset->warnings.empty());
+}
+
+// docs/kohya_config_keys.md names every key the parser accepts.
+TEST(ConfigTest, EveryAcceptedKeyIsDocumented) {
+  std::ifstream in(std::string(LORAD_SOURCE_DIR) + "/docs/kohya_config_keys.md");
+  ASSERT_TRUE(in) << "docs/kohya_config_keys.md is missing";
+  const std::string doc((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::string> missing;
+  for (const auto& names : {KnownOptionNames(), ForeignOptionNames()}) {
+    for (const std::string& name : names) {
+      if (doc.find(absl::StrCat("`", name, "`")) == std::string::npos) missing.push_back(name);
+    }
+  }
+  EXPECT_TRUE(missing.empty()) << "not in docs/kohya_config_keys.md: " << absl::StrJoin(missing, ", ");
 }
 
 }  // namespace
