@@ -8,6 +8,7 @@ packages=(
   libtorch-dev libopenblas0-pthread
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev libfmt-dev libsqlite3-dev sqlite3
+  libcurl4-openssl-dev openssl  # the HTTP client (webhooks, model pulls); openssl: test CAs
   libopencv-dev libopencv-dnn-dev  # dnn: lorad-tag (libopencv-dev depends on it; named for clarity)
   libgtest-dev libgmock-dev nlohmann-json3-dev libtomlplusplus-dev
   clang-14 libclang-rt-14-dev llvm-14  # the sanitizer and fuzzing build (llvm-14: the symbolizer)
