@@ -233,6 +233,7 @@ std::string Daemon::UploadTestDataset(int images) {
   MakeImageDataset(local, images);
   auto dataset = client_->UploadDataset(local, "shapes");
   EXPECT_TRUE(dataset.ok()) << dataset.status();
+  fs::remove_all(local);  // the daemon keeps its own copy; /tmp keeps nothing of the test
   return dataset.ok() ? dataset->id() : "";
 }
 
