@@ -137,6 +137,10 @@ const std::map<std::string, Option>& Options() {
       LORAD_OPT(sample_sampler),
       LORAD_OPT(sample_lora_strength, {}, -kMaxPreviewLoraStrength, kMaxPreviewLoraStrength),
       LORAD_OPT(sample_at_first),
+      LORAD_OPT(logging_dir),
+      LORAD_OPT(log_with),  // checked in ValidateLogging: "" (unset) is a value ConfigToToml writes
+      LORAD_OPT(log_prefix),
+      LORAD_OPT(log_tracker_name),
       LORAD_OPT(dataset_config),
       LORAD_OPT(train_data_dir),
       LORAD_OPT(reg_data_dir),
@@ -176,7 +180,7 @@ const std::map<std::string, Option>& Options() {
 const std::set<std::string>& NoEffectOptions() {
   static const auto* keys = new std::set<std::string>{
       "xformers", "sdpa", "mem_eff_attn", "max_data_loader_n_workers", "persistent_data_loader_workers",
-      "lowram", "highvram", "logging_dir", "log_with", "log_prefix", "log_tracker_name", "log_config",
+      "lowram", "highvram", "log_config",
       "wandb_api_key", "wandb_run_name", "async_upload", "ddp_timeout", "ddp_gradient_as_bucket_view",
       "ddp_static_graph", "console_log_level", "console_log_file", "console_log_simple", "lowvram", "cache_info",
       "training_comment_extra", "sample_prompts_path", "output_config", "config_file", "no_half_vae_for_sampling"};
@@ -587,6 +591,39 @@ absl::Status SetOption(TrainConfig& config, const std::string& key, const std::s
   return absl::OkStatus();
 }
 
+namespace {
+
+// log_prefix and log_tracker_name each name one folder under logging_dir: a
+// path would write elsewhere.
+absl::Status CheckFolderName(const std::string& key, const std::string& value) {
+  if (value.find_first_of(std::string("/\\\0", 3)) == std::string::npos && value != "." && value != "..") {
+    return absl::OkStatus();
+  }
+  return BadValue(key, value, "a folder name under logging_dir, without / or \\, not . or ..");
+}
+
+// kohya's trackers (train_util.py prepare_accelerator): lorad writes the
+// TensorBoard one itself and sends nothing to Weights & Biases.
+absl::Status ValidateLogging(const TrainConfig& config) {
+  if (config.log_with == "wandb" || config.log_with == "all") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config key 'log_with': ", Quote(config.log_with),
+        " asks for Weights & Biases (wandb), which lorad does not support: use log_with = \"tensorboard\" with "
+        "logging_dir and open the logs with `tensorboard --logdir <logging_dir>` (the wandb_* keys are then ignored)"));
+  }
+  if (!config.log_with.empty() && config.log_with != "tensorboard") {
+    return BadValue("log_with", config.log_with, "one of tensorboard, wandb, all (kohya's choices; wandb is refused)");
+  }
+  if (config.log_with == "tensorboard" && config.logging_dir.empty()) {
+    return absl::InvalidArgumentError(
+        "config key 'log_with': \"tensorboard\" needs logging_dir, the folder the TensorBoard logs go to");
+  }
+  RETURN_IF_ERROR(CheckFolderName("log_prefix", config.log_prefix));
+  return CheckFolderName("log_tracker_name", config.log_tracker_name);
+}
+
+}  // namespace
+
 absl::Status ValidateTrainConfig(const TrainConfig& config) {
   if (config.pretrained_model_name_or_path.empty()) {
     return absl::InvalidArgumentError(
@@ -672,6 +709,7 @@ absl::Status ValidateTrainConfig(const TrainConfig& config) {
         "config key 'cache_latents' cannot be combined with color_aug or random_crop (the cached latent would be stale)");
   }
   RETURN_IF_ERROR(config.ResolutionWH(512).status());
+  RETURN_IF_ERROR(ValidateLogging(config));
   const std::string& dev = config.device;
   if (!(dev == "auto" || dev == "cpu" || dev == "cuda" || absl::StartsWith(dev, "cuda:"))) {
     return BadValue("device", dev, "auto, cpu, cuda or cuda:N");

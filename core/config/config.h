@@ -125,6 +125,12 @@ struct TrainConfig {
   double sample_lora_strength = 1.0;             // lorad: preview network multiplier (prompt option --lora_strength)
   bool sample_at_first = false;
 
+  // --- logging (kohya's accelerate trackers; lorad writes TensorBoard only) ---
+  std::string logging_dir;                       // set: TensorBoard logs under it (log_with unset or "tensorboard")
+  std::string log_with;                          // "" | tensorboard (wandb and all are refused)
+  std::string log_prefix;                        // prepended to the run folder's timestamp
+  std::string log_tracker_name;                  // the folder under it; "" = network_train
+
   // --- dataset (the data module reads these) ---
   std::string dataset_config;
   std::string train_data_dir;

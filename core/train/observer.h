@@ -31,6 +31,9 @@ struct RunStarted {
 struct GroupLr {
   std::string group;  // "unet", "text_encoder", "text_encoder_2"
   double lr = 0;
+  // What the lr scheduler reports (torch get_last_lr): the group's scheduled
+  // lr, which differs from `lr` (d*lr) for Prodigy and D-Adaptation.
+  double scheduler_lr = 0;
 };
 
 // kohya's max-norm postfix (scale_weight_norms): keys scaled in the last

@@ -898,7 +898,9 @@ void Run::ReportStep(int64_t epoch, double loss, bool skipped, double grad_norm)
   report.loss = loss;
   report.loss_avg = pos_.epoch_loss_count ? pos_.epoch_loss_sum / pos_.epoch_loss_count : loss;
   for (int g = 0; g < optimizer_->num_groups(); ++g) {
-    report.lrs.push_back({group_names_[static_cast<size_t>(g)], optimizer_->EffectiveLr(g)});
+    // Adafactor's relative step reports its internal lr as kohya's AdafactorSchedule does.
+    const double scheduled = optimizer_->UsesInternalLr() ? optimizer_->EffectiveLr(g) : optimizer_->lr(g);
+    report.lrs.push_back({group_names_[static_cast<size_t>(g)], optimizer_->EffectiveLr(g), scheduled});
   }
   report.it_per_s = speed.it_per_s;
   report.images_per_s = speed.images_per_s;
