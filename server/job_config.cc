@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "server/paths.h"
 #include "core/base/toml.h"
+#include "core/models/base_model.h"
 #include "core/networks/network_config.h"
 #include "core/train/dataset_args.h"
 
@@ -232,6 +233,13 @@ absl::StatusOr<PreparedJobConfig> PrepareJobConfig(const JobConfigInput& input, 
   // network_args entry is refused now rather than when the worker starts.
   if (auto network = networks::ParseNetworkConfig(networks::NetworkInputOf(prepared.train)); !network.ok()) {
     return network.status();
+  }
+  // What the checkpoint's header says (v-prediction, EDM) is judged now, as the
+  // trainer will judge it; a model the header reader cannot open is left to the worker.
+  if (auto facts = models::ReadBaseModelFacts(prepared.train.pretrained_model_name_or_path); facts.ok()) {
+    train::TrainConfig as_trained = prepared.train;
+    std::vector<std::string> notes;
+    if (auto agreed = models::ApplyBaseModelFacts(*facts, as_trained, &notes); !agreed.ok()) return agreed;
   }
   if (dataset) {
     // The worker's reading: the config's dataset keys as fallbacks (the model's

@@ -70,6 +70,41 @@ TEST(JobConfigTest, OverrideCountIsBoundedAndAConfigWithoutAModelIsRefused) {
       << prepared.status();
 }
 
+// The checkpoint's header is read at submit: v_parameterization = false on a
+// v-prediction model (a `v_pred` tensor) and an EDM model are refused before a
+// worker starts, as lorad-train would refuse them.
+TEST(JobConfigTest, TheCheckpointsPredictionTypeIsJudgedAtSubmit) {
+  const lorad::testing::ScopedTempDir root_tmp("lorad_server_test_vpred");
+  const fs::path root = fs::canonical(root_tmp.path());
+  JobRoots roots{root / "models", root / "datasets", {}};
+  fs::create_directories(roots.datasets_root / "cats");
+  fs::create_directories(roots.models_root);
+  auto write_checkpoint = [&](const std::string& name, const std::string& marker) {
+    const std::string header = absl::StrCat(
+        R"({"model.diffusion_model.out.2.bias":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},")", marker,
+        R"(":{"dtype":"F32","shape":[0],"data_offsets":[4,4]}})");
+    std::ofstream out(roots.models_root / name, std::ios::binary);
+    const uint64_t length = header.size();
+    out.write(reinterpret_cast<const char*>(&length), 8);
+    out << header;
+    out.write("\0\0\0\0", 4);
+  };
+  write_checkpoint("vpred.safetensors", "v_pred");
+  write_checkpoint("edm.safetensors", "edm_mean");
+  auto prepare = [&](const std::string& config) {
+    JobConfigInput input{config, "", roots.datasets_root / "cats", root / "jobs" / "1"};
+    return PrepareJobConfig(input, roots).status();
+  };
+  EXPECT_TRUE(prepare("pretrained_model_name_or_path = \"vpred.safetensors\"\n").ok());
+  const absl::Status refused =
+      prepare("pretrained_model_name_or_path = \"vpred.safetensors\"\nv_parameterization = false\n");
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_NE(refused.message().find("v_pred"), std::string::npos) << refused;
+  const absl::Status edm = prepare("pretrained_model_name_or_path = \"edm.safetensors\"\n");
+  EXPECT_EQ(edm.code(), absl::StatusCode::kFailedPrecondition) << edm;
+  EXPECT_NE(edm.message().find("EDM"), std::string::npos) << edm;
+}
+
 TEST(JobConfigTest, RewritesPathsForcesOutputAndRefusesEscapes) {
   const lorad::testing::ScopedTempDir root_tmp("lorad_server_test_jobconfig");
   fs::path root = fs::canonical(root_tmp.path());  // symlink-free, as confinement compares
