@@ -20,11 +20,26 @@ if command -v ccache >/dev/null; then
   export CCACHE_BASEDIR="$PWD" CCACHE_SLOPPINESS="pch_defines,time_macros,include_file_mtime,include_file_ctime"
 fi
 
+# The Python of the reader tests (tests/python-requirements.txt, pinned): one
+# venv in build/pyenv, made once and remade only when the requirements change;
+# pip's cache keeps a remake offline-cheap. The builds' tests run with it, and
+# a reader test whose packages are missing fails instead of skipping.
+pyenv="$PWD/build/pyenv"
+if ! cmp -s tests/python-requirements.txt "${pyenv}/requirements.txt"; then
+  echo "== Python test packages (tests/python-requirements.txt) into ${pyenv}"
+  rm -rf "${pyenv}"
+  python3 -m venv "${pyenv}"
+  "${pyenv}/bin/pip" install --quiet --disable-pip-version-check -r tests/python-requirements.txt
+  cp tests/python-requirements.txt "${pyenv}/requirements.txt"
+fi
+export LORAD_REQUIRE_PYTHON_TESTS=1
+
 run_build() {  # NAME BUILD_DIR RUN_TESTS(yes|no) [extra cmake args...]
   local name="$1" dir="$2" run_tests="$3"; shift 3
   local start=$SECONDS
   echo "== ${name}: configure + build (${dir})"
-  cmake -S . -B "${dir}" -G Ninja -DCMAKE_BUILD_TYPE=Release "${launcher[@]}" "$@"
+  cmake -S . -B "${dir}" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLORAD_TEST_PYTHON="${pyenv}/bin/python3" \
+    "${launcher[@]}" "$@"
   cmake --build "${dir}" --parallel "${jobs}"
   if [ "${run_tests}" != yes ]; then
     echo "== ${name}: compiled and linked in $((SECONDS - start)) s (tests not run in this mode)"

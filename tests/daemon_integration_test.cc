@@ -157,6 +157,19 @@ device = "cpu"
 )");
 }
 
+// The TensorBoard event files under a logging_dir: <run>/network_train/events.out.tfevents.*.
+std::vector<fs::path> TensorBoardEventFiles(const fs::path& logging_dir) {
+  std::vector<fs::path> files;
+  if (!fs::is_directory(logging_dir)) return files;
+  for (const auto& run : fs::directory_iterator(logging_dir)) {
+    if (!fs::is_directory(run.path() / "network_train")) continue;
+    for (const auto& file : fs::directory_iterator(run.path() / "network_train")) {
+      if (file.path().filename().string().starts_with("events.out.tfevents.")) files.push_back(file.path());
+    }
+  }
+  return files;
+}
+
 std::string NotebookDatasetConfig(const std::string& image_dir) {
   return absl::StrCat(R"([general]
 resolution = 64
@@ -199,6 +212,8 @@ TEST_F(DaemonTest, NotebookSectionedConfigTrainsStandaloneAndInTheDaemon) {
     EXPECT_NE(log.find("text_encoder_lr is 0"), std::string::npos) << log;
     EXPECT_NE(log.find("first_cycle_max_steps"), std::string::npos) << log;
     EXPECT_EQ(log.find("unknown config key"), std::string::npos) << log;
+    // logging_dir alone writes kohya's TensorBoard log (tests/tensorboard reads one back).
+    EXPECT_EQ(TensorBoardEventFiles(root / "logs").size(), 1u) << log;
   }
   {
     // The same files through the daemon: the model by name, the images in an upload.
@@ -216,6 +231,9 @@ TEST_F(DaemonTest, NotebookSectionedConfigTrainsStandaloneAndInTheDaemon) {
     EXPECT_EQ(done.hyperparameters().at("lr_scheduler_type"),
               "LoraEasyCustomOptimizer.RexAnnealingWarmRestarts.RexAnnealingWarmRestarts");
     EXPECT_TRUE(fs::exists(done.final_lora_path()));
+    // The daemon points logging_dir at the job's own folder: one run, one event file.
+    const fs::path job_dir = fs::path(done.final_lora_path()).parent_path().parent_path();
+    EXPECT_EQ(TensorBoardEventFiles(job_dir / "logs").size(), 1u) << job_dir;
   }
   fs::remove_all(root);
 }

@@ -7,6 +7,7 @@
 // messages to fd N. SIGTERM / SIGINT save a resumable state and exit with
 // kExitCancelled. Exit codes: core/base/exit_codes.h.
 #include <csignal>
+#include <ctime>
 #include <cstdio>
 #include <iostream>
 #include <random>
@@ -21,6 +22,7 @@
 #include "core/train/events_observer.h"
 #include "core/base/exit_codes.h"
 #include "core/train/observer.h"
+#include "core/train/tensorboard_writer.h"
 #include "core/train/trainer.h"
 
 namespace {
@@ -107,6 +109,18 @@ static int ToolMain(int argc, char** argv) {
   for (const std::string& w : (*dataset)->warnings()) observers.OnWarning("dataset", w);
   for (const std::string& s : (*dataset)->skipped()) observers.OnWarning("image_skipped", s);
 
+  // kohya's TensorBoard tracker: logging_dir with log_with unset or "tensorboard".
+  std::unique_ptr<TensorBoardObserver> tensorboard;
+  if (auto settings = TensorBoardSettingsFor(*config)) {
+    auto created = TensorBoardObserver::Create(*settings, std::time(nullptr));
+    if (!created.ok()) return Fail(observers, created.status());
+    tensorboard = std::move(*created);
+    observers.Add(tensorboard.get());
+    const std::string line = absl::StrCat("TensorBoard log: ", tensorboard->file().parent_path().string());
+    std::cerr << line << "\n";
+    if (events) events->Log(false, line);
+  }
+
   CancellationToken cancel;
   g_cancel = &cancel;
   std::signal(SIGTERM, OnSignal);
@@ -115,6 +129,11 @@ static int ToolMain(int argc, char** argv) {
   const TrainInputs inputs = InputsFor(*config, **dataset);
   auto result = Train(*config, inputs, &observers, &cancel);
   g_cancel = nullptr;
+  if (tensorboard && !tensorboard->status().ok()) {
+    // The log is an aid: its failure is reported, never the run's.
+    std::cerr << "tensorboard: " << tensorboard->status().message() << "\n";
+    if (events) events->Log(true, absl::StrCat("TensorBoard log: ", tensorboard->status().message()));
+  }
   if (events && !events->status().ok()) {
     std::cerr << "events: " << events->status().message() << "\n";
     if (result.ok()) return kExitEventsBroken;
