@@ -43,14 +43,6 @@ std::string ReadBytes(const fs::path& path) {
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
-// The only file in `dir`.
-fs::path OnlyFile(const fs::path& dir) {
-  std::vector<fs::path> files;
-  for (const auto& entry : fs::directory_iterator(dir)) files.push_back(entry.path());
-  EXPECT_EQ(files.size(), 1u) << dir;
-  return files.empty() ? fs::path() : files[0];
-}
-
 std::vector<tensorboard::Event> ReadEvents(const fs::path& path) {
   auto records = ReadRecords(path);
   EXPECT_TRUE(records.ok()) << records.status();
