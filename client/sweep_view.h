@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "client/client.h"
 #include "client/charts/charts.h"
+#include "client/sweep_rows.h"
 #include "core/planner/loss_stats.h"
 #include "core/planner/sweep_table.h"
 #include "lorad/v1/lorad.pb.h"
@@ -20,19 +21,8 @@ namespace lorad::client {
 // Every recorded event of a job (replay only, no follow).
 absl::StatusOr<std::vector<lorad::v1::JobEvent>> ReadJobEvents(Client& client, int64_t job_id);
 
-// The raw per-step loss of a job, in step order (a resumed job's repeated
-// steps keep their latest value), and the mean images/s of its progress events.
-struct JobCurve {
-  planner::LossCurve loss;
-  std::optional<double> mean_images_per_s;
-};
-JobCurve CurveFromEvents(const std::vector<lorad::v1::JobEvent>& events);
-
 // The sweep by numeric id, or by name when `reference` is not a number.
 absl::StatusOr<lorad::v1::Sweep> GetSweep(Client& client, const std::string& reference);
-
-// "learning_rate=1e-4 dataset=cats": the job's varied values, for legends and labels.
-std::string VariedLabel(const lorad::v1::Sweep& sweep, const lorad::v1::Job& job);
 
 // One table row per job of the sweep (reads each job's events).
 absl::StatusOr<std::vector<planner::SweepTableRow>> SweepRows(Client& client, const lorad::v1::Sweep& sweep);

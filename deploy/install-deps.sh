@@ -10,6 +10,11 @@ packages=(
   libabsl-dev libspdlog-dev libfmt-dev libsqlite3-dev sqlite3
   libcurl4-openssl-dev openssl  # the HTTP client (webhooks, model pulls); openssl: test CAs
   libopencv-dev libopencv-dnn-dev  # dnn: lorad-tag (libopencv-dev depends on it; named for clarity)
+  # The dashboard's HTTP server: cpp-httplib is in Debian (security updates
+  # come from the distribution), small, serves connections from a thread
+  # pool, and its chunked content provider carries Server-Sent Events.
+  libcpp-httplib-dev
+  chromium chromium-driver  # the dashboard's browser test (tests/web/browser_test.py, headless)
   libgtest-dev libgmock-dev nlohmann-json3-dev libtomlplusplus-dev
   clang-14 libclang-rt-14-dev llvm-14  # the sanitizer and fuzzing build (llvm-14: the symbolizer)
 )

@@ -89,6 +89,12 @@ grpc::Status CheckBearerToken(const std::vector<std::string>& tokens,
   return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "invalid bearer token");
 }
 
+bool TokenAccepted(const std::vector<std::string>& tokens, std::string_view token) {
+  bool match = false;
+  for (const auto& t : tokens) match |= ConstantTimeEquals(t, token);
+  return match;
+}
+
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> NewReflectionAuthInterceptorFactory(
     const std::vector<std::string>* tokens) {
   return std::make_unique<ReflectionAuthFactory>(tokens);

@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
@@ -16,6 +17,11 @@ namespace lorad::server {
 // matches one (compared in constant time); UNAUTHENTICATED otherwise.
 grpc::Status CheckBearerToken(const std::vector<std::string>& tokens,
                               const std::multimap<grpc::string_ref, grpc::string_ref>& metadata);
+
+// True when `token` equals one of `tokens` (constant time per comparison);
+// false for an empty list (the caller decides what no tokens means). The
+// dashboard's cookie and ?token= go through this.
+bool TokenAccepted(const std::vector<std::string>& tokens, std::string_view token);
 
 // An interceptor factory for the server: calls to grpc.reflection.* without a
 // valid token get every response replaced by a reflection error_response and

@@ -58,6 +58,10 @@ absl::Status LoadToml(const std::string& path, ServerConfig* c) {
     else if (k == "max_upload_files")
       c->max_upload_files = static_cast<int>(node.value_or(int64_t{c->max_upload_files}));
     else if (k == "log_level") c->log_level = node.value_or(c->log_level);
+    else if (k == "http") {
+      c->http = node.value_or(c->http);
+      c->http_explicit = true;
+    } else if (k == "metrics_open") c->metrics_open = node.value_or(c->metrics_open);
     else {
       return absl::InvalidArgumentError(absl::StrCat(
           "config ", path, ": unknown key '", k, "' (see `lorad --help` for the keys)"));
@@ -76,7 +80,11 @@ std::string ServerUsage() {
          "             [--max-upload-bytes N] [--min-free-bytes N] [--log-level debug|info|warn]\n"
          "             [--webhook http://HOST:PORT/PATH]... (also webhook_urls in lorad.toml)\n"
          "Defaults: listen 127.0.0.1:50051 (reach it through `ssh -L 50051:127.0.0.1:50051 box`),\n"
-         "data dir ./lorad-data, one slot per visible GPU. LORAD_TOKEN sets a token too.\n";
+         "data dir ./lorad-data, one slot per visible GPU. LORAD_TOKEN sets a token too.\n"
+         "Dashboard and Prometheus /metrics: [--http HOST:PORT|off] [--metrics-open true|false]\n"
+         "(http, metrics_open in lorad.toml), default 127.0.0.1:50052: open it through\n"
+         "`ssh -L 50052:127.0.0.1:50052 box`, then http://127.0.0.1:50052 (same token as the API;\n"
+         "--metrics-open true lets /metrics answer without it).\n";
 }
 
 bool WantsHelp(int argc, char** argv) {
@@ -153,6 +161,15 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
     } else if (name == "min-free-bytes") {
       if (auto s = as_int(&config.min_free_bytes); !s.ok()) return s;
     } else if (name == "log-level") config.log_level = value;
+    else if (name == "http") {
+      config.http = value;
+      config.http_explicit = true;
+    } else if (name == "metrics-open") {
+      if (value != "true" && value != "false") {
+        return absl::InvalidArgumentError(absl::StrCat("--metrics-open expects true or false, got '", value, "'"));
+      }
+      config.metrics_open = value == "true";
+    }
     else {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name, "\n", ServerUsage()));
     }

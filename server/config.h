@@ -32,6 +32,14 @@ struct ServerConfig {
   std::string log_level = "info";
   // http:// URLs POSTed a JSON body when a job or a whole sweep ends.
   std::vector<std::string> webhook_urls;
+  // The dashboard and /metrics (server/http_server.h): "HOST:PORT", loopback
+  // like `listen`; "off" disables it. Busy default port: lorad runs without
+  // the dashboard (a warning); a busy port set by flag or file stops the start.
+  std::string http = "127.0.0.1:50052";
+  bool http_explicit = false;  // set by --http or the file's `http`
+  // /metrics without the token, for a scraper on the same machine (the port
+  // is loopback by default); the pages and the API keep needing it.
+  bool metrics_open = false;
 
   std::filesystem::path db_path() const { return data_dir / "lorad.db"; }
   std::filesystem::path jobs_dir() const { return data_dir / "jobs"; }

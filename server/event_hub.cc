@@ -113,6 +113,13 @@ absl::StatusOr<EventHub::Batch> EventHub::Fetch(int64_t job_id, int64_t after_se
   return batch;
 }
 
+int64_t EventHub::SubscriberCount() {
+  absl::MutexLock lock(&mu_);
+  int64_t count = 0;
+  for (const auto& [id, entry] : jobs_) count += static_cast<int64_t>(entry.subscribers.size());
+  return count;
+}
+
 void EventHub::Shutdown() {
   std::vector<std::shared_ptr<Waker>> to_wake;
   {

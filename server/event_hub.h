@@ -53,6 +53,10 @@ class EventHub {
   // Wakes every subscriber; later Fetch calls fail with UNAVAILABLE.
   void Shutdown();
 
+  // Open subscriptions over all jobs (StreamEvents calls and dashboard
+  // streams), for /metrics.
+  int64_t SubscriberCount();
+
  private:
   struct JobEntry {
     std::deque<storage::StoredEvent> recent;  // strictly increasing seq

@@ -19,6 +19,8 @@
 #include "server/disk_cleanup.h"
 #include "server/notify/webhook.h"
 #include "server/event_hub.h"
+#include "server/http_server.h"
+#include "server/metrics.h"
 #include "server/scheduler.h"
 #include "server/server_info.h"
 #include "server/service.h"
@@ -140,6 +142,9 @@ int Run(int argc, char** argv) {
   builder.RegisterService(&service);
   // Reflection lists every method and message: behind the token like the rest.
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  // Every call counted and timed for /metrics, in this one place.
+  server::RpcMetrics rpc_metrics;
+  interceptors.push_back(rpc_metrics.NewInterceptorFactory());
   interceptors.push_back(server::NewReflectionAuthInterceptorFactory(&config.tokens));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
@@ -152,6 +157,31 @@ int Run(int argc, char** argv) {
     return kExitStorage;
   }
   grpc_server->GetHealthCheckService()->SetServingStatus(true);
+  // The dashboard and /metrics: a busy default port leaves the daemon
+  // without them (a warning); a port the user chose must be free.
+  std::unique_ptr<server::HttpServer> http;
+  if (config.http != "off") {
+    http = std::make_unique<server::HttpServer>(
+        server::HttpSources{&config, store->get(), &hub, &scheduler, &service, &rpc_metrics});
+    if (absl::Status s = http->Start(); !s.ok()) {
+      if (config.http_explicit) {
+        spdlog::critical("{}", std::string(s.message()));
+        scheduler.Shutdown();
+        service.Shutdown();
+        hub.Shutdown();
+        grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(3));
+        return kExitCannotListen;
+      }
+      spdlog::warn("{}; running without the dashboard", std::string(s.message()));
+      http.reset();
+    } else {
+      const fs::path http_port_file = config.data_dir / "lorad.http-port";
+      std::ofstream(http_port_file.string() + ".tmp") << http->port() << "\n";
+      fs::rename(http_port_file.string() + ".tmp", http_port_file);
+      spdlog::info("dashboard on http://{} (port {}){}", config.http, http->port(),
+                   config.metrics_open ? "; /metrics open without the token" : "");
+    }
+  }
   // The bound port (useful with --listen 127.0.0.1:0), written atomically.
   {
     const fs::path port_file = config.data_dir / "lorad.port";
@@ -172,6 +202,7 @@ int Run(int argc, char** argv) {
   spdlog::info("received {}: stopping (running jobs save their state and resume on the next start)",
                received == SIGTERM ? "SIGTERM" : "SIGINT");
   grpc_server->GetHealthCheckService()->SetServingStatus(false);
+  if (http) http->Stop();  // its event streams end within a second
   scheduler.Shutdown();
   service.Shutdown();  // kills running curation reports; their calls end before the server's Shutdown
   hub.Shutdown();

@@ -14,6 +14,7 @@
 #include "server/dataset_tag.h"
 #include "server/dataset_upload.h"
 #include "server/job_config.h"
+#include "server/paths.h"
 #include "server/auth.h"
 #include "server/server_info.h"
 #include "server/status_util.h"
@@ -275,36 +276,50 @@ grpc::ServerUnaryReactor* LoradService::GetJob(grpc::CallbackServerContext* ctx,
                                                const lorad::v1::GetJobRequest* request,
                                                lorad::v1::Job* response) {
   if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
-  auto job = store_->GetJob(request->job_id());
+  auto job = QueryJob(request->job_id());
   if (!job.ok()) return Reply(ctx, ToGrpcStatus(job.status()));
-  ToProto(*job, response);
-  auto hp = store_->GetHyperparameters(request->job_id());
-  if (hp.ok()) response->mutable_hyperparameters()->insert(hp->begin(), hp->end());
+  *response = std::move(*job);
   return Reply(ctx, grpc::Status::OK);
+}
+
+absl::StatusOr<lorad::v1::Job> LoradService::QueryJob(int64_t job_id) {
+  auto job = store_->GetJob(job_id);
+  if (!job.ok()) return job.status();
+  lorad::v1::Job out;
+  ToProto(*job, &out);
+  auto hp = store_->GetHyperparameters(job_id);
+  if (hp.ok()) out.mutable_hyperparameters()->insert(hp->begin(), hp->end());
+  return out;
 }
 
 grpc::ServerUnaryReactor* LoradService::ListJobs(grpc::CallbackServerContext* ctx,
                                                  const lorad::v1::ListJobsRequest* request,
                                                  lorad::v1::ListJobsResponse* response) {
   if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
+  auto page = QueryJobs(*request);
+  if (!page.ok()) return Reply(ctx, ToGrpcStatus(page.status()));
+  *response = std::move(*page);
+  return Reply(ctx, grpc::Status::OK);
+}
+
+absl::StatusOr<lorad::v1::ListJobsResponse> LoradService::QueryJobs(const lorad::v1::ListJobsRequest& request) {
   storage::JobFilter filter;
-  for (int state : request->states()) {
-    if (state < 1 || state > 5) {
-      return Reply(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "unknown job state in filter"));
-    }
+  for (int state : request.states()) {
+    if (state < 1 || state > 5) return absl::InvalidArgumentError("unknown job state in filter");
     filter.states.push_back(static_cast<storage::JobState>(state));
   }
-  filter.name_contains = request->name_contains();
-  filter.sweep = request->sweep();
-  filter.page_size = request->page_size();
-  if (!request->page_token().empty() && !absl::SimpleAtoi(request->page_token(), &filter.before_id)) {
-    return Reply(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "malformed page_token"));
+  filter.name_contains = request.name_contains();
+  filter.sweep = request.sweep();
+  filter.page_size = request.page_size();
+  if (!request.page_token().empty() && !absl::SimpleAtoi(request.page_token(), &filter.before_id)) {
+    return absl::InvalidArgumentError("malformed page_token");
   }
   auto page = store_->ListJobs(filter);
-  if (!page.ok()) return Reply(ctx, ToGrpcStatus(page.status()));
-  for (const auto& job : page->jobs) ToProto(job, response->add_jobs());
-  if (page->next_before_id > 0) response->set_next_page_token(std::to_string(page->next_before_id));
-  return Reply(ctx, grpc::Status::OK);
+  if (!page.ok()) return page.status();
+  lorad::v1::ListJobsResponse out;
+  for (const auto& job : page->jobs) ToProto(job, out.add_jobs());
+  if (page->next_before_id > 0) out.set_next_page_token(std::to_string(page->next_before_id));
+  return out;
 }
 
 absl::StatusOr<storage::JobRecord> LoradService::CancelOne(int64_t job_id, const std::string& reason) {
@@ -321,10 +336,18 @@ grpc::ServerUnaryReactor* LoradService::CancelJob(grpc::CallbackServerContext* c
                                                   const lorad::v1::CancelJobRequest* request,
                                                   lorad::v1::Job* response) {
   if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
-  auto job = CancelOne(request->job_id(), request->reason());
+  auto job = Cancel(request->job_id(), request->reason());
   if (!job.ok()) return Reply(ctx, ToGrpcStatus(job.status()));
-  ToProto(*job, response);
+  *response = std::move(*job);
   return Reply(ctx, grpc::Status::OK);
+}
+
+absl::StatusOr<lorad::v1::Job> LoradService::Cancel(int64_t job_id, const std::string& reason) {
+  auto job = CancelOne(job_id, reason);
+  if (!job.ok()) return job.status();
+  lorad::v1::Job out;
+  ToProto(*job, &out);
+  return out;
 }
 
 grpc::ServerWriteReactor<lorad::v1::JobEvent>* LoradService::StreamEvents(
@@ -341,24 +364,57 @@ grpc::ServerUnaryReactor* LoradService::ListArtifacts(grpc::CallbackServerContex
                                                       const lorad::v1::ListArtifactsRequest* request,
                                                       lorad::v1::ListArtifactsResponse* response) {
   if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
-  if (auto job = store_->GetJob(request->job_id()); !job.ok()) return Reply(ctx, ToGrpcStatus(job.status()));
-  auto artifacts = store_->ListArtifacts(request->job_id(), request->kind());
+  auto artifacts = QueryArtifacts(request->job_id(), request->kind());
   if (!artifacts.ok()) return Reply(ctx, ToGrpcStatus(artifacts.status()));
-  for (const auto& a : *artifacts) ToProto(a, response->add_artifacts());
+  *response = std::move(*artifacts);
   return Reply(ctx, grpc::Status::OK);
+}
+
+absl::StatusOr<lorad::v1::ListArtifactsResponse> LoradService::QueryArtifacts(int64_t job_id,
+                                                                             lorad::v1::ArtifactKind kind) {
+  if (auto job = store_->GetJob(job_id); !job.ok()) return job.status();
+  auto artifacts = store_->ListArtifacts(job_id, kind);
+  if (!artifacts.ok()) return artifacts.status();
+  lorad::v1::ListArtifactsResponse out;
+  for (const auto& a : *artifacts) ToProto(a, out.add_artifacts());
+  return out;
+}
+
+absl::StatusOr<storage::ArtifactRecord> LoradService::ReadableArtifact(int64_t artifact_id) {
+  auto artifact = store_->GetArtifact(artifact_id);
+  if (!artifact.ok()) return artifact.status();
+  if (artifact->is_directory) {
+    return absl::FailedPreconditionError(absl::StrCat("artifact ", artifact->id, " (", artifact->name,
+                                                      ") is a training-state folder; only files can be fetched"));
+  }
+  // Workers only get artifacts recorded inside their job folder; a record (or
+  // a symlink swapped in since) that resolves elsewhere is never served.
+  if (!IsWithin(config_->jobs_dir(), artifact->path)) {
+    return absl::PermissionDeniedError(absl::StrCat("artifact ", artifact->id, " (", artifact->name,
+                                                    ") lies outside the daemon's jobs folder; not served"));
+  }
+  return artifact;
+}
+
+absl::StatusOr<storage::ArtifactRecord> LoradService::ReadableArtifactByName(int64_t job_id,
+                                                                           const std::string& name) {
+  if (absl::Status valid = ValidateRelativePath(name); !valid.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("artifact name \"", name, "\": ", valid.message()));
+  }
+  auto artifacts = QueryArtifacts(job_id, lorad::v1::ARTIFACT_KIND_UNSPECIFIED);
+  if (!artifacts.ok()) return artifacts.status();
+  for (const auto& a : artifacts->artifacts()) {
+    if (a.name() == name) return ReadableArtifact(a.id());
+  }
+  return absl::NotFoundError(absl::StrCat("job ", job_id, " has no artifact named \"", name,
+                                          "\" (see its artifact list)"));
 }
 
 grpc::ServerWriteReactor<lorad::v1::ArtifactChunk>* LoradService::FetchArtifact(
     grpc::CallbackServerContext* ctx, const lorad::v1::FetchArtifactRequest* request) {
   if (auto s = Authorize(ctx); !s.ok()) return FailedStream<lorad::v1::ArtifactChunk>(s);
-  auto artifact = store_->GetArtifact(request->artifact_id());
+  auto artifact = ReadableArtifact(request->artifact_id());
   if (!artifact.ok()) return FailedStream<lorad::v1::ArtifactChunk>(ToGrpcStatus(artifact.status()));
-  if (artifact->is_directory) {
-    return FailedStream<lorad::v1::ArtifactChunk>(grpc::Status(
-        grpc::StatusCode::FAILED_PRECONDITION,
-        absl::StrCat("artifact ", artifact->id, " (", artifact->name,
-                     ") is a training-state folder; only files can be fetched")));
-  }
   const int chunk = request->chunk_bytes() <= 0 ? (1 << 20) : std::min(request->chunk_bytes(), 4 << 20);
   return NewArtifactStream(*artifact, request->offset(), chunk);
 }
@@ -373,10 +429,18 @@ grpc::ServerUnaryReactor* LoradService::ListDatasets(grpc::CallbackServerContext
                                                      const lorad::v1::ListDatasetsRequest*,
                                                      lorad::v1::ListDatasetsResponse* response) {
   if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
-  auto datasets = store_->ListDatasets();
+  auto datasets = QueryDatasets();
   if (!datasets.ok()) return Reply(ctx, ToGrpcStatus(datasets.status()));
-  for (const auto& d : *datasets) ToProto(d, response->add_datasets());
+  *response = std::move(*datasets);
   return Reply(ctx, grpc::Status::OK);
+}
+
+absl::StatusOr<lorad::v1::ListDatasetsResponse> LoradService::QueryDatasets() {
+  auto datasets = store_->ListDatasets();
+  if (!datasets.ok()) return datasets.status();
+  lorad::v1::ListDatasetsResponse out;
+  for (const auto& d : *datasets) ToProto(d, out.add_datasets());
+  return out;
 }
 
 grpc::ServerUnaryReactor* LoradService::InspectDataset(grpc::CallbackServerContext* ctx,
@@ -386,38 +450,51 @@ grpc::ServerUnaryReactor* LoradService::InspectDataset(grpc::CallbackServerConte
   auto dataset = store_->GetDataset(request->dataset_id());
   if (!dataset.ok()) return Reply(ctx, ToGrpcStatus(dataset.status()));
   ToProto(*dataset, response->mutable_dataset());
+  // ctx, reactor and response stay valid until reactor->Finish, which `done`
+  // calls exactly once.
+  auto* reactor = ctx->DefaultReactor();
+  CurationReportAsync(*dataset, [ctx] { return ctx->IsCancelled(); },
+                      [reactor, response](absl::StatusOr<std::string> report) {
+                        if (!report.ok()) {
+                          reactor->Finish(ToGrpcStatus(report.status()));
+                          return;
+                        }
+                        response->set_report_json(std::move(*report));
+                        reactor->Finish(grpc::Status::OK);
+                      });
+  return reactor;
+}
+
+void LoradService::CurationReportAsync(const storage::DatasetRecord& dataset, std::function<bool()> cancelled,
+                                       std::function<void(absl::StatusOr<std::string>)> done) {
   // The curation report decodes every image (OpenCV): `lorad-curate --json`
   // runs as a child process on the curate pool, so neither a bad image nor a
-  // slow folder holds an RPC thread; a departed client or a stopping daemon
-  // kills it. ctx, reactor and response stay valid until reactor->Finish,
-  // which the task (or a refusal here) calls exactly once.
-  // The report of a dataset is kept once computed (its content never changes).
-  const fs::path cache = CurationCachePath(config_->data_dir, dataset->id);
+  // slow folder holds a request thread; a departed client or a stopping daemon
+  // kills it. The report of a dataset is kept once computed (its content never changes).
+  const fs::path cache = CurationCachePath(config_->data_dir, dataset.id);
   if (std::string kept = ReadCurationCache(cache); !kept.empty()) {
-    response->set_report_json(std::move(kept));
-    return Reply(ctx, grpc::Status::OK);
+    done(std::move(kept));
+    return;
   }
-  auto* reactor = ctx->DefaultReactor();
-  const fs::path stderr_log = config_->logs_dir() / absl::StrCat("curate-", dataset->id, ".stderr");
+  const fs::path stderr_log = config_->logs_dir() / absl::StrCat("curate-", dataset.id, ".stderr");
+  // The task owns `done` until it runs; a refused Submit leaves it here.
+  auto shared_done = std::make_shared<std::function<void(absl::StatusOr<std::string>)>>(std::move(done));
   absl::Status queued = curate_pool_.Submit(
-      [ctx, reactor, response, stderr_log, cache, binary = config_->curate_binary,
-       folder = dataset->path](const std::atomic<bool>& stopping) {
-        auto report = CurationReport(binary, folder, stderr_log, [ctx, &stopping] {
-          return stopping.load() || ctx->IsCancelled();
+      [cancelled = std::move(cancelled), shared_done, stderr_log, cache, binary = config_->curate_binary,
+       folder = dataset.path](const std::atomic<bool>& stopping) {
+        auto report = CurationReport(binary, folder, stderr_log, [&cancelled, &stopping] {
+          return stopping.load() || cancelled();
         });
         if (!report.ok()) {
-          const absl::Status status = stopping ? absl::UnavailableError("lorad is stopping") : report.status();
-          reactor->Finish(ToGrpcStatus(status));
+          (*shared_done)(stopping ? absl::UnavailableError("lorad is stopping") : report.status());
           return;
         }
         if (absl::Status written = WriteCurationCache(cache, *report); !written.ok()) {
           spdlog::warn("curation report not kept: {}", written.ToString());
         }
-        response->set_report_json(std::move(*report));
-        reactor->Finish(grpc::Status::OK);
+        (*shared_done)(std::move(*report));
       });
-  if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
-  return reactor;
+  if (!queued.ok()) (*shared_done)(queued);
 }
 
 grpc::ServerUnaryReactor* LoradService::DeleteDataset(grpc::CallbackServerContext* ctx,
@@ -493,6 +570,13 @@ grpc::ServerUnaryReactor* LoradService::GetServerInfo(grpc::CallbackServerContex
                                                       const lorad::v1::GetServerInfoRequest*,
                                                       lorad::v1::ServerInfo* response) {
   if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
+  *response = QueryServerInfo();
+  return Reply(ctx, grpc::Status::OK);
+}
+
+lorad::v1::ServerInfo LoradService::QueryServerInfo() {
+  lorad::v1::ServerInfo info;
+  lorad::v1::ServerInfo* response = &info;
   response->set_version(LORAD_VERSION);
   response->set_libtorch_version(LibTorchVersion());
   response->set_cuda_available(LibTorchHasCuda() && !gpus_.empty());
@@ -512,7 +596,7 @@ grpc::ServerUnaryReactor* LoradService::GetServerInfo(grpc::CallbackServerContex
                              std::chrono::steady_clock::now() - started_)
                              .count());
   response->set_worker_binary(config_->worker_binary);
-  return Reply(ctx, grpc::Status::OK);
+  return info;
 }
 
 }  // namespace lorad::server

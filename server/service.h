@@ -7,6 +7,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -85,6 +86,34 @@ class LoradService final : public lorad::v1::Lorad::CallbackService {
   grpc::ServerUnaryReactor* CancelSweep(grpc::CallbackServerContext* ctx,
                                         const lorad::v1::CancelSweepRequest* request,
                                         lorad::v1::Sweep* response) override;
+
+  // The queries behind the RPCs, without a call context: the gRPC handlers and
+  // the HTTP dashboard (server/http_server.h) both answer from these, so the
+  // two can never disagree. The caller has checked the token.
+  // The job with its hyperparameters (GetJob).
+  absl::StatusOr<lorad::v1::Job> QueryJob(int64_t job_id);
+  // A page of jobs, newest first (ListJobs).
+  absl::StatusOr<lorad::v1::ListJobsResponse> QueryJobs(const lorad::v1::ListJobsRequest& request);
+  // Records the cancel, publishes its events, signals a running worker (CancelJob).
+  absl::StatusOr<lorad::v1::Job> Cancel(int64_t job_id, const std::string& reason);
+  absl::StatusOr<lorad::v1::ListArtifactsResponse> QueryArtifacts(int64_t job_id, lorad::v1::ArtifactKind kind);
+  // An artifact a client may read (FetchArtifact's checks): a file, not a
+  // training-state folder, whose path lies inside the daemon's jobs folder.
+  // FAILED_PRECONDITION for a folder, PERMISSION_DENIED outside the jobs folder.
+  absl::StatusOr<storage::ArtifactRecord> ReadableArtifact(int64_t artifact_id);
+  // The same, by the name ListArtifacts reports ("tiny-000004.safetensors",
+  // "sample/x.png"); a name with "..", "." or empty components is INVALID_ARGUMENT.
+  absl::StatusOr<storage::ArtifactRecord> ReadableArtifactByName(int64_t job_id, const std::string& name);
+  absl::StatusOr<lorad::v1::ListDatasetsResponse> QueryDatasets();
+  lorad::v1::ServerInfo QueryServerInfo();
+  // By id, or by name when `sweep_id` is 0; with jobs and hyperparameters (GetSweep).
+  absl::StatusOr<lorad::v1::Sweep> QuerySweep(int64_t sweep_id, const std::string& name);
+  absl::StatusOr<lorad::v1::ListSweepsResponse> QuerySweeps();
+  // The dataset's curation report (InspectDataset): the kept one, else
+  // lorad-curate on the curate pool. `done` runs exactly once, on the pool or
+  // in this call; `cancelled` is polled while lorad-curate runs.
+  void CurationReportAsync(const storage::DatasetRecord& dataset, std::function<bool()> cancelled,
+                           std::function<void(absl::StatusOr<std::string>)> done);
 
  private:
   // A validated submit, not yet recorded: the spec to store and the advisor's

@@ -150,27 +150,38 @@ grpc::ServerUnaryReactor* LoradService::GetSweep(grpc::CallbackServerContext* ct
                                                  const lorad::v1::GetSweepRequest* request,
                                                  lorad::v1::Sweep* response) {
   if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
-  auto sweep = request->sweep_id() != 0 ? store_->GetSweep(request->sweep_id())
-                                        : store_->GetSweepByName(request->name());
-  if (!sweep.ok()) return Reply(ctx, ToGrpcStatus(sweep.status()));
-  auto proto = SweepProto(*sweep, true);
+  auto proto = QuerySweep(request->sweep_id(), request->name());
   if (!proto.ok()) return Reply(ctx, ToGrpcStatus(proto.status()));
   *response = std::move(*proto);
   return Reply(ctx, grpc::Status::OK);
+}
+
+absl::StatusOr<lorad::v1::Sweep> LoradService::QuerySweep(int64_t sweep_id, const std::string& name) {
+  auto sweep = sweep_id != 0 ? store_->GetSweep(sweep_id) : store_->GetSweepByName(name);
+  if (!sweep.ok()) return sweep.status();
+  return SweepProto(*sweep, true);
 }
 
 grpc::ServerUnaryReactor* LoradService::ListSweeps(grpc::CallbackServerContext* ctx,
                                                    const lorad::v1::ListSweepsRequest*,
                                                    lorad::v1::ListSweepsResponse* response) {
   if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
-  auto sweeps = store_->ListSweeps();
+  auto sweeps = QuerySweeps();
   if (!sweeps.ok()) return Reply(ctx, ToGrpcStatus(sweeps.status()));
+  *response = std::move(*sweeps);
+  return Reply(ctx, grpc::Status::OK);
+}
+
+absl::StatusOr<lorad::v1::ListSweepsResponse> LoradService::QuerySweeps() {
+  auto sweeps = store_->ListSweeps();
+  if (!sweeps.ok()) return sweeps.status();
+  lorad::v1::ListSweepsResponse out;
   for (const auto& sweep : *sweeps) {
     auto proto = SweepProto(sweep, false);
-    if (!proto.ok()) return Reply(ctx, ToGrpcStatus(proto.status()));
-    *response->add_sweeps() = std::move(*proto);
+    if (!proto.ok()) return proto.status();
+    *out.add_sweeps() = std::move(*proto);
   }
-  return Reply(ctx, grpc::Status::OK);
+  return out;
 }
 
 grpc::ServerUnaryReactor* LoradService::CancelSweep(grpc::CallbackServerContext* ctx,

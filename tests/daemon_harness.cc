@@ -87,8 +87,10 @@ std::string Daemon::TinyConfig(int max_steps, int save_every_n_steps, const std:
 void Daemon::Start() {
   ASSERT_LT(pid_, 0) << "already running";
   fs::remove(data_dir_ / "lorad.port");
+  fs::remove(data_dir_ / "lorad.http-port");
   std::vector<std::string> args = {(BuildDir() / "server" / "lorad").string(),
                                    "--listen", "127.0.0.1:0",
+                                   "--http", "127.0.0.1:0",
                                    "--data-dir", data_dir_.string(),
                                    "--slots", std::to_string(options_.slots),
                                    "--grace-s", absl::StrCat(options_.grace_s),
@@ -118,6 +120,9 @@ void Daemon::Start() {
   }
   std::ifstream(data_dir_ / "lorad.port") >> port_;
   ASSERT_GT(port_, 0);
+  // Written before lorad.port (the dashboard starts first).
+  std::ifstream(data_dir_ / "lorad.http-port") >> http_port_;
+  ASSERT_GT(http_port_, 0) << "no dashboard port; see " << log;
   client_ = NewClient(options_.token);
   lorad::v1::ServerInfo info;
   auto ctx = client_->Context();

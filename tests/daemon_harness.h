@@ -50,6 +50,8 @@ class Daemon {
   std::unique_ptr<client::Client> NewClient(const std::string& token) const;
   const std::filesystem::path& data_dir() const { return data_dir_; }
   int port() const { return port_; }
+  // The dashboard's port (lorad runs with --http 127.0.0.1:0).
+  int http_port() const { return http_port_; }
 
   // A short tiny-SDXL training config (kohya TOML).
   static std::string TinyConfig(int max_steps, int save_every_n_steps, const std::string& extra = "");
@@ -74,6 +76,7 @@ class Daemon {
   DaemonOptions options_;
   pid_t pid_ = -1;
   int port_ = 0;
+  int http_port_ = 0;
   std::unique_ptr<client::Client> client_;
 };
 

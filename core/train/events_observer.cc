@@ -75,6 +75,7 @@ void EventsObserver::OnStep(const StepReport& r) {
     p->set_images_per_s(r.images_per_s);
     p->set_eta_s(r.eta_s);
     p->set_grad_norm(r.grad_norm);
+    p->set_gpu_memory_allocated_bytes(r.gpu_memory_allocated_bytes);
   });
 }
 

@@ -56,6 +56,7 @@ struct StepReport {
   double images_per_s = 0;
   double eta_s = 0;
   double grad_norm = 0;     // 0 when not computed
+  int64_t gpu_memory_allocated_bytes = 0;  // current tensor memory on the GPU; 0 on the CPU
   bool skipped = false;     // fp16: the loss scaler found inf/NaN gradients and skipped the update
   std::optional<MaxNormReport> max_norm;  // set when scale_weight_norms is on
 };

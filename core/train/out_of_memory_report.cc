@@ -56,6 +56,7 @@ std::optional<DeviceMemory> DeviceMemoryStats(const torch::Device& device) {
     DeviceMemory m;
     m.peak_allocated_bytes = stats.allocated_bytes[0].peak;
     m.peak_reserved_bytes = stats.reserved_bytes[0].peak;
+    m.allocated_bytes = stats.allocated_bytes[0].current;
     return m;
   }
 #else

@@ -20,6 +20,7 @@ namespace lorad::train {
 struct DeviceMemory {
   int64_t peak_allocated_bytes = 0;  // high-water mark of tensor memory
   int64_t peak_reserved_bytes = 0;   // high-water mark of memory held from the driver
+  int64_t allocated_bytes = 0;       // tensor memory now
 };
 
 struct OutOfMemoryFacts {

@@ -906,6 +906,8 @@ void Run::ReportStep(int64_t epoch, double loss, bool skipped, double grad_norm)
   report.images_per_s = speed.images_per_s;
   report.eta_s = speed.eta_s;
   report.grad_norm = grad_norm;
+  // The dashboard and /metrics show it per running job (a mutex-guarded read of the allocator's counters).
+  if (auto memory = DeviceMemoryStats(device_)) report.gpu_memory_allocated_bytes = memory->allocated_bytes;
   report.skipped = skipped;
   report.max_norm = max_norm_;
   observers_.OnStep(report);
