@@ -1,5 +1,6 @@
 #include "storage/job_store.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
@@ -80,9 +81,9 @@ DatasetRecord ReadDataset(const Statement& row) {
   return d;
 }
 
-lorad::v1::Event LogEvent(const std::string& message) {
+lorad::v1::Event LogEvent(int64_t time_ms, const std::string& message) {
   lorad::v1::Event event;
-  event.set_time_unix_ms(NowUnixMs());
+  event.set_time_unix_ms(time_ms);
   event.mutable_log()->set_level(lorad::v1::Log::INFO);
   event.mutable_log()->set_message(message);
   return event;
@@ -130,10 +131,134 @@ std::string EventTypeName(const lorad::v1::Event& event) {
   return "unknown";
 }
 
-absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path) {
+Usage SumUsage(const std::vector<AttemptRecord>& attempts, int64_t now_ms, int64_t since_ms) {
+  Usage usage;
+  for (const AttemptRecord& a : attempts) {
+    const int64_t begin = std::max(a.started_ms, since_ms);
+    const int64_t end = a.ended_ms > 0 ? a.ended_ms : now_ms;
+    if (end <= begin) continue;
+    const double gpu_seconds = static_cast<double>(end - begin) / 1000.0 * a.gpus;
+    usage.gpu_seconds += gpu_seconds;
+    usage.cost += gpu_seconds / 3600.0 * a.price_per_gpu_hour;
+  }
+  return usage;
+}
+
+absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path, const Clock* clock) {
   ASSIGN_OR_RETURN(Database db, Database::Open(path));
   RETURN_IF_ERROR(db.Migrate(SchemaMigrations()));
-  return std::unique_ptr<JobStore>(new JobStore(std::move(db)));
+  return std::unique_ptr<JobStore>(new JobStore(std::move(db), clock));
+}
+
+namespace {
+
+constexpr char kAttemptColumns[] = "job_id, attempt, slot, gpus, price_per_gpu_hour, started_ms, ended_ms";
+
+AttemptRecord ReadAttempt(const Statement& row) {
+  AttemptRecord a;
+  a.job_id = row.Int(0);
+  a.attempt = static_cast<int>(row.Int(1));
+  a.slot = static_cast<int>(row.Int(2));
+  a.gpus = static_cast<int>(row.Int(3));
+  a.price_per_gpu_hour = row.Double(4);
+  a.started_ms = row.Int(5);
+  a.ended_ms = row.Int(6);
+  return a;
+}
+
+}  // namespace
+
+absl::Status JobStore::FillUsageLocked(std::vector<JobRecord>& jobs) {
+  if (jobs.empty()) return absl::OkStatus();
+  std::string sql = absl::StrCat("SELECT ", kAttemptColumns, " FROM job_attempts WHERE job_id IN (");
+  for (size_t i = 0; i < jobs.size(); ++i) absl::StrAppend(&sql, i ? ", ?" : "?");
+  absl::StrAppend(&sql, ")");
+  ASSIGN_OR_RETURN(Statement stmt, db_.Prepare(sql));
+  for (size_t i = 0; i < jobs.size(); ++i) stmt.Bind(static_cast<int>(i + 1), jobs[i].id);
+  std::map<int64_t, std::vector<AttemptRecord>> by_job;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    AttemptRecord attempt = ReadAttempt(stmt);
+    by_job[attempt.job_id].push_back(attempt);
+  }
+  const int64_t now = clock_->NowUnixMs();
+  for (JobRecord& job : jobs) job.usage = SumUsage(by_job[job.id], now);
+  return absl::OkStatus();
+}
+
+absl::Status JobStore::EndAttemptLocked(int64_t job_id) {
+  ASSIGN_OR_RETURN(Statement end,
+                   db_.Prepare("UPDATE job_attempts SET ended_ms = MAX(started_ms, ?) "
+                               "WHERE job_id = ? AND ended_ms = 0"));
+  return end.Bind(1, clock_->NowUnixMs()).Bind(2, job_id).Run();
+}
+
+absl::Status JobStore::EndInterruptedAttempts() {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));
+  ASSIGN_OR_RETURN(
+      Statement end,
+      db_.Prepare("UPDATE job_attempts SET ended_ms = MAX(started_ms, COALESCE("
+                  "(SELECT MAX(e.time_ms) FROM events e WHERE e.job_id = job_attempts.job_id), 0)) "
+                  "WHERE ended_ms = 0"));
+  RETURN_IF_ERROR(end.Run());
+  return txn.Commit();
+}
+
+absl::StatusOr<std::vector<AttemptRecord>> JobStore::ListAttempts(int64_t job_id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Statement stmt, db_.Prepare(absl::StrCat("SELECT ", kAttemptColumns,
+                                                            " FROM job_attempts WHERE job_id = ? ORDER BY attempt")));
+  stmt.Bind(1, job_id);
+  std::vector<AttemptRecord> attempts;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    attempts.push_back(ReadAttempt(stmt));
+  }
+  return attempts;
+}
+
+absl::StatusOr<Usage> JobStore::UsageSince(int64_t since_ms) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Statement stmt,
+                   db_.Prepare(absl::StrCat("SELECT ", kAttemptColumns,
+                                            " FROM job_attempts WHERE ended_ms = 0 OR ended_ms > ?")));
+  stmt.Bind(1, since_ms);
+  std::vector<AttemptRecord> attempts;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    attempts.push_back(ReadAttempt(stmt));
+  }
+  return SumUsage(attempts, clock_->NowUnixMs(), since_ms);
+}
+
+absl::StatusOr<ServerEventRecord> JobStore::AddServerEvent(const std::string& kind, const std::string& message) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));
+  ServerEventRecord event{0, clock_->NowUnixMs(), kind, message};
+  ASSIGN_OR_RETURN(Statement insert,
+                   db_.Prepare("INSERT INTO server_events(time_ms, kind, message) VALUES(?, ?, ?)"));
+  RETURN_IF_ERROR(insert.Bind(1, event.time_ms).Bind(2, kind).Bind(3, message).Run());
+  event.id = db_.LastInsertRowId();
+  RETURN_IF_ERROR(txn.Commit());
+  return event;
+}
+
+absl::StatusOr<std::vector<ServerEventRecord>> JobStore::ListServerEvents(int limit) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Statement stmt, db_.Prepare("SELECT id, time_ms, kind, message FROM server_events "
+                                               "ORDER BY id DESC LIMIT ?"));
+  stmt.Bind(1, limit);
+  std::vector<ServerEventRecord> events;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    events.push_back(ServerEventRecord{stmt.Int(0), stmt.Int(1), stmt.Text(2), stmt.Text(3)});
+  }
+  return events;
 }
 
 absl::StatusOr<JobRecord> JobStore::GetJobLocked(int64_t job_id) {
@@ -149,7 +274,10 @@ absl::StatusOr<JobRecord> JobStore::GetJobLocked(int64_t job_id) {
 
 absl::StatusOr<JobRecord> JobStore::GetJob(int64_t job_id) {
   absl::MutexLock lock(&mu_);
-  return GetJobLocked(job_id);
+  ASSIGN_OR_RETURN(JobRecord job, GetJobLocked(job_id));
+  std::vector<JobRecord> one = {std::move(job)};
+  RETURN_IF_ERROR(FillUsageLocked(one));
+  return std::move(one.front());
 }
 
 absl::StatusOr<SubmitResult> JobStore::Submit(const JobSpec& spec) {
@@ -171,7 +299,7 @@ absl::StatusOr<SubmitResult> JobStore::Submit(const JobSpec& spec) {
     ASSIGN_OR_RETURN(Statement insert_sweep,
                            db_.Prepare("INSERT INTO sweeps(name, created_ms) VALUES(?, ?) "
                                        "ON CONFLICT(name) DO NOTHING"));
-    RETURN_IF_ERROR(insert_sweep.Bind(1, spec.sweep).Bind(2, NowUnixMs()).Run());
+    RETURN_IF_ERROR(insert_sweep.Bind(1, spec.sweep).Bind(2, clock_->NowUnixMs()).Run());
     ASSIGN_OR_RETURN(Statement find_sweep, db_.Prepare("SELECT id FROM sweeps WHERE name = ?"));
     find_sweep.Bind(1, spec.sweep);
     ASSIGN_OR_RETURN(bool found, find_sweep.Step());
@@ -193,14 +321,15 @@ absl::StatusOr<SubmitResult> JobStore::Submit(const JobSpec& spec) {
     insert.BindNull(5);
   }
   insert.Bind(6, spec.dataset).Bind(7, spec.config_toml).Bind(8, spec.dataset_config_toml)
-      .Bind(9, NowUnixMs());
+      .Bind(9, clock_->NowUnixMs());
   RETURN_IF_ERROR(insert.Run());
   const int64_t job_id = db_.LastInsertRowId();
   for (const auto& [key, value] : spec.hyperparameters) {
     RETURN_IF_ERROR(UpsertHyperparameter(db_, job_id, key, value));
   }
   EventWrite queued;
-  queued.event = LogEvent(absl::StrCat("job ", job_id, " queued (priority ", spec.priority, ")"));
+  queued.event =
+      LogEvent(clock_->NowUnixMs(), absl::StrCat("job ", job_id, " queued (priority ", spec.priority, ")"));
   ASSIGN_OR_RETURN(StoredEvent event, AppendEventLocked(job_id, queued));
   result.events.push_back(std::move(event));
   ASSIGN_OR_RETURN(result.job, GetJobLocked(job_id));
@@ -253,10 +382,11 @@ absl::StatusOr<JobPage> JobStore::ListJobs(const JobFilter& filter) {
     page.jobs.pop_back();
     page.next_before_id = page.jobs.back().id;
   }
+  RETURN_IF_ERROR(FillUsageLocked(page.jobs));
   return page;
 }
 
-absl::StatusOr<std::optional<JobRecord>> JobStore::ClaimNext(int slot) {
+absl::StatusOr<std::optional<JobRecord>> JobStore::ClaimNext(int slot, SlotCharge charge) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));
   ASSIGN_OR_RETURN(Statement pick,
@@ -270,8 +400,13 @@ absl::StatusOr<std::optional<JobRecord>> JobStore::ClaimNext(int slot) {
                          db_.Prepare("UPDATE jobs SET state = ?, slot = ?, attempts = attempts + 1, "
                                      "started_ms = ?, exit_code = 0, term_signal = 0 WHERE id = ?"));
   RETURN_IF_ERROR(update.Bind(1, static_cast<int>(JobState::kRunning)).Bind(2, slot)
-                            .Bind(3, NowUnixMs()).Bind(4, job_id).Run());
+                            .Bind(3, clock_->NowUnixMs()).Bind(4, job_id).Run());
   ASSIGN_OR_RETURN(JobRecord job, GetJobLocked(job_id));
+  ASSIGN_OR_RETURN(Statement attempt,
+                   db_.Prepare("INSERT OR REPLACE INTO job_attempts(job_id, attempt, slot, gpus, "
+                               "price_per_gpu_hour, started_ms, ended_ms) VALUES(?, ?, ?, ?, ?, ?, 0)"));
+  RETURN_IF_ERROR(attempt.Bind(1, job_id).Bind(2, job.attempts).Bind(3, slot).Bind(4, std::max(charge.gpus, 1))
+                      .Bind(5, charge.price_per_gpu_hour).Bind(6, job.started_ms).Run());
   RETURN_IF_ERROR(txn.Commit());
   return std::optional<JobRecord>(std::move(job));
 }
@@ -284,7 +419,7 @@ absl::StatusOr<CancelResult> JobStore::RequestCancel(int64_t job_id, const std::
   const std::string why = reason.empty() ? "cancelled by request" : reason;
   if (job.state == JobState::kQueued) {
     EventWrite write;
-    write.event.set_time_unix_ms(NowUnixMs());
+    write.event.set_time_unix_ms(clock_->NowUnixMs());
     write.event.mutable_finished()->set_status(lorad::v1::Finished::CANCELLED);
     write.event.mutable_finished()->set_reason(why);
     write.event.mutable_finished()->set_final_step(job.step);
@@ -296,7 +431,7 @@ absl::StatusOr<CancelResult> JobStore::RequestCancel(int64_t job_id, const std::
                            db_.Prepare("UPDATE jobs SET cancel_requested = 1, reason = ? WHERE id = ?"));
     RETURN_IF_ERROR(update.Bind(1, why).Bind(2, job_id).Run());
     EventWrite write;
-    write.event = LogEvent(absl::StrCat("cancel requested: ", why));
+    write.event = LogEvent(clock_->NowUnixMs(), absl::StrCat("cancel requested: ", why));
     ASSIGN_OR_RETURN(StoredEvent event, AppendEventLocked(job_id, write));
     result.events.push_back(std::move(event));
     result.needs_signal = true;
@@ -340,7 +475,7 @@ absl::StatusOr<StoredEvent> JobStore::AppendEventLocked(int64_t job_id, const Ev
   if (!found) return absl::NotFoundError(absl::StrCat("job ", job_id, " does not exist"));
   StoredEvent stored{job_id, bump.Int(0), write.event};
   RETURN_IF_ERROR(bump.Run());
-  if (stored.event.time_unix_ms() == 0) stored.event.set_time_unix_ms(NowUnixMs());
+  if (stored.event.time_unix_ms() == 0) stored.event.set_time_unix_ms(clock_->NowUnixMs());
   const auto& event = stored.event;
 
   ASSIGN_OR_RETURN(Statement insert,
@@ -387,7 +522,7 @@ absl::StatusOr<StoredEvent> JobStore::AppendEventLocked(int64_t job_id, const Ev
                     "created_ms = excluded.created_ms, is_final = excluded.is_final"));
     RETURN_IF_ERROR(insert_artifact.Bind(1, job_id).Bind(2, static_cast<int>(a.kind))
                               .Bind(3, a.path).Bind(4, a.name).Bind(5, a.bytes).Bind(6, a.sha256)
-                              .Bind(7, a.step).Bind(8, NowUnixMs()).Bind(9, a.is_directory ? 1 : 0)
+                              .Bind(7, a.step).Bind(8, clock_->NowUnixMs()).Bind(9, a.is_directory ? 1 : 0)
                               .Bind(10, a.is_final ? 1 : 0).Run());
     if (a.kind == lorad::v1::ARTIFACT_KIND_LORA && a.is_final) {
       ASSIGN_OR_RETURN(Statement update,
@@ -402,8 +537,9 @@ absl::StatusOr<StoredEvent> JobStore::AppendEventLocked(int64_t job_id, const Ev
         db_.Prepare("UPDATE jobs SET state = ?, reason = ?, exit_code = ?, term_signal = ?, "
                     "finished_ms = ?, slot = -1 WHERE id = ?"));
     RETURN_IF_ERROR(update.Bind(1, static_cast<int>(end.state)).Bind(2, end.reason)
-                              .Bind(3, end.exit_code).Bind(4, end.term_signal).Bind(5, NowUnixMs())
+                              .Bind(3, end.exit_code).Bind(4, end.term_signal).Bind(5, clock_->NowUnixMs())
                               .Bind(6, job_id).Run());
+    RETURN_IF_ERROR(EndAttemptLocked(job_id));
   }
   return stored;
 }
@@ -419,17 +555,18 @@ absl::StatusOr<StoredEvent> JobStore::Requeue(int64_t job_id, const std::string&
   EventWrite write;
   if (job.cancel_requested) {
     // A cancel was pending when the worker stopped: honour it rather than rerun.
-    write.event.set_time_unix_ms(NowUnixMs());
+    write.event.set_time_unix_ms(clock_->NowUnixMs());
     write.event.mutable_finished()->set_status(lorad::v1::Finished::CANCELLED);
     write.event.mutable_finished()->set_reason(job.reason);
     write.event.mutable_finished()->set_final_step(job.step);
     write.end = JobEnd{JobState::kCancelled, job.reason, 0, 0};
   } else {
-    write.event = LogEvent(why);
+    write.event = LogEvent(clock_->NowUnixMs(), why);
     ASSIGN_OR_RETURN(Statement update,
                            db_.Prepare("UPDATE jobs SET state = ?, slot = -1 WHERE id = ?"));
     RETURN_IF_ERROR(update.Bind(1, static_cast<int>(JobState::kQueued)).Bind(2, job_id).Run());
   }
+  RETURN_IF_ERROR(EndAttemptLocked(job_id));
   ASSIGN_OR_RETURN(StoredEvent stored, AppendEventLocked(job_id, write));
   RETURN_IF_ERROR(txn.Commit());
   return stored;
@@ -524,7 +661,7 @@ absl::StatusOr<DatasetRecord> JobStore::PutDataset(const DatasetRecord& d) {
         db_.Prepare("INSERT INTO datasets(id, name, path, bytes, files, images, created_ms) "
                     "VALUES(?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING"));
     RETURN_IF_ERROR(stmt.Bind(1, d.id).Bind(2, d.name).Bind(3, d.path).Bind(4, d.bytes)
-                              .Bind(5, d.files).Bind(6, d.images).Bind(7, NowUnixMs()).Run());
+                              .Bind(5, d.files).Bind(6, d.images).Bind(7, clock_->NowUnixMs()).Run());
     RETURN_IF_ERROR(txn.Commit());
   }
   ASSIGN_OR_RETURN(
@@ -629,7 +766,7 @@ absl::StatusOr<SweepRecord> JobStore::CreateSweep(const SweepRecord& sweep, bool
   ASSIGN_OR_RETURN(
       Statement insert,
       db_.Prepare("INSERT INTO sweeps(name, created_ms, mode, varied_keys) VALUES(?, ?, ?, ?)"));
-  RETURN_IF_ERROR(insert.Bind(1, sweep.name).Bind(2, NowUnixMs()).Bind(3, sweep.mode).Bind(4, keys).Run());
+  RETURN_IF_ERROR(insert.Bind(1, sweep.name).Bind(2, clock_->NowUnixMs()).Bind(3, sweep.mode).Bind(4, keys).Run());
   ASSIGN_OR_RETURN(Statement again,
                          db_.Prepare(absl::StrCat("SELECT ", kSweepColumns, " FROM sweeps WHERE name = ?")));
   again.Bind(1, sweep.name);

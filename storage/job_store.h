@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "core/base/clock.h"
 #include "lorad/v1/events.pb.h"
 #include "storage/sqlite.h"
 
@@ -25,6 +26,49 @@ namespace lorad::storage {
 enum class JobState : int { kQueued = 1, kRunning = 2, kSucceeded = 3, kFailed = 4, kCancelled = 5 };
 bool IsTerminal(JobState state);
 const char* JobStateName(JobState state);
+
+// GPU time and what it cost (issue 13). gpu_seconds: the running time of
+// each attempt times the GPUs (CPU slots: 1) it held; cost: the same at the
+// price per GPU-hour in force when the attempt started.
+struct Usage {
+  double gpu_seconds = 0;
+  double cost = 0;
+  Usage& operator+=(const Usage& other) {
+    gpu_seconds += other.gpu_seconds;
+    cost += other.cost;
+    return *this;
+  }
+};
+
+// What a slot's attempt is charged: its GPUs (1 for a CPU slot) and the
+// box's price_per_hour divided among the box's GPUs.
+struct SlotCharge {
+  int gpus = 1;
+  double price_per_gpu_hour = 0;
+};
+
+// One start of a job on a slot; ended_ms is 0 while it runs.
+struct AttemptRecord {
+  int64_t job_id = 0;
+  int attempt = 0;
+  int slot = -1;
+  int gpus = 1;
+  double price_per_gpu_hour = 0;
+  int64_t started_ms = 0;
+  int64_t ended_ms = 0;
+};
+
+// Sums `attempts`, each counted from max(started, since_ms) to its end (an
+// open attempt: to now_ms). Pure arithmetic.
+Usage SumUsage(const std::vector<AttemptRecord>& attempts, int64_t now_ms, int64_t since_ms = 0);
+
+// A daemon-wide event (not a job's): the idle switch ran its command, ...
+struct ServerEventRecord {
+  int64_t id = 0;
+  int64_t time_ms = 0;
+  std::string kind;  // "idle_command", ...
+  std::string message;
+};
 
 struct JobSpec {
   std::string name;
@@ -62,6 +106,7 @@ struct JobRecord {
   std::string final_lora_path;
   int64_t resumed_from_step = 0;
   bool cancel_requested = false;
+  Usage usage;  // filled by GetJob and ListJobs; a running attempt counts up to now
 };
 
 struct StoredEvent {
@@ -144,8 +189,10 @@ struct CancelResult {
 
 class JobStore {
  public:
-  // Opens or creates the database at `path` and migrates it.
-  static absl::StatusOr<std::unique_ptr<JobStore>> Open(const std::string& path);
+  // Opens or creates the database at `path` and migrates it. `clock` (borrowed,
+  // outlives the store) stamps every record; tests pass a fake one.
+  static absl::StatusOr<std::unique_ptr<JobStore>> Open(const std::string& path,
+                                                        const Clock* clock = Clock::Real());
 
   // Queues a job (or returns the one with the same request_id) and records its
   // "queued" event.
@@ -153,9 +200,10 @@ class JobStore {
   absl::StatusOr<JobRecord> GetJob(int64_t job_id);
   absl::StatusOr<std::map<std::string, std::string>> GetHyperparameters(int64_t job_id);
   absl::StatusOr<JobPage> ListJobs(const JobFilter& filter);
-  // Highest priority, then oldest, queued job -> RUNNING on `slot` (attempts+1).
-  // nullopt when nothing is queued.
-  absl::StatusOr<std::optional<JobRecord>> ClaimNext(int slot);
+  // Highest priority, then oldest, queued job -> RUNNING on `slot` (attempts+1),
+  // and opens its attempt, charged `charge`. nullopt when nothing is queued.
+  // The attempt ends with the job's terminal event or a Requeue.
+  absl::StatusOr<std::optional<JobRecord>> ClaimNext(int slot, SlotCharge charge = {});
   // Queued: CANCELLED now (with a Finished event). Running: flags
   // cancel_requested (needs_signal). Terminal: unchanged.
   absl::StatusOr<CancelResult> RequestCancel(int64_t job_id, const std::string& reason);
@@ -170,6 +218,15 @@ class JobStore {
   absl::StatusOr<StoredEvent> Requeue(int64_t job_id, const std::string& why);
   // Ids of jobs in state RUNNING (at start: interrupted by a daemon crash).
   absl::StatusOr<std::vector<int64_t>> RunningJobIds();
+  // At start, before re-queueing: attempts a crashed daemon left open end at
+  // their job's last recorded event (the downtime is not charged).
+  absl::Status EndInterruptedAttempts();
+  absl::StatusOr<std::vector<AttemptRecord>> ListAttempts(int64_t job_id);
+  // Every job's usage from `since_ms` on (attempts clipped to it).
+  absl::StatusOr<Usage> UsageSince(int64_t since_ms);
+  absl::StatusOr<ServerEventRecord> AddServerEvent(const std::string& kind, const std::string& message);
+  // Newest first, at most `limit`.
+  absl::StatusOr<std::vector<ServerEventRecord>> ListServerEvents(int limit);
   absl::StatusOr<std::vector<StoredEvent>> ReadEvents(int64_t job_id, int64_t after_seq,
                                                       int limit);
   absl::StatusOr<std::vector<ArtifactRecord>> ListArtifacts(
@@ -195,11 +252,16 @@ class JobStore {
   absl::Status IntegrityCheck();
 
  private:
-  explicit JobStore(Database db) : db_(std::move(db)) {}
+  JobStore(Database db, const Clock* clock) : clock_(clock), db_(std::move(db)) {}
   absl::StatusOr<JobRecord> GetJobLocked(int64_t job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets each job's usage from its attempts.
+  absl::Status FillUsageLocked(std::vector<JobRecord>& jobs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends the job's open attempt now (no-op when none is open).
+  absl::Status EndAttemptLocked(int64_t job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<StoredEvent> AppendEventLocked(int64_t job_id, const EventWrite& write)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  const Clock* const clock_;  // borrowed
   absl::Mutex mu_;
   Database db_ ABSL_GUARDED_BY(mu_);
 };

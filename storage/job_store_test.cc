@@ -1,4 +1,5 @@
 #include "storage/job_store.h"
+#include "core/base/testing/fake_clock.h"
 #include "core/base/testing/scoped_temp_dir.h"
 
 #include <filesystem>
@@ -271,6 +272,113 @@ TEST_F(JobStoreTest, SweepsRecordModeAndKeysAndGroupTheirJobs) {
   ASSERT_EQ(all->size(), 2u);
   EXPECT_EQ((*all)[0].name, "later");  // newest first
   EXPECT_TRUE((*all)[0].varied_keys.empty());
+}
+
+// Issue 13: GPU time and cost of a job across attempts, on a fake clock. The
+// box costs 3.00 an hour for 2 GPUs: 1.50 per GPU-hour.
+TEST(JobUsageTest, CostArithmeticOnAFakeClock) {
+  lorad::testing::ScopedTempDir dir("lorad_usage_test");
+  lorad::testing::FakeClock clock;
+  const std::string path = (dir.path() / "lorad.db").string();
+  auto opened = JobStore::Open(path, &clock);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  std::unique_ptr<JobStore> store = std::move(*opened);
+  JobSpec spec;
+  spec.name = "a";
+  spec.config_toml = "learning_rate = 1e-4\n";
+  auto submitted = store->Submit(spec);
+  ASSERT_TRUE(submitted.ok());
+  const int64_t id = submitted->job.id;
+
+  clock.AdvanceMinutes(5);  // queued: not charged
+  ASSERT_TRUE(store->ClaimNext(0, SlotCharge{1, 1.5}).ok());
+  clock.AdvanceMinutes(30);
+  ASSERT_TRUE(store->Requeue(id, "daemon stopping").ok());  // attempt 1: 30 min x 1 GPU
+  auto job = store->GetJob(id);
+  ASSERT_TRUE(job.ok());
+  EXPECT_DOUBLE_EQ(job->usage.gpu_seconds, 1800);
+  EXPECT_DOUBLE_EQ(job->usage.cost, 0.75);
+
+  clock.AdvanceMinutes(10);  // queued again: not charged
+  const int64_t second_start = clock.NowUnixMs();
+  ASSERT_TRUE(store->ClaimNext(1, SlotCharge{2, 1.5}).ok());
+  clock.AdvanceMinutes(15);  // running: counted up to now
+  job = store->GetJob(id);
+  ASSERT_TRUE(job.ok());
+  EXPECT_DOUBLE_EQ(job->usage.gpu_seconds, 1800 + 900 * 2);
+  EXPECT_DOUBLE_EQ(job->usage.cost, 0.75 + 0.75);
+
+  clock.AdvanceMinutes(15);
+  EventWrite end;
+  end.event.mutable_finished()->set_status(lorad::v1::Finished::SUCCEEDED);
+  end.end = JobEnd{JobState::kSucceeded, "", 0, 0};
+  ASSERT_TRUE(store->AppendEvent(id, end).ok());
+  clock.AdvanceMinutes(60);  // ended: nothing more
+  job = store->GetJob(id);
+  ASSERT_TRUE(job.ok());
+  EXPECT_DOUBLE_EQ(job->usage.gpu_seconds, 5400);  // 1.5 GPU-hours
+  EXPECT_DOUBLE_EQ(job->usage.cost, 2.25);
+  auto attempts = store->ListAttempts(id);
+  ASSERT_TRUE(attempts.ok());
+  ASSERT_EQ(attempts->size(), 2u);
+  EXPECT_EQ((*attempts)[1].slot, 1);
+  EXPECT_EQ((*attempts)[1].gpus, 2);
+  auto page = store->ListJobs({});
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->jobs.size(), 1u);
+  EXPECT_DOUBLE_EQ(page->jobs[0].usage.cost, 2.25);
+  // Since the second attempt started: only it counts.
+  auto since = store->UsageSince(second_start);
+  ASSERT_TRUE(since.ok());
+  EXPECT_DOUBLE_EQ(since->gpu_seconds, 3600);
+  EXPECT_DOUBLE_EQ(since->cost, 1.5);
+  // ... and from its middle, half of it.
+  since = store->UsageSince(second_start + 15 * 60'000);
+  ASSERT_TRUE(since.ok());
+  EXPECT_DOUBLE_EQ(since->gpu_seconds, 1800);
+
+  // A crash: the open attempt ends at the job's last event, not at the restart.
+  auto crashed = store->Submit(spec);
+  ASSERT_TRUE(crashed.ok());
+  ASSERT_TRUE(store->ClaimNext(0, SlotCharge{1, 1.5}).ok());
+  clock.AdvanceMinutes(20);
+  EventWrite log;
+  log.event.mutable_log()->set_message("step 100");
+  ASSERT_TRUE(store->AppendEvent(crashed->job.id, log).ok());  // stamped by the clock
+  clock.AdvanceMinutes(40);  // the daemon is down
+  store.reset();
+  opened = JobStore::Open(path, &clock);  // the restart: what survives is in SQLite
+  ASSERT_TRUE(opened.ok());
+  store = std::move(*opened);
+  ASSERT_TRUE(store->EndInterruptedAttempts().ok());
+  auto crashed_job = store->GetJob(crashed->job.id);
+  ASSERT_TRUE(crashed_job.ok());
+  EXPECT_DOUBLE_EQ(crashed_job->usage.gpu_seconds, 1200);
+  EXPECT_DOUBLE_EQ(crashed_job->usage.cost, 0.5);
+  job = store->GetJob(id);
+  ASSERT_TRUE(job.ok());
+  EXPECT_DOUBLE_EQ(job->usage.cost, 2.25);
+
+  auto event = store->AddServerEvent("idle_command", "ran `true`: exit status 0");
+  ASSERT_TRUE(event.ok());
+  EXPECT_EQ(event->time_ms, clock.NowUnixMs());
+  auto events = store->ListServerEvents(10);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 1u);
+  EXPECT_EQ((*events)[0].kind, "idle_command");
+}
+
+TEST(JobUsageTest, SumUsageClipsAndSkipsEmptySpans) {
+  std::vector<AttemptRecord> attempts = {
+      {1, 1, 0, 1, 2.0, 0, 3'600'000},          // 1 h ended
+      {1, 2, 0, 4, 2.0, 7'200'000, 0},          // open: 4 GPUs until now
+      {2, 1, 0, 1, 2.0, 5'000'000, 4'000'000},  // clock went back: ignored
+  };
+  const Usage all = SumUsage(attempts, 9'000'000);
+  EXPECT_DOUBLE_EQ(all.gpu_seconds, 3600 + 1800 * 4);
+  EXPECT_DOUBLE_EQ(all.cost, 2.0 + 0.5 * 4 * 2.0);
+  const Usage late = SumUsage(attempts, 9'000'000, 8'100'000);
+  EXPECT_DOUBLE_EQ(late.gpu_seconds, 900 * 4);
 }
 
 }  // namespace

@@ -97,6 +97,31 @@ CREATE TABLE artifacts (
 ALTER TABLE sweeps ADD COLUMN mode TEXT NOT NULL DEFAULT 'grid';
 ALTER TABLE sweeps ADD COLUMN varied_keys TEXT NOT NULL DEFAULT '';
 )sql",
+      // 3: what each attempt of a job held and for how long (GPU time and cost,
+      // issue 13), and daemon-wide events (the idle switch). Jobs that ended
+      // before this step get their latest attempt's span, at no known price.
+      R"sql(
+CREATE TABLE job_attempts (
+  job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+  attempt INTEGER NOT NULL,
+  slot INTEGER NOT NULL,
+  gpus INTEGER NOT NULL,
+  price_per_gpu_hour REAL NOT NULL,
+  started_ms INTEGER NOT NULL,
+  ended_ms INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (job_id, attempt)
+) WITHOUT ROWID;
+CREATE INDEX job_attempts_open ON job_attempts(ended_ms);
+INSERT INTO job_attempts(job_id, attempt, slot, gpus, price_per_gpu_hour, started_ms, ended_ms)
+  SELECT id, MAX(attempts, 1), -1, 1, 0, started_ms, finished_ms FROM jobs
+  WHERE state IN (3, 4, 5) AND started_ms > 0 AND finished_ms >= started_ms;
+CREATE TABLE server_events (
+  id INTEGER PRIMARY KEY,
+  time_ms INTEGER NOT NULL,
+  kind TEXT NOT NULL,
+  message TEXT NOT NULL
+);
+)sql",
   };
   return migrations;
 }

@@ -10,4 +10,18 @@ int64_t NowUnixMs() {
       .count();
 }
 
+namespace {
+
+class SystemClock final : public Clock {
+ public:
+  int64_t NowUnixMs() const override { return lorad::NowUnixMs(); }
+};
+
+}  // namespace
+
+const Clock* Clock::Real() {
+  static const SystemClock* const clock = new SystemClock();
+  return clock;
+}
+
 }  // namespace lorad
