@@ -8,6 +8,7 @@
 #include <cstring>
 #include <deque>
 #include <fstream>
+#include <map>
 #include <thread>
 #include <vector>
 
@@ -244,6 +245,42 @@ absl::StatusOr<lorad::v1::Dataset> Client::UploadDataset(const fs::path& dir, co
   grpc::Status status = writer->Finish();
   if (!status.ok()) return FromGrpc(status);
   return response;
+}
+
+absl::StatusOr<std::string> LocalDatasetId(const fs::path& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return absl::NotFoundError(absl::StrCat(dir.string(), " is not a folder"));
+  std::map<std::string, std::string> files;  // sorted as the daemon sorts them
+  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::end(it); it.increment(ec)) {
+    if (!it->is_regular_file()) continue;
+    auto sha = lorad::Sha256File(it->path());
+    if (!sha.ok()) return sha.status();
+    files[fs::relative(it->path(), dir).generic_string()] = *sha;
+  }
+  if (ec) return absl::InternalError(absl::StrCat("listing ", dir.string(), ": ", ec.message()));
+  if (files.empty()) return absl::InvalidArgumentError(absl::StrCat(dir.string(), " holds no files"));
+  lorad::Sha256 id;
+  for (const auto& [path, sha] : files) id.Update(absl::StrCat(path, "\t", sha, "\n"));
+  return id.HexDigest().substr(0, 32);
+}
+
+absl::StatusOr<Client::EnsuredDataset> Client::EnsureDataset(const fs::path& dir, const std::string& name) {
+  auto id = LocalDatasetId(dir);
+  if (!id.ok()) return id.status();
+  lorad::v1::ListDatasetsResponse known;
+  auto ctx = Context();
+  if (grpc::Status status = stub_->ListDatasets(ctx.get(), {}, &known); !status.ok()) return FromGrpc(status);
+  for (const auto& dataset : known.datasets()) {
+    if (dataset.id() == *id) return EnsuredDataset{dataset, false};
+  }
+  auto uploaded = UploadDataset(dir, name);
+  if (!uploaded.ok()) return uploaded.status();
+  if (uploaded->id() != *id) {
+    // The folder changed while it was read, or the daemon hashes differently.
+    return absl::DataLossError(absl::StrCat("uploaded ", dir.string(), " as dataset ", uploaded->id(),
+                                            " but its files hash to ", *id, " here; was it being modified?"));
+  }
+  return EnsuredDataset{*uploaded, true};
 }
 
 absl::Status Client::FetchArtifact(const lorad::v1::Artifact& artifact, const fs::path& target,

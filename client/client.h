@@ -38,6 +38,14 @@ class Client {
   // Uploads every regular file under `dir` (relative paths, sorted), in 1 MiB chunks.
   absl::StatusOr<lorad::v1::Dataset> UploadDataset(const std::filesystem::path& dir,
                                                    const std::string& name);
+  // The dataset `dir` holds, on the daemon: its content id is computed here
+  // (LocalDatasetId) and the daemon asked for it; only a dataset it lacks is
+  // uploaded, so an unchanged folder is never sent twice.
+  struct EnsuredDataset {
+    lorad::v1::Dataset dataset;
+    bool uploaded = false;
+  };
+  absl::StatusOr<EnsuredDataset> EnsureDataset(const std::filesystem::path& dir, const std::string& name);
   // Downloads an artifact to `target`, resuming from `target`.part when present,
   // verifying the final sha256; renames into place on success. DATA_LOSS on a
   // checksum mismatch (the .part file is removed so the next try starts over).
@@ -55,5 +63,10 @@ class Client {
 };
 
 absl::Status FromGrpc(const grpc::Status& status);
+
+// The id the daemon gives the upload of `dir` (server/dataset_upload.cc):
+// the first 32 hex digits of the sha256 over "<relative path>\t<file
+// sha256>\n" for every regular file, sorted by path.
+absl::StatusOr<std::string> LocalDatasetId(const std::filesystem::path& dir);
 
 }  // namespace lorad::client

@@ -18,8 +18,11 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/time/time.h"
 #include "client/charts/charts.h"
 #include "client/client.h"
+#include "client/profile.h"
+#include "client/sweep_datasets.h"
 #include "client/sweep_view.h"
 #include "core/base/exit_codes.h"
 #include "core/base/subprocess.h"
@@ -30,7 +33,6 @@
 
 namespace fs = std::filesystem;
 using lorad::client::Client;
-using lorad::client::Connection;
 using lorad::client::FromGrpc;
 
 namespace {
@@ -44,7 +46,7 @@ constexpr int kJobFailed = lorad::kExitJobFailed;
 constexpr int kJobCancelled = lorad::kExitCancelled;
 
 constexpr char kUsageText[] =
-    "usage: loractl [--server HOST:PORT] [--token T] [--tls [--ca PEM]] [--timeout S] COMMAND ...\n"
+    "usage: loractl [--profile NAME] [--server HOST:PORT] [--token T] [--tls [--ca PEM]] [--timeout S] COMMAND ...\n"
     "  submit CONFIG.toml [--dataset-config D.toml] [--dataset DIR|ID] [--name N] [--priority P]\n"
     "         [--set key=value]... [--sweep NAME] [--request-id ID] [--force]   prints the job id\n"
     "         [--kind character|style|concept]   what the LoRA learns: the advisor holds the job to\n"
@@ -63,7 +65,9 @@ constexpr char kUsageText[] =
     "                                        WD14 auto-tagging (lorad-tag on the daemon); paths are\n"
     "                                        relative to its models root; prints the new dataset id\n"
     "  info\n"
-    "  sweep SWEEP.toml [--name N] [--force] [--priority P]   prints the sweep id\n"
+    "  sweep SWEEP.toml [--name N] [--force] [--priority P]   prints the sweep id; dataset entries naming\n"
+    "                                        local folders are uploaded (unless the daemon has them) and\n"
+    "                                        replaced by their ids\n"
     "  sweep show ID|NAME [--csv|--json]   varied values, state, losses, steps, time, images/s, LoRA\n"
     "  sweep ls [--json] | sweep cancel ID [--reason TEXT]\n"
     "  plot JOB|SWEEP_NAME|--sweep ID -o loss.png [--smoothing S]   one smoothed curve per job\n"
@@ -71,7 +75,10 @@ constexpr char kUsageText[] =
     "  fetch --sweep ID [--out DIR]          every final LoRA of the sweep\n"
     "  advise DATASET --kind character|style|concept [--config C.toml] [--family sdxl|sd15] [--json]\n"
     "         DATASET: a local folder (runs lorad-curate here) or an uploaded dataset id\n"
-    "Server and token also come from LORAD_SERVER and LORAD_TOKEN.\n"
+    "Server and token also come from LORAD_SERVER and LORAD_TOKEN, or a profile (--profile, LORAD_PROFILE,\n"
+    "else `default`) in $XDG_CONFIG_HOME/lorad/config.toml (~/.config/lorad/config.toml):\n"
+    "  default = \"box\"  [profiles.box] address = \"HOST:PORT\"  token_file = \"box.token\"  tls_ca = \"ca.pem\"\n"
+    "Flags override the environment, which overrides the profile.\n"
     "Exit codes: 0 ok, 1 error, 2 usage, 3 unreachable, 4 auth, 5 not found, 6 refused,\n"
     "7 checksum mismatch, 10 job failed, 11 job cancelled.\n";
 
@@ -144,6 +151,13 @@ std::string Json(const google::protobuf::Message& m) {
   return out;
 }
 
+// "gpu time 1.50 GPU-h, cost 2.25" (no cost without a price on the daemon).
+std::string UsageText(double gpu_seconds, double cost) {
+  std::string text = absl::StrFormat("gpu time %.2f GPU-h", gpu_seconds / 3600);
+  if (cost > 0) absl::StrAppend(&text, absl::StrFormat(", cost %.2f", cost));
+  return text;
+}
+
 std::string Duration(double seconds) {
   if (seconds < 0 || seconds > 1e7) return "?";
   const int64_t s = static_cast<int64_t>(seconds);
@@ -184,12 +198,12 @@ int Submit(Client& client, const Args& args) {
   }
   std::string dataset = args.Get("dataset");
   if (!dataset.empty() && fs::is_directory(dataset)) {
-    std::fprintf(stderr, "uploading %s ...\n", dataset.c_str());
-    auto uploaded = client.UploadDataset(dataset, fs::path(dataset).filename().string());
-    if (!uploaded.ok()) return ExitFor(uploaded.status(), "uploading the dataset");
-    std::fprintf(stderr, "dataset %s (%d files, %d images)\n", uploaded->id().c_str(), uploaded->files(),
-                 uploaded->images());
-    dataset = uploaded->id();
+    auto ensured = client.EnsureDataset(dataset, fs::path(dataset).filename().string());
+    if (!ensured.ok()) return ExitFor(ensured.status(), "uploading the dataset");
+    const auto& d = ensured->dataset;
+    std::fprintf(stderr, "dataset %s (%s, %d files, %d images)\n", d.id().c_str(),
+                 ensured->uploaded ? "uploaded" : "already on the daemon", d.files(), d.images());
+    dataset = d.id();
   }
   request.set_dataset(dataset);
   request.set_name(args.Get("name", fs::path(args.positional[0]).stem().string()));
@@ -298,6 +312,7 @@ int Show(Client& client, const Args& args) {
               static_cast<long long>(job.step()), static_cast<long long>(job.total_steps()), job.loss(),
               job.attempts(), job.priority(), static_cast<long long>(job.last_seq()));
   if (!job.dataset().empty()) std::printf("dataset %s\n", job.dataset().c_str());
+  if (job.gpu_seconds() > 0) std::printf("%s\n", UsageText(job.gpu_seconds(), job.cost()).c_str());
   if (!job.reason().empty()) std::printf("reason: %s\n", job.reason().c_str());
   if (!job.final_lora_path().empty()) std::printf("lora: %s\n", job.final_lora_path().c_str());
   std::printf("hyperparameters:\n");
@@ -618,6 +633,23 @@ int Info(Client& client, const Args& args) {
               static_cast<long long>(info.uptime_s()));
   std::printf("slots %d, running %d, queued %d\ndata dir %s\nworker %s\n", info.slots(), info.running(),
               info.queue_length(), info.data_dir().c_str(), info.worker_binary().c_str());
+  if (info.price_per_hour() > 0) {
+    std::printf("cost since start %.2f (up %.2f h at %.2f/h); jobs since start %.2f GPU-h, %.2f\n",
+                info.cost_since_start(), info.uptime_s() / 3600.0, info.price_per_hour(),
+                info.jobs_gpu_seconds_since_start() / 3600, info.jobs_cost_since_start());
+  } else {
+    std::printf("jobs since start %.2f GPU-h (no price_per_hour set on the daemon)\n",
+                info.jobs_gpu_seconds_since_start() / 3600);
+  }
+  if (!info.on_idle_command().empty()) {
+    std::printf("on_idle after %s idle: %s (idle for %s)\n", Duration(info.on_idle_after_s()).c_str(),
+                info.on_idle_command().c_str(), Duration(info.idle_for_s()).c_str());
+  }
+  for (const auto& event : info.recent_events()) {
+    std::printf("event %s  %s: %s\n", absl::FormatTime("%Y-%m-%d %H:%M:%S", absl::FromUnixMillis(event.time_unix_ms()),
+                                                      absl::LocalTimeZone()).c_str(),
+                event.kind().c_str(), event.message().c_str());
+  }
   for (const auto& gpu : info.gpus()) {
     std::printf("gpu %d: %s, %.1f/%.1f GiB free\n", gpu.index(), gpu.name().c_str(),
                 gpu.memory_free_bytes() / 1073741824.0, gpu.memory_total_bytes() / 1073741824.0);
@@ -627,15 +659,24 @@ int Info(Client& client, const Args& args) {
 
 
 std::string SweepSummary(const lorad::v1::Sweep& s) {
-  return absl::StrFormat("%d jobs: %d succeeded, %d failed, %d cancelled, %d queued/running", s.jobs_total(),
-                         s.jobs_succeeded(), s.jobs_failed(), s.jobs_cancelled(), s.jobs_active());
+  std::string text = absl::StrFormat("%d jobs: %d succeeded, %d failed, %d cancelled, %d queued/running", s.jobs_total(),
+                                     s.jobs_succeeded(), s.jobs_failed(), s.jobs_cancelled(), s.jobs_active());
+  if (s.gpu_seconds() > 0) absl::StrAppend(&text, "; ", UsageText(s.gpu_seconds(), s.cost()));
+  return text;
 }
 
 int SweepSubmit(Client& client, const Args& args) {
   absl::Status read_status;
   lorad::v1::SubmitSweepRequest request;
-  request.set_sweep_toml(ReadText(args.positional[0], &read_status));
+  const std::string sweep_toml = ReadText(args.positional[0], &read_status);
   if (!read_status.ok()) return ExitFor(read_status, "sweep");
+  // Local dataset folders go up first (content-addressed: unchanged ones are not sent again).
+  auto prepared = lorad::client::UploadSweepDatasets(
+      client, sweep_toml, fs::absolute(args.positional[0]).parent_path(),
+      [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); });
+  if (!prepared.ok()) return ExitFor(prepared.status(), "sweep");
+  request.set_sweep_toml(prepared->sweep_toml);
+  request.mutable_dataset_labels()->insert(prepared->dataset_labels.begin(), prepared->dataset_labels.end());
   request.set_name(args.Get("name", absl::StrCat(fs::path(args.positional[0]).stem().string(), "-",
                                                  NewRequestId().substr(0, 6))));
   request.set_force(args.Has("force"));
@@ -896,8 +937,7 @@ int Advise(Client& client, const Args& args, const char* argv0) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Connection connection;
-  connection.server.clear();
+  lorad::client::ConnectionFlags flags;
   int i = 1;
   for (; i < argc; ++i) {
     std::string a = argv[i];
@@ -907,17 +947,18 @@ int main(int argc, char** argv) {
       return true;
     };
     std::string v;
-    if (a == "--server" && value(&v)) connection.server = v;
-    else if (a == "--token" && value(&v)) connection.token = v;
-    else if (a == "--tls") connection.tls = true;
-    else if (a == "--ca" && value(&v)) connection.ca_file = v;
+    if (a == "--server" && value(&v)) flags.server = v;
+    else if (a == "--token" && value(&v)) flags.token = v;
+    else if (a == "--profile" && value(&v)) flags.profile = v;
+    else if (a == "--tls") flags.tls = true;
+    else if (a == "--ca" && value(&v)) flags.ca_file = v;
     else if (a == "--timeout" && value(&v)) {
       double seconds = 0;
       if (!absl::SimpleAtod(v, &seconds) || seconds <= 0) {
         std::fprintf(stderr, "loractl: --timeout expects seconds\n");
         return kUsage;
       }
-      connection.timeout = std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+      flags.timeout = std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
     } else if (a == "--help" || a == "-h") {
       std::printf("%s", kUsageText);
       return kOk;
@@ -933,7 +974,15 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "loractl %s: %s\n", command.c_str(), std::string(args.status().message()).c_str());
     return kUsage;
   }
-  Client client(lorad::client::ConnectionFromEnv(connection));
+  std::vector<std::string> warnings;
+  auto connection =
+      lorad::client::ResolveConnection(flags, lorad::client::ClientEnvironment::FromEnvironment(), &warnings);
+  for (const auto& warning : warnings) std::fprintf(stderr, "loractl: warning: %s\n", warning.c_str());
+  if (!connection.ok()) {
+    std::fprintf(stderr, "loractl: %s\n", std::string(connection.status().message()).c_str());
+    return kUsage;
+  }
+  Client client(*connection);
   if (command == "submit") return Submit(client, *args);
   if (command == "ls") return List(client, *args);
   if (command == "show") return Show(client, *args);

@@ -19,6 +19,8 @@ void CompletionNotifier::OnJobFinished(int64_t job_id) {
   event.reason = job->reason;
   if (job->step > 0) event.final_loss = job->loss;
   event.lora_path = job->final_lora_path;
+  event.gpu_seconds = job->usage.gpu_seconds;
+  if (priced_) event.cost = job->usage.cost;
   if (!job->sweep.empty()) {
     auto sweep = store_->GetSweepByName(job->sweep);
     if (sweep.ok()) event.sweep_id = std::to_string(sweep->id);
@@ -37,6 +39,7 @@ void CompletionNotifier::MaybeNotifySweep(const std::string& sweep_name) {
   event.kind = notify::EventKind::kSweep;
   event.id = std::to_string(sweep->id);
   event.name = sweep->name;
+  storage::Usage usage;
   while (true) {
     auto page = store_->ListJobs(filter);
     if (!page.ok()) return;
@@ -45,6 +48,7 @@ void CompletionNotifier::MaybeNotifySweep(const std::string& sweep_name) {
       ++event.jobs_total;
       event.jobs_succeeded += job.state == storage::JobState::kSucceeded ? 1 : 0;
       event.jobs_failed += job.state == storage::JobState::kFailed ? 1 : 0;
+      usage += job.usage;
     }
     if (page->next_before_id <= 0) break;
     filter.before_id = page->next_before_id;
@@ -55,6 +59,8 @@ void CompletionNotifier::MaybeNotifySweep(const std::string& sweep_name) {
     if (notified >= event.jobs_total) return;
     notified = event.jobs_total;
   }
+  event.gpu_seconds = usage.gpu_seconds;
+  if (priced_) event.cost = usage.cost;
   event.state = event.jobs_succeeded == event.jobs_total ? "SUCCEEDED"
                 : event.jobs_succeeded > 0               ? "PARTIAL"
                 : event.jobs_failed > 0                  ? "FAILED"

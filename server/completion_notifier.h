@@ -17,8 +17,10 @@ namespace lorad::server {
 
 class CompletionNotifier {
  public:
-  CompletionNotifier(storage::JobStore* store, notify::WebhookNotifier* notifier)
-      : store_(store), notifier_(notifier) {}
+  // `priced`: the daemon has a price_per_hour, so posts carry the cost too
+  // (GPU time they always carry).
+  CompletionNotifier(storage::JobStore* store, notify::WebhookNotifier* notifier, bool priced = false)
+      : store_(store), notifier_(notifier), priced_(priced) {}
 
   // A job reached a terminal state (EventHub's terminal listener).
   void OnJobFinished(int64_t job_id);
@@ -28,6 +30,7 @@ class CompletionNotifier {
 
   storage::JobStore* store_;           // not owned
   notify::WebhookNotifier* notifier_;  // not owned
+  const bool priced_;
   absl::Mutex mu_;
   // Sweep name -> job count when its "all done" post went out: one post per
   // sweep, unless jobs were added to it afterwards.

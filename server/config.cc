@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include <toml++/toml.h>
@@ -30,6 +31,44 @@ std::vector<std::string> StringList(const toml::node* node) {
   return out;
 }
 
+// A number given as an integer or a float.
+std::optional<double> Number(const toml::node& node) {
+  if (auto d = node.value_exact<double>()) return *d;
+  if (auto i = node.value_exact<int64_t>()) return static_cast<double>(*i);
+  return std::nullopt;
+}
+
+// on_idle = { after_minutes = 20, command = "...", timeout_s = 300 }
+// (after_seconds instead of after_minutes: short windows for tests).
+absl::Status LoadOnIdle(const std::string& path, const toml::node& node, ServerConfig* c) {
+  const toml::table* table = node.as_table();
+  if (table == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config ", path, ": on_idle must be a table, e.g. on_idle = { after_minutes = 20, command = \"...\" }"));
+  }
+  for (const auto& [key, value] : *table) {
+    const std::string k(key.str());
+    const std::optional<double> number = Number(value);
+    if (k == "command") {
+      auto text = value.value_exact<std::string>();
+      if (!text) return absl::InvalidArgumentError(absl::StrCat("config ", path, ": on_idle.command must be a string"));
+      c->on_idle_command = *text;
+    } else if (k == "after_minutes" || k == "after_seconds" || k == "timeout_s") {
+      if (!number || *number <= 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("config ", path, ": on_idle.", k, " must be a number > 0"));
+      }
+      if (k == "after_minutes") c->on_idle_after_s = *number * 60;
+      if (k == "after_seconds") c->on_idle_after_s = *number;
+      if (k == "timeout_s") c->on_idle_timeout_s = *number;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("config ", path, ": unknown key on_idle.", k,
+                                                     " (known: after_minutes, after_seconds, command, timeout_s)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status LoadToml(const std::string& path, ServerConfig* c) {
   auto parsed = ParseTomlFile(path);
   if (!parsed.ok()) return parsed.status();
@@ -50,6 +89,14 @@ absl::Status LoadToml(const std::string& path, ServerConfig* c) {
     } else if (k == "worker_binary") c->worker_binary = node.value_or(std::string());
     else if (k == "worker_args") c->worker_args = StringList(&node);
     else if (k == "webhook_urls" || k == "webhook_url") c->webhook_urls = StringList(&node);
+    else if (k == "webhook_ca_file") c->webhook_ca_file = node.value_or(std::string());
+    else if (k == "price_per_hour") {
+      const std::optional<double> price = Number(node);
+      if (!price) return absl::InvalidArgumentError(absl::StrCat("config ", path, ": price_per_hour must be a number"));
+      c->price_per_hour = *price;
+    } else if (k == "on_idle") {
+      if (absl::Status s = LoadOnIdle(path, node, c); !s.ok()) return s;
+    }
     else if (k == "curate_binary") c->curate_binary = node.value_or(std::string());
     else if (k == "tag_binary") c->tag_binary = node.value_or(std::string());
     else if (k == "cancel_grace_s") c->cancel_grace_s = node.value_or(c->cancel_grace_s);
@@ -78,7 +125,11 @@ std::string ServerUsage() {
          "             [--curate PATH] [--tag PATH] [--grace-s SECONDS] [--tls-cert PEM --tls-key PEM]\n"
          "             [--models-root DIR] [--datasets-root DIR] [--allowed-root DIR]...\n"
          "             [--max-upload-bytes N] [--min-free-bytes N] [--log-level debug|info|warn]\n"
-         "             [--webhook http://HOST:PORT/PATH]... (also webhook_urls in lorad.toml)\n"
+         "             [--webhook http(s)://HOST:PORT/PATH]... [--webhook-ca PEM] (also webhook_urls,\n"
+         "             webhook_ca_file in lorad.toml) [--price-per-hour P]\n"
+         "             [--on-idle-command CMD --on-idle-after-minutes M] (on_idle = { after_minutes = M,\n"
+         "             command = \"...\" } in lorad.toml: runs CMD once when no job has been queued or\n"
+         "             running for M minutes, e.g. the provider's stop command)\n"
          "Defaults: listen 127.0.0.1:50051 (reach it through `ssh -L 50051:127.0.0.1:50051 box`),\n"
          "data dir ./lorad-data, one slot per visible GPU. LORAD_TOKEN sets a token too.\n"
          "Dashboard and Prometheus /metrics: [--http HOST:PORT|off] [--metrics-open true|false]\n"
@@ -150,6 +201,16 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
     else if (name == "worker") config.worker_binary = value;
     else if (name == "worker-arg") config.worker_args.push_back(value);
     else if (name == "webhook") config.webhook_urls.push_back(value);
+    else if (name == "webhook-ca") config.webhook_ca_file = value;
+    else if (name == "on-idle-command") config.on_idle_command = value;
+    else if (name == "price-per-hour" || name == "on-idle-after-minutes") {
+      double number = 0;
+      if (!absl::SimpleAtod(value, &number)) {
+        return absl::InvalidArgumentError(absl::StrCat("--", name, " expects a number, got '", value, "'"));
+      }
+      if (name == "price-per-hour") config.price_per_hour = number;
+      else config.on_idle_after_s = number * 60;
+    }
     else if (name == "curate") config.curate_binary = value;
     else if (name == "tag") config.tag_binary = value;
     else if (name == "grace-s") {
@@ -175,6 +236,12 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
     }
   }
   if (config.slots < 0) return absl::InvalidArgumentError("--slots must be >= 0");
+  if (config.price_per_hour < 0) return absl::InvalidArgumentError("price_per_hour must be >= 0");
+  if (config.on_idle_command.empty() != (config.on_idle_after_s <= 0)) {
+    return absl::InvalidArgumentError(
+        "on_idle needs both a command and a time: on_idle = { after_minutes = 20, command = \"...\" } "
+        "(or --on-idle-command CMD --on-idle-after-minutes M)");
+  }
   if (config.tls_cert.empty() != config.tls_key.empty()) {
     return absl::InvalidArgumentError("TLS needs both tls_cert and tls_key (PEM files)");
   }

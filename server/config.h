@@ -30,7 +30,8 @@ struct ServerConfig {
   // Free space the data dir keeps: an upload that would leave less is refused.
   int64_t min_free_bytes = int64_t{2} << 30;
   std::string log_level = "info";
-  // http:// URLs POSTed a JSON body when a job or a whole sweep ends.
+  // http(s):// URLs POSTed a JSON body when a job or a whole sweep ends, and
+  // when the idle switch fires.
   std::vector<std::string> webhook_urls;
   // The dashboard and /metrics (server/http_server.h): "HOST:PORT", loopback
   // like `listen`; "off" disables it. Busy default port: lorad runs without
@@ -40,6 +41,19 @@ struct ServerConfig {
   // /metrics without the token, for a scraper on the same machine (the port
   // is loopback by default); the pages and the API keep needing it.
   bool metrics_open = false;
+  // PEM CA certificates trusted for https webhooks instead of the system
+  // store (a private or test CA); empty: the system store.
+  std::string webhook_ca_file;
+  // What the box costs per hour, in the user's currency (issue 13). A job is
+  // charged its GPUs' share of it for the time it runs; 0: no prices, GPU
+  // time is still counted.
+  double price_per_hour = 0;
+  // on_idle = { after_minutes = 20, command = "..." }: once no job has been
+  // queued or running for `on_idle_after_s`, lorad runs `on_idle_command`
+  // (through /bin/sh -c) once, killed after `on_idle_timeout_s`. Empty: off.
+  std::string on_idle_command;
+  double on_idle_after_s = 0;
+  double on_idle_timeout_s = 300;
 
   std::filesystem::path db_path() const { return data_dir / "lorad.db"; }
   std::filesystem::path jobs_dir() const { return data_dir / "jobs"; }

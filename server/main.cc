@@ -19,6 +19,7 @@
 #include "server/disk_cleanup.h"
 #include "server/notify/webhook.h"
 #include "server/event_hub.h"
+#include "server/idle_switch.h"
 #include "server/http_server.h"
 #include "server/metrics.h"
 #include "server/scheduler.h"
@@ -109,19 +110,41 @@ int Run(int argc, char** argv) {
   options.roots = {config.models_root, config.datasets_root, config.allowed_roots};
   options.grace_s = config.cancel_grace_s;
   options.latent_cache_root = config.data_dir / "cache" / "latents";
+  options.price_per_hour = config.price_per_hour;
   notify::WebhookOptions webhook_options;
   webhook_options.urls = config.webhook_urls;
+  webhook_options.ca_file = config.webhook_ca_file;
   auto webhooks = notify::WebhookNotifier::Create(webhook_options);
   if (!webhooks.ok()) {
     spdlog::critical("webhook_urls: {}", webhooks.status().ToString());
     return kExitUsage;
   }
-  server::CompletionNotifier completions(store->get(), webhooks->get());
+  server::CompletionNotifier completions(store->get(), webhooks->get(), config.price_per_hour > 0);
   if (!config.webhook_urls.empty()) {
     hub.SetTerminalListener([&completions](int64_t job_id) { completions.OnJobFinished(job_id); });
   }
   server::Scheduler scheduler(store->get(), &hub, options);
   server::LoradService service(&config, store->get(), &hub, &scheduler, std::move(machine_gpus));
+  std::unique_ptr<server::IdleSwitch> idle_switch;
+  if (!config.on_idle_command.empty()) {
+    server::IdleSwitchOptions idle;
+    idle.command = config.on_idle_command;
+    idle.after = absl::Seconds(config.on_idle_after_s);
+    idle.timeout = absl::Seconds(config.on_idle_timeout_s);
+    // Short windows (tests) are looked at more often than once a second.
+    idle.poll = std::min(absl::Seconds(1), idle.after / 10);
+    storage::JobStore* jobs = store->get();
+    idle_switch = std::make_unique<server::IdleSwitch>(
+        idle, jobs, webhooks->get(),
+        [jobs, &scheduler] {
+          auto queued = jobs->CountJobs(storage::JobState::kQueued);
+          auto running = jobs->CountJobs(storage::JobState::kRunning);
+          // A store that cannot answer counts as busy: never stop the box on a guess.
+          return !queued.ok() || !running.ok() || *queued > 0 || *running > 0 || scheduler.running() > 0;
+        },
+        [&scheduler] { return scheduler.activity(); });
+    service.SetIdleSwitch(idle_switch.get());
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -157,6 +180,11 @@ int Run(int argc, char** argv) {
     return kExitStorage;
   }
   grpc_server->GetHealthCheckService()->SetServingStatus(true);
+  if (idle_switch) {
+    idle_switch->Start();
+    spdlog::info("on_idle: `{}` runs once the queue has been empty for {}", config.on_idle_command,
+                 absl::FormatDuration(absl::Seconds(config.on_idle_after_s)));
+  }
   // The dashboard and /metrics: a busy default port leaves the daemon
   // without them (a warning); a port the user chose must be free.
   std::unique_ptr<server::HttpServer> http;
@@ -203,6 +231,7 @@ int Run(int argc, char** argv) {
                received == SIGTERM ? "SIGTERM" : "SIGINT");
   grpc_server->GetHealthCheckService()->SetServingStatus(false);
   if (http) http->Stop();  // its event streams end within a second
+  if (idle_switch) idle_switch->Stop();
   scheduler.Shutdown();
   service.Shutdown();  // kills running curation reports; their calls end before the server's Shutdown
   hub.Shutdown();

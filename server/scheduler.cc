@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "core/base/clock.h"
 #include "core/base/sha256.h"
 #include "server/disk_cleanup.h"
@@ -35,6 +36,23 @@ storage::EventWrite LogWrite(lorad::v1::Log::Level level, const std::string& mes
 
 }  // namespace
 
+storage::SlotCharge ChargeForSlot(const SchedulerOptions& options, int slot) {
+  auto gpus_of = [&](int i) {
+    if (i < 0 || i >= static_cast<int>(options.slot_gpus.size())) return 1;
+    int count = 0;
+    for (absl::string_view id : absl::StrSplit(options.slot_gpus[i], ',', absl::SkipWhitespace())) {
+      count += id.empty() ? 0 : 1;
+    }
+    return std::max(count, 1);
+  };
+  int box = 0;
+  for (int i = 0; i < options.slots; ++i) box += gpus_of(i);
+  storage::SlotCharge charge;
+  charge.gpus = gpus_of(slot);
+  charge.price_per_gpu_hour = box > 0 ? options.price_per_hour / box : 0;
+  return charge;
+}
+
 Scheduler::Scheduler(storage::JobStore* store, EventHub* hub, SchedulerOptions options)
     : store_(store), hub_(hub), options_(std::move(options)) {
   absl::MutexLock lock(&mu_);
@@ -60,6 +78,8 @@ absl::StatusOr<fs::path> Scheduler::ResolveDataset(storage::JobStore* store, con
 }
 
 absl::Status Scheduler::Start() {
+  // A crash's downtime is not charged: open attempts end at their last event.
+  if (absl::Status ended = store_->EndInterruptedAttempts(); !ended.ok()) return ended;
   auto interrupted = store_->RunningJobIds();
   if (!interrupted.ok()) return interrupted.status();
   for (int64_t job_id : *interrupted) {
@@ -74,6 +94,7 @@ absl::Status Scheduler::Start() {
 }
 
 void Scheduler::NotifyQueued() {
+  activity_.fetch_add(1);
   absl::MutexLock lock(&mu_);
   work_hint_ = true;
   cv_.SignalAll();
@@ -132,7 +153,7 @@ void Scheduler::DispatchLoop() {
     while (!ready()) cv_.WaitWithTimeout(&mu_, absl::Seconds(1));
     if (stopping_) return;
     if (slots_[free_slot] && slots_[free_slot]->thread.joinable()) slots_[free_slot]->thread.join();
-    auto claimed = store_->ClaimNext(free_slot);
+    auto claimed = store_->ClaimNext(free_slot, ChargeForSlot(options_, free_slot));
     if (!claimed.ok()) {
       Log()->error("cannot claim a queued job: {}", claimed.status().ToString());
       work_hint_ = false;
@@ -147,6 +168,7 @@ void Scheduler::DispatchLoop() {
     Slot* raw = slot.get();
     slot->thread = std::thread([this, raw, free_slot, job = std::move(**claimed)]() mutable {
       RunJob(raw, free_slot, std::move(job));
+      activity_.fetch_add(1);
       absl::MutexLock done_lock(&mu_);
       raw->done = true;
       work_hint_ = true;

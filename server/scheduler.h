@@ -42,7 +42,14 @@ struct SchedulerOptions {
   // output/latent_cache (where lorad-train keeps its disk cache), so a sweep
   // encodes each dataset once.
   std::filesystem::path latent_cache_root;
+  // What the box costs per hour: each attempt is charged its slot's GPUs'
+  // share of it (SlotCharge), recorded with the attempt.
+  double price_per_hour = 0;
 };
+
+// The charge of an attempt on `slot`: the GPUs in its CUDA_VISIBLE_DEVICES
+// value (1 without GPUs) and price_per_hour divided by all slots' GPUs.
+storage::SlotCharge ChargeForSlot(const SchedulerOptions& options, int slot);
 
 struct WorkerReport;
 
@@ -65,6 +72,9 @@ class Scheduler {
   void Shutdown();
   // How many slots run a job now.
   int running();
+  // Bumped whenever a job is queued or a slot's job ends: a job that came and
+  // went between two looks at running() still shows here (the idle switch).
+  int64_t activity() const { return activity_.load(); }
   int slots() const { return options_.slots; }
   const SchedulerOptions& options() const { return options_; }
 
@@ -122,6 +132,7 @@ class Scheduler {
   bool work_hint_ ABSL_GUARDED_BY(mu_) = true;
   std::vector<std::unique_ptr<Slot>> slots_ ABSL_GUARDED_BY(mu_);
   std::thread dispatcher_;
+  std::atomic<int64_t> activity_{0};
 };
 
 }  // namespace lorad::server

@@ -17,6 +17,7 @@
 #include "server/paths.h"
 #include "server/auth.h"
 #include "server/server_info.h"
+#include "server/usage_info.h"
 #include "server/status_util.h"
 #include "server/stream_reactors.h"
 #include "spdlog/spdlog.h"
@@ -100,6 +101,8 @@ void ToProto(const storage::JobRecord& job, lorad::v1::Job* out) {
   out->set_final_lora_path(job.final_lora_path);
   out->set_resumed_from_step(job.resumed_from_step);
   out->set_cancel_requested(job.cancel_requested);
+  out->set_gpu_seconds(job.usage.gpu_seconds);
+  out->set_cost(job.usage.cost);
 }
 
 LoradService::LoradService(const ServerConfig* config, storage::JobStore* store, EventHub* hub,
@@ -596,6 +599,7 @@ lorad::v1::ServerInfo LoradService::QueryServerInfo() {
                              std::chrono::steady_clock::now() - started_)
                              .count());
   response->set_worker_binary(config_->worker_binary);
+  FillUsageAndIdle(*config_, store_, idle_switch_, response);
   return info;
 }
 

@@ -17,6 +17,7 @@
 #include "core/planner/advisor.h"
 #include "server/config.h"
 #include "server/event_hub.h"
+#include "server/idle_switch.h"
 #include "server/scheduler.h"
 #include "server/server_info.h"
 #include "server/task_pool.h"
@@ -31,6 +32,9 @@ class LoradService final : public lorad::v1::Lorad::CallbackService {
   // service; `gpus` is the machine's GPU list, read once at daemon start.
   LoradService(const ServerConfig* config, storage::JobStore* store, EventHub* hub,
                Scheduler* scheduler, std::vector<GpuInfo> gpus);
+  // The idle switch GetServerInfo reports on (borrowed; outlives the
+  // service); none: the switch is off. Call before the server starts.
+  void SetIdleSwitch(const IdleSwitch* idle_switch) { idle_switch_ = idle_switch; }
   // Stops the background work (running curation reports are killed and
   // answered UNAVAILABLE) and joins its threads; call before the gRPC server
   // shuts down. Idempotent; the destructor does it too.
@@ -146,6 +150,7 @@ class LoradService final : public lorad::v1::Lorad::CallbackService {
   EventHub* hub_;
   Scheduler* scheduler_;
   const std::vector<GpuInfo> gpus_;
+  const IdleSwitch* idle_switch_ = nullptr;  // borrowed; null: off
   const std::chrono::steady_clock::time_point started_;
   // Guards no member but the datasets root's meaning: submits (which resolve
   // and record a dataset) and an upload's final store hold it shared;

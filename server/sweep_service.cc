@@ -31,7 +31,9 @@ grpc::ServerUnaryReactor* LoradService::SubmitSweep(grpc::CallbackServerContext*
                                                     const lorad::v1::SubmitSweepRequest* request,
                                                     lorad::v1::Sweep* response) {
   if (auto s = Authorize(ctx); !s.ok()) return Reply(ctx, s);
-  auto plan = planner::ParseSweep(request->sweep_toml());
+  const std::map<std::string, std::string> labels(request->dataset_labels().begin(),
+                                                  request->dataset_labels().end());
+  auto plan = planner::ParseSweep(request->sweep_toml(), labels);
   if (!plan.ok()) return Reply(ctx, ToGrpcStatus(plan.status()));
   const std::string name =
       request->name().empty() ? absl::StrCat("sweep-", NowUnixMs()) : request->name();
@@ -129,7 +131,9 @@ absl::StatusOr<lorad::v1::Sweep> LoradService::SweepProto(const storage::SweepRe
   }
   // Oldest first: the sweep file's order.
   std::sort(jobs.begin(), jobs.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
+  storage::Usage usage;
   for (const auto& job : jobs) {
+    usage += job.usage;
     switch (job.state) {
       case storage::JobState::kSucceeded: out.set_jobs_succeeded(out.jobs_succeeded() + 1); break;
       case storage::JobState::kFailed: out.set_jobs_failed(out.jobs_failed() + 1); break;
@@ -143,6 +147,8 @@ absl::StatusOr<lorad::v1::Sweep> LoradService::SweepProto(const storage::SweepRe
     if (hp.ok()) proto->mutable_hyperparameters()->insert(hp->begin(), hp->end());
   }
   out.set_jobs_total(static_cast<int32_t>(jobs.size()));
+  out.set_gpu_seconds(usage.gpu_seconds);
+  out.set_cost(usage.cost);
   return out;
 }
 

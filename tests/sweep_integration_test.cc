@@ -31,7 +31,7 @@
 #include "core/base/testing/scoped_temp_dir.h"
 #include "core/planner/number_format.h"
 #include "tests/daemon_harness.h"
-#include "server/notify/test_http_server.h"
+#include "server/net/test_server.h"
 
 namespace lorad::tests {
 namespace {
@@ -99,7 +99,7 @@ class NightSweepTest : public ::testing::Test {
  protected:
   struct Night {
     lorad::testing::ScopedTempDir root{"lorad_sweep_it"};
-    notify::testing::TestHttpServer hooks;
+    net::testing::TestServer hooks{[](const net::testing::TestRequest&) { return net::testing::TestResponse{}; }};
     std::unique_ptr<Daemon> daemon;
     std::vector<int> image_counts = {3, 4};  // two datasets
     std::vector<std::string> dataset_ids;
@@ -128,7 +128,7 @@ class NightSweepTest : public ::testing::Test {
   static std::string RunNight(Night& n) {
     if (!n.hooks.ok()) return "the webhook test server did not start";
     DaemonOptions options;
-    options.extra_flags = {"--webhook", n.hooks.url()};
+    options.extra_flags = {"--webhook", n.hooks.url("/hook")};
     n.daemon = std::make_unique<Daemon>(n.root / "daemon", options);
     Daemon& d = *n.daemon;
     d.Start();
@@ -314,24 +314,36 @@ TEST_F(NightSweepTest, FetchSweepBringsEverySucceededLoraHome) {
 // One post per job, one for the sweep when its last job ended.
 TEST_F(NightSweepTest, WebhooksPostOncePerJobAndOnceForTheSweep) {
   auto& hooks = night_->hooks;
-  ASSERT_TRUE(hooks.WaitForPosts(5, 30)) << hooks.bodies().size() << " posts";
+  for (int i = 0; i < 300 && hooks.request_count() < 5; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_GE(hooks.request_count(), 5u) << hooks.request_count() << " posts";
   std::this_thread::sleep_for(std::chrono::milliseconds(300));  // no extra posts trickle in
   int job_posts = 0, sweep_posts = 0;
-  for (const auto& body : hooks.bodies()) {
-    const auto json = nlohmann::json::parse(body);
+  double job_gpu_seconds = 0, sweep_gpu_seconds = 0;
+  for (const auto& request : hooks.requests()) {
+    const auto json = nlohmann::json::parse(request.body);
     if (json.at("event") == "job") {
       ++job_posts;
       EXPECT_EQ(json.at("sweep_id"), std::to_string(sweep_id()));
+      // GPU time of every job (issue 13); no price_per_hour: no cost.
+      EXPECT_GT(json.at("gpu_seconds").get<double>(), 0);
+      EXPECT_TRUE(json.at("cost").is_null());
+      job_gpu_seconds += json.at("gpu_seconds").get<double>();
     } else if (json.at("event") == "sweep") {
       ++sweep_posts;
       EXPECT_EQ(json.at("jobs_total"), 4);
       EXPECT_EQ(json.at("jobs_succeeded"), 3);
       EXPECT_EQ(json.at("jobs_failed"), 1);
+      sweep_gpu_seconds = json.at("gpu_seconds").get<double>();
       EXPECT_FALSE(json.at("content").get<std::string>().empty());
     }
   }
   EXPECT_EQ(job_posts, 4);
   EXPECT_EQ(sweep_posts, 1);
+  // The sweep's GPU time is its jobs' (all ended when it was posted).
+  EXPECT_GT(sweep_gpu_seconds, 0);
+  EXPECT_NEAR(sweep_gpu_seconds, job_gpu_seconds, 1e-6);
 }
 
 // A daemon of its own per test: these tests start and cancel long jobs.

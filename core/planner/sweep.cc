@@ -146,10 +146,13 @@ void SuffixOutputName(toml::table& config, const std::string& job_name) {
   }
 }
 
-std::string MakeName(const std::vector<std::pair<std::string, std::string>>& varied) {
+std::string MakeName(const std::vector<std::pair<std::string, std::string>>& varied,
+                     const std::map<std::string, std::string>& dataset_labels) {
   std::vector<std::string> parts;
   for (const auto& [key, value] : varied) {
-    parts.push_back(absl::StrCat(KeyAbbreviation(key), "-", ShortValueForName(key, value)));
+    const auto label = key == "dataset" ? dataset_labels.find(value) : dataset_labels.end();
+    parts.push_back(absl::StrCat(KeyAbbreviation(key), "-",
+                                 ShortValueForName(key, label == dataset_labels.end() ? value : label->second)));
   }
   std::string name = absl::StrJoin(parts, "_");
   if (name.size() > kMaxNameLength) {
@@ -272,7 +275,8 @@ std::string ShortValueForName(absl::string_view key, absl::string_view value_tex
   return sanitized.empty() ? "x" : sanitized;
 }
 
-absl::StatusOr<SweepPlan> ParseSweep(absl::string_view toml_text) {
+absl::StatusOr<SweepPlan> ParseSweep(absl::string_view toml_text,
+                                     const std::map<std::string, std::string>& dataset_labels) {
   auto parsed = ParseToml(std::string_view(toml_text.data(), toml_text.size()), "sweep file");
   if (!parsed.ok()) return parsed.status();
   toml::table document = std::move(*parsed);
@@ -324,7 +328,7 @@ absl::StatusOr<SweepPlan> ParseSweep(absl::string_view toml_text) {
       }
       if (absl::Status status = ApplyValue(config, axis.key, value); !status.ok()) return status;
     }
-    const std::string base_name = MakeName(job.varied);
+    const std::string base_name = MakeName(job.varied, dataset_labels);
     std::string name = base_name;
     for (int n = 2; !used_names.insert(name).second; ++n) {
       const std::string suffix = absl::StrCat("-", n);

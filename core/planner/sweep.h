@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -59,7 +60,10 @@ inline constexpr int64_t kMaxSweepJobs = 1000;
 // missing/empty [sweep], a non-list or empty value list, zip lists of unequal
 // length, an unknown mode, a list-valued kohya key given a flat list, more than
 // kMaxSweepJobs jobs, TOML syntax errors (with line and column).
-absl::StatusOr<SweepPlan> ParseSweep(absl::string_view toml_text);
+// `dataset_labels` maps a dataset reference to the text job names use for it
+// (an uploaded id -> the folder name it came from); others name themselves.
+absl::StatusOr<SweepPlan> ParseSweep(absl::string_view toml_text,
+                                     const std::map<std::string, std::string>& dataset_labels = {});
 
 // Reads `path` and calls ParseSweep; NotFound names the path.
 absl::StatusOr<SweepPlan> ParseSweepFile(const std::string& path);

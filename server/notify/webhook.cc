@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <thread>
 #include <utility>
 
@@ -16,7 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
-#include "server/notify/http_post.h"
+#include "server/net/http_client.h"
 
 namespace lorad::notify {
 namespace {
@@ -37,7 +38,9 @@ std::shared_ptr<spdlog::logger> Log() {
 
 std::string ContentLine(const NotifyEvent& event) {
   std::string line;
-  if (event.kind == EventKind::kSweep) {
+  if (event.kind == EventKind::kServer) {
+    line = absl::StrCat("lorad: ", event.reason);
+  } else if (event.kind == EventKind::kSweep) {
     line = absl::StrCat("lorad: sweep '", event.name, "' (", event.id, ") ", event.state, ": ",
                         event.jobs_succeeded, "/", event.jobs_total, " jobs succeeded");
     if (event.jobs_failed > 0) absl::StrAppend(&line, ", ", event.jobs_failed, " failed");
@@ -46,7 +49,11 @@ std::string ContentLine(const NotifyEvent& event) {
     if (event.final_loss) absl::StrAppend(&line, absl::StrFormat(", final loss %.4f", *event.final_loss));
     if (!event.lora_path.empty()) absl::StrAppend(&line, ", LoRA ", event.lora_path);
   }
-  if (!event.reason.empty()) absl::StrAppend(&line, ": ", event.reason);
+  if (event.kind != EventKind::kServer) {
+    if (event.gpu_seconds) absl::StrAppend(&line, absl::StrFormat(", %.2f GPU-h", *event.gpu_seconds / 3600));
+    if (event.cost) absl::StrAppend(&line, absl::StrFormat(", cost %.2f", *event.cost));
+    if (!event.reason.empty()) absl::StrAppend(&line, ": ", event.reason);
+  }
   if (line.size() > kMaxContentChars) {
     line.resize(kMaxContentChars);
     // Do not cut a UTF-8 sequence in half.
@@ -59,7 +66,7 @@ std::string ContentLine(const NotifyEvent& event) {
 
 struct Delivery {
   std::string label;  // host:port, for logs (the path may hold a secret token)
-  HttpUrl url;
+  std::string url;
   std::shared_ptr<const std::string> body;
   int attempts = 0;
   absl::Time due;
@@ -67,10 +74,22 @@ struct Delivery {
 
 bool Retryable(int status) { return status == 408 || status == 429 || status >= 500; }
 
+bool TransientError(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kNotFound:
+      return false;
+    default:
+      return true;
+  }
+}
+
 class WebhookNotifierImpl final : public WebhookNotifier {
  public:
-  WebhookNotifierImpl(WebhookOptions options, std::vector<std::pair<std::string, HttpUrl>> urls)
-      : options_(std::move(options)), urls_(std::move(urls)) {
+  WebhookNotifierImpl(WebhookOptions options, std::vector<std::pair<std::string, std::string>> urls)
+      : options_(std::move(options)), client_(ClientOptions(options_)), urls_(std::move(urls)) {
     if (!urls_.empty()) worker_ = std::thread([this] { Run(); });
   }
 
@@ -149,8 +168,13 @@ class WebhookNotifierImpl final : public WebhookNotifier {
       if (stopping_) deadline = std::min(deadline, drain_deadline_);
       mu_.Unlock();
       ++delivery.attempts;
-      const absl::StatusOr<HttpResponse> response =
-          HttpPostJson(delivery.url, *delivery.body, deadline);
+      // One HTTP attempt per call: the retries, their backoff and the queue
+      // are this notifier's, so a waiting retry never holds the worker.
+      net::CallOptions call;
+      call.max_attempts = 1;
+      call.cancel = [deadline] { return absl::Now() >= deadline; };
+      call.secrets = {delivery.url};  // errors name host:port via the label, never the token in the path
+      const absl::StatusOr<net::HttpResponse> response = client_.PostJson(delivery.url, *delivery.body, call);
       mu_.Lock();
       --in_flight_;
       Settle(std::move(delivery), response);
@@ -163,7 +187,17 @@ class WebhookNotifierImpl final : public WebhookNotifier {
     mu_.Unlock();
   }
 
-  void Settle(Delivery delivery, const absl::StatusOr<HttpResponse>& response)
+  static net::HttpClientOptions ClientOptions(const WebhookOptions& options) {
+    net::HttpClientOptions client;
+    client.request_timeout = options.attempt_timeout;
+    client.connect_timeout = std::min(options.attempt_timeout, absl::Seconds(15));
+    client.max_attempts = 1;
+    client.ca_bundle = options.ca_file;
+    client.max_redirects = 5;
+    return client;
+  }
+
+  void Settle(Delivery delivery, const absl::StatusOr<net::HttpResponse>& response)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (response.ok() && response->status >= 200 && response->status < 300) {
       ++stats_.delivered;
@@ -171,7 +205,8 @@ class WebhookNotifierImpl final : public WebhookNotifier {
     }
     const std::string what = response.ok() ? absl::StrCat("HTTP ", response->status)
                                             : std::string(response.status().message());
-    const bool retry = !response.ok() || Retryable(response->status);
+    // A TLS verification failure, a refused URL or a 4xx will not heal by waiting.
+    const bool retry = response.ok() ? Retryable(response->status) : TransientError(response.status());
     if (retry && delivery.attempts < options_.max_attempts) {
       const absl::Duration wait =
           Backoff(delivery.attempts, response.ok() ? response->retry_after : absl::ZeroDuration());
@@ -187,7 +222,8 @@ class WebhookNotifierImpl final : public WebhookNotifier {
   }
 
   const WebhookOptions options_;
-  const std::vector<std::pair<std::string, HttpUrl>> urls_;  // (label, url)
+  const net::HttpClient client_;
+  const std::vector<std::pair<std::string, std::string>> urls_;  // (label, url)
   mutable absl::Mutex mu_;
   absl::CondVar wake_;
   std::vector<Delivery> queue_ ABSL_GUARDED_BY(mu_);
@@ -206,7 +242,7 @@ std::string WebhookBody(const NotifyEvent& event) {
   nlohmann::json body = {
       {"content", content},
       {"text", content},
-      {"event", event.kind == EventKind::kSweep ? "sweep" : "job"},
+      {"event", event.kind == EventKind::kSweep ? "sweep" : event.kind == EventKind::kServer ? "server" : "job"},
       {"id", event.id},
       {"name", event.name},
       {"state", event.state},
@@ -214,6 +250,8 @@ std::string WebhookBody(const NotifyEvent& event) {
       {"final_loss", event.final_loss ? nlohmann::json(*event.final_loss) : nlohmann::json()},
       {"lora_path", event.lora_path},
       {"sweep_id", event.sweep_id},
+      {"gpu_seconds", event.gpu_seconds ? nlohmann::json(*event.gpu_seconds) : nlohmann::json()},
+      {"cost", event.cost ? nlohmann::json(*event.cost) : nlohmann::json()},
   };
   if (event.kind == EventKind::kSweep) {
     body["jobs_total"] = event.jobs_total;
@@ -226,19 +264,16 @@ std::string WebhookBody(const NotifyEvent& event) {
 
 absl::StatusOr<HttpUrl> ParseHttpUrl(const std::string& url) {
   const std::string lower = absl::AsciiStrToLower(url);
-  if (absl::StartsWith(lower, "https://")) {
-    return absl::UnimplementedError(absl::StrCat(
-        "webhook URL '", url, "': https is not supported (no TLS client in this build); "
-        "use an http:// relay reachable from the daemon, e.g. through an SSH tunnel"));
-  }
-  if (!absl::StartsWith(lower, "http://")) {
+  HttpUrl parsed;
+  parsed.https = absl::StartsWith(lower, "https://");
+  if (!parsed.https && !absl::StartsWith(lower, "http://")) {
     return absl::InvalidArgumentError(
-        absl::StrCat("webhook URL '", url, "' must start with http://"));
+        absl::StrCat("webhook URL '", url, "' must start with https:// or http://"));
   }
-  const std::string rest = url.substr(7);
+  if (parsed.https) parsed.port = 443;
+  const std::string rest = url.substr(parsed.https ? 8 : 7);
   const size_t path_start = rest.find_first_of("/?");
   const std::string authority = rest.substr(0, path_start);
-  HttpUrl parsed;
   if (path_start != std::string::npos) {
     parsed.path = rest.substr(path_start);
     if (parsed.path.front() == '?') parsed.path.insert(0, "/");
@@ -294,11 +329,14 @@ absl::StatusOr<std::unique_ptr<WebhookNotifier>> WebhookNotifier::Create(Webhook
         "webhook options: queue_capacity and max_attempts must be >= 1, attempt_timeout > 0, "
         "0 <= initial_backoff <= max_backoff");
   }
-  std::vector<std::pair<std::string, HttpUrl>> urls;
+  if (!options.ca_file.empty() && !std::ifstream(options.ca_file)) {
+    return absl::InvalidArgumentError(absl::StrCat("webhook_ca_file '", options.ca_file, "' cannot be read"));
+  }
+  std::vector<std::pair<std::string, std::string>> urls;
   for (const std::string& text : options.urls) {
     auto url = ParseHttpUrl(text);
     if (!url.ok()) return url.status();
-    urls.emplace_back(absl::StrCat(url->host, ":", url->port), *url);
+    urls.emplace_back(absl::StrCat(url->host, ":", url->port), text);
   }
   return std::unique_ptr<WebhookNotifier>(
       new WebhookNotifierImpl(std::move(options), std::move(urls)));

@@ -1,9 +1,10 @@
-// Webhook notifications on job and sweep completion or failure (issue 7).
-// POSTs a Discord/Slack-compatible JSON body to plain http:// URLs from a
-// background thread with a bounded queue, per-attempt timeouts and retries with
+// Webhook notifications on job and sweep completion or failure (issue 7) and
+// on the idle switch (issue 13). POSTs a Discord/Slack-compatible JSON body to
+// http:// and https:// URLs (the daemon's libcurl client, server/net: TLS
+// verification always on, proxies from the environment) from a background
+// thread with a bounded queue, per-attempt timeouts and retries with
 // exponential backoff. Notify() never blocks on the network and a failing
-// webhook never affects the caller. https:// is refused at Create() (no TLS
-// client library in the build; use an http relay on the box or an SSH tunnel).
+// webhook never affects the caller.
 #pragma once
 
 #include <cstdint>
@@ -17,7 +18,9 @@
 
 namespace lorad::notify {
 
-enum class EventKind { kJob, kSweep };
+// kServer: a daemon-wide event (the idle switch ran its command); `name`
+// says which ("idle_command") and `reason` what happened.
+enum class EventKind { kJob, kSweep, kServer };
 
 // What happened. `state` is the final state ("SUCCEEDED", "FAILED",
 // "CANCELLED"); `reason` is set for failures.
@@ -33,22 +36,26 @@ struct NotifyEvent {
   int64_t jobs_total = 0;     // sweep events: job counts
   int64_t jobs_succeeded = 0;
   int64_t jobs_failed = 0;
+  // Jobs and sweeps: GPU time, and its cost when the daemon has a price.
+  std::optional<double> gpu_seconds;
+  std::optional<double> cost;
 };
 
 // The POST body: {"content": "<one line for Discord/Slack>", "text": same
 // (Slack incoming webhooks read `text`), "event": "job"|"sweep", "id", "name",
 // "state", "reason", "final_loss" (number or null), "lora_path", "sweep_id",
-// and for sweeps "jobs_total", "jobs_succeeded", "jobs_failed"}.
+// "gpu_seconds" and "cost" (numbers or null), and for sweeps "jobs_total",
+// "jobs_succeeded", "jobs_failed"}. "event" is "server" for the idle switch.
 std::string WebhookBody(const NotifyEvent& event);
 
-// A parsed http:// URL.
+// A parsed http:// or https:// URL.
 struct HttpUrl {
+  bool https = false;
   std::string host;
-  uint16_t port = 80;
+  uint16_t port = 80;      // 443 for https unless given
   std::string path = "/";  // includes the query string
 };
-// InvalidArgument for anything but http://host[:port][/path]; https:// is
-// Unimplemented with a message saying what to do instead.
+// InvalidArgument for anything but http(s)://host[:port][/path].
 absl::StatusOr<HttpUrl> ParseHttpUrl(const std::string& url);
 
 struct WebhookOptions {
@@ -57,7 +64,10 @@ struct WebhookOptions {
   int max_attempts = 6;            // per delivery, first try included
   absl::Duration initial_backoff = absl::Seconds(1);
   absl::Duration max_backoff = absl::Minutes(2);
-  absl::Duration attempt_timeout = absl::Seconds(10);  // connect + send + status line
+  absl::Duration attempt_timeout = absl::Seconds(10);  // connect + send + response
+  // PEM CA certificates trusted for https instead of the system store
+  // (webhook_ca_file); empty: the system store.
+  std::string ca_file;
 };
 
 struct WebhookStats {

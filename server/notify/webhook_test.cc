@@ -1,6 +1,6 @@
 #include "server/notify/webhook.h"
 
-#include "server/notify/test_http_server.h"
+#include "server/net/test_server.h"
 
 #include <atomic>
 #include <chrono>
@@ -22,12 +22,32 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "core/base/testing/scoped_temp_dir.h"
 
 namespace lorad::notify {
 namespace {
 
-using testing::RecordedPost;
-using testing::TestHttpServer;
+using net::testing::TestRequest;
+using net::testing::TestResponse;
+using net::testing::TestServer;
+
+// A handler answering the n-th request (0-based) with status(n); -1: never answers.
+TestServer::Handler Respond(std::function<int(int)> status) {
+  return [status = std::move(status)](const TestRequest& request) {
+    TestResponse response;
+    const int code = status(request.index);
+    response.hang = code < 0;
+    response.status = code < 0 ? 200 : code;
+    return response;
+  };
+}
+
+bool WaitForPosts(const TestServer& server, size_t count) {
+  for (int i = 0; i < 1000 && server.request_count() < count; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return server.request_count() >= count;
+}
 
 
 WebhookOptions FastOptions(std::vector<std::string> urls) {
@@ -110,19 +130,25 @@ TEST(ParseHttpUrlTest, AcceptsHttpAndExplainsWhatIsNot) {
   EXPECT_EQ(url->host, "::1");
   EXPECT_EQ(url->port, 9000);
 
-  EXPECT_EQ(ParseHttpUrl("https://discord.com/api/webhooks/1").status().code(),
-            absl::StatusCode::kUnimplemented);
+  url = ParseHttpUrl("https://discord.com/api/webhooks/1/abc");
+  ASSERT_TRUE(url.ok());
+  EXPECT_TRUE(url->https);
+  EXPECT_EQ(url->port, 443);
+  EXPECT_EQ(url->path, "/api/webhooks/1/abc");
   EXPECT_EQ(ParseHttpUrl("ftp://x").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(ParseHttpUrl("http:///path").ok());
   EXPECT_FALSE(ParseHttpUrl("http://host:99999/").ok());
   EXPECT_FALSE(ParseHttpUrl("http://host:/").ok());
   EXPECT_FALSE(ParseHttpUrl("http://host/a b").ok());
-  EXPECT_FALSE(WebhookNotifier::Create(FastOptions({"https://x/y"})).ok());
+  EXPECT_FALSE(WebhookNotifier::Create(FastOptions({"ftp://x/y"})).ok());
+  WebhookOptions missing_ca = FastOptions({"https://x/y"});
+  missing_ca.ca_file = "/nonexistent/ca.pem";
+  EXPECT_FALSE(WebhookNotifier::Create(missing_ca).ok());
 }
 
 TEST(WebhookNotifierTest, PostsJobAndSweepEventsToTheReceiver) {
-  TestHttpServer server([](int) { return 204; });
-  auto notifier = WebhookNotifier::Create(FastOptions({server.url()}));
+  TestServer server(Respond([](int) { return 204; }));
+  auto notifier = WebhookNotifier::Create(FastOptions({server.url("/hook")}));
   ASSERT_TRUE(notifier.ok()) << notifier.status();
   for (int i = 0; i < 4; ++i) EXPECT_TRUE((*notifier)->Notify(JobEvent(i, i == 3 ? "FAILED" : "SUCCEEDED")));
   NotifyEvent sweep;
@@ -130,15 +156,15 @@ TEST(WebhookNotifierTest, PostsJobAndSweepEventsToTheReceiver) {
   sweep.id = "s1";
   sweep.jobs_total = 4;
   EXPECT_TRUE((*notifier)->Notify(sweep));
-  ASSERT_TRUE(server.WaitForPosts(5));
+  ASSERT_TRUE(WaitForPosts(server, 5));
   WaitUntilIdle(**notifier);
-  const std::vector<RecordedPost> posts = server.posts();
+  const std::vector<TestRequest> posts = server.requests();
   ASSERT_EQ(posts.size(), 5u);
   int jobs = 0, sweeps = 0;
-  for (const RecordedPost& post : posts) {
-    EXPECT_EQ(post.request_line, "POST /hook HTTP/1.1");
-    EXPECT_NE(absl::AsciiStrToLower(post.headers).find("content-type: application/json"),
-              std::string::npos);
+  for (const TestRequest& post : posts) {
+    EXPECT_EQ(post.method, "POST");
+    EXPECT_EQ(post.target, "/hook");
+    EXPECT_EQ(post.Header("Content-Type").rfind("application/json", 0), 0u) << post.Header("Content-Type");
     const nlohmann::json body = nlohmann::json::parse(post.body);
     (body["event"] == "job" ? jobs : sweeps)++;
     EXPECT_FALSE(body["content"].get<std::string>().empty());
@@ -152,17 +178,17 @@ TEST(WebhookNotifierTest, PostsJobAndSweepEventsToTheReceiver) {
 }
 
 TEST(WebhookNotifierTest, RetriesWithBackoffUntilTheReceiverRecovers) {
-  TestHttpServer server([](int n) { return n < 2 ? 503 : 200; });
-  auto notifier = WebhookNotifier::Create(FastOptions({server.url()}));
+  TestServer server(Respond([](int n) { return n < 2 ? 503 : 200; }));
+  auto notifier = WebhookNotifier::Create(FastOptions({server.url("/hook")}));
   ASSERT_TRUE(notifier.ok());
   const auto start = std::chrono::steady_clock::now();
   EXPECT_TRUE((*notifier)->Notify(JobEvent(7)));
-  ASSERT_TRUE(server.WaitForPosts(3));
+  ASSERT_TRUE(WaitForPosts(server, 3));
   WaitUntilIdle(**notifier);
   const auto elapsed = std::chrono::steady_clock::now() - start;
   // Two waits: 20 ms then 40 ms.
   EXPECT_GE(elapsed, std::chrono::milliseconds(60));
-  const std::vector<RecordedPost> posts = server.posts();
+  const std::vector<TestRequest> posts = server.requests();
   ASSERT_EQ(posts.size(), 3u);
   EXPECT_EQ(posts[0].body, posts[2].body);  // the same notification, resent
   const WebhookStats stats = (*notifier)->stats();
@@ -172,15 +198,15 @@ TEST(WebhookNotifierTest, RetriesWithBackoffUntilTheReceiverRecovers) {
 }
 
 TEST(WebhookNotifierTest, GivesUpAfterMaxAttemptsAndNeverRetriesClientErrors) {
-  TestHttpServer broken([](int) { return 500; });
-  TestHttpServer gone([](int) { return 404; });
-  auto notifier = WebhookNotifier::Create(FastOptions({broken.url(), gone.url()}));
+  TestServer broken(Respond([](int) { return 500; }));
+  TestServer gone(Respond([](int) { return 404; }));
+  auto notifier = WebhookNotifier::Create(FastOptions({broken.url("/hook"), gone.url("/hook")}));
   ASSERT_TRUE(notifier.ok());
   EXPECT_TRUE((*notifier)->Notify(JobEvent(1)));
-  ASSERT_TRUE(broken.WaitForPosts(4));
+  ASSERT_TRUE(WaitForPosts(broken, 4));
   WaitUntilIdle(**notifier);
-  EXPECT_EQ(broken.posts().size(), 4u);  // max_attempts
-  EXPECT_EQ(gone.posts().size(), 1u);    // 404 is permanent
+  EXPECT_EQ(broken.request_count(), 4u);  // max_attempts
+  EXPECT_EQ(gone.request_count(), 1u);    // 404 is permanent
   const WebhookStats stats = (*notifier)->stats();
   EXPECT_EQ(stats.failed, 2);
   EXPECT_EQ(stats.delivered, 0);
@@ -190,8 +216,8 @@ TEST(WebhookNotifierTest, GivesUpAfterMaxAttemptsAndNeverRetriesClientErrors) {
 TEST(WebhookNotifierTest, ConnectionRefusedIsRetriedThenDropped) {
   int port = 0;
   {
-    TestHttpServer closed([](int) { return 200; });
-    port = ParseHttpUrl(closed.url())->port;
+    TestServer closed(Respond([](int) { return 200; }));
+    port = closed.port();
   }  // nothing listens on `port` any more
   auto notifier = WebhookNotifier::Create(FastOptions({absl::StrCat("http://127.0.0.1:", port, "/")}));
   ASSERT_TRUE(notifier.ok());
@@ -202,9 +228,9 @@ TEST(WebhookNotifierTest, ConnectionRefusedIsRetriedThenDropped) {
 }
 
 TEST(WebhookNotifierTest, AHangingWebhookNeverBlocksTheCallerOrOtherUrls) {
-  TestHttpServer hanging([](int) { return -1; });
-  TestHttpServer healthy([](int) { return 204; });
-  WebhookOptions options = FastOptions({hanging.url(), healthy.url()});
+  TestServer hanging(Respond([](int) { return -1; }));
+  TestServer healthy(Respond([](int) { return 204; }));
+  WebhookOptions options = FastOptions({hanging.url("/hook"), healthy.url("/hook")});
   options.attempt_timeout = absl::Milliseconds(300);
   options.queue_capacity = 8;
   auto notifier = WebhookNotifier::Create(options);
@@ -220,7 +246,7 @@ TEST(WebhookNotifierTest, AHangingWebhookNeverBlocksTheCallerOrOtherUrls) {
   EXPECT_GT((*notifier)->stats().dropped, 0);
 
   // The healthy URL still gets its queued posts while the other one times out.
-  ASSERT_TRUE(healthy.WaitForPosts(1));
+  ASSERT_TRUE(WaitForPosts(healthy, 1));
 
   // Shutdown honours the drain bound even though one receiver never answers.
   const auto shutdown_start = std::chrono::steady_clock::now();
@@ -237,6 +263,56 @@ TEST(WebhookNotifierTest, NoUrlsAcceptsAndDiscards) {
   ASSERT_TRUE(notifier.ok());
   EXPECT_TRUE((*notifier)->Notify(JobEvent(1)));
   EXPECT_EQ((*notifier)->stats().attempts, 0);
+}
+
+// Issue 13: https to a local TLS receiver whose certificate a test CA signed;
+// without that CA (the system store) the post is refused and never retried.
+TEST(WebhookNotifierTest, PostsOverHttpsWithATestCa) {
+  lorad::testing::ScopedTempDir dir("lorad_webhook_tls");
+  auto ca = net::testing::MakeTestCa(dir.path() / "ca");
+  ASSERT_TRUE(ca.ok()) << ca.status();
+  TestServer receiver(Respond([](int) { return 204; }), &*ca);
+  ASSERT_TRUE(receiver.ok());
+  ASSERT_EQ(receiver.url("/hook").rfind("https://127.0.0.1:", 0), 0u);
+
+  WebhookOptions options = FastOptions({receiver.url("/hook")});
+  options.ca_file = ca->ca_cert.string();
+  auto notifier = WebhookNotifier::Create(options);
+  ASSERT_TRUE(notifier.ok()) << notifier.status();
+  NotifyEvent event = JobEvent(3);
+  event.gpu_seconds = 5400;
+  event.cost = 2.25;
+  EXPECT_TRUE((*notifier)->Notify(event));
+  ASSERT_TRUE(WaitForPosts(receiver, 1));
+  WaitUntilIdle(**notifier);
+  const TestRequest post = receiver.requests().at(0);
+  const nlohmann::json body = nlohmann::json::parse(post.body);
+  EXPECT_EQ(body["id"], "j3");
+  EXPECT_DOUBLE_EQ(body["gpu_seconds"].get<double>(), 5400);
+  EXPECT_DOUBLE_EQ(body["cost"].get<double>(), 2.25);
+  EXPECT_NE(body["content"].get<std::string>().find("1.50 GPU-h, cost 2.25"), std::string::npos) << body["content"];
+  EXPECT_EQ((*notifier)->stats().delivered, 1);
+
+  auto untrusting = WebhookNotifier::Create(FastOptions({receiver.url("/hook")}));
+  ASSERT_TRUE(untrusting.ok());
+  EXPECT_TRUE((*untrusting)->Notify(JobEvent(4)));
+  WaitUntilIdle(**untrusting);
+  EXPECT_EQ((*untrusting)->stats().failed, 1);
+  EXPECT_EQ((*untrusting)->stats().attempts, 1);  // a TLS verification failure is not retried
+  EXPECT_EQ(receiver.request_count(), 1u);        // nothing got through
+}
+
+TEST(WebhookBodyTest, ServerEventsSayWhatHappened) {
+  NotifyEvent idle;
+  idle.kind = EventKind::kServer;
+  idle.name = "idle_command";
+  idle.state = "SUCCEEDED";
+  idle.reason = "idle for 20m: ran on_idle command `runpodctl stop pod x`: exit status 0";
+  const nlohmann::json body = nlohmann::json::parse(WebhookBody(idle));
+  EXPECT_EQ(body["event"], "server");
+  EXPECT_EQ(body["name"], "idle_command");
+  EXPECT_EQ(body["content"], "lorad: " + idle.reason);
+  EXPECT_TRUE(body["cost"].is_null());
 }
 
 }  // namespace
