@@ -13,6 +13,7 @@ int TrainerExitCode(const absl::Status& status) {
     case absl::StatusCode::kResourceExhausted: return kExitOutOfMemory;
     case absl::StatusCode::kCancelled: return kExitCancelled;
     case absl::StatusCode::kUnavailable: return kExitWriteFailed;
+    case absl::StatusCode::kAborted: return kExitPeerFailed;
     default: return kExitError;
   }
 }

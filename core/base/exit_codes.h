@@ -25,14 +25,15 @@ enum ExitCode : int {
   kExitStorage = 13,         // lorad: the data dir's database cannot be opened
   kExitCannotListen = 14,    // lorad: the listen address is in use or invalid
   kExitWriteFailed = 15,     // lorad-train: an output could not be written (disk full, I/O error); the last good LoRA is kept
+  kExitPeerFailed = 16,      // lorad-train: another rank of a data-parallel job died, failed or stalled past ddp_timeout
 };
 
 // lorad-train's exit code for its run's final status: INVALID_ARGUMENT and
 // FAILED_PRECONDITION are usage errors, NOT_FOUND / PERMISSION_DENIED missing
 // input, DATA_LOSS a diverged run, RESOURCE_EXHAUSTED out of memory, CANCELLED a
 // cancel, UNAVAILABLE a file that could not be written (a full disk: writes
-// fail with it, so a disk full is never reported as a diverged run); anything
-// else kExitError.
+// fail with it, so a disk full is never reported as a diverged run), ABORTED a
+// failed peer rank of a data-parallel run; anything else kExitError.
 int TrainerExitCode(const absl::Status& status);
 
 // loractl's exit code for an RPC or local status: UNAVAILABLE / DEADLINE_EXCEEDED

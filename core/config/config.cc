@@ -93,6 +93,12 @@ const std::map<std::string, Option>& Options() {
       LORAD_OPT(cache_text_encoder_outputs_to_disk),
       LORAD_OPT(vae_batch_size, {}, 1, kMaxBatchSize),
       LORAD_OPT(prior_loss_weight, {}, 0, 1000),
+      LORAD_OPT(num_processes, {}, 1, 4096),
+      LORAD_OPT(num_machines, {}, 1, 4096),
+      LORAD_OPT(machine_rank, {}, 0, 4095),
+      LORAD_OPT(main_process_ip),
+      LORAD_OPT(main_process_port, {}, 1, 65535),
+      LORAD_OPT(ddp_timeout, {}, 0.01, 10080),
       LORAD_OPT(noise_offset, {}, 0, 10),
       LORAD_OPT(noise_offset_random_strength),
       LORAD_OPT(adaptive_noise_scale, {}, -10, 10),
@@ -181,7 +187,7 @@ const std::set<std::string>& NoEffectOptions() {
   static const auto* keys = new std::set<std::string>{
       "xformers", "sdpa", "mem_eff_attn", "max_data_loader_n_workers", "persistent_data_loader_workers",
       "lowram", "highvram", "log_config",
-      "wandb_api_key", "wandb_run_name", "async_upload", "ddp_timeout", "ddp_gradient_as_bucket_view",
+      "wandb_api_key", "wandb_run_name", "async_upload", "ddp_gradient_as_bucket_view",
       "ddp_static_graph", "console_log_level", "console_log_file", "console_log_simple", "lowvram", "cache_info",
       "training_comment_extra", "sample_prompts_path", "output_config", "config_file", "no_half_vae_for_sampling"};
   return *keys;

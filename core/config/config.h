@@ -75,6 +75,16 @@ struct TrainConfig {
   int64_t vae_batch_size = 1;
   double prior_loss_weight = 1.0;
 
+  // --- data-parallel training (accelerate's launch keys; the torchrun
+  // environment WORLD_SIZE / RANK / MASTER_ADDR / MASTER_PORT wins when set;
+  // see core/train/distributed.h) ---
+  int64_t num_processes = 1;                     // ranks in all, across every machine
+  int64_t num_machines = 1;
+  int64_t machine_rank = 0;                      // this machine's index, 0 hosts the rendezvous
+  std::string main_process_ip;                   // rank 0's address; "" = 127.0.0.1
+  int64_t main_process_port = 29500;             // rank 0's TCPStore port
+  std::optional<double> ddp_timeout;             // minutes a collective may wait (kohya's key); unset = 30
+
   // --- noise and loss ---
   std::optional<double> noise_offset;
   bool noise_offset_random_strength = false;

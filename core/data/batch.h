@@ -50,6 +50,11 @@ struct Batch {
   DataPosition position;
   int bucket_width = 0;
   int bucket_height = 0;
+  // The planned (global) batch this one is a share of: its sample count, and
+  // each served sample's index in it. Equal to size() and 0..size()-1 unless
+  // the source is sharded for data-parallel training or images failed to decode.
+  int64_t planned_size = 0;
+  std::vector<int64_t> slots;
   int64_t size() const { return static_cast<int64_t>(captions.size()); }
 };
 

@@ -296,7 +296,7 @@ int64_t Dataset::num_batches_per_epoch() const {
   for (const auto& e : images_) counts[{e.dataset_index, e.bucket_width, e.bucket_height}] += e.num_repeats;
   int64_t batches = 0;
   for (const auto& [key, n] : counts) {
-    const int64_t bs = groups_[std::get<0>(key)].batch_size;
+    const int64_t bs = static_cast<int64_t>(groups_[std::get<0>(key)].batch_size) * std::max(1, args_.world_size);
     batches += (n + bs - 1) / bs;
   }
   return batches;
@@ -316,7 +316,9 @@ std::vector<std::vector<Dataset::PlannedSample>> Dataset::PlanEpoch(int epoch) c
   for (auto& [key, entries] : buckets) {
     auto rng = DeterministicRng::ForKeys({seed, static_cast<uint64_t>(epoch), kBucketOrder, bucket_no++});
     rng.Shuffle(entries);
-    const size_t bs = static_cast<size_t>(groups_[std::get<0>(key)].batch_size);
+    // Data-parallel: global batches, split across the ranks in LoadBatch.
+    const size_t bs = static_cast<size_t>(groups_[std::get<0>(key)].batch_size) *
+                      static_cast<size_t>(std::max(1, args_.world_size));
     for (size_t start = 0; start < entries.size(); start += bs) {
       std::vector<PlannedSample> batch;
       for (size_t j = start; j < std::min(entries.size(), start + bs); ++j) batch.push_back({entries[j], false});
@@ -446,10 +448,19 @@ absl::StatusOr<Batch> Dataset::LoadBatch(const std::vector<PlannedSample>& plan,
   if (plan.empty()) return absl::InvalidArgumentError("empty batch plan");
   Batch b;
   b.position = position;
+  b.planned_size = static_cast<int64_t>(plan.size());
+  // Every sample of a planned batch shares its bucket; set even when this
+  // rank's share is empty (the trainer draws the global batch's noise from it).
+  b.bucket_width = images_[plan.front().image].bucket_width;
+  b.bucket_height = images_[plan.front().image].bucket_height;
+  // This rank's share of the planned batch (all of it in a single process).
+  const size_t world = static_cast<size_t>(std::max(1, args_.world_size));
+  const size_t rank = static_cast<size_t>(std::max(0, args_.rank));
+  const size_t share_begin = rank * plan.size() / world, share_end = (rank + 1) * plan.size() / world;
   std::vector<int64_t> original_hw, crop_top_left, target_hw;
   std::vector<float> loss_weights;
   std::vector<torch::Tensor> pixels, latents;
-  for (size_t s = 0; s < plan.size(); ++s) {
+  for (size_t s = share_begin; s < share_end; ++s) {
     const int64_t image = plan[s].image;
     // An image that did not decode is skipped (named once in the log and in
     // decode_failures()), like a file that was unreadable at open.
@@ -510,6 +521,7 @@ absl::StatusOr<Batch> Dataset::LoadBatch(const std::vector<PlannedSample>& plan,
     loss_weights.push_back(e.is_reg ? static_cast<float>(args_.prior_loss_weight) : 1.0f);
     b.captions.push_back(CaptionFor(image, position.epoch, global_step, position.batch_index, static_cast<int>(s)));
     b.image_paths.push_back(e.path);
+    b.slots.push_back(static_cast<int64_t>(s));
     b.flipped.push_back(plan[s].flip);
     b.is_reg.push_back(e.is_reg);
   }

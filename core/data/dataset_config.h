@@ -81,6 +81,13 @@ struct DatasetArgs {
   int64_t max_train_steps = 0;  // for a fractional token_warmup_step
   // Textual-inversion style replacements, in order ("" replaces the whole caption).
   std::vector<std::pair<std::string, std::string>> caption_replacements;
+  // Data-parallel training (core/train/distributed.h): an epoch is planned in
+  // global batches of batch_size x world_size, the same on every rank, and this
+  // rank loads its contiguous share of each (a balanced split: rank r takes
+  // samples [r*n/W, (r+1)*n/W) of a planned batch of n). A share can be empty
+  // (a bucket's short last batch): such a batch is still yielded, with size 0.
+  int world_size = 1;
+  int rank = 0;
 };
 
 // The resolved configuration: one or more dataset groups.

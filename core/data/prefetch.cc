@@ -70,8 +70,9 @@ absl::StatusOr<std::optional<Batch>> PrefetchIterator::Next() {
     cv_.notify_all();
     if (!result.ok()) return result.status();
     // Every image of the batch failed to decode (named by the dataset): the
-    // next batch instead.
-    if (result->size() == 0) continue;
+    // next batch instead. A data-parallel rank yields it (every rank must join
+    // every step's all-reduce, even with nothing to add).
+    if (result->size() == 0 && dataset_->args().world_size <= 1) continue;
     return std::optional<Batch>(std::move(*result));
   }
   return std::optional<Batch>();

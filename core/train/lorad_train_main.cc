@@ -19,6 +19,9 @@
 #include "core/base/logging.h"
 #include "core/config/config.h"
 #include "core/train/dataset_glue.h"
+#include "core/train/distributed.h"
+#include "core/train/launcher.h"
+#include "core/train/model_bundle.h"
 #include "core/train/events_observer.h"
 #include "core/base/exit_codes.h"
 #include "core/train/observer.h"
@@ -38,6 +41,21 @@ constexpr char kUsage[] =
     "                   [--events-fd N] [--resume STATE_DIR]\n"
     "Options are kohya sd-scripts names (e.g. --network_dim 16 --learning_rate 1e-4);\n"
     "the command line overrides the TOML file. --help-keys lists every option.\n";
+
+// What a data-parallel rank other than 0 shows: its failure on stderr (rank 0
+// reports the job's progress, files and events).
+class RankFailureObserver : public lorad::train::TrainObserver {
+ public:
+  explicit RankFailureObserver(int rank) : rank_(rank) {}
+  void OnFinish(const lorad::train::RunFinished& result) override {
+    if (result.outcome == lorad::train::RunOutcome::kFailed) {
+      std::cerr << "rank " << rank_ << ": FAILED at step " << result.final_step << ": " << result.reason << "\n";
+    }
+  }
+
+ private:
+  int rank_;
+};
 
 int Fail(lorad::train::TrainObserver& observer, const absl::Status& status) {
   observer.OnFinish({lorad::train::RunOutcome::kFailed, std::string(status.message()), "", 0});
@@ -92,28 +110,60 @@ static int ToolMain(int argc, char** argv) {
 
   auto config = LoadTrainConfig(config_file, overrides);
   if (!config.ok()) return Fail(observers, config.status());
+
+  // Data-parallel: the torchrun environment or accelerate's keys (distributed.h).
+  auto spec = ResolveDistributed(*config, ProcessEnvironment());
+  if (!spec.ok()) return Fail(observers, spec.status());
+  if (spec->launch_local_ranks) return LaunchLocalRanks(*spec, args);
+  std::unique_ptr<DistributedContext> distributed;
+  RankFailureObserver rank_failure(spec->rank);
+  TrainObserver* run_observer = &observers;
+  if (spec->world_size > 1) {
+    std::cerr << DescribeDistributed(*spec) << "\n";
+    if (spec->rank != 0) run_observer = &rank_failure;
+    auto device = ResolveDevice(config->device);
+    if (!device.ok()) return Fail(*run_observer, device.status());
+    auto connected = DistributedContext::Connect(*spec, *device);
+    if (!connected.ok()) return Fail(*run_observer, connected.status());
+    distributed = std::move(*connected);
+    // Every rank trains from rank 0's seed (an unset seed is drawn once).
+    torch::Tensor seed = torch::zeros({1}, torch::kFloat64);
+    if (spec->rank == 0) {
+      if (!config->seed) config->seed = static_cast<int64_t>(std::random_device()() & 0x7fffffff);
+      seed[0] = static_cast<double>(*config->seed);
+    }
+    if (absl::Status agreed = distributed->AllReduceSum(seed); !agreed.ok()) return Fail(*run_observer, agreed);
+    config->seed = static_cast<int64_t>(seed[0].item<double>());
+  }
   if (!config->seed) {
     std::random_device rd;
     config->seed = static_cast<int64_t>(rd() & 0x7fffffff);
   }
 
+  // From here a rank's failure is also recorded for rank 0's report.
+  auto FailRank = [&](const absl::Status& status) {
+    if (distributed) distributed->RecordOwnFailure(status);
+    return Fail(*run_observer, status);
+  };
   auto native = NativeResolutionOf(config->pretrained_model_name_or_path);
-  if (!native.ok()) return Fail(observers, native.status());
+  if (!native.ok()) return FailRank(native.status());
   auto dataset_args = DatasetArgsFor(*config, *native);
-  if (!dataset_args.ok()) return Fail(observers, dataset_args.status());
+  if (!dataset_args.ok()) return FailRank(dataset_args.status());
+  dataset_args->world_size = spec->world_size;
+  dataset_args->rank = spec->rank;
   auto dataset = lorad::data::Dataset::Open(*dataset_args);
   if (!dataset.ok()) {
-    return Fail(observers, absl::Status(dataset.status().code(),
+    return FailRank(absl::Status(dataset.status().code(),
                                         absl::StrCat("dataset: ", dataset.status().message())));
   }
-  for (const std::string& w : (*dataset)->warnings()) observers.OnWarning("dataset", w);
-  for (const std::string& s : (*dataset)->skipped()) observers.OnWarning("image_skipped", s);
+  for (const std::string& w : (*dataset)->warnings()) run_observer->OnWarning("dataset", w);
+  for (const std::string& s : (*dataset)->skipped()) run_observer->OnWarning("image_skipped", s);
 
   // kohya's TensorBoard tracker: logging_dir with log_with unset or "tensorboard".
   std::unique_ptr<TensorBoardObserver> tensorboard;
-  if (auto settings = TensorBoardSettingsFor(*config)) {
+  if (auto settings = TensorBoardSettingsFor(*config); settings && spec->rank == 0) {
     auto created = TensorBoardObserver::Create(*settings, std::time(nullptr));
-    if (!created.ok()) return Fail(observers, created.status());
+    if (!created.ok()) return FailRank(created.status());
     tensorboard = std::move(*created);
     observers.Add(tensorboard.get());
     const std::string line = absl::StrCat("TensorBoard log: ", tensorboard->file().parent_path().string());
@@ -126,8 +176,9 @@ static int ToolMain(int argc, char** argv) {
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
 
-  const TrainInputs inputs = InputsFor(*config, **dataset);
-  auto result = Train(*config, inputs, &observers, &cancel);
+  TrainInputs inputs = InputsFor(*config, **dataset);
+  inputs.distributed = distributed.get();
+  auto result = Train(*config, inputs, run_observer, &cancel);
   g_cancel = nullptr;
   if (tensorboard && !tensorboard->status().ok()) {
     // The log is an aid: its failure is reported, never the run's.

@@ -106,6 +106,15 @@ torch::Tensor ModelBundle::EncodeImages(const torch::Tensor& images, at::Generat
   return sample * sd_.vae->config().scaling_factor;
 }
 
+torch::Tensor ModelBundle::EncodeImagesWithNoise(const torch::Tensor& images, const torch::Tensor& noise_in) {
+  torch::NoGradGuard no_grad;
+  auto posterior = sd_.vae->Encode(images.to(options_.device, options_.vae_dtype));
+  torch::Tensor noise = noise_in.to(posterior.mean.device(), torch::kFloat32);
+  torch::Tensor sample = posterior.mean.to(torch::kFloat32) +
+                         torch::exp(0.5 * posterior.logvar.to(torch::kFloat32)) * noise;
+  return sample * sd_.vae->config().scaling_factor;
+}
+
 torch::Tensor ModelBundle::DecodeLatents(const torch::Tensor& latents) {
   torch::NoGradGuard no_grad;
   torch::Tensor z = (latents / sd_.vae->config().scaling_factor).to(options_.device, options_.vae_dtype);

@@ -50,6 +50,9 @@ class ModelBundle {
   // Images [B,3,H,W] in [-1,1] -> latents sampled from the posterior with
   // `generator`, times the scaling factor, float32. No grad.
   torch::Tensor EncodeImages(const torch::Tensor& images, at::Generator generator);
+  // The same with the posterior's standard-normal draw given ([B,4,H/8,W/8],
+  // float32): data-parallel ranks draw it for the global batch and take their rows.
+  torch::Tensor EncodeImagesWithNoise(const torch::Tensor& images, const torch::Tensor& noise);
   // Latents (scaled) -> images [B,3,H,W] in [0,1], float32. No grad.
   torch::Tensor DecodeLatents(const torch::Tensor& latents);
   // Captions -> context (+ pooled for SDXL). Respects the caller's grad mode.

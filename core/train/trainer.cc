@@ -4,6 +4,7 @@
 #include <cmath>
 #include <random>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -25,6 +26,7 @@
 #include "core/train/model_bundle.h"
 #include "core/common/out_of_memory.h"
 #include "core/train/cuda_tuning.h"
+#include "core/train/distributed.h"
 #include "core/train/out_of_memory_report.h"
 #include "core/train/previews.h"
 #include "core/train/sample_prompts.h"
@@ -52,7 +54,7 @@ class Run {
   Run(const TrainConfig& config, const TrainInputs& inputs, TrainObserver* observer,
       const CancellationToken* cancel, const TrainOptions& options)
       : config_(config), inputs_(inputs), cancel_(cancel), options_(options),
-        scaler_(options.loss_scale_init, options.loss_scale_growth_interval) {
+        scaler_(options.loss_scale_init, options.loss_scale_growth_interval), dist_(inputs.distributed) {
     if (observer) observers_.Add(observer);
   }
 
@@ -68,6 +70,12 @@ class Run {
     int64_t images = 0;
   };
 
+  // Data-parallel (dist_ set): only rank 0 writes files and previews.
+  bool IsMain() const { return dist_ == nullptr || dist_->is_main(); }
+  absl::Status SetupDistributed();
+  absl::Status VerifyReplicas(const char* when);
+  absl::Status AgreeOnStep(StepAccumulator& step, double* loss_sum);
+
   absl::Status Setup();
   absl::Status SetupPrecision();
   absl::Status ParseNetworkOptions();
@@ -78,6 +86,7 @@ class Run {
   std::vector<optim::ParamGroup> ParameterGroups() const;
   absl::Status RestoreState();
   absl::StatusOr<torch::Tensor> MicroBatchLoss(const data::Batch& batch);
+  absl::StatusOr<torch::Tensor> ShardLoss(const data::Batch& batch);
   absl::StatusOr<text::TextConditioning> Conditioning(const std::vector<std::string>& captions);
   absl::Status OptimizerStep(bool* skipped, double* grad_norm);
   bool MaxNormEnabled() const { return config_.scale_weight_norms && *config_.scale_weight_norms != 0; }
@@ -95,7 +104,7 @@ class Run {
   void ReportStart();
   absl::Status TrainLoop();
   absl::Status TrainEpoch(int64_t epoch, bool& done);
-  absl::Status AccumulateMicroBatch(const data::Batch& batch, StepAccumulator& step);
+  absl::Status AccumulateMicroBatch(const data::Batch& batch, bool last_of_step, StepAccumulator& step);
   absl::Status CompleteStep(int64_t epoch, const data::BatchIterator& iterator, StepAccumulator& step);
   void ReportStep(int64_t epoch, double loss, bool skipped, double grad_norm);
   absl::Status AfterStep(bool done);
@@ -172,6 +181,10 @@ class Run {
   CheckpointRegistry checkpoints_;
   TrainResult result_;
   std::string last_lora_;
+
+  DistributedContext* dist_ = nullptr;
+  std::unique_ptr<GradientReducer> reducer_;
+  CancellationToken agreed_cancel_;  // the ranks' cancel requests, agreed at every step
 };
 
 void Run::Warn(const std::string& code, const std::string& message) {
@@ -181,6 +194,11 @@ void Run::Warn(const std::string& code, const std::string& message) {
 
 absl::Status Run::SetupPrecision() {
   ASSIGN_OR_RETURN(device_, ResolveDevice(config_.device));
+  // One GPU per local rank, unless the config names one ("cuda:1").
+  if (dist_ != nullptr && device_.is_cuda() && config_.device.find(':') == std::string::npos) {
+    device_ = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(dist_->spec().local_rank %
+                                                                        std::max<int64_t>(1, torch::cuda::device_count())));
+  }
   const std::string& mp = config_.mixed_precision;
   if (mp == "fp16") {
     use_scaler_ = true;
@@ -317,6 +335,7 @@ absl::Status Run::Setup() {
   huber_.huber_scale = config_.huber_scale;
 
   RETURN_IF_ERROR(SetupNetworkAndOptimizer());
+  RETURN_IF_ERROR(SetupDistributed());
 
   ASSIGN_OR_RETURN(plan_, ComputeStepPlan(config_, inputs_.source->num_batches_per_epoch()));
   optim::SchedulerOptions sched;
@@ -514,6 +533,10 @@ absl::StatusOr<TrainingState> Run::CaptureState() const {
   state.rng["vae"] = vae_gen_.get_state();
   state.rng["dropout"] = dropout_gen_.get_state();
   state.values = scaler_.SaveState();
+  // Data-parallel facts: a resume compares them (RestoreState).
+  state.values["world_size"] = std::to_string(dist_ ? dist_->world_size() : 1);
+  state.values["global_batch_size"] =
+      std::to_string(config_.train_batch_size * (dist_ ? dist_->world_size() : 1));
   state.fingerprint = Fingerprint();
   return state;
 }
@@ -543,6 +566,38 @@ absl::Status Run::RestoreState() {
   pos_ = state.position;
   config_.seed = pos_.seed;
   resumed_from_step_ = pos_.global_step;
+  // Another world size. The position counts global batches of the saved
+  // run's size: with the same global batch (train_batch_size x world size)
+  // the data order continues exactly; with another one, the saved epoch's
+  // remaining batches mean other images, so the run goes on from the start of
+  // the next epoch (the step count, schedule and RNG states carry on).
+  const int64_t world = dist_ ? dist_->world_size() : 1;
+  const int64_t global_batch = config_.train_batch_size * world;
+  auto saved_world = state.values.find("world_size");
+  auto saved_batch = state.values.find("global_batch_size");
+  int64_t old_world = 1, old_batch = global_batch;
+  if (saved_world != state.values.end()) (void)absl::SimpleAtoi(saved_world->second, &old_world);
+  if (saved_batch != state.values.end()) (void)absl::SimpleAtoi(saved_batch->second, &old_batch);
+  if (old_world != world || old_batch != global_batch) {
+    std::string message = absl::StrCat("resume: the state was saved by ", old_world, old_world == 1 ? " process" : " processes",
+                                       " with a global batch of ", old_batch, "; this run has ", world,
+                                       world == 1 ? " process" : " processes", " and a global batch of ",
+                                       global_batch, ". ");
+    if (old_batch == global_batch) {
+      absl::StrAppend(&message, "The global batch is the same, so the data order continues exactly");
+    } else if (pos_.data.batch_index > 0) {
+      absl::StrAppend(&message, "The epoch's batches differ, so training goes on from the start of epoch ",
+                      pos_.data.epoch + 1, " (the rest of epoch ", pos_.data.epoch,
+                      " is skipped); keep train_batch_size x processes equal to continue exactly");
+      pos_.data = {pos_.data.epoch + 1, 0};
+      pos_.epoch_loss_sum = 0;
+      pos_.epoch_loss_count = 0;
+    } else {
+      absl::StrAppend(&message, "The state is at an epoch boundary, so epoch ", pos_.data.epoch,
+                      " is planned with the new global batch");
+    }
+    Warn("resume_world_size", message);
+  }
   result_.skipped_steps = pos_.skipped_steps;
   log_->info("resumed from {} at step {} (epoch {}, batch {})", config_.resume, pos_.global_step,
              pos_.data.epoch, pos_.data.batch_index);
@@ -590,6 +645,7 @@ absl::StatusOr<text::TextConditioning> Run::Conditioning(const std::vector<std::
 }
 
 absl::StatusOr<torch::Tensor> Run::MicroBatchLoss(const data::Batch& batch) {
+  if (dist_ != nullptr) return ShardLoss(batch);
   torch::Tensor latents;
   if (batch.latents.defined()) {
     latents = batch.latents.to(device_, torch::kFloat32);
@@ -617,6 +673,102 @@ absl::StatusOr<torch::Tensor> Run::MicroBatchLoss(const data::Batch& batch) {
   if (batch.loss_weights.defined()) loss = loss * batch.loss_weights.to(loss.device(), torch::kFloat32);
   loss = diffusion::PostProcessLoss(loss, noisy.timesteps, *schedule_, weighting_).mean();
   return loss;
+}
+
+// A data-parallel rank's share of the global batch: the VAE posterior noise,
+// the diffusion noise and the timesteps are drawn for the whole planned batch
+// (the same draws as one process with the global batch, on every rank) and
+// this rank takes its rows. The loss is this share's mean weighted by its part
+// of the global batch, so the all-reduced sum is the global mean's gradient.
+// An empty share draws too (the generators stay in step) and returns an
+// undefined tensor: nothing to back-propagate.
+absl::StatusOr<torch::Tensor> Run::ShardLoss(const data::Batch& batch) {
+  const int64_t planned = batch.planned_size;
+  if (planned <= 0 || static_cast<int64_t>(batch.slots.size()) != batch.size()) {
+    return absl::FailedPreconditionError(
+        "data-parallel training needs a batch source that serves shares of the global batch (Batch::planned_size)");
+  }
+  const int64_t channels = 4;  // the SD / SDXL VAE latent
+  const std::vector<int64_t> global_shape{planned, channels, batch.bucket_height / 8, batch.bucket_width / 8};
+  const bool empty = batch.size() == 0;
+  torch::Tensor rows =
+      torch::tensor(batch.slots.empty() ? std::vector<int64_t>{0} : batch.slots, torch::kLong).to(device_);
+  torch::Tensor latents;
+  if (batch.latents.defined()) {
+    latents = batch.latents.to(device_, torch::kFloat32);
+  } else {
+    torch::Tensor draw = torch::randn(global_shape, vae_gen_, torch::TensorOptions().dtype(torch::kFloat32));
+    if (!empty) latents = model_->EncodeImagesWithNoise(batch.images, draw.index_select(0, rows.cpu()));
+  }
+  torch::Tensor global = torch::zeros(global_shape, torch::TensorOptions().dtype(torch::kFloat32).device(device_));
+  if (!empty) global.index_copy_(0, rows, latents);
+  diffusion::NoisyBatch noisy =
+      diffusion::SampleNoisyLatents(global, *schedule_, noise_options_, noise_gen_, uniform_);
+  if (empty) return torch::Tensor();
+  noisy.noisy_latents = noisy.noisy_latents.index_select(0, rows);
+  noisy.noise = noisy.noise.index_select(0, rows);
+  noisy.timesteps = noisy.timesteps.index_select(0, rows);
+  ASSIGN_OR_RETURN(text::TextConditioning cond, Conditioning(batch.captions));
+  torch::Tensor pred;
+  {
+    AutocastScope autocast(autocast_, device_, autocast_dtype_);
+    pred = model_->Predict(ChannelsLastOnCuda(noisy.noisy_latents.to(weight_dtype_)), noisy.timesteps, cond,
+                           batch.original_hw, batch.crop_top_left, batch.target_hw);
+  }
+  torch::Tensor target = diffusion::TrainingTarget(*schedule_, weighting_.prediction, latents, noisy.noise,
+                                                   noisy.timesteps);
+  torch::Tensor huber_c;
+  if (loss_type_ == diffusion::LossType::kHuber || loss_type_ == diffusion::LossType::kSmoothL1) {
+    huber_c = diffusion::HuberThreshold(*schedule_, huber_, noisy.timesteps);
+  }
+  torch::Tensor loss = diffusion::ConditionalLoss(pred.to(torch::kFloat32), target.to(torch::kFloat32), loss_type_,
+                                                  diffusion::Reduction::kNone, huber_c);
+  loss = loss.mean({1, 2, 3});
+  if (batch.loss_weights.defined()) loss = loss * batch.loss_weights.to(loss.device(), torch::kFloat32);
+  // sum / planned = this share's mean x (its size / the global batch's).
+  return diffusion::PostProcessLoss(loss, noisy.timesteps, *schedule_, weighting_).sum() /
+         static_cast<double>(planned);
+}
+
+// Joins the process group's per-step bookkeeping: the gradients (all-reduced
+// by the reducer's buckets), then one small sum of [loss, images, cancel,
+// save-state] so every rank reports the global loss and stops on the same step.
+absl::Status Run::AgreeOnStep(StepAccumulator& step, double* loss_sum) {
+  RETURN_IF_ERROR(reducer_->Finish());
+  const bool cancelled = cancel_ != nullptr && cancel_->cancelled();
+  torch::Tensor facts = torch::tensor(
+      {step.loss_sum.defined() ? step.loss_sum.item<double>() : 0.0, static_cast<double>(step.images),
+       cancelled ? 1.0 : 0.0, cancelled && cancel_->save_state_requested() ? 1.0 : 0.0},
+      torch::kFloat64);
+  RETURN_IF_ERROR(dist_->AllReduceSum(facts));
+  *loss_sum = facts[0].item<double>();
+  step.images = static_cast<int64_t>(facts[1].item<double>());
+  if (facts[2].item<double>() > 0 && !agreed_cancel_.cancelled()) agreed_cancel_.Cancel(facts[3].item<double>() > 0);
+  return absl::OkStatus();
+}
+
+absl::Status Run::SetupDistributed() {
+  if (dist_ == nullptr) return absl::OkStatus();
+  reducer_ = std::make_unique<GradientReducer>(*dist_, optimizer_->AllParams());
+  log_->info("data-parallel: {} ranks over {}, global batch {} = train_batch_size {} x {} ranks x "
+             "gradient_accumulation_steps {}; {} gradient bucket(s)",
+             dist_->world_size(), dist_->backend_name(),
+             config_.train_batch_size * dist_->world_size() * std::max<int64_t>(1, config_.gradient_accumulation_steps),
+             config_.train_batch_size, dist_->world_size(), std::max<int64_t>(1, config_.gradient_accumulation_steps),
+             reducer_->num_buckets());
+  return absl::OkStatus();
+}
+
+// Every rank must hold the same adapter weights (same init, same reduced
+// gradients, same step): compared by a hash of their bytes. A mismatch is a bug.
+absl::Status Run::VerifyReplicas(const char* when) {
+  if (dist_ == nullptr) return absl::OkStatus();
+  ASSIGN_OR_RETURN(bool same, dist_->SameOnAllRanks(ReplicaFingerprint(optimizer_->AllParams())));
+  if (!same) {
+    return absl::InternalError(absl::StrCat("data-parallel ranks hold different LoRA weights ", when, " (step ",
+                                            pos_.global_step, "); this is a bug, please report it"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Run::OptimizerStep(bool* skipped, double* grad_norm) {
@@ -672,6 +824,7 @@ absl::StatusOr<io::Metadata> Run::BuildMetadata() const {
 }
 
 absl::Status Run::SaveLora(const std::filesystem::path& path, bool is_final) {
+  if (!IsMain()) return absl::OkStatus();
   ASSIGN_OR_RETURN(torch::ScalarType dtype, networks::ParseSavePrecision(config_.save_precision));
   ASSIGN_OR_RETURN(io::Metadata metadata, BuildMetadata());
   RETURN_IF_ERROR(network_->Save(path, dtype, metadata));
@@ -682,6 +835,7 @@ absl::Status Run::SaveLora(const std::filesystem::path& path, bool is_final) {
 }
 
 absl::Status Run::SaveState(const std::filesystem::path& dir) {
+  if (!IsMain()) return absl::OkStatus();
   ASSIGN_OR_RETURN(TrainingState state, CaptureState());
   RETURN_IF_ERROR(SaveTrainingState(dir, state));
   result_.checkpoints.push_back(dir);
@@ -697,6 +851,7 @@ absl::Status Run::SaveStepCheckpoints() {
   const CheckpointNames names(config_.output_dir, config_.output_name);
   RETURN_IF_ERROR(SaveLora(names.StepLora(step), false));
   if (config_.save_state) RETURN_IF_ERROR(SaveState(names.StepState(step)));
+  if (!IsMain()) return absl::OkStatus();
   checkpoints_.RemoveOldSteps(names, step, config_.save_last_n_steps,
                               config_.save_last_n_steps_state ? config_.save_last_n_steps_state
                                                               : config_.save_last_n_steps);
@@ -710,6 +865,7 @@ absl::Status Run::SaveEpochCheckpoints(int64_t epoch) {
   const CheckpointNames names(config_.output_dir, config_.output_name);
   RETURN_IF_ERROR(SaveLora(names.EpochLora(epoch), false));
   if (config_.save_state) RETURN_IF_ERROR(SaveState(names.EpochState(epoch)));
+  if (!IsMain()) return absl::OkStatus();
   checkpoints_.RemoveOldEpochs(names, epoch, *config_.save_every_n_epochs, config_.save_last_n_epochs,
                                config_.save_last_n_epochs_state ? config_.save_last_n_epochs_state
                                                                 : config_.save_last_n_epochs);
@@ -717,6 +873,7 @@ absl::Status Run::SaveEpochCheckpoints(int64_t epoch) {
 }
 
 absl::Status Run::RenderSamples() {
+  if (!IsMain()) return absl::OkStatus();
   PreviewSettings settings;
   settings.device = device_;
   settings.weight_dtype = weight_dtype_;
@@ -809,6 +966,7 @@ absl::Status Run::TrainLoop() {
   if (config_.sample_at_first && pos_.global_step == 0) {
     RETURN_IF_ERROR(Guarded([&] { return RenderSamples(); }));
   }
+  RETURN_IF_ERROR(VerifyReplicas("at the start"));
   bool done = pos_.global_step >= plan_.max_train_steps;
   while (!done && pos_.data.epoch <= plan_.num_epochs) {
     const int64_t epoch = pos_.data.epoch;
@@ -828,7 +986,8 @@ absl::Status Run::TrainEpoch(int64_t epoch, bool& done) {
     if (!next.has_value()) break;
     const data::Batch& batch = *next;
     const bool epoch_end = batch.position.batch_index + 1 >= plan_.batches_per_epoch;
-    RETURN_IF_ERROR(Guarded([&] { return AccumulateMicroBatch(batch, step); }));
+    const bool last_of_step = step.micro + 1 >= accumulation_ || epoch_end;
+    RETURN_IF_ERROR(Guarded([&] { return AccumulateMicroBatch(batch, last_of_step, step); }));
     if (step.micro < accumulation_ && !epoch_end) continue;
 
     RETURN_IF_ERROR(CompleteStep(epoch, *iterator, step));
@@ -839,8 +998,15 @@ absl::Status Run::TrainEpoch(int64_t epoch, bool& done) {
   return absl::OkStatus();
 }
 
-absl::Status Run::AccumulateMicroBatch(const data::Batch& batch, StepAccumulator& step) {
+absl::Status Run::AccumulateMicroBatch(const data::Batch& batch, bool last_of_step, StepAccumulator& step) {
+  // Data-parallel: the step's last backward fills the gradient buckets (the
+  // earlier micro-batches accumulate locally, as torch DDP's no_sync).
+  if (reducer_ && last_of_step) reducer_->Arm();
   ASSIGN_OR_RETURN(torch::Tensor loss, MicroBatchLoss(batch));
+  if (!loss.defined()) {  // a data-parallel rank with an empty share: nothing to add
+    ++step.micro;
+    return absl::OkStatus();
+  }
   torch::Tensor value = loss.detach().to(torch::kFloat64);
   step.loss_sum = step.loss_sum.defined() ? step.loss_sum + value : value;
   torch::Tensor scaled = loss / static_cast<double>(accumulation_);
@@ -858,6 +1024,7 @@ absl::Status Run::CompleteStep(int64_t epoch, const data::BatchIterator& iterato
   // weights: a non-finite micro-batch loss makes the mean non-finite.
   double loss_sum = 0;
   RETURN_IF_ERROR(Guarded([&] {
+    if (dist_ != nullptr) return AgreeOnStep(step, &loss_sum);
     loss_sum = step.loss_sum.item<double>();
     return absl::OkStatus();
   }));
@@ -924,7 +1091,9 @@ absl::Status Run::AfterStep(bool done) {
 // CANCELLED when a cancel or a simulated interrupt asks to stop, after saving a
 // resumable state when that was asked for; OK to go on.
 absl::Status Run::StopIfRequested(bool done) {
-  switch (StopAfterStep(done, cancel_, options_.stop_after_steps, steps_this_process_)) {
+  // Data-parallel ranks stop on the step they agreed on (AgreeOnStep).
+  switch (StopAfterStep(done, dist_ != nullptr ? &agreed_cancel_ : cancel_, options_.stop_after_steps,
+                        steps_this_process_)) {
     case StopAction::kContinue:
       return absl::OkStatus();
     case StopAction::kStop:
@@ -960,6 +1129,8 @@ absl::Status Run::EndEpoch(int64_t epoch, bool done) {
 
 // The final LoRA, the final state when asked for, the last previews.
 absl::Status Run::SaveFinal() {
+  // The last collective of a data-parallel run: rank 0 then saves alone.
+  RETURN_IF_ERROR(VerifyReplicas("at the end"));
   const CheckpointNames names(config_.output_dir, config_.output_name);
   RETURN_IF_ERROR(SaveLora(names.FinalLora(), true));
   if (config_.save_state || config_.save_state_on_train_end) RETURN_IF_ERROR(SaveState(names.LastState()));
@@ -974,11 +1145,18 @@ absl::Status Run::SaveFinal() {
 absl::StatusOr<TrainResult> Train(const TrainConfig& config, const TrainInputs& inputs, TrainObserver* observer,
                                   const CancellationToken* cancel, const TrainOptions& options) {
   Run run(config, inputs, observer, cancel, options);
+  absl::StatusOr<TrainResult> result;
   try {
-    return run.Execute();
+    result = run.Execute();
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("training: ", e.what_without_backtrace()));
+    result = absl::InternalError(absl::StrCat("training: ", e.what_without_backtrace()));
   }
+  // A rank's own failure is recorded for rank 0's report (a peer's is already ABORTED).
+  if (!result.ok() && inputs.distributed != nullptr && result.status().code() != absl::StatusCode::kAborted &&
+      result.status().code() != absl::StatusCode::kCancelled) {
+    inputs.distributed->RecordOwnFailure(result.status());
+  }
+  return result;
 }
 
 }  // namespace lorad::train

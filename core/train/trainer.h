@@ -36,6 +36,8 @@
 
 namespace lorad::train {
 
+class DistributedContext;  // core/train/distributed.h
+
 // Maps images [B,3,H,W] in [-1,1] to scaled latents (the VAE encode).
 using LatentEncodeFn = std::function<absl::StatusOr<torch::Tensor>(const torch::Tensor& images)>;
 // Maps captions to text-encoder outputs, batch first, on the CPU: {"context", "pooled" (SDXL)}.
@@ -59,6 +61,11 @@ struct TrainInputs {
   // stay in memory and the run warns.
   std::function<absl::StatusOr<TextEncodeFn>(const std::string& encoder_identity, TextEncodeFn encode)>
       cache_text_encoder_outputs;
+  // Data-parallel training (not owned; null: one process). `source` must then
+  // serve this rank's shares of the global batches (Batch::planned_size/slots).
+  // Only rank 0 saves, renders previews and reports to `observer`'s files; see
+  // distributed.h for the contract.
+  DistributedContext* distributed = nullptr;
 };
 
 // Knobs that are not kohya options (tests, the benchmark, the daemon).
