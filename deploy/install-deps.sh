@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config git ca-certificates python3 python3-venv ccache
   libtorch-dev libopenblas0-pthread
+  libgloo-dev  # c10d's Gloo header needs it: data-parallel lorad-train on the CPU (core/train/distributed.cc)
+  iproute2     # ip netns: the two-machine data-parallel test (core/train/ddp_test.cc, as root)
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev libfmt-dev libsqlite3-dev sqlite3
   libcurl4-openssl-dev openssl  # the HTTP client (webhooks, model pulls); openssl: test CAs
