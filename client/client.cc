@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -360,6 +361,88 @@ absl::Status Client::FetchArtifact(const lorad::v1::Artifact& artifact, const fs
   fs::rename(part, target, ec);
   if (ec) return absl::InternalError(absl::StrCat("renaming into ", target.string(), ": ", ec.message()));
   return absl::OkStatus();
+}
+
+absl::StatusOr<lorad::v1::Model> Client::UploadModel(const fs::path& file, const std::string& name,
+                                                     int64_t stop_after_bytes,
+                                                     const std::function<void(int64_t, int64_t)>& progress) {
+  std::error_code ec;
+  const int64_t size = fs::is_regular_file(file, ec) ? static_cast<int64_t>(fs::file_size(file, ec)) : -1;
+  if (size <= 0) return absl::NotFoundError(absl::StrCat(file.string(), " is not a non-empty file"));
+  auto sha256 = lorad::Sha256File(file);
+  if (!sha256.ok()) return sha256.status();
+  std::string model_name = name;
+  if (model_name.empty()) {
+    model_name = file.stem().string();
+    for (char& c : model_name) {
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') c = '_';
+    }
+  }
+  absl::Status last;
+  for (int attempt = 1; attempt <= 5; ++attempt) {
+    if (attempt > 1) std::this_thread::sleep_for(std::chrono::seconds(1));
+    // What the daemon holds of this file already.
+    int64_t offset = 0;
+    {
+      lorad::v1::GetModelRequest request;
+      request.set_model(absl::StrCat("sha256:", *sha256));
+      lorad::v1::Model held;
+      auto ctx = Context();
+      grpc::Status status = stub_->GetModel(ctx.get(), request, &held);
+      if (status.ok() && held.state() == lorad::v1::MODEL_READY) return held;
+      if (status.ok() && held.state() == lorad::v1::MODEL_UPLOADING) offset = held.bytes_done();
+      if (!status.ok() && status.error_code() != grpc::StatusCode::NOT_FOUND) {
+        last = FromGrpc(status);
+        if (status.error_code() == grpc::StatusCode::UNAVAILABLE) continue;
+        return last;
+      }
+    }
+    auto ctx = Context(true);
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::hours(6));
+    lorad::v1::Model response;
+    auto writer = stub_->UploadModel(ctx.get(), &response);
+    lorad::v1::UploadModelRequest request;
+    auto* header = request.mutable_header();
+    header->set_sha256(*sha256);
+    header->set_size(size);
+    header->set_name(model_name);
+    header->set_offset(offset);
+    bool ok = writer->Write(request);
+    std::ifstream in(file, std::ios::binary);
+    in.seekg(offset);
+    std::string buffer(1 << 20, '\0');
+    int64_t sent = offset;
+    int64_t this_call = 0;
+    bool stopped = false;
+    while (ok && sent < size) {
+      in.read(buffer.data(), static_cast<std::streamsize>(std::min<int64_t>(buffer.size(), size - sent)));
+      const auto n = static_cast<size_t>(in.gcount());
+      if (n == 0) return absl::DataLossError(absl::StrCat(file.string(), " changed while it was uploaded"));
+      request.Clear();
+      request.set_chunk(buffer.data(), n);
+      ok = writer->Write(request);
+      sent += static_cast<int64_t>(n);
+      this_call += static_cast<int64_t>(n);
+      if (progress) progress(sent, size);
+      if (stop_after_bytes > 0 && this_call >= stop_after_bytes && sent < size) {
+        stopped = true;
+        ctx->TryCancel();
+        break;
+      }
+    }
+    if (!stopped) writer->WritesDone();
+    grpc::Status status = writer->Finish();
+    if (stopped) return absl::AbortedError(absl::StrCat("stopped after ", this_call, " bytes (as asked)"));
+    if (status.ok()) return response;
+    last = FromGrpc(status);
+    // A dropped connection or the daemon still closing the last call: again, from what it kept.
+    const auto code = status.error_code();
+    if (code != grpc::StatusCode::UNAVAILABLE && code != grpc::StatusCode::ABORTED &&
+        code != grpc::StatusCode::FAILED_PRECONDITION) {
+      return last;
+    }
+  }
+  return last;
 }
 
 }  // namespace lorad::client

@@ -56,6 +56,16 @@ class Client {
                              const std::function<void(int64_t, int64_t)>& progress = nullptr,
                              int chunk_bytes = 0);
 
+  // Uploads a base model (issue 13): hashes the file, asks the daemon what it
+  // holds of it (nothing, a part from a dropped upload, or all of it) and
+  // sends the rest from there, in 1 MiB chunks; the daemon verifies the
+  // sha256. A dropped connection is retried (up to 5 tries) from the bytes the
+  // daemon kept. `stop_after_bytes` > 0 cancels the call after that many bytes
+  // (tests interrupt with it; ABORTED, no retry). `progress(sent, total)`.
+  absl::StatusOr<lorad::v1::Model> UploadModel(const std::filesystem::path& file, const std::string& name,
+                                               int64_t stop_after_bytes = 0,
+                                               const std::function<void(int64_t, int64_t)>& progress = nullptr);
+
  private:
   Connection connection_;
   std::shared_ptr<grpc::Channel> channel_;

@@ -65,6 +65,12 @@ constexpr char kUsageText[] =
     "                                        WD14 auto-tagging (lorad-tag on the daemon); paths are\n"
     "                                        relative to its models root; prints the new dataset id\n"
     "  info\n"
+    "  models pull URL [--sha256 H] [--name N] [--wait]   the daemon downloads it (hf://ORG/REPO/FILE,\n"
+    "                                        Hugging Face resolve URLs, civitai download URLs, https)\n"
+    "  models upload FILE [--name N]         resumes a dropped upload; the daemon verifies the sha256\n"
+    "  models ls [--json] | models wait NAME|HASH | models rm NAME|HASH\n"
+    "                                        a job names a model by name or sha256:<hex> in\n"
+    "                                        pretrained_model_name_or_path (it waits for a pull)\n"
     "  sweep SWEEP.toml [--name N] [--force] [--priority P]   prints the sweep id; dataset entries naming\n"
     "                                        local folders are uploaded (unless the daemon has them) and\n"
     "                                        replaced by their ids\n"
@@ -109,7 +115,7 @@ struct Args {
   }
 };
 
-const std::set<std::string> kBoolFlags = {"json", "all", "lora", "samples", "tls", "help", "csv", "force",
+const std::set<std::string> kBoolFlags = {"json", "all", "lora", "samples", "tls", "help", "csv", "force", "wait",
                                           "character-tags-first", "use-rating-tags", "keep-underscores"};
 
 absl::StatusOr<Args> ParseArgs(int argc, char** argv, int start) {
@@ -629,6 +635,117 @@ int Info(Client& client, const Args& args) {
     return kOk;
   }
   std::printf("lorad %s (LibTorch %s, CUDA %s), up %llds\n", info.version().c_str(),
+std::string ModelStateText(lorad::v1::ModelState state) {
+  switch (state) {
+    case lorad::v1::MODEL_DOWNLOADING: return "downloading";
+    case lorad::v1::MODEL_UPLOADING: return "uploading";
+    case lorad::v1::MODEL_READY: return "ready";
+    case lorad::v1::MODEL_FAILED: return "failed";
+    default: return "unknown";
+  }
+}
+
+std::string ModelLine(const lorad::v1::Model& m) {
+  std::string progress;
+  if (m.state() == lorad::v1::MODEL_DOWNLOADING || m.state() == lorad::v1::MODEL_UPLOADING) {
+    progress = m.bytes() > 0 ? absl::StrFormat(" %.1f%%", 100.0 * m.bytes_done() / m.bytes())
+                             : absl::StrCat(" ", m.bytes_done(), " B");
+  }
+  return absl::StrFormat("%-24s %-11s%s %-12.12s %6s %-9s %-12s %12lld B%s%s", m.name(), ModelStateText(m.state()),
+                         progress, m.sha256().empty() ? "-" : m.sha256(), m.family().empty() ? "-" : m.family(),
+                         m.prediction().empty() ? "-" : m.prediction(), m.lineage().empty() ? "-" : m.lineage(),
+                         static_cast<long long>(m.bytes()), m.reason().empty() ? "" : "  ", m.reason());
+}
+
+// Follows a model until READY (0) or FAILED (the job-failed code), progress on stderr.
+int WaitModel(Client& client, const std::string& model) {
+  lorad::v1::GetModelRequest request;
+  request.set_model(model);
+  for (int attempt = 0; attempt < 30; ++attempt) {
+    auto ctx = client.Context(true);
+    auto reader = client.stub()->WatchModel(ctx.get(), request);
+    lorad::v1::Model m;
+    int64_t last_percent = -1;
+    while (reader->Read(&m)) {
+      if (m.bytes() > 0) {
+        const int64_t percent = 100 * m.bytes_done() / m.bytes();
+        if (percent != last_percent) std::fprintf(stderr, "\r%s: %lld%%", m.name().c_str(), static_cast<long long>(percent));
+        last_percent = percent;
+      }
+      if (m.state() == lorad::v1::MODEL_READY) {
+        std::fprintf(stderr, "\n");
+        std::printf("%s\n", ModelLine(m).c_str());
+        return kOk;
+      }
+      if (m.state() == lorad::v1::MODEL_FAILED) {
+        std::fprintf(stderr, "\nloractl: model %s failed: %s\n", m.name().c_str(), m.reason().c_str());
+        return kJobFailed;
+      }
+    }
+    grpc::Status status = reader->Finish();
+    if (!status.ok() && status.error_code() != grpc::StatusCode::UNAVAILABLE) return ExitFor(status, "models wait");
+    std::this_thread::sleep_for(std::chrono::seconds(1));  // the daemon restarted: follow it again
+  }
+  std::fprintf(stderr, "loractl: models wait: gave up reconnecting\n");
+  return lorad::kExitUnreachable;
+}
+
+int Models(Client& client, const Args& args) {
+  const std::string sub = args.positional.empty() ? "ls" : args.positional[0];
+  if (sub == "pull" && args.positional.size() == 2) {
+    lorad::v1::PullModelRequest request;
+    request.set_url(args.positional[1]);
+    request.set_sha256(args.Get("sha256"));
+    request.set_name(args.Get("name"));
+    lorad::v1::Model model;
+    auto ctx = client.Context();
+    grpc::Status status = client.stub()->PullModel(ctx.get(), request, &model);
+    if (!status.ok()) return ExitFor(status, "models pull");
+    if (args.Has("wait")) return WaitModel(client, absl::StrCat("#", model.id()));
+    std::printf("%s\n", ModelLine(model).c_str());
+    return kOk;
+  }
+  if (sub == "upload" && args.positional.size() == 2) {
+    int64_t last_percent = -1;
+    auto model = client.UploadModel(args.positional[1], args.Get("name"), 0, [&](int64_t sent, int64_t total) {
+      const int64_t percent = 100 * sent / std::max<int64_t>(total, 1);
+      if (percent != last_percent) std::fprintf(stderr, "\rupload: %lld%%", static_cast<long long>(percent));
+      last_percent = percent;
+    });
+    if (last_percent >= 0) std::fprintf(stderr, "\n");
+    if (!model.ok()) return ExitFor(model.status(), "models upload");
+    std::printf("%s\n", ModelLine(*model).c_str());
+    return kOk;
+  }
+  if (sub == "ls") {
+    lorad::v1::ListModelsResponse response;
+    auto ctx = client.Context();
+    grpc::Status status = client.stub()->ListModels(ctx.get(), {}, &response);
+    if (!status.ok()) return ExitFor(status, "models ls");
+    if (args.Has("json")) {
+      std::printf("%s\n", Json(response).c_str());
+      return kOk;
+    }
+    for (const auto& m : response.models()) std::printf("%s\n", ModelLine(m).c_str());
+    return kOk;
+  }
+  if (sub == "wait" && args.positional.size() == 2) return WaitModel(client, args.positional[1]);
+  if (sub == "rm" && args.positional.size() == 2) {
+    lorad::v1::DeleteModelRequest request;
+    request.set_model(args.positional[1]);
+    lorad::v1::DeleteModelResponse response;
+    auto ctx = client.Context();
+    grpc::Status status = client.stub()->DeleteModel(ctx.get(), request, &response);
+    if (!status.ok()) return ExitFor(status, absl::StrCat("models rm ", args.positional[1]));
+    std::printf("deleted model %s (%s)\n", response.model().name().c_str(),
+                response.model().sha256().empty() ? "no hash yet" : response.model().sha256().c_str());
+    return kOk;
+  }
+  std::fprintf(stderr, "loractl models: pull URL [--sha256 H] [--name N] [--wait] | upload FILE [--name N] | ls | "
+               "wait NAME|HASH | rm NAME|HASH\n");
+  return kUsage;
+}
+
               info.libtorch_version().c_str(), info.cuda_available() ? "yes" : "no",
               static_cast<long long>(info.uptime_s()));
   std::printf("slots %d, running %d, queued %d\ndata dir %s\nworker %s\n", info.slots(), info.running(),
@@ -998,3 +1115,4 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "loractl: unknown command '%s'\n%s", command.c_str(), kUsageText);
   return kUsage;
 }
+  if (command == "models") return Models(client, *args);

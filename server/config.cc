@@ -143,6 +143,16 @@ bool WantsHelp(int argc, char** argv) {
     const std::string_view arg = argv[i];
     if (arg == "--help" || arg == "-h") return true;
   }
+    else if (k == "models_free_reserve_gb") {
+      const std::optional<double> gb = Number(node);
+      if (!gb || *gb < 0) return absl::InvalidArgumentError(absl::StrCat("config ", path, ": models_free_reserve_gb must be a number >= 0"));
+      c->models_free_reserve_bytes = static_cast<int64_t>(*gb * (int64_t{1} << 30));
+    }
+    else if (k == "hf_token") c->hf_token = node.value_or(std::string());
+    else if (k == "civitai_token") c->civitai_token = node.value_or(std::string());
+    else if (k == "hf_base_url") c->hf_base_url = node.value_or(c->hf_base_url);
+    else if (k == "civitai_base_url") c->civitai_base_url = node.value_or(c->civitai_base_url);
+    else if (k == "models_ca_file") c->models_ca_file = node.value_or(std::string());
   return false;
 }
 
@@ -184,6 +194,9 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
       }
       return absl::OkStatus();
     };
+         "Models (loractl models pull/upload): [--models-free-reserve-gb G] (default 5) [--models-ca PEM]\n"
+         "             [--hf-base-url URL] [--civitai-base-url URL]; hf_token / civitai_token in lorad.toml\n"
+         "             or HF_TOKEN / CIVITAI_TOKEN in the environment for gated repos and civitai downloads\n"
     int64_t number = 0;
     if (name == "config") continue;
     if (name == "listen") config.listen = value;
@@ -232,6 +245,11 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
       config.metrics_open = value == "true";
     }
     else {
+  // The variables huggingface_hub and civitai's tools read.
+  if (const char* token = std::getenv("HF_TOKEN"); token && *token && config.hf_token.empty()) config.hf_token = token;
+  if (const char* token = std::getenv("CIVITAI_TOKEN"); token && *token && config.civitai_token.empty()) {
+    config.civitai_token = token;
+  }
       return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name, "\n", ServerUsage()));
     }
   }
@@ -269,6 +287,16 @@ absl::Status FinalizeServerConfig(ServerConfig* c, const fs::path& self_path) {
     // Build trees keep lorad-train in core/train; an install keeps it next to lorad.
     for (const fs::path& candidate :
          {self_dir / name, self_dir.parent_path() / "core" / "train" / name,
+    else if (name == "models-free-reserve-gb") {
+      double gb = 0;
+      if (!absl::SimpleAtod(value, &gb) || gb < 0) {
+        return absl::InvalidArgumentError(absl::StrCat("--models-free-reserve-gb expects a number >= 0, got '", value, "'"));
+      }
+      config.models_free_reserve_bytes = static_cast<int64_t>(gb * (int64_t{1} << 30));
+    }
+    else if (name == "hf-base-url") config.hf_base_url = value;
+    else if (name == "civitai-base-url") config.civitai_base_url = value;
+    else if (name == "models-ca") config.models_ca_file = value;
           self_dir.parent_path() / "core" / "data" / name}) {
       if (fs::exists(candidate)) return candidate.string();
     }

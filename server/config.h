@@ -63,6 +63,18 @@ struct ServerConfig {
 // Parses `lorad [--config FILE] [--listen ADDR] [--data-dir DIR] [--token T]...
 // [--slots N] [--worker PATH] [--grace-s S] ...`. Flags override the file.
 // `self_path` (argv[0] resolved) locates the default lorad-train/lorad-curate.
+  // Models as records (issue 13): the free space the models' disk keeps
+  // (uploads and pulls that would leave less are refused), the tokens for
+  // gated Hugging Face repos and civitai downloads (else HF_TOKEN /
+  // CIVITAI_TOKEN), the sites' base URLs (tests point them at a loopback
+  // server) and a PEM CA bundle for pulls (empty: the system store).
+  int64_t models_free_reserve_bytes = int64_t{5} << 30;
+  std::string hf_token;
+  std::string civitai_token;
+  std::string hf_base_url = "https://huggingface.co";
+  std::string civitai_base_url = "https://civitai.com";
+  std::string models_ca_file;
+
 // --help / -h: see WantsHelp, checked before parsing.
 absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv);
 

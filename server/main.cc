@@ -125,6 +125,14 @@ int Run(int argc, char** argv) {
   }
   server::Scheduler scheduler(store->get(), &hub, options);
   server::LoradService service(&config, store->get(), &hub, &scheduler, std::move(machine_gpus));
+  server::ModelManagerOptions model_options;
+  model_options.models_root = config.models_root;
+  model_options.free_reserve_bytes = config.models_free_reserve_bytes;
+  model_options.sources = {config.hf_base_url, config.civitai_base_url, config.hf_token, config.civitai_token};
+  model_options.http.ca_bundle = config.models_ca_file;
+  model_options.http.user_agent = "lorad/" LORAD_VERSION;
+  server::ModelManager models(store->get(), &hub, [&scheduler] { scheduler.NotifyQueued(); }, model_options);
+  service.SetModelManager(&models);
   std::unique_ptr<server::IdleSwitch> idle_switch;
   if (!config.on_idle_command.empty()) {
     server::IdleSwitchOptions idle;
@@ -177,6 +185,11 @@ int Run(int argc, char** argv) {
   }
   if (auto s = scheduler.Start(); !s.ok()) {
     spdlog::critical("scheduler: {}", s.ToString());
+    return kExitStorage;
+  }
+  // Pulls a previous daemon left unfinished resume (HTTP Range) from here.
+  if (auto s = models.Start(); !s.ok()) {
+    spdlog::critical("models: {}", s.ToString());
     return kExitStorage;
   }
   grpc_server->GetHealthCheckService()->SetServingStatus(true);
@@ -233,6 +246,7 @@ int Run(int argc, char** argv) {
   if (http) http->Stop();  // its event streams end within a second
   if (idle_switch) idle_switch->Stop();
   scheduler.Shutdown();
+  models.Shutdown();  // pulls pause (they resume at the next start); upload checks answer
   service.Shutdown();  // kills running curation reports; their calls end before the server's Shutdown
   hub.Shutdown();
   hub.SetTerminalListener(nullptr);

@@ -1,4 +1,5 @@
 #include "server/scheduler.h"
+#include "server/models/model_manager.h"
 
 #include <algorithm>
 #include <fstream>
@@ -259,7 +260,21 @@ absl::StatusOr<PreparedJobConfig> Scheduler::PrepareJobFolder(const storage::Job
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", job_dir.string(), ": ", ec.message()));
   auto dataset_dir = ResolveDataset(store_, options_.roots, job.dataset);
   if (!dataset_dir.ok()) return dataset_dir.status();
-  JobConfigInput input{job.config_toml, job.dataset_config_toml, *dataset_dir, job_dir};
+  std::string config_toml = job.config_toml;
+  // A job on a model record reads the record's file (its hash, so its path,
+  // may only have become known when the download finished).
+  auto model = store_->ModelOfJob(job.id);
+  if (!model.ok()) return model.status();
+  if (model->has_value()) {
+    if ((*model)->state != storage::ModelState::kReady) {
+      return absl::FailedPreconditionError(absl::StrCat("base model '", (*model)->name, "' is ",
+                                                        storage::ModelStateName((*model)->state), ", not READY"));
+    }
+    auto with_model = ApplyOverrides(config_toml, {{"pretrained_model_name_or_path", TomlQuoted((*model)->path)}});
+    if (!with_model.ok()) return with_model.status();
+    config_toml = std::move(*with_model);
+  }
+  JobConfigInput input{config_toml, job.dataset_config_toml, *dataset_dir, job_dir};
   auto prepared = PrepareJobConfig(input, options_.roots);
   if (!prepared.ok()) return prepared.status();
   if (auto s = LinkSharedLatentCache(job_dir, *dataset_dir, *prepared); !s.ok()) return s;

@@ -139,6 +139,15 @@ absl::StatusOr<LoradService::PendingSubmit> LoradService::PrepareSubmit(
   std::map<std::string, std::string> overrides(request.overrides().begin(), request.overrides().end());
   auto config = ApplyOverrides(request.config_toml(), overrides);
   if (!config.ok()) return config.status();
+  // A model record named by name or hash becomes its file; the job then waits
+  // in the queue until the model is READY (issue 13).
+  int64_t model_id = 0;
+  if (models_ != nullptr) {
+    auto model = models_->ResolveJobModel(*config);
+    if (!model.ok()) return model.status();
+    *config = std::move(model->config_toml);
+    model_id = model->model_id;
+  }
   // Validate now (paths, then every value through the trainer's own parser) so
   // a bad job is refused with lorad-train's message rather than queued to fail.
   const JobRoots& roots = scheduler_->options().roots;
@@ -174,6 +183,7 @@ absl::StatusOr<LoradService::PendingSubmit> LoradService::PrepareSubmit(
   spec.dataset = request.dataset();
   spec.config_toml = *config;
   spec.dataset_config_toml = request.dataset_config_toml();
+  spec.model_id = model_id;
   spec.hyperparameters = prepared->hyperparameters;
   for (const auto& [key, value] : request.sweep_values()) spec.hyperparameters[key] = value;
   for (const char* daemon_key : {"output_dir", "logging_dir", "save_state"}) {

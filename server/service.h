@@ -18,6 +18,7 @@
 #include "server/config.h"
 #include "server/event_hub.h"
 #include "server/idle_switch.h"
+#include "server/models/model_manager.h"
 #include "server/scheduler.h"
 #include "server/server_info.h"
 #include "server/task_pool.h"
@@ -35,6 +36,9 @@ class LoradService final : public lorad::v1::Lorad::CallbackService {
   // The idle switch GetServerInfo reports on (borrowed; outlives the
   // service); none: the switch is off. Call before the server starts.
   void SetIdleSwitch(const IdleSwitch* idle_switch) { idle_switch_ = idle_switch; }
+  // The model records (borrowed; outlives the service); none: the model RPCs
+  // answer UNAVAILABLE and jobs name models by path only. Call before the server starts.
+  void SetModelManager(ModelManager* models) { models_ = models; }
   // Stops the background work (running curation reports are killed and
   // answered UNAVAILABLE) and joins its threads; call before the gRPC server
   // shuts down. Idempotent; the destructor does it too.
@@ -74,6 +78,19 @@ class LoradService final : public lorad::v1::Lorad::CallbackService {
   grpc::ServerUnaryReactor* TagDataset(grpc::CallbackServerContext* ctx,
                                        const lorad::v1::TagDatasetRequest* request,
                                        lorad::v1::TagDatasetResponse* response) override;
+  // Models as records (server/models/model_service.cc).
+  grpc::ServerReadReactor<lorad::v1::UploadModelRequest>* UploadModel(grpc::CallbackServerContext* ctx,
+                                                                      lorad::v1::Model* response) override;
+  grpc::ServerUnaryReactor* PullModel(grpc::CallbackServerContext* ctx, const lorad::v1::PullModelRequest* request,
+                                      lorad::v1::Model* response) override;
+  grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* ctx, const lorad::v1::GetModelRequest* request,
+                                     lorad::v1::Model* response) override;
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* ctx, const lorad::v1::ListModelsRequest* request,
+                                       lorad::v1::ListModelsResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteModel(grpc::CallbackServerContext* ctx, const lorad::v1::DeleteModelRequest* request,
+                                        lorad::v1::DeleteModelResponse* response) override;
+  grpc::ServerWriteReactor<lorad::v1::Model>* WatchModel(grpc::CallbackServerContext* ctx,
+                                                         const lorad::v1::GetModelRequest* request) override;
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* ctx,
                                           const lorad::v1::GetServerInfoRequest* request,
                                           lorad::v1::ServerInfo* response) override;
@@ -151,6 +168,7 @@ class LoradService final : public lorad::v1::Lorad::CallbackService {
   Scheduler* scheduler_;
   const std::vector<GpuInfo> gpus_;
   const IdleSwitch* idle_switch_ = nullptr;  // borrowed; null: off
+  ModelManager* models_ = nullptr;           // borrowed; null: no model records
   const std::chrono::steady_clock::time_point started_;
   // Guards no member but the datasets root's meaning: submits (which resolve
   // and record a dataset) and an upload's final store hold it shared;

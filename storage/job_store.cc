@@ -308,7 +308,7 @@ absl::StatusOr<SubmitResult> JobStore::Submit(const JobSpec& spec) {
   ASSIGN_OR_RETURN(
       Statement insert,
       db_.Prepare("INSERT INTO jobs(name, state, priority, request_id, sweep_id, dataset, "
-                  "config_toml, dataset_config_toml, created_ms) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+                  "config_toml, dataset_config_toml, created_ms, model_id) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
   insert.Bind(1, spec.name).Bind(2, static_cast<int>(JobState::kQueued)).Bind(3, spec.priority);
   if (spec.request_id.empty()) {
     insert.BindNull(4);
@@ -322,6 +322,11 @@ absl::StatusOr<SubmitResult> JobStore::Submit(const JobSpec& spec) {
   }
   insert.Bind(6, spec.dataset).Bind(7, spec.config_toml).Bind(8, spec.dataset_config_toml)
       .Bind(9, clock_->NowUnixMs());
+  if (spec.model_id > 0) {
+    insert.Bind(10, spec.model_id);
+  } else {
+    insert.BindNull(10);
+  }
   RETURN_IF_ERROR(insert.Run());
   const int64_t job_id = db_.LastInsertRowId();
   for (const auto& [key, value] : spec.hyperparameters) {
@@ -391,6 +396,8 @@ absl::StatusOr<std::optional<JobRecord>> JobStore::ClaimNext(int slot, SlotCharg
   ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));
   ASSIGN_OR_RETURN(Statement pick,
                          db_.Prepare("SELECT id FROM jobs WHERE state = ? "
+                                     // A job on a model still downloading waits for it.
+                                     "AND (model_id IS NULL OR model_id IN (SELECT id FROM models WHERE state = 3)) "
                                      "ORDER BY priority DESC, id ASC LIMIT 1"));
   pick.Bind(1, static_cast<int>(JobState::kQueued));
   ASSIGN_OR_RETURN(bool found, pick.Step());

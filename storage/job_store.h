@@ -79,6 +79,9 @@ struct JobSpec {
   std::string config_toml;
   std::string dataset_config_toml;
   std::map<std::string, std::string> hyperparameters;  // submitted kohya keys
+  // The model record the job's base model is (0: a plain path). ClaimNext
+  // leaves the job queued until that record is READY.
+  int64_t model_id = 0;
 };
 
 struct JobRecord {
@@ -136,6 +139,28 @@ struct DatasetRecord {
   int64_t bytes = 0;
   int files = 0;
   int images = 0;
+  int64_t created_ms = 0;
+};
+
+// Same numbers as lorad.v1.ModelState.
+enum class ModelState : int { kDownloading = 1, kUploading = 2, kReady = 3, kFailed = 4 };
+const char* ModelStateName(ModelState state);
+
+// A base model (issue 13): content-addressed by sha256 under the models root.
+struct ModelRecord {
+  int64_t id = 0;
+  std::string sha256;        // empty while a pull without a given hash runs
+  std::string name;
+  std::string path;          // the stored file once READY
+  std::string partial_path;  // where a download or upload in progress writes
+  int64_t bytes = 0;         // total (0: unknown yet)
+  int64_t bytes_done = 0;
+  std::string family;
+  std::string prediction;
+  std::string lineage;
+  std::string source_url;    // as given (may carry a token: never shown unredacted)
+  ModelState state = ModelState::kDownloading;
+  std::string reason;
   int64_t created_ms = 0;
 };
 
@@ -254,6 +279,27 @@ class JobStore {
  private:
   JobStore(Database db, const Clock* clock) : clock_(clock), db_(std::move(db)) {}
   absl::StatusOr<JobRecord> GetJobLocked(int64_t job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Models (storage/model_records.cc). CreateModel: ALREADY_EXISTS naming the
+  // taken name or sha256.
+  absl::StatusOr<ModelRecord> CreateModel(const ModelRecord& model);
+  absl::StatusOr<ModelRecord> GetModel(int64_t model_id);
+  // Oldest first.
+  absl::StatusOr<std::vector<ModelRecord>> ListModels();
+  absl::Status SetModelProgress(int64_t model_id, int64_t bytes_done, int64_t bytes);
+  // -> READY with its sha256, file and header facts. ALREADY_EXISTS when
+  // another record holds that sha256 (the caller keeps that one).
+  absl::StatusOr<ModelRecord> MarkModelReady(const ModelRecord& model);
+  // -> FAILED with `reason`; returns the queued jobs that waited on it.
+  absl::StatusOr<std::vector<int64_t>> MarkModelFailed(int64_t model_id, const std::string& reason);
+  // A failed or in-progress record starts over (a new pull of the same name).
+  absl::Status RestartModel(const ModelRecord& model);
+  // FAILED_PRECONDITION naming the jobs while a queued or running job uses it.
+  absl::Status DeleteModel(int64_t model_id);
+  // Queued or running jobs whose model_id is `model_id`.
+  absl::StatusOr<std::vector<int64_t>> ActiveJobsOnModel(int64_t model_id);
+  // The model record a job names (nullopt: a plain path).
+  absl::StatusOr<std::optional<ModelRecord>> ModelOfJob(int64_t job_id);
+
   // Sets each job's usage from its attempts.
   absl::Status FillUsageLocked(std::vector<JobRecord>& jobs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ends the job's open attempt now (no-op when none is open).

@@ -122,6 +122,29 @@ CREATE TABLE server_events (
   message TEXT NOT NULL
 );
 )sql",
+      // 4: base models as records (issue 13), content-addressed by sha256
+      // (NULL while a pull without a given hash runs); a job that names a
+      // model record waits for it (jobs.model_id; NULL: a plain path).
+      R"sql(
+CREATE TABLE models (
+  id INTEGER PRIMARY KEY,
+  sha256 TEXT UNIQUE,
+  name TEXT NOT NULL UNIQUE,
+  path TEXT NOT NULL DEFAULT '',
+  partial_path TEXT NOT NULL DEFAULT '',
+  bytes INTEGER NOT NULL DEFAULT 0,
+  bytes_done INTEGER NOT NULL DEFAULT 0,
+  family TEXT NOT NULL DEFAULT '',
+  prediction TEXT NOT NULL DEFAULT '',
+  lineage TEXT NOT NULL DEFAULT '',
+  source_url TEXT NOT NULL DEFAULT '',
+  state INTEGER NOT NULL CHECK (state BETWEEN 1 AND 4),
+  reason TEXT NOT NULL DEFAULT '',
+  created_ms INTEGER NOT NULL
+);
+ALTER TABLE jobs ADD COLUMN model_id INTEGER REFERENCES models(id) ON DELETE SET NULL;
+CREATE INDEX jobs_by_model ON jobs(model_id);
+)sql",
   };
   return migrations;
 }
