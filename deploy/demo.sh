@@ -2,8 +2,9 @@
 # The lorad demo, end to end on one machine (CPU is enough; a GPU is used when
 # the build has a CUDA LibTorch):
 #   build -> start lorad on loopback with a fresh data dir and a token ->
-#   make a tiny SDXL checkpoint (lorad-mkmodel) and a small generated dataset ->
-#   loractl submit -> loractl tail (live progress) -> loractl fetch the LoRA -> stop lorad.
+#   make a tiny SDXL checkpoint (lorad-mkmodel), serve it from a loopback web
+#   server and `loractl models pull` it (as a box pulls from Hugging Face) ->
+#   a small generated dataset -> loractl submit -> loractl tail (live progress) -> loractl fetch the LoRA -> stop lorad.
 # Usage: deploy/demo.sh [BUILD_DIR]   (default: build; set STEPS=N for a longer run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,11 +24,18 @@ LORACTL="$BUILD/client/loractl"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/lorad-demo.XXXXXX")
 DATA="$WORK/data"
-mkdir -p "$DATA/models"
+mkdir -p "$DATA/models" "$WORK/www"
 echo "== work dir: $WORK"
 
-# 1. A tiny SDXL checkpoint (random weights, real key layout) in lorad's models root.
-"$BUILD/core/models/lorad-mkmodel" --arch sdxl --size tiny "$DATA/models/tiny_sdxl.safetensors"
+# 1. A tiny SDXL checkpoint (random weights, real key layout) on a local web
+# server; the daemon pulls it in step 4. Its demo tokenizer goes to the models
+# root (a real SDXL reads the CLIP tokenizers from the Hugging Face cache).
+"$BUILD/core/models/lorad-mkmodel" --arch sdxl --size tiny "$WORK/www/tiny_sdxl.safetensors"
+mv "$WORK/www/tiny_sdxl.tokenizer" "$DATA/models/tiny_sdxl.tokenizer"
+MODEL_SHA=$(sha256sum "$WORK/www/tiny_sdxl.safetensors" | cut -d' ' -f1)
+WWW_PORT=${LORAD_DEMO_WWW_PORT:-50652}
+python3 -m http.server "$WWW_PORT" --bind 127.0.0.1 --directory "$WORK/www" 2> "$WORK/www.log" &
+WWW_PID=$!
 
 # 2. A small generated dataset in the kohya folder layout (<repeats>_<name>/ with captions).
 python3 - "$WORK/dataset/4_shapes" <<'PY'
@@ -53,7 +61,8 @@ PY
 
 # 3. The training config: kohya option names; paths are relative to lorad's roots.
 cat > "$WORK/demo.toml" <<TOML
-pretrained_model_name_or_path = "tiny_sdxl.safetensors"
+pretrained_model_name_or_path = "tiny"
+tokenizer_path = "tiny_sdxl.tokenizer"
 output_name = "demo"
 caption_extension = ".txt"
 resolution = "64"
@@ -74,9 +83,14 @@ export LORAD_SERVER="127.0.0.1:$PORT"
 export LORAD_TOKEN=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 "$LORAD" --listen "$LORAD_SERVER" --data-dir "$DATA" --slots 1 --grace-s 10 2> "$WORK/lorad.log" &
 LORAD_PID=$!
-trap 'kill -TERM $LORAD_PID 2>/dev/null || true; wait $LORAD_PID 2>/dev/null || true' EXIT
+trap 'kill -TERM $LORAD_PID $WWW_PID 2>/dev/null || true; wait $LORAD_PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do [ -f "$DATA/lorad.port" ] && break; sleep 0.1; done
 "$LORACTL" info
+
+# The daemon downloads the model itself (resumable, sha256 verified), as it
+# would from hf://ORG/REPO/FILE on a rented box.
+"$LORACTL" models pull "http://127.0.0.1:$WWW_PORT/tiny_sdxl.safetensors" --name tiny --sha256 "$MODEL_SHA" --wait
+"$LORACTL" models ls
 
 # 5. Submit (uploads the dataset folder), tail to the end, fetch the LoRA.
 JOB=$("$LORACTL" submit "$WORK/demo.toml" --dataset "$WORK/dataset" --name demo)
@@ -89,7 +103,7 @@ ls -l "$WORK/out"
 for lora in "$WORK/out"/*.safetensors; do "$BUILD/core/models/lorad-inspect" "$lora"; break; done
 
 # 6. Stop the daemon (running jobs would save their state and resume on restart).
-kill -TERM "$LORAD_PID"
+kill -TERM "$LORAD_PID" "$WWW_PID"
 wait "$LORAD_PID"
 trap - EXIT
 echo "== done: LoRA in $WORK/out, daemon log in $WORK/lorad.log, data dir $DATA"
