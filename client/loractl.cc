@@ -49,6 +49,7 @@ constexpr char kUsageText[] =
     "usage: loractl [--profile NAME] [--server HOST:PORT] [--token T] [--tls [--ca PEM]] [--timeout S] COMMAND ...\n"
     "  submit CONFIG.toml [--dataset-config D.toml] [--dataset DIR|ID] [--name N] [--priority P]\n"
     "         [--set key=value]... [--sweep NAME] [--request-id ID] [--force]   prints the job id\n"
+    "         [--gpus N]   data-parallel on N GPUs (the job's `gpus` key; Slurm: --ntasks/--gres)\n"
     "         [--kind character|style|concept]   what the LoRA learns: the advisor holds the job to\n"
     "                                            the guide's thresholds for that kind\n"
     "  ls [--state queued|running|succeeded|failed|cancelled] [--name TEXT] [--sweep NAME] [--limit N] [--json]\n"
@@ -64,13 +65,13 @@ constexpr char kUsageText[] =
     "      [--character-tags-first] [--use-rating-tags] [--keep-underscores] [--json]\n"
     "                                        WD14 auto-tagging (lorad-tag on the daemon); paths are\n"
     "                                        relative to its models root; prints the new dataset id\n"
-    "  info\n"
     "  models pull URL [--sha256 H] [--name N] [--wait]   the daemon downloads it (hf://ORG/REPO/FILE,\n"
     "                                        Hugging Face resolve URLs, civitai download URLs, https)\n"
     "  models upload FILE [--name N]         resumes a dropped upload; the daemon verifies the sha256\n"
     "  models ls [--json] | models wait NAME|HASH | models rm NAME|HASH\n"
     "                                        a job names a model by name or sha256:<hex> in\n"
     "                                        pretrained_model_name_or_path (it waits for a pull)\n"
+    "  info\n"
     "  sweep SWEEP.toml [--name N] [--force] [--priority P]   prints the sweep id; dataset entries naming\n"
     "                                        local folders are uploaded (unless the daemon has them) and\n"
     "                                        replaced by their ids\n"
@@ -239,6 +240,15 @@ int Submit(Client& client, const Args& args) {
       }
       (*request.mutable_overrides())[kv.substr(0, eq)] = kv.substr(eq + 1);
     }
+  }
+  if (args.Has("gpus")) {
+    // The same `gpus` key a TOML file sets: one lorad-train rank per GPU.
+    int64_t gpus = 0;
+    if (!absl::SimpleAtoi(args.Get("gpus"), &gpus) || gpus < 1) {
+      std::fprintf(stderr, "loractl submit: --gpus expects a whole number >= 1, got '%s'\n", args.Get("gpus").c_str());
+      return kUsage;
+    }
+    (*request.mutable_overrides())["gpus"] = std::to_string(gpus);
   }
   request.set_request_id(args.Get("request-id", NewRequestId()));
   // Retrying with the same request id can never create a second job.
@@ -625,16 +635,6 @@ int Datasets(Client& client, const Args& args) {
   return kUsage;
 }
 
-int Info(Client& client, const Args& args) {
-  lorad::v1::ServerInfo info;
-  auto ctx = client.Context();
-  grpc::Status status = client.stub()->GetServerInfo(ctx.get(), {}, &info);
-  if (!status.ok()) return ExitFor(status, "info");
-  if (args.Has("json")) {
-    std::printf("%s\n", Json(info).c_str());
-    return kOk;
-  }
-  std::printf("lorad %s (LibTorch %s, CUDA %s), up %llds\n", info.version().c_str(),
 std::string ModelStateText(lorad::v1::ModelState state) {
   switch (state) {
     case lorad::v1::MODEL_DOWNLOADING: return "downloading";
@@ -746,6 +746,16 @@ int Models(Client& client, const Args& args) {
   return kUsage;
 }
 
+int Info(Client& client, const Args& args) {
+  lorad::v1::ServerInfo info;
+  auto ctx = client.Context();
+  grpc::Status status = client.stub()->GetServerInfo(ctx.get(), {}, &info);
+  if (!status.ok()) return ExitFor(status, "info");
+  if (args.Has("json")) {
+    std::printf("%s\n", Json(info).c_str());
+    return kOk;
+  }
+  std::printf("lorad %s (LibTorch %s, CUDA %s), up %llds\n", info.version().c_str(),
               info.libtorch_version().c_str(), info.cuda_available() ? "yes" : "no",
               static_cast<long long>(info.uptime_s()));
   std::printf("slots %d, running %d, queued %d\ndata dir %s\nworker %s\n", info.slots(), info.running(),
@@ -1107,6 +1117,7 @@ int main(int argc, char** argv) {
   if (command == "cancel") return Cancel(client, *args);
   if (command == "fetch") return Fetch(client, *args);
   if (command == "datasets") return Datasets(client, *args);
+  if (command == "models") return Models(client, *args);
   if (command == "info") return Info(client, *args);
   if (command == "sweep") return Sweep(client, *args);
   if (command == "plot") return Plot(client, *args);
@@ -1115,4 +1126,3 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "loractl: unknown command '%s'\n%s", command.c_str(), kUsageText);
   return kUsage;
 }
-  if (command == "models") return Models(client, *args);

@@ -8,6 +8,7 @@ packages=(
   libtorch-dev libopenblas0-pthread
   libgloo-dev  # c10d's Gloo header needs it: data-parallel lorad-train on the CPU (core/train/distributed.cc)
   iproute2     # ip netns: the two-machine data-parallel test (core/train/ddp_test.cc, as root)
+  slurmctld slurmd slurm-client munge  # the Slurm executor's single-node test (tests/slurm_integration_test.cc)
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev libfmt-dev libsqlite3-dev sqlite3
   libcurl4-openssl-dev openssl  # the HTTP client (webhooks, model pulls); openssl: test CAs

@@ -69,6 +69,52 @@ absl::Status LoadOnIdle(const std::string& path, const toml::node& node, ServerC
   return absl::OkStatus();
 }
 
+// [slurm]: the Slurm executor's sbatch settings (server/slurm_executor.h).
+absl::Status LoadSlurm(const std::string& path, const toml::node& node, ServerConfig* c) {
+  const toml::table* table = node.as_table();
+  if (table == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("config ", path, ": slurm must be a table ([slurm] partition = ...)"));
+  }
+  SlurmOptions& s = c->slurm;
+  for (const auto& [key, value] : *table) {
+    const std::string k(key.str());
+    auto text = [&](std::string* out) -> absl::Status {
+      auto v = value.value_exact<std::string>();
+      if (!v) return absl::InvalidArgumentError(absl::StrCat("config ", path, ": slurm.", k, " must be a string"));
+      *out = *v;
+      return absl::OkStatus();
+    };
+    auto count = [&](int* out) -> absl::Status {
+      auto v = value.value_exact<int64_t>();
+      if (!v || *v < 0) {
+        return absl::InvalidArgumentError(absl::StrCat("config ", path, ": slurm.", k, " must be an integer >= 0"));
+      }
+      *out = static_cast<int>(*v);
+      return absl::OkStatus();
+    };
+    absl::Status status;
+    if (k == "partition") status = text(&s.partition);
+    else if (k == "account") status = text(&s.account);
+    else if (k == "gres") status = text(&s.gres);
+    else if (k == "time_limit") status = text(&s.time_limit);
+    else if (k == "bin_dir") status = text(&s.bin_dir);
+    else if (k == "gpus_per_node") status = count(&s.gpus_per_node);
+    else if (k == "cpus_per_task") status = count(&s.cpus_per_task);
+    else if (k == "sbatch_args") s.sbatch_args = StringList(&value);
+    else if (k == "poll_s") {
+      const std::optional<double> poll = Number(value);
+      if (!poll || *poll <= 0) return absl::InvalidArgumentError(absl::StrCat("config ", path, ": slurm.poll_s must be > 0"));
+      s.poll_s = *poll;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config ", path, ": unknown key slurm.", k,
+          " (known: partition, account, gres, time_limit, gpus_per_node, cpus_per_task, sbatch_args, bin_dir, poll_s)"));
+    }
+    if (!status.ok()) return status;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status LoadToml(const std::string& path, ServerConfig* c) {
   auto parsed = ParseTomlFile(path);
   if (!parsed.ok()) return parsed.status();
@@ -97,6 +143,16 @@ absl::Status LoadToml(const std::string& path, ServerConfig* c) {
     } else if (k == "on_idle") {
       if (absl::Status s = LoadOnIdle(path, node, c); !s.ok()) return s;
     }
+    else if (k == "models_free_reserve_gb") {
+      const std::optional<double> gb = Number(node);
+      if (!gb || *gb < 0) return absl::InvalidArgumentError(absl::StrCat("config ", path, ": models_free_reserve_gb must be a number >= 0"));
+      c->models_free_reserve_bytes = static_cast<int64_t>(*gb * (int64_t{1} << 30));
+    }
+    else if (k == "hf_token") c->hf_token = node.value_or(std::string());
+    else if (k == "civitai_token") c->civitai_token = node.value_or(std::string());
+    else if (k == "hf_base_url") c->hf_base_url = node.value_or(c->hf_base_url);
+    else if (k == "civitai_base_url") c->civitai_base_url = node.value_or(c->civitai_base_url);
+    else if (k == "models_ca_file") c->models_ca_file = node.value_or(std::string());
     else if (k == "curate_binary") c->curate_binary = node.value_or(std::string());
     else if (k == "tag_binary") c->tag_binary = node.value_or(std::string());
     else if (k == "cancel_grace_s") c->cancel_grace_s = node.value_or(c->cancel_grace_s);
@@ -105,6 +161,14 @@ absl::Status LoadToml(const std::string& path, ServerConfig* c) {
     else if (k == "max_upload_files")
       c->max_upload_files = static_cast<int>(node.value_or(int64_t{c->max_upload_files}));
     else if (k == "log_level") c->log_level = node.value_or(c->log_level);
+    else if (k == "executor") c->executor = node.value_or(c->executor);
+    else if (k == "backfill_s") {
+      const std::optional<double> seconds = Number(node);
+      if (!seconds || *seconds < 0) return absl::InvalidArgumentError(absl::StrCat("config ", path, ": backfill_s must be a number >= 0"));
+      c->backfill_s = *seconds;
+    } else if (k == "slurm") {
+      if (absl::Status s = LoadSlurm(path, node, c); !s.ok()) return s;
+    }
     else if (k == "http") {
       c->http = node.value_or(c->http);
       c->http_explicit = true;
@@ -130,8 +194,15 @@ std::string ServerUsage() {
          "             [--on-idle-command CMD --on-idle-after-minutes M] (on_idle = { after_minutes = M,\n"
          "             command = \"...\" } in lorad.toml: runs CMD once when no job has been queued or\n"
          "             running for M minutes, e.g. the provider's stop command)\n"
+         "Models (loractl models pull/upload): [--models-free-reserve-gb G] (default 5) [--models-ca PEM]\n"
+         "             [--hf-base-url URL] [--civitai-base-url URL]; hf_token / civitai_token in lorad.toml\n"
+         "             or HF_TOKEN / CIVITAI_TOKEN in the environment for gated repos and civitai downloads\n"
          "Defaults: listen 127.0.0.1:50051 (reach it through `ssh -L 50051:127.0.0.1:50051 box`),\n"
          "data dir ./lorad-data, one slot per visible GPU. LORAD_TOKEN sets a token too.\n"
+         "Multi-GPU jobs (gpus = N in the job's TOML): [--backfill-s S] (backfill_s; default 0: strict\n"
+         "queue order). Slurm: [--executor local|slurm] (executor = \"slurm\" plus a [slurm] table:\n"
+         "partition, account, gres = \"gpu:{gpus}\", time_limit, gpus_per_node, cpus_per_task,\n"
+         "sbatch_args, bin_dir, poll_s); slots then caps the jobs submitted at once (default 64).\n"
          "Dashboard and Prometheus /metrics: [--http HOST:PORT|off] [--metrics-open true|false]\n"
          "(http, metrics_open in lorad.toml), default 127.0.0.1:50052: open it through\n"
          "`ssh -L 50052:127.0.0.1:50052 box`, then http://127.0.0.1:50052 (same token as the API;\n"
@@ -143,16 +214,6 @@ bool WantsHelp(int argc, char** argv) {
     const std::string_view arg = argv[i];
     if (arg == "--help" || arg == "-h") return true;
   }
-    else if (k == "models_free_reserve_gb") {
-      const std::optional<double> gb = Number(node);
-      if (!gb || *gb < 0) return absl::InvalidArgumentError(absl::StrCat("config ", path, ": models_free_reserve_gb must be a number >= 0"));
-      c->models_free_reserve_bytes = static_cast<int64_t>(*gb * (int64_t{1} << 30));
-    }
-    else if (k == "hf_token") c->hf_token = node.value_or(std::string());
-    else if (k == "civitai_token") c->civitai_token = node.value_or(std::string());
-    else if (k == "hf_base_url") c->hf_base_url = node.value_or(c->hf_base_url);
-    else if (k == "civitai_base_url") c->civitai_base_url = node.value_or(c->civitai_base_url);
-    else if (k == "models_ca_file") c->models_ca_file = node.value_or(std::string());
   return false;
 }
 
@@ -184,6 +245,11 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
   if (const char* token = std::getenv("LORAD_TOKEN"); token && *token && config.tokens.empty()) {
     config.tokens.push_back(token);
   }
+  // The variables huggingface_hub and civitai's tools read.
+  if (const char* token = std::getenv("HF_TOKEN"); token && *token && config.hf_token.empty()) config.hf_token = token;
+  if (const char* token = std::getenv("CIVITAI_TOKEN"); token && *token && config.civitai_token.empty()) {
+    config.civitai_token = token;
+  }
   for (const auto& flag : flags) {
     // Not a structured binding: clang 14 (the sanitizer build) cannot capture one.
     const std::string& name = flag.first;
@@ -194,9 +260,6 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
       }
       return absl::OkStatus();
     };
-         "Models (loractl models pull/upload): [--models-free-reserve-gb G] (default 5) [--models-ca PEM]\n"
-         "             [--hf-base-url URL] [--civitai-base-url URL]; hf_token / civitai_token in lorad.toml\n"
-         "             or HF_TOKEN / CIVITAI_TOKEN in the environment for gated repos and civitai downloads\n"
     int64_t number = 0;
     if (name == "config") continue;
     if (name == "listen") config.listen = value;
@@ -224,6 +287,16 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
       if (name == "price-per-hour") config.price_per_hour = number;
       else config.on_idle_after_s = number * 60;
     }
+    else if (name == "models-free-reserve-gb") {
+      double gb = 0;
+      if (!absl::SimpleAtod(value, &gb) || gb < 0) {
+        return absl::InvalidArgumentError(absl::StrCat("--models-free-reserve-gb expects a number >= 0, got '", value, "'"));
+      }
+      config.models_free_reserve_bytes = static_cast<int64_t>(gb * (int64_t{1} << 30));
+    }
+    else if (name == "hf-base-url") config.hf_base_url = value;
+    else if (name == "civitai-base-url") config.civitai_base_url = value;
+    else if (name == "models-ca") config.models_ca_file = value;
     else if (name == "curate") config.curate_binary = value;
     else if (name == "tag") config.tag_binary = value;
     else if (name == "grace-s") {
@@ -235,6 +308,12 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
     } else if (name == "min-free-bytes") {
       if (auto s = as_int(&config.min_free_bytes); !s.ok()) return s;
     } else if (name == "log-level") config.log_level = value;
+    else if (name == "executor") config.executor = value;
+    else if (name == "backfill-s") {
+      if (!absl::SimpleAtod(value, &config.backfill_s) || config.backfill_s < 0) {
+        return absl::InvalidArgumentError(absl::StrCat("--backfill-s expects seconds >= 0, got '", value, "'"));
+      }
+    }
     else if (name == "http") {
       config.http = value;
       config.http_explicit = true;
@@ -245,15 +324,14 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
       config.metrics_open = value == "true";
     }
     else {
-  // The variables huggingface_hub and civitai's tools read.
-  if (const char* token = std::getenv("HF_TOKEN"); token && *token && config.hf_token.empty()) config.hf_token = token;
-  if (const char* token = std::getenv("CIVITAI_TOKEN"); token && *token && config.civitai_token.empty()) {
-    config.civitai_token = token;
-  }
       return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name, "\n", ServerUsage()));
     }
   }
   if (config.slots < 0) return absl::InvalidArgumentError("--slots must be >= 0");
+  if (config.executor != "local" && config.executor != "slurm") {
+    return absl::InvalidArgumentError(absl::StrCat("executor must be \"local\" (lorad-train on this machine) or ",
+                                                   "\"slurm\" (sbatch jobs), got \"", config.executor, "\""));
+  }
   if (config.price_per_hour < 0) return absl::InvalidArgumentError("price_per_hour must be >= 0");
   if (config.on_idle_command.empty() != (config.on_idle_after_s <= 0)) {
     return absl::InvalidArgumentError(
@@ -287,16 +365,6 @@ absl::Status FinalizeServerConfig(ServerConfig* c, const fs::path& self_path) {
     // Build trees keep lorad-train in core/train; an install keeps it next to lorad.
     for (const fs::path& candidate :
          {self_dir / name, self_dir.parent_path() / "core" / "train" / name,
-    else if (name == "models-free-reserve-gb") {
-      double gb = 0;
-      if (!absl::SimpleAtod(value, &gb) || gb < 0) {
-        return absl::InvalidArgumentError(absl::StrCat("--models-free-reserve-gb expects a number >= 0, got '", value, "'"));
-      }
-      config.models_free_reserve_bytes = static_cast<int64_t>(gb * (int64_t{1} << 30));
-    }
-    else if (name == "hf-base-url") config.hf_base_url = value;
-    else if (name == "civitai-base-url") config.civitai_base_url = value;
-    else if (name == "models-ca") config.models_ca_file = value;
           self_dir.parent_path() / "core" / "data" / name}) {
       if (fs::exists(candidate)) return candidate.string();
     }

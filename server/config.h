@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/slurm_executor.h"
 
 namespace lorad::server {
 
@@ -30,6 +31,13 @@ struct ServerConfig {
   // Free space the data dir keeps: an upload that would leave less is refused.
   int64_t min_free_bytes = int64_t{2} << 30;
   std::string log_level = "info";
+  // Where attempts run: "local" (lorad-train children, one rank per GPU slot)
+  // or "slurm" (one sbatch job per attempt, settings in `slurm`).
+  std::string executor = "local";
+  SlurmOptions slurm;
+  // How long smaller jobs may pass a multi-GPU job that waits for free slots
+  // (server/scheduler.h); 0: strict queue order.
+  double backfill_s = 0;
   // http(s):// URLs POSTed a JSON body when a job or a whole sweep ends, and
   // when the idle switch fires.
   std::vector<std::string> webhook_urls;
@@ -55,14 +63,6 @@ struct ServerConfig {
   double on_idle_after_s = 0;
   double on_idle_timeout_s = 300;
 
-  std::filesystem::path db_path() const { return data_dir / "lorad.db"; }
-  std::filesystem::path jobs_dir() const { return data_dir / "jobs"; }
-  std::filesystem::path logs_dir() const { return data_dir / "logs"; }
-};
-
-// Parses `lorad [--config FILE] [--listen ADDR] [--data-dir DIR] [--token T]...
-// [--slots N] [--worker PATH] [--grace-s S] ...`. Flags override the file.
-// `self_path` (argv[0] resolved) locates the default lorad-train/lorad-curate.
   // Models as records (issue 13): the free space the models' disk keeps
   // (uploads and pulls that would leave less are refused), the tokens for
   // gated Hugging Face repos and civitai downloads (else HF_TOKEN /
@@ -75,6 +75,14 @@ struct ServerConfig {
   std::string civitai_base_url = "https://civitai.com";
   std::string models_ca_file;
 
+  std::filesystem::path db_path() const { return data_dir / "lorad.db"; }
+  std::filesystem::path jobs_dir() const { return data_dir / "jobs"; }
+  std::filesystem::path logs_dir() const { return data_dir / "logs"; }
+};
+
+// Parses `lorad [--config FILE] [--listen ADDR] [--data-dir DIR] [--token T]...
+// [--slots N] [--worker PATH] [--grace-s S] ...`. Flags override the file.
+// `self_path` (argv[0] resolved) locates the default lorad-train/lorad-curate.
 // --help / -h: see WantsHelp, checked before parsing.
 absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv);
 

@@ -40,7 +40,7 @@ const std::map<std::string, PathBase>& PathKeys() {
 
 // Keys the daemon owns: it sets them itself.
 const std::set<std::string>& DaemonKeys() {
-  static const std::set<std::string> keys = {"output_dir", "logging_dir", "resume", "save_state"};
+  static const std::set<std::string> keys = {"output_dir", "logging_dir", "resume", "save_state", "gpus"};
   return keys;
 }
 
@@ -171,10 +171,52 @@ absl::StatusOr<std::string> ApplyOverrides(const std::string& config_toml,
   return os.str();
 }
 
+namespace {
+
+// The integer value of `key` where kohya reads it; nullopt when unset.
+absl::StatusOr<std::optional<int64_t>> FlattenedCount(const toml::table& table, const std::string& key) {
+  const toml::node* node = table.get(key);
+  for (auto&& [name, sub] : table) {
+    if (node != nullptr) break;
+    if (auto* t = sub.as_table()) node = t->get(key);
+  }
+  if (node == nullptr) return std::optional<int64_t>();
+  auto value = node->value<int64_t>();
+  if (!value || *value < 1 || *value > kMaxJobGpus) {
+    return absl::InvalidArgumentError(absl::StrCat(key, " must be a whole number of GPUs from 1 to ", kMaxJobGpus,
+                                                   " (one lorad-train rank per GPU)"));
+  }
+  return std::optional<int64_t>(*value);
+}
+
+absl::StatusOr<int> GpusOf(const toml::table& config) {
+  auto gpus = FlattenedCount(config, "gpus");
+  if (!gpus.ok()) return gpus.status();
+  auto processes = FlattenedCount(config, "num_processes");
+  if (!processes.ok()) return processes.status();
+  if (*gpus && *processes && **gpus != **processes) {
+    return absl::InvalidArgumentError(absl::StrCat("gpus = ", **gpus, " but num_processes = ", **processes,
+                                                   ": the daemon starts one rank per GPU; set one of them"));
+  }
+  if (*gpus) return static_cast<int>(**gpus);
+  if (*processes) return static_cast<int>(**processes);
+  return 1;
+}
+
+}  // namespace
+
+absl::StatusOr<int> JobGpus(const std::string& config_toml) {
+  auto parsed = ParseToml(config_toml, "training config");
+  if (!parsed.ok()) return parsed.status();
+  return GpusOf(*parsed);
+}
+
 absl::StatusOr<PreparedJobConfig> PrepareJobConfig(const JobConfigInput& input, const JobRoots& roots) {
   auto parsed = ParseToml(input.config_toml, "training config");
   if (!parsed.ok()) return parsed.status();
   toml::table config = std::move(*parsed);
+  auto gpus = GpusOf(config);
+  if (!gpus.ok()) return gpus.status();
 
   std::vector<fs::path> allowed = {roots.models_root, roots.datasets_root, input.job_dir};
   allowed.insert(allowed.end(), roots.extra_roots.begin(), roots.extra_roots.end());
@@ -210,6 +252,7 @@ absl::StatusOr<PreparedJobConfig> PrepareJobConfig(const JobConfigInput& input, 
   config.insert_or_assign("save_state", true);
 
   PreparedJobConfig prepared;
+  prepared.gpus = *gpus;
   std::ostringstream os;
   os << config << "\n";
   prepared.config_toml = os.str();

@@ -51,7 +51,20 @@ struct PreparedJobConfig {
   // The kohya keys the config sets, as text (train.explicitly_set, without the
   // daemon's --dataset_config).
   std::map<std::string, std::string> hyperparameters;
+  // JobGpus of the submitted config (`gpus` itself is the daemon's: removed
+  // from config_toml).
+  int gpus = 1;
 };
+
+// Most GPUs one job may ask for.
+inline constexpr int kMaxJobGpus = 4096;
+
+// The GPUs a job asks for: lorad's own `gpus` key (top level, or one section
+// deep as kohya flattens), else accelerate's `num_processes`, else 1. The
+// daemon starts that many lorad-train ranks (one per GPU). INVALID_ARGUMENT
+// naming the key for anything but an integer 1..kMaxJobGpus, or for `gpus` and
+// `num_processes` that disagree.
+absl::StatusOr<int> JobGpus(const std::string& config_toml);
 
 // The file the worker reads the dataset config from (--dataset_config).
 std::filesystem::path DatasetConfigPath(const std::filesystem::path& job_dir);

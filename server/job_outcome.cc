@@ -54,12 +54,22 @@ JobOutcome ClassifyJobEnd(const WorkerReport& report, const EndRequest& request)
     end.reason = absl::StrCat(request.cancel_reason.empty() ? "cancelled" : request.cancel_reason, " (worker ",
                               exit.Describe(), ")");
     fin.set_status(lorad::v1::Finished::CANCELLED);
+  } else if (!report.external_cancel.empty()) {
+    end.state = storage::JobState::kCancelled;
+    end.reason = report.external_cancel;
+    fin.set_status(lorad::v1::Finished::CANCELLED);
+  } else if (!report.lost_reason.empty()) {
+    JobOutcome lost;
+    lost.requeue = true;
+    lost.requeue_reason = absl::StrCat(report.lost_reason, "; job re-queued to resume from its last saved state");
+    return lost;
   } else if (report.finished && report.finished->status() == lorad::v1::Finished::SUCCEEDED && clean_exit &&
              report.stream_error.empty()) {
     end.state = storage::JobState::kSucceeded;
     fin.set_status(lorad::v1::Finished::SUCCEEDED);
   } else {
     std::vector<std::string> parts;
+    if (!report.first_failure.empty()) parts.push_back(report.first_failure);
     if (report.finished && !report.finished->reason().empty()) parts.push_back(report.finished->reason());
     if (!report.stream_error.empty()) parts.push_back(absl::StrCat("corrupt event stream: ", report.stream_error));
     parts.push_back(absl::StrCat("lorad-train ", DescribeTrainerExit(exit)));

@@ -27,6 +27,19 @@ struct WorkerReport {
   int64_t last_step = 0;
   // The path of the last LoRA recorded as an artifact; empty when none.
   std::string last_lora;
+  // What failed first when it was not rank 0 itself: another rank ("rank 1 of
+  // 2 failed first: lorad-train killed by signal 9 (SIGKILL)" + its stderr
+  // tail) or the cluster ("Slurm ended it at its time limit (TIMEOUT)").
+  std::string first_failure;
+  // The attempt runs on without the daemon (Slurm, while lorad stops): nothing
+  // is recorded; the next start re-attaches to it.
+  bool detached = false;
+  // The cluster ended the attempt without lorad asking: cancelled from outside
+  // (scancel by a user or an administrator), with Slurm's words. Ends CANCELLED.
+  std::string external_cancel;
+  // The cluster lost the attempt (Slurm NODE_FAIL, BOOT_FAIL, PREEMPTED): the
+  // job is re-queued to resume from its last saved state, with this reason.
+  std::string lost_reason;
 };
 
 // What the daemon asked of the job while it ran.
@@ -48,11 +61,12 @@ struct JobOutcome {
   lorad::v1::Finished finished;
 };
 
-// The job's end. A cancel wins over any exit (CANCELLED); SUCCEEDED needs the
-// worker's SUCCEEDED event, exit status 0 and an intact stream; anything else
-// is FAILED with a reason built from the worker's reason, the stream error,
-// the named exit status and the stderr tail. A stop that is not a cancel
-// re-queues.
+// The job's end. A cancel wins over any exit (CANCELLED), then a cancel from
+// outside lorad (CANCELLED with the cluster's words); a lost attempt (node
+// failure) re-queues; SUCCEEDED needs the worker's SUCCEEDED event, exit
+// status 0 and an intact stream; anything else is FAILED with a reason built
+// from the rank that failed first, the worker's reason, the stream error, the
+// named exit status and the stderr tail. A stop that is not a cancel re-queues.
 JobOutcome ClassifyJobEnd(const WorkerReport& report, const EndRequest& request);
 
 // What lorad-train's exit code means ("diverged (loss or gradients became

@@ -28,26 +28,30 @@ TEST(LaunchPlanTest, BuildsTheWorkerCommandLineAndSlotGpu) {
   SchedulerOptions options;
   options.worker_binary = "/opt/lorad/bin/lorad-train";
   options.worker_args = {"--log-level", "debug"};
-  options.slot_gpus = {"0", "1"};
-  const LaunchPlan plain = PlanWorkerLaunch(options, 3, "/data/jobs/7", false, std::nullopt);
+  const LaunchPlan plain = PlanWorkerLaunch(options, {"1"}, "/data/jobs/7", false, std::nullopt);
   EXPECT_EQ(plain.launch.argv,
             (std::vector<std::string>{"/opt/lorad/bin/lorad-train", "--log-level", "debug", "--config_file",
-                                      "/data/jobs/7/config.toml", "--events-fd", "3"}));
+                                      "/data/jobs/7/config.toml"}));
   EXPECT_EQ(plain.launch.working_dir, "/data/jobs/7");
   ASSERT_EQ(plain.launch.env.size(), 1u);
   EXPECT_EQ(plain.launch.env[0], (std::pair<std::string, std::string>{"CUDA_VISIBLE_DEVICES", "1"}));
   EXPECT_TRUE(plain.resume_note.empty());
+  // One rank: as before data parallelism, --events-fd and no torchrun variables.
+  const std::vector<WorkerLaunch> one = PlanLocalRanks(plain.launch, 1, 0);
+  ASSERT_EQ(one.size(), 1u);
+  EXPECT_EQ(one[0].argv.back(), "3");
+  EXPECT_EQ(one[0].argv[one[0].argv.size() - 2], "--events-fd");
+  EXPECT_EQ(one[0].env, plain.launch.env);
 
   storage::ArtifactRecord state;
   state.path = "/data/jobs/7/output/state-000200";
   state.name = "state-000200";
   state.step = 200;
-  options.slot_gpus.clear();
-  const LaunchPlan resumed = PlanWorkerLaunch(options, 0, "/data/jobs/7", true, state);
+  const LaunchPlan resumed = PlanWorkerLaunch(options, {}, "/data/jobs/7", true, state);
   EXPECT_EQ(resumed.launch.argv,
             (std::vector<std::string>{"/opt/lorad/bin/lorad-train", "--log-level", "debug", "--config_file",
                                       "/data/jobs/7/config.toml", "--dataset_config",
-                                      "/data/jobs/7/dataset_config.toml", "--events-fd", "3", "--resume",
+                                      "/data/jobs/7/dataset_config.toml", "--resume",
                                       "/data/jobs/7/output/state-000200"}));
   EXPECT_TRUE(resumed.launch.env.empty());  // no GPUs: the environment is left alone
   EXPECT_EQ(resumed.resume_note, ", resuming from step 200 (state-000200)");

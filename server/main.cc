@@ -9,7 +9,9 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "core/base/sha256.h"
 #include "absl/synchronization/mutex.h"
 #include "core/base/exit_codes.h"
 #include "server/auth.h"
@@ -19,10 +21,12 @@
 #include "server/disk_cleanup.h"
 #include "server/notify/webhook.h"
 #include "server/event_hub.h"
-#include "server/idle_switch.h"
 #include "server/http_server.h"
 #include "server/metrics.h"
+#include "server/idle_switch.h"
+#include "server/local_executor.h"
 #include "server/scheduler.h"
+#include "server/slurm_executor.h"
 #include "server/server_info.h"
 #include "server/service.h"
 #include "spdlog/sinks/basic_file_sink.h"
@@ -44,6 +48,11 @@ std::string ReadFile(const std::string& path) {
 // else the GPUs nvidia-smi saw at start; one CPU slot without GPUs.
 void PlanSlots(const server::ServerConfig& config, const std::vector<server::GpuInfo>& machine_gpus,
                server::SchedulerOptions* options) {
+  if (config.executor == "slurm") {
+    // Slurm places the GPUs; the slots only cap the jobs kept submitted.
+    options->slots = config.slots > 0 ? config.slots : 64;
+    return;
+  }
   std::vector<std::string> gpus = config.gpus;
   if (gpus.empty()) {
     if (const char* visible = std::getenv("CUDA_VISIBLE_DEVICES"); visible != nullptr) {
@@ -111,6 +120,15 @@ int Run(int argc, char** argv) {
   options.grace_s = config.cancel_grace_s;
   options.latent_cache_root = config.data_dir / "cache" / "latents";
   options.price_per_hour = config.price_per_hour;
+  options.backfill_s = config.backfill_s;
+  if (config.executor == "slurm") {
+    server::SlurmOptions slurm = config.slurm;
+    // Another lorad on the same cluster names its jobs apart (its data dir).
+    slurm.name_prefix = absl::StrCat("lorad-", Sha256Hex(config.data_dir.string()).substr(0, 6));
+    options.executor = std::make_shared<server::SlurmExecutor>(std::move(slurm));
+  } else {
+    options.executor = std::make_shared<server::LocalExecutor>();
+  }
   notify::WebhookOptions webhook_options;
   webhook_options.urls = config.webhook_urls;
   webhook_options.ca_file = config.webhook_ca_file;
@@ -193,11 +211,6 @@ int Run(int argc, char** argv) {
     return kExitStorage;
   }
   grpc_server->GetHealthCheckService()->SetServingStatus(true);
-  if (idle_switch) {
-    idle_switch->Start();
-    spdlog::info("on_idle: `{}` runs once the queue has been empty for {}", config.on_idle_command,
-                 absl::FormatDuration(absl::Seconds(config.on_idle_after_s)));
-  }
   // The dashboard and /metrics: a busy default port leaves the daemon
   // without them (a warning); a port the user chose must be free.
   std::unique_ptr<server::HttpServer> http;
@@ -222,6 +235,11 @@ int Run(int argc, char** argv) {
       spdlog::info("dashboard on http://{} (port {}){}", config.http, http->port(),
                    config.metrics_open ? "; /metrics open without the token" : "");
     }
+  }
+  if (idle_switch) {
+    idle_switch->Start();
+    spdlog::info("on_idle: `{}` runs once the queue has been empty for {}", config.on_idle_command,
+                 absl::FormatDuration(absl::Seconds(config.on_idle_after_s)));
   }
   // The bound port (useful with --listen 127.0.0.1:0), written atomically.
   {

@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "core/base/clock.h"
 #include "core/base/sha256.h"
@@ -12,6 +13,7 @@
 #include "server/disk_space.h"
 #include "server/job_outcome.h"
 #include "server/launch_plan.h"
+#include "server/local_executor.h"
 #include "server/paths.h"
 #include "server/worker_process.h"
 #include "server/worker_session.h"
@@ -54,10 +56,38 @@ storage::SlotCharge ChargeForSlot(const SchedulerOptions& options, int slot) {
   return charge;
 }
 
+storage::SlotCharge ChargeForSlots(const SchedulerOptions& options, const std::vector<int>& slots) {
+  storage::SlotCharge charge = ChargeForSlot(options, slots.empty() ? -1 : slots.front());
+  for (size_t i = 1; i < slots.size(); ++i) charge.gpus += ChargeForSlot(options, slots[i]).gpus;
+  return charge;
+}
+
+DispatchPlan PlanDispatch(const std::vector<QueuedJob>& queue, int free_slots, int total_slots,
+                          const std::function<bool(int64_t blocked)>& reserve) {
+  DispatchPlan plan;
+  bool reserving = false;
+  for (const QueuedJob& job : queue) {
+    if (job.slots > total_slots) {
+      plan.too_big.push_back(job.id);
+      continue;
+    }
+    if (reserving) continue;  // still listed: a too-big job behind it fails now
+    if (job.slots <= free_slots) {
+      plan.start.push_back(job.id);
+      free_slots -= job.slots;
+    } else if (plan.blocked == 0) {
+      plan.blocked = job.id;
+      reserving = reserve(job.id);
+    }
+  }
+  return plan;
+}
+
 Scheduler::Scheduler(storage::JobStore* store, EventHub* hub, SchedulerOptions options)
     : store_(store), hub_(hub), options_(std::move(options)) {
+  executor_ = options_.executor ? options_.executor : std::make_shared<LocalExecutor>();
   absl::MutexLock lock(&mu_);
-  for (int i = 0; i < options_.slots; ++i) slots_.push_back(nullptr);
+  slot_busy_.assign(std::max(options_.slots, 0), false);
 }
 
 Scheduler::~Scheduler() { Shutdown(); }
@@ -84,6 +114,26 @@ absl::Status Scheduler::Start() {
   auto interrupted = store_->RunningJobIds();
   if (!interrupted.ok()) return interrupted.status();
   for (int64_t job_id : *interrupted) {
+    auto job = store_->GetJob(job_id);
+    if (!job.ok()) return job.status();
+    const fs::path job_dir = options_.jobs_dir / std::to_string(job_id);
+    auto run = executor_->Reattach(*job, job_dir, [this, job_id](int64_t after_seq) {
+      return CommittedOffset(job_id, after_seq);
+    });
+    if (!run.ok()) {
+      Log()->error("job {}: cannot re-attach ({}); re-queued", job_id, run.status().ToString());
+    } else if (*run) {
+      const std::string what = (*run)->Describe();
+      Log()->info("job {} still runs as {}: re-attached", job_id, what);
+      Record(job_id, LogWrite(lorad::v1::Log::INFO, absl::StrCat("lorad restarted: re-attached to ", what)), false);
+      absl::MutexLock lock(&mu_);
+      std::vector<int> slots = TakeFreeSlots(executor_->SlotsFor(1));
+      std::shared_ptr<AttemptRun> shared(std::move(*run));
+      Spawn(std::move(slots), job_id, [this, record = *job, shared](Slot* slot) {
+        SuperviseRun(slot, record, shared.get());
+      });
+      continue;
+    }
     auto event = store_->Requeue(
         job_id, "lorad restarted after an unclean stop; job re-queued to resume from its last saved state");
     if (!event.ok()) return event.status();
@@ -103,16 +153,27 @@ void Scheduler::NotifyQueued() {
 
 void Scheduler::Cancel(int64_t job_id) {
   absl::MutexLock lock(&mu_);
-  for (auto& slot : slots_) {
-    if (slot && slot->job_id == job_id && !slot->done) slot->cancel = true;
+  for (auto& run : runs_) {
+    if (run && run->job_id == job_id && !run->done) run->cancel = true;
   }
 }
 
 int Scheduler::running() {
   absl::MutexLock lock(&mu_);
   int count = 0;
-  for (auto& slot : slots_) count += slot && !slot->done ? 1 : 0;
+  for (auto& run : runs_) count += run && !run->done ? 1 : 0;
   return count;
+}
+
+int64_t Scheduler::CommittedOffset(int64_t job_id, int64_t after_seq) {
+  int64_t offset = 0;
+  while (true) {
+    auto events = store_->ReadEvents(job_id, after_seq, 1000);
+    if (!events.ok() || events->empty()) break;
+    for (const auto& e : *events) offset = std::max(offset, e.event.source_offset());
+    after_seq = events->back().seq;
+  }
+  return offset;
 }
 
 void Scheduler::Shutdown() {
@@ -120,63 +181,152 @@ void Scheduler::Shutdown() {
     absl::MutexLock lock(&mu_);
     if (stopping_ && !dispatcher_.joinable()) return;
     stopping_ = true;
-    for (auto& slot : slots_) {
-      if (slot) slot->stop = true;
+    for (auto& run : runs_) {
+      if (run) run->stop = true;
     }
     cv_.SignalAll();
   }
   if (dispatcher_.joinable()) dispatcher_.join();
-  std::vector<std::unique_ptr<Slot>> slots;
+  std::vector<std::unique_ptr<Slot>> runs;
   {
     absl::MutexLock lock(&mu_);
-    slots.swap(slots_);
+    runs.swap(runs_);
   }
-  for (auto& slot : slots) {
-    if (slot && slot->thread.joinable()) slot->thread.join();
+  for (auto& run : runs) {
+    if (run && run->thread.joinable()) run->thread.join();
   }
+}
+
+std::vector<int> Scheduler::TakeFreeSlots(int count) {
+  std::vector<int> taken;
+  for (size_t i = 0; i < slot_busy_.size() && static_cast<int>(taken.size()) < count; ++i) {
+    if (!slot_busy_[i]) taken.push_back(static_cast<int>(i));
+  }
+  if (static_cast<int>(taken.size()) < count) return {};
+  for (int i : taken) slot_busy_[i] = true;
+  return taken;
+}
+
+void Scheduler::Spawn(std::vector<int> slots, int64_t job_id, std::function<void(Slot*)> body) {
+  auto run = std::make_unique<Slot>();
+  run->job_id = job_id;
+  run->slots = std::move(slots);
+  Slot* raw = run.get();
+  run->thread = std::thread([this, raw, body = std::move(body)]() {
+    body(raw);
+    activity_.fetch_add(1);
+    absl::MutexLock done_lock(&mu_);
+    raw->done = true;
+    for (int i : raw->slots) slot_busy_[i] = false;
+    work_hint_ = true;
+    cv_.SignalAll();
+  });
+  runs_.push_back(std::move(run));
 }
 
 void Scheduler::DispatchLoop() {
   while (true) {
-    absl::MutexLock lock(&mu_);
-    int free_slot = -1;
-    auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      if (stopping_) return true;
-      if (!work_hint_) return false;
-      for (size_t i = 0; i < slots_.size(); ++i) {
-        if (!slots_[i] || slots_[i]->done) {
-          free_slot = static_cast<int>(i);
-          return true;
+    std::vector<std::pair<storage::JobRecord, std::string>> refused;
+    {
+      absl::MutexLock lock(&mu_);
+      while (!stopping_ && !work_hint_) cv_.WaitWithTimeout(&mu_, absl::Seconds(1));
+      if (stopping_) return;
+      work_hint_ = false;
+      // Finished runs go (their slots were freed as they ended).
+      for (auto it = runs_.begin(); it != runs_.end();) {
+        if ((*it)->done) {
+          if ((*it)->thread.joinable()) (*it)->thread.join();
+          it = runs_.erase(it);
+        } else {
+          ++it;
         }
       }
-      return false;
-    };
-    while (!ready()) cv_.WaitWithTimeout(&mu_, absl::Seconds(1));
-    if (stopping_) return;
-    if (slots_[free_slot] && slots_[free_slot]->thread.joinable()) slots_[free_slot]->thread.join();
-    auto claimed = store_->ClaimNext(free_slot, ChargeForSlot(options_, free_slot));
-    if (!claimed.ok()) {
-      Log()->error("cannot claim a queued job: {}", claimed.status().ToString());
-      work_hint_ = false;
-      continue;
+      refused = DispatchOnce();
     }
-    if (!claimed->has_value()) {
-      work_hint_ = false;
-      continue;
-    }
-    auto slot = std::make_unique<Slot>();
-    slot->job_id = (*claimed)->id;
-    Slot* raw = slot.get();
-    slot->thread = std::thread([this, raw, free_slot, job = std::move(**claimed)]() mutable {
-      RunJob(raw, free_slot, std::move(job));
-      activity_.fetch_add(1);
-      absl::MutexLock done_lock(&mu_);
-      raw->done = true;
-      work_hint_ = true;
-      cv_.SignalAll();
-    });
-    slots_[free_slot] = std::move(slot);
+    // Outside mu_: recording retries while the store is busy, and waits on mu_.
+    for (const auto& [job, reason] : refused) Fail(job, reason);
   }
+}
+
+std::vector<std::pair<storage::JobRecord, std::string>> Scheduler::DispatchOnce() {
+  std::vector<std::pair<storage::JobRecord, std::string>> refused;
+  storage::JobFilter filter;
+  filter.states = {storage::JobState::kQueued};
+  filter.page_size = 1000;
+  std::vector<storage::JobRecord> queued;
+  while (true) {
+    auto page = store_->ListJobs(filter);
+    if (!page.ok()) {
+      Log()->error("cannot read the queue: {}", page.status().ToString());
+      return refused;
+    }
+    for (auto& job : page->jobs) queued.push_back(std::move(job));
+    if (page->next_before_id == 0) break;
+    filter.before_id = page->next_before_id;
+  }
+  // ClaimNext's order: highest priority, then oldest.
+  std::sort(queued.begin(), queued.end(), [](const storage::JobRecord& a, const storage::JobRecord& b) {
+    return a.priority != b.priority ? a.priority > b.priority : a.id < b.id;
+  });
+  std::map<int64_t, const storage::JobRecord*> by_id;
+  std::vector<QueuedJob> order;
+  std::map<int64_t, int> still_queued;
+  for (const auto& job : queued) {
+    auto known = gpus_of_.find(job.id);
+    int gpus = known != gpus_of_.end() ? known->second : 0;
+    if (gpus == 0) {
+      auto parsed = JobGpus(job.config_toml);
+      if (!parsed.ok()) {
+        refused.emplace_back(job, absl::StrCat("cannot start: ", parsed.status().message()));
+        continue;
+      }
+      gpus = *parsed;
+    }
+    still_queued[job.id] = gpus;
+    by_id[job.id] = &job;
+    order.push_back({job.id, executor_->SlotsFor(gpus)});
+  }
+  gpus_of_ = std::move(still_queued);
+  int free_slots = 0;
+  for (bool busy : slot_busy_) free_slots += busy ? 0 : 1;
+  const absl::Time now = absl::Now();
+  const DispatchPlan plan = PlanDispatch(order, free_slots, options_.slots, [&](int64_t blocked) {
+    if (blocked != blocked_id_) {
+      blocked_id_ = blocked;
+      blocked_since_ = now;
+      Log()->info("job {} waits for {} free slot(s); {}", blocked, gpus_of_[blocked],
+                  options_.backfill_s > 0 ? absl::StrCat("smaller jobs may pass it for ", options_.backfill_s, " s")
+                                          : std::string("jobs behind it wait too (backfill_s = 0)"));
+    }
+    return now - blocked_since_ >= absl::Seconds(options_.backfill_s);
+  });
+  if (plan.blocked == 0) blocked_id_ = 0;
+  for (int64_t id : plan.too_big) {
+    const int gpus = gpus_of_[id];
+    refused.emplace_back(*by_id[id], absl::StrCat("the job asks for gpus = ", gpus, " but this lorad has ", options_.slots,
+                                  " GPU slot(s) (lorad.toml slots / gpus); lower gpus or run it where there are ",
+                                  gpus, " GPUs (e.g. executor = \"slurm\")"));
+    gpus_of_.erase(id);
+  }
+  for (int64_t id : plan.start) {
+    const int gpus = gpus_of_[id];
+    std::vector<int> slots = TakeFreeSlots(executor_->SlotsFor(gpus));
+    if (slots.empty()) break;  // cannot happen: the plan fits the free slots
+    storage::SlotCharge charge = ChargeForSlots(options_, slots);
+    charge.gpus = std::max(charge.gpus, gpus);  // Slurm: one slot, the job's GPUs
+    auto claimed = store_->ClaimJob(id, slots.front(), charge);
+    if (!claimed.ok() || !claimed->has_value()) {
+      // Cancelled meanwhile, or its model is not ready yet: the slots stay free.
+      if (!claimed.ok()) Log()->error("cannot claim job {}: {}", id, claimed.status().ToString());
+      for (int i : slots) slot_busy_[i] = false;
+      continue;
+    }
+    gpus_of_.erase(id);
+    Spawn(std::move(slots), id, [this, job = std::move(**claimed), gpus](Slot* slot) mutable {
+      RunJob(slot, std::move(job), gpus);
+    });
+  }
+  return refused;
 }
 
 absl::Status Scheduler::RetryWhileTransient(int64_t job_id, const std::string& what,
@@ -306,28 +456,55 @@ void Scheduler::RecordBurst(int64_t job_id, const std::vector<storage::EventWrit
   for (const auto& e : *stored) hub_->Publish(e, false);
 }
 
-void Scheduler::RunJob(Slot* slot, int slot_index, storage::JobRecord job) {
+void Scheduler::RunJob(Slot* slot, storage::JobRecord job, int gpus) {
   const fs::path job_dir = options_.jobs_dir / std::to_string(job.id);
   auto prepared = PrepareJobFolder(job, job_dir);
   if (!prepared.ok()) return Fail(job, std::string(prepared.status().message()));
+  std::vector<std::string> gpu_ids;
+  for (int i : slot->slots) {
+    if (i >= 0 && i < static_cast<int>(options_.slot_gpus.size())) gpu_ids.push_back(options_.slot_gpus[i]);
+  }
   const LaunchPlan plan =
-      PlanWorkerLaunch(options_, slot_index, job_dir, !prepared->dataset_config_toml.empty(), ResumePoint(job.id));
-  auto worker = WorkerProcess::Start(plan.launch);
-  if (!worker.ok()) return Fail(job, std::string(worker.status().message()));
-  const std::string started = absl::StrCat("attempt ", job.attempts, " started on slot ", slot_index, " (pid ",
-                                           (*worker)->pid(), ")", plan.resume_note);
+      PlanWorkerLaunch(options_, gpu_ids, job_dir, !prepared->dataset_config_toml.empty(), ResumePoint(job.id));
+  AttemptSpec spec;
+  spec.job_id = job.id;
+  spec.attempt = job.attempts;
+  spec.job_dir = job_dir;
+  spec.world_size = gpus;
+  spec.base = plan.launch;
+  spec.first_seq = job.last_seq;
+  auto run = executor_->Launch(spec);
+  if (!run.ok()) return Fail(job, std::string(run.status().message()));
+  std::vector<std::string> slot_names;
+  for (int i : slot->slots) slot_names.push_back(std::to_string(i));
+  std::string where;
+  if (!slot->slots.empty()) {
+    where = absl::StrCat(slot->slots.size() == 1 ? " on slot " : " on slots ", absl::StrJoin(slot_names, ","));
+    if (!gpu_ids.empty()) absl::StrAppend(&where, " (CUDA_VISIBLE_DEVICES=", absl::StrJoin(gpu_ids, ","), ")");
+  }
+  const std::string started =
+      absl::StrCat("attempt ", job.attempts, " started", where, ", ", gpus, gpus == 1 ? " GPU" : " GPUs", ", as ",
+                   (*run)->Describe(), plan.resume_note);
   Log()->info("job {} {}", job.id, started);
   Record(job.id, LogWrite(lorad::v1::Log::INFO, started), false);
+  SuperviseRun(slot, job, run->get());
+}
 
+void Scheduler::SuperviseRun(Slot* slot, const storage::JobRecord& job, AttemptRun* run) {
+  const fs::path job_dir = options_.jobs_dir / std::to_string(job.id);
   WorkerSessionOptions session;
   session.job = ResolveJobFolder(job_dir);
   session.log_path = job_dir / "worker.log";
   session.first_step = job.step;
   session.grace_s = options_.grace_s;
-  session.stop_requested = [slot] { return slot->cancel || slot->stop; };
+  session.cancel_requested = [slot] { return slot->cancel.load(); };
+  session.daemon_stopping = [slot] { return slot->stop.load(); };
   session.commit = [this, id = job.id](const std::vector<storage::EventWrite>& writes) { RecordBurst(id, writes); };
-  const WorkerReport report = SuperviseWorker(worker->get(), session);
-  worker->reset();
+  const WorkerReport report = run->Supervise(session);
+  if (report.detached) {
+    Log()->info("job {} left running as {}: the next start re-attaches to it", job.id, run->Describe());
+    return;
+  }
   Log()->info("job {} worker exited: {}", job.id, report.exit.Describe());
   FinishJob(slot, job.id, report);
 }

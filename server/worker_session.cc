@@ -6,12 +6,13 @@
 
 #include <chrono>
 #include <fstream>
+#include <memory>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "core/base/clock.h"
-#include "proto/event_stream.h"
 
 namespace lorad::server {
 namespace {
@@ -24,70 +25,199 @@ class StderrTail {
     text_.append(data, n);
     if (text_.size() > 16384) text_.erase(0, text_.size() - 8192);
   }
-  std::string LastLines(int count) const {
-    std::vector<std::string> lines = absl::StrSplit(text_, '\n', absl::SkipWhitespace());
-    if (static_cast<int>(lines.size()) > count) lines.erase(lines.begin(), lines.end() - count);
-    return absl::StrJoin(lines, "\n");
-  }
+  std::string LastLines(int count) const { return server::LastLines(text_, count); }
 
  private:
   std::string text_;
 };
 
+std::filesystem::path RankLogPath(const std::filesystem::path& log_path, size_t rank) {
+  if (rank == 0) return log_path;
+  std::filesystem::path path = log_path;
+  path.replace_filename(absl::StrCat(log_path.stem().string(), ".rank", rank, log_path.extension().string()));
+  return path;
+}
+
+bool CleanExit(const ExitInfo& exit) { return exit.exit_code == 0 && exit.term_signal == 0; }
+
+struct Rank {
+  WorkerProcess* process = nullptr;  // borrowed
+  std::ofstream log;
+  StderrTail tail;
+  bool stderr_open = true;
+  bool exited = false;
+  ExitInfo exit;
+};
+
 class Session {
  public:
-  Session(WorkerProcess* worker, const WorkerSessionOptions& options)
-      : worker_(worker), options_(options), log_(options.log_path, std::ios::app) {
+  Session(const std::vector<WorkerProcess*>& ranks, const WorkerSessionOptions& options)
+      : options_(options), ingest_(options, &report_) {
     report_.last_step = options.first_step;
+    for (size_t r = 0; r < ranks.size(); ++r) {
+      auto rank = std::make_unique<Rank>();
+      rank->process = ranks[r];
+      rank->log.open(RankLogPath(options.log_path, r), std::ios::app);
+      ranks_.push_back(std::move(rank));
+    }
   }
 
   WorkerReport Run() {
-    bool exited = false;
-    while (events_open_ || stderr_open_) {
-      pollfd fds[2];
-      int n = 0;
-      if (events_open_) fds[n++] = {worker_->events_fd(), POLLIN, 0};
-      if (stderr_open_) fds[n++] = {worker_->stderr_fd(), POLLIN, 0};
-      ::poll(fds, n, exited ? 0 : 100);
+    bool all_exited = false;
+    while (true) {
+      std::vector<pollfd> fds;
+      if (events_open_) fds.push_back({ranks_[0]->process->events_fd(), POLLIN, 0});
+      for (auto& rank : ranks_) {
+        if (rank->stderr_open) fds.push_back({rank->process->stderr_fd(), POLLIN, 0});
+      }
+      if (fds.empty() && all_exited) break;
+      ::poll(fds.data(), fds.size(), all_exited ? 0 : 100);
       if (events_open_) ReadEvents();
-      if (stderr_open_) ReadStderr();
+      for (auto& rank : ranks_) ReadStderr(*rank);
       SignalIfAsked();
-      if (exited) break;  // one last non-blocking drain happened above
-      if (worker_->TryWait(&report_.exit)) exited = true;  // grandchildren may hold the pipes
+      if (all_exited) break;  // one last non-blocking drain happened above
+      all_exited = ReapExited();  // grandchildren may hold the pipes
     }
-    report_.exit = worker_->Wait();
-    report_.stderr_tail = tail_.LastLines(8);
+    for (size_t r = 0; r < ranks_.size(); ++r) {
+      ranks_[r]->exit = ranks_[r]->process->Wait();
+    }
+    report_.exit = ranks_[0]->exit;
+    report_.stderr_tail = ranks_[0]->tail.LastLines(8);
+    if (first_failed_ > 0) {
+      const Rank& failed = *ranks_[first_failed_];
+      report_.first_failure = absl::StrCat("rank ", first_failed_, " of ", ranks_.size(), " failed first: lorad-train ",
+                                       DescribeTrainerExit(failed.exit));
+      const std::string tail = failed.tail.LastLines(8);
+      if (!tail.empty()) absl::StrAppend(&report_.first_failure, "; its last stderr lines:\n", tail);
+    }
     return std::move(report_);
   }
 
  private:
   void ReadEvents() {
+    WorkerProcess* rank0 = ranks_[0]->process;
     while (true) {
-      const ssize_t r = ::read(worker_->events_fd(), buffer_, sizeof(buffer_));
+      const ssize_t r = ::read(rank0->events_fd(), buffer_, sizeof(buffer_));
       if (r > 0) {
-        decoder_.Append(buffer_, static_cast<size_t>(r));
+        if (!ingest_.Feed(buffer_, static_cast<size_t>(r))) {
+          SignalAll(SIGKILL);  // a corrupt event stream cannot be trusted
+          events_open_ = false;
+          break;
+        }
         continue;
       }
       if (r == 0) events_open_ = false;
       break;  // EAGAIN or EOF
     }
-    std::vector<storage::EventWrite> burst;
-    while (report_.stream_error.empty()) {
-      auto next = decoder_.Next();
-      if (!next.ok()) {
-        report_.stream_error = std::string(next.status().message());
-        worker_->Signal(SIGKILL);  // a corrupt event stream cannot be trusted
-        break;
-      }
-      if (!next->has_value()) break;
-      Map(std::move(**next), &burst);
-    }
-    // The burst read from the pipe is committed in one transaction.
-    if (!burst.empty()) options_.commit(burst);
-    if (!events_open_) worker_->CloseEvents();
+    if (!events_open_) rank0->CloseEvents();
   }
 
-  void Map(lorad::v1::Event event, std::vector<storage::EventWrite>* burst) {
+  void ReadStderr(Rank& rank) {
+    if (!rank.stderr_open) return;
+    while (true) {
+      const ssize_t r = ::read(rank.process->stderr_fd(), buffer_, sizeof(buffer_));
+      if (r > 0) {
+        rank.tail.Append(buffer_, static_cast<size_t>(r));
+        rank.log.write(buffer_, r);
+        continue;
+      }
+      if (r == 0) rank.stderr_open = false;
+      break;
+    }
+    rank.log.flush();
+    if (!rank.stderr_open) rank.process->CloseStderr();
+  }
+
+  // Reaps the ranks that exited; the first exit decides what the others get.
+  // True once all have exited.
+  bool ReapExited() {
+    bool all = true;
+    for (size_t r = 0; r < ranks_.size(); ++r) {
+      Rank& rank = *ranks_[r];
+      if (rank.exited) continue;
+      if (!rank.process->TryWait(&rank.exit)) {
+        all = false;
+        continue;
+      }
+      rank.exited = true;
+      if (ranks_.size() == 1 || signalled_) continue;
+      if (!CleanExit(rank.exit)) {
+        // A dead peer: the others would wait in a collective until its timeout.
+        if (first_failed_ < 0) first_failed_ = static_cast<int>(r);
+        StartStop();
+      } else if (!peer_deadline_) {
+        peer_deadline_ = Clock::now() + Grace();
+      }
+    }
+    if (!all && peer_deadline_ && Clock::now() >= *peer_deadline_) SignalAll(SIGKILL);
+    return all;
+  }
+
+  std::chrono::milliseconds Grace() const {
+    return std::chrono::milliseconds(static_cast<int64_t>(options_.grace_s * 1000));
+  }
+
+  void SignalAll(int sig) {
+    for (auto& rank : ranks_) {
+      if (!rank->exited) rank->process->Signal(sig);
+    }
+  }
+
+  void StartStop() {
+    SignalAll(SIGTERM);
+    signalled_ = true;
+    kill_at_ = Clock::now() + Grace();
+  }
+
+  void SignalIfAsked() {
+    const bool asked = (options_.cancel_requested && options_.cancel_requested()) ||
+                       (options_.daemon_stopping && options_.daemon_stopping());
+    if (!signalled_ && asked) StartStop();
+    if (signalled_ && !killed_ && Clock::now() >= kill_at_) {
+      SignalAll(SIGKILL);
+      killed_ = true;
+    }
+  }
+
+  const WorkerSessionOptions& options_;
+  WorkerReport report_;
+  EventIngest ingest_;
+  std::vector<std::unique_ptr<Rank>> ranks_;
+  bool events_open_ = true;
+  bool signalled_ = false;
+  bool killed_ = false;
+  int first_failed_ = -1;
+  std::optional<Clock::time_point> peer_deadline_;
+  Clock::time_point kill_at_;
+  char buffer_[65536];
+};
+
+}  // namespace
+
+std::string LastLines(const std::string& text, int count) {
+  std::vector<std::string> lines = absl::StrSplit(text, '\n', absl::SkipWhitespace());
+  if (static_cast<int>(lines.size()) > count) lines.erase(lines.begin(), lines.end() - count);
+  return absl::StrJoin(lines, "\n");
+}
+
+EventIngest::EventIngest(const WorkerSessionOptions& options, WorkerReport* report, bool stamp_offsets,
+                         int64_t base_offset)
+    : options_(options), report_(report), stamp_offsets_(stamp_offsets), fed_(base_offset), offset_(base_offset) {}
+
+bool EventIngest::Feed(const char* data, size_t size) {
+  if (!report_->stream_error.empty()) return false;
+  decoder_.Append(data, size);
+  fed_ += static_cast<int64_t>(size);
+  std::vector<storage::EventWrite> burst;
+  while (true) {
+    auto next = decoder_.Next();
+    if (!next.ok()) {
+      report_->stream_error = std::string(next.status().message());
+      break;
+    }
+    if (!next->has_value()) break;
+    offset_ = fed_ - static_cast<int64_t>(decoder_.pending_bytes());
+    lorad::v1::Event event = std::move(**next);
     std::optional<ArtifactFile> file;
     if (auto reported = ReportedArtifactPath(event)) {
       const bool has_sha = event.has_checkpoint() ? !event.checkpoint().sha256().empty()
@@ -95,57 +225,27 @@ class Session {
       file = InspectArtifactFile(*reported, options_.job, !has_sha);
     }
     MappedEvent mapped = MapWorkerEvent(std::move(event), file, options_.job, NowUnixMs());
-    if (mapped.finished) report_.finished = std::move(mapped.finished);
-    if (mapped.step) report_.last_step = *mapped.step;
-    if (mapped.lora) report_.last_lora = *mapped.lora;
-    for (auto& write : mapped.writes) burst->push_back(std::move(write));
-  }
-
-  void ReadStderr() {
-    while (true) {
-      const ssize_t r = ::read(worker_->stderr_fd(), buffer_, sizeof(buffer_));
-      if (r > 0) {
-        tail_.Append(buffer_, static_cast<size_t>(r));
-        log_.write(buffer_, r);
-        continue;
-      }
-      if (r == 0) stderr_open_ = false;
-      break;
-    }
-    log_.flush();
-    if (!stderr_open_) worker_->CloseStderr();
-  }
-
-  void SignalIfAsked() {
-    if (!signalled_ && options_.stop_requested()) {
-      worker_->Signal(SIGTERM);
-      signalled_ = true;
-      kill_at_ = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(options_.grace_s * 1000));
-    }
-    if (signalled_ && !killed_ && Clock::now() >= kill_at_) {
-      worker_->Signal(SIGKILL);
-      killed_ = true;
+    if (mapped.finished) report_->finished = std::move(mapped.finished);
+    if (mapped.step) report_->last_step = *mapped.step;
+    if (mapped.lora) report_->last_lora = *mapped.lora;
+    for (auto& write : mapped.writes) {
+      // Every write of one event commits in the same burst: the highest
+      // recorded offset always ends a whole event.
+      if (stamp_offsets_) write.event.set_source_offset(offset_);
+      burst.push_back(std::move(write));
     }
   }
+  // The burst read at once is committed in one transaction.
+  if (!burst.empty()) options_.commit(burst);
+  return report_->stream_error.empty();
+}
 
-  WorkerProcess* worker_;  // borrowed for Run()
-  const WorkerSessionOptions& options_;
-  std::ofstream log_;
-  StderrTail tail_;
-  events::EventDecoder decoder_;
-  WorkerReport report_;
-  bool events_open_ = true;
-  bool stderr_open_ = true;
-  bool signalled_ = false;
-  bool killed_ = false;
-  Clock::time_point kill_at_;
-  char buffer_[65536];
-};
-
-}  // namespace
+WorkerReport SuperviseWorkers(const std::vector<WorkerProcess*>& ranks, const WorkerSessionOptions& options) {
+  return Session(ranks, options).Run();
+}
 
 WorkerReport SuperviseWorker(WorkerProcess* worker, const WorkerSessionOptions& options) {
-  return Session(worker, options).Run();
+  return SuperviseWorkers({worker}, options);
 }
 
 }  // namespace lorad::server

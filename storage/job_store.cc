@@ -418,6 +418,30 @@ absl::StatusOr<std::optional<JobRecord>> JobStore::ClaimNext(int slot, SlotCharg
   return std::optional<JobRecord>(std::move(job));
 }
 
+absl::StatusOr<std::optional<JobRecord>> JobStore::ClaimJob(int64_t job_id, int slot, SlotCharge charge) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));
+  ASSIGN_OR_RETURN(Statement pick,
+                   db_.Prepare("SELECT id FROM jobs WHERE id = ? AND state = ? "
+                               "AND (model_id IS NULL OR model_id IN (SELECT id FROM models WHERE state = 3))"));
+  pick.Bind(1, job_id).Bind(2, static_cast<int>(JobState::kQueued));
+  ASSIGN_OR_RETURN(bool found, pick.Step());
+  if (!found) return std::optional<JobRecord>();
+  ASSIGN_OR_RETURN(Statement update,
+                   db_.Prepare("UPDATE jobs SET state = ?, slot = ?, attempts = attempts + 1, "
+                               "started_ms = ?, exit_code = 0, term_signal = 0 WHERE id = ?"));
+  RETURN_IF_ERROR(update.Bind(1, static_cast<int>(JobState::kRunning)).Bind(2, slot)
+                      .Bind(3, clock_->NowUnixMs()).Bind(4, job_id).Run());
+  ASSIGN_OR_RETURN(JobRecord job, GetJobLocked(job_id));
+  ASSIGN_OR_RETURN(Statement attempt,
+                   db_.Prepare("INSERT OR REPLACE INTO job_attempts(job_id, attempt, slot, gpus, "
+                               "price_per_gpu_hour, started_ms, ended_ms) VALUES(?, ?, ?, ?, ?, ?, 0)"));
+  RETURN_IF_ERROR(attempt.Bind(1, job_id).Bind(2, job.attempts).Bind(3, slot).Bind(4, std::max(charge.gpus, 1))
+                      .Bind(5, charge.price_per_gpu_hour).Bind(6, job.started_ms).Run());
+  RETURN_IF_ERROR(txn.Commit());
+  return std::optional<JobRecord>(std::move(job));
+}
+
 absl::StatusOr<CancelResult> JobStore::RequestCancel(int64_t job_id, const std::string& reason) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db_));

@@ -229,6 +229,9 @@ class JobStore {
   // and opens its attempt, charged `charge`. nullopt when nothing is queued.
   // The attempt ends with the job's terminal event or a Requeue.
   absl::StatusOr<std::optional<JobRecord>> ClaimNext(int slot, SlotCharge charge = {});
+  // ClaimNext for one job the caller picked (the scheduler's GPU policy):
+  // nullopt when it is no longer queued or its model is not ready.
+  absl::StatusOr<std::optional<JobRecord>> ClaimJob(int64_t job_id, int slot, SlotCharge charge = {});
   // Queued: CANCELLED now (with a Finished event). Running: flags
   // cancel_requested (needs_signal). Terminal: unchanged.
   absl::StatusOr<CancelResult> RequestCancel(int64_t job_id, const std::string& reason);
@@ -276,9 +279,6 @@ class JobStore {
   absl::StatusOr<std::vector<SweepRecord>> ListSweeps();
   absl::Status IntegrityCheck();
 
- private:
-  JobStore(Database db, const Clock* clock) : clock_(clock), db_(std::move(db)) {}
-  absl::StatusOr<JobRecord> GetJobLocked(int64_t job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Models (storage/model_records.cc). CreateModel: ALREADY_EXISTS naming the
   // taken name or sha256.
   absl::StatusOr<ModelRecord> CreateModel(const ModelRecord& model);
@@ -300,6 +300,9 @@ class JobStore {
   // The model record a job names (nullopt: a plain path).
   absl::StatusOr<std::optional<ModelRecord>> ModelOfJob(int64_t job_id);
 
+ private:
+  JobStore(Database db, const Clock* clock) : clock_(clock), db_(std::move(db)) {}
+  absl::StatusOr<JobRecord> GetJobLocked(int64_t job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sets each job's usage from its attempts.
   absl::Status FillUsageLocked(std::vector<JobRecord>& jobs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ends the job's open attempt now (no-op when none is open).

@@ -1,12 +1,17 @@
 // lorad-train: the standalone kohya-style trainer, and the daemon's worker.
 //
 //   lorad-train --config_file CONFIG.toml [--dataset_config DATA.toml] [--key value ...]
-//               [--events-fd N] [--resume STATE_DIR]
+//               [--events-fd N | --events-file PATH] [--resume STATE_DIR]
 //
 // Prints a progress bar on stderr; with --events-fd writes lorad.v1.Event
-// messages to fd N. SIGTERM / SIGINT save a resumable state and exit with
-// kExitCancelled. Exit codes: core/base/exit_codes.h.
+// messages to fd N; with --events-file appends them, framed the same way, to
+// PATH (the Slurm executor's rank 0: the daemon follows the file).
+// SIGTERM / SIGINT save a resumable state and exit with kExitCancelled. Exit codes: core/base/exit_codes.h.
+#include <fcntl.h>
+
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <ctime>
 #include <cstdio>
 #include <iostream>
@@ -38,7 +43,7 @@ extern "C" void OnSignal(int) {
 
 constexpr char kUsage[] =
     "usage: lorad-train --config_file CONFIG.toml [--dataset_config DATA.toml] [--key value ...]\n"
-    "                   [--events-fd N] [--resume STATE_DIR]\n"
+    "                   [--events-fd N | --events-file PATH] [--resume STATE_DIR]\n"
     "Options are kohya sd-scripts names (e.g. --network_dim 16 --learning_rate 1e-4);\n"
     "the command line overrides the TOML file. --help-keys lists every option.\n";
 
@@ -100,6 +105,15 @@ static int ToolMain(int argc, char** argv) {
       if (!absl::SimpleAtoi(value, &fd) || fd < 0) {
         std::cerr << "--events-fd needs a file descriptor number, got \"" << value << "\"\n";
         return kExitUsage;
+      }
+      events = std::make_unique<EventsObserver>(fd);
+      observers.Add(events.get());
+    } else if (key == "events_file") {
+      // Kept open for the whole run; appended to, so a follower's offsets stay valid.
+      const int fd = ::open(value.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+      if (fd < 0) {
+        std::cerr << "--events-file: cannot open \"" << value << "\": " << std::strerror(errno) << "\n";
+        return kExitNotFound;
       }
       events = std::make_unique<EventsObserver>(fd);
       observers.Add(events.get());
