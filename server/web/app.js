@@ -147,7 +147,7 @@ async function queuePage() {
             h("td", {}, j.id), h("td", {}, h("a", {href: `/jobs/${j.id}`, class: "job-link"}, j.name || "job")),
             h("td", {}, badge(j.state)), h("td", {}, progressBar(j)),
             h("td", {}, num(j.step) ? fmtNum(j.loss) : "–"), h("td", {}, fmtDuration(etaSeconds(j, now))),
-            h("td", {}, cost(j)), h("td", {}, fmtTime(j.created_unix_ms))))), {id: "jobs-table"})
+            h("td", {}, cost(j)), h("td", {}, fmtTime(j.created_unix_ms)))), {id: "jobs-table"})
         : h("p", {class: "muted"}, "No jobs match."));
     } catch (e) { showError(list, e); }
   }
@@ -217,13 +217,13 @@ async function jobPage(id) {
     const cancel = active ? h("button", {id: "cancel", class: "danger", onclick: onCancel},
                               job.cancel_requested ? "Stopping…" : "Cancel job") : null;
     if (cancel && job.cancel_requested) cancel.disabled = true;
-    head.replaceChildren(
+    head.replaceChildren(...[
         h("h1", {}, `#${job.id} ${job.name || "job"} `, badge(job.state)),
         job.sweep ? h("p", {}, "sweep ", h("a", {href: `/sweeps/${encodeURIComponent(job.sweep)}`}, job.sweep)) : null,
         progressBar(job),
         h("dl", {class: "facts"}, facts.map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v)))),
         job.reason ? h("p", {class: st === "failed" ? "error" : "muted", id: "reason"}, job.reason) : null,
-        cancel);
+        cancel].filter(Boolean));
   }
   let armed = false;
   async function onCancel(event) {
@@ -280,8 +280,12 @@ async function jobPage(id) {
     drawDownloads();
     drawPreviews();
     const keys = Object.keys(job.hyperparameters || {}).sort();
-    hp.replaceChildren(keys.length ? table(["key", "value"], keys.map((k) =>
-        h("tr", {}, h("td", {}, h("code", {}, k)), h("td", {}, job.hyperparameters[k]))))
+    // Folded: a run records every kohya key (100+), the page leads with its curves.
+    hp.replaceChildren(keys.length ? h("details", {},
+        h("summary", {}, `${keys.length} keys (learning_rate ${job.hyperparameters.learning_rate ?? "–"}, `,
+          `network_dim ${job.hyperparameters.network_dim ?? "–"}, optimizer ${job.hyperparameters.optimizer_type ?? "–"})`),
+        table(["key", "value"], keys.map((k) =>
+          h("tr", {}, h("td", {}, h("code", {}, k)), h("td", {}, job.hyperparameters[k])))))
       : h("p", {class: "muted"}, "Recorded when the job starts."));
   }
   let artifactsTimer = null;
@@ -406,7 +410,7 @@ async function datasetsPage() {
     main.replaceChildren(h("h1", {}, "Datasets"), list.length ? table(["Name", "Id", "Images", "Size", "Uploaded"],
         list.map((d) => h("tr", {}, h("td", {}, h("a", {href: `/datasets/${d.id}`}, d.name || d.id)),
           h("td", {}, h("code", {}, String(d.id).slice(0, 12))), h("td", {}, num(d.images)),
-          h("td", {}, fmtBytes(d.bytes)), h("td", {}, fmtTime(d.created_unix_ms))))))
+          h("td", {}, fmtBytes(d.bytes)), h("td", {}, fmtTime(d.created_unix_ms)))))
       : h("p", {class: "muted"}, "No uploaded datasets (loractl datasets upload DIR)."));
   } catch (e) { showError(main, e); }
 }
