@@ -17,6 +17,7 @@ std::string TrainerExitMeaning(int exit_code) {
     case kExitCancelled: return "cancelled (SIGTERM/SIGINT)";
     case kExitEventsBroken: return "its events pipe to the daemon broke";
     case kExitWriteFailed: return "it could not write its output (disk full or I/O error)";
+    case kExitPeerFailed: return "another rank of its data-parallel job died, failed or stalled";
     case 127: return "it could not be started";  // WorkerProcess: exec or chdir failed
     default: return "";
   }

@@ -7,7 +7,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <regex>
 
 #include <gtest/gtest.h>
@@ -22,6 +24,11 @@ namespace lorad::tests {
 namespace {
 namespace fs = std::filesystem;
 using lorad::v1::Job;
+
+std::string ReadFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
 
 fs::path TestRoot(const std::string& name) {
   return fs::temp_directory_path() / absl::StrCat("lorad_mgpu_", getpid(), "_", name);
@@ -114,8 +121,15 @@ TEST_F(MultiGpuDaemonTest, StrictOrderTheTwoGpuJobHoldsTheSlotsAndNothingPassesI
   EXPECT_EQ(RankPids(started).size(), 2u) << started;
   // Each rank logged on its own; rank 0 alone reported (the events are rank 0's).
   const fs::path job_dir = d.data_dir() / "jobs" / std::to_string(two.id());
-  EXPECT_TRUE(fs::exists(job_dir / "worker.log"));
-  EXPECT_TRUE(fs::exists(job_dir / "worker.rank1.log"));
+  // The ranks met at the rendezvous the daemon gave them (data-parallel lorad-train).
+  std::smatch port;
+  ASSERT_TRUE(std::regex_search(started, port, std::regex("rendezvous (127\\.0\\.0\\.1:[0-9]+)")));
+  for (int rank = 0; rank < 2; ++rank) {
+    const std::string log = ReadFile(job_dir / (rank == 0 ? "worker.log" : "worker.rank1.log"));
+    EXPECT_TRUE(absl::StrContains(log, absl::StrCat("data-parallel rank ", rank, " of 2 (local rank ", rank,
+                                                    " of 2), rendezvous at ", port[1].str())))
+        << "rank " << rank << " log:\n" << log;
+  }
   const auto events = d.ReadAllEvents(two.id());
   ExpectContiguous(events, 1, "2-GPU job");
   int progress = 0;
@@ -170,6 +184,24 @@ TEST_F(MultiGpuDaemonTest, CancelStopsEveryRankAndATooBigJobIsRefused) {
   // The slots are free again: a 2-GPU job runs.
   const int64_t next = d.Submit(Daemon::TinyConfig(2, 0, "gpus = 2\n"), dataset_, "after-cancel");
   EXPECT_EQ(WaitEnd(d, next).state(), lorad::v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(MultiGpuDaemonTest, ARankKilledFailsTheJobNamingItAndStopsTheOtherRank) {
+  StartDaemon(0);
+  Daemon& d = *daemon_;
+  const int64_t id = d.Submit(Daemon::TinyConfig(100000, 0, "gpus = 2\n"), dataset_, "loses-a-rank");
+  d.ReadEventsUntil(id, [](const lorad::v1::Event& e) { return e.has_progress(); });
+  const std::vector<pid_t> pids = RankPids(StartedLine(d, id));
+  ASSERT_EQ(pids.size(), 2u);
+  const auto killed_at = std::chrono::steady_clock::now();
+  ASSERT_EQ(::kill(pids[1], SIGKILL), 0);
+  const Job job = WaitEnd(d, id);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed_at).count();
+  EXPECT_EQ(job.state(), lorad::v1::JOB_STATE_FAILED);
+  EXPECT_TRUE(absl::StartsWith(job.reason(), "rank 1 of 2 failed first: lorad-train killed by signal 9 (SIGKILL)"))
+      << job.reason();
+  EXPECT_LT(seconds, 5 + 10.0);  // rank 0 stopped within the grace period (5 s), not at its collective timeout
+  EXPECT_EQ(::kill(pids[0], 0), -1) << "rank 0 survived its peer";
 }
 
 }  // namespace
