@@ -233,6 +233,7 @@ TEST(SlurmScriptsTest, BatchScriptAsksForTheGpusAndSrunStartsTheRanks) {
   EXPECT_FALSE(absl::StrContains(scripts.sbatch, "--ntasks-per-node"));
   for (const char* line :
        {"export WORLD_SIZE=\"$SLURM_NTASKS\" RANK=\"$SLURM_PROCID\" LOCAL_RANK=\"$SLURM_LOCALID\"",
+        "export LOCAL_WORLD_SIZE=\"${SLURM_STEP_TASKS_PER_NODE%%[(,]*}\"",
         "if [ \"${SLURM_PROCID:-0}\" = 0 ]; then\n  exec '/opt/lorad/bin/lorad-train' '--config_file' "
         "'/data/jobs/12/config.toml' '--output_name' 'it'\\''s' --events-file '/data/jobs/12/slurm/attempt-3.events'\nfi\n"
         "exec '/opt/lorad/bin/lorad-train' '--config_file' '/data/jobs/12/config.toml' '--output_name' 'it'\\''s'\n"}) {

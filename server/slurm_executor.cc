@@ -290,6 +290,8 @@ SlurmScripts RenderSlurmScripts(const SlurmOptions& options, const AttemptSpec& 
                   "set -eu\n"
                   "if [ \"${SLURM_NTASKS:-1}\" -gt 1 ]; then\n"
                   "  export WORLD_SIZE=\"$SLURM_NTASKS\" RANK=\"$SLURM_PROCID\" LOCAL_RANK=\"$SLURM_LOCALID\"\n"
+                  "  # \"2(x3)\" or \"4,2\": this job spreads its tasks evenly, the first count is every node's.\n"
+                  "  export LOCAL_WORLD_SIZE=\"${SLURM_STEP_TASKS_PER_NODE%%[(,]*}\"\n"
                   "fi\n");
   for (const auto& [key, value] : spec.base.env) absl::StrAppend(&rank, "export ", key, "=", ShellQuote(value), "\n");
   std::vector<std::string> argv;

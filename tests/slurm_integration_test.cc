@@ -252,7 +252,11 @@ std::string* SlurmTest::dataset_ = nullptr;
 TEST_F(SlurmTest, ThreeJobsRunAsSbatchJobsAndAllFinishWithGapFreeEvents) {
   Daemon& d = *daemon_;
   std::vector<int64_t> ids;
-  for (int i = 0; i < 3; ++i) ids.push_back(d.Submit(Daemon::TinyConfig(5, 0), *dataset_, absl::StrCat("slurm-", i)));
+  // The third is data-parallel: srun starts 2 ranks (--ntasks=2) that meet at
+  // the first node of the allocation.
+  for (int i = 0; i < 3; ++i) {
+    ids.push_back(d.Submit(Daemon::TinyConfig(5, 0, i == 2 ? "gpus = 2\n" : ""), *dataset_, absl::StrCat("slurm-", i)));
+  }
   for (int64_t id : ids) {
     const Job job = WaitEnd(id);
     ASSERT_EQ(job.state(), lorad::v1::JOB_STATE_SUCCEEDED) << job.reason();
@@ -272,6 +276,18 @@ TEST_F(SlurmTest, ThreeJobsRunAsSbatchJobsAndAllFinishWithGapFreeEvents) {
     }
     EXPECT_TRUE(fs::exists(job.final_lora_path())) << job.final_lora_path();
   }
+  // Slurm's task variables became the rendezvous: SLURM_PROCID -> RANK,
+  // SLURM_NTASKS -> WORLD_SIZE, the first node -> MASTER_ADDR (srun --label
+  // prefixes each rank's lines).
+  std::ifstream out(d.data_dir() / "jobs" / std::to_string(ids[2]) / "slurm" / "attempt-1.out");
+  const std::string text((std::istreambuf_iterator<char>(out)), {});
+  EXPECT_TRUE(absl::StrContains(text, "0: data-parallel rank 0 of 2 (local rank 0 of 2), rendezvous at localhost:"))
+      << text;
+  EXPECT_TRUE(absl::StrContains(text, "1: data-parallel rank 1 of 2 (local rank 1 of 2), rendezvous at localhost:"))
+      << text;
+  std::ifstream script(d.data_dir() / "jobs" / std::to_string(ids[2]) / "slurm" / "attempt-1.sbatch");
+  const std::string sbatch((std::istreambuf_iterator<char>(script)), {});
+  EXPECT_TRUE(absl::StrContains(sbatch, "#SBATCH --ntasks=2\n")) << sbatch;
 }
 
 TEST_F(SlurmTest, ScancelFromOutsideIsSeenAndLoradsCancelIsAnScancel) {
