@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one script a GPU machine runs as it is (issue 11): builds the engine
 # (LORAD_ENGINE_ONLY) against that machine's pip torch, runs the tests labelled
-# `cuda`, then `lorad-bench gpu` and `lorad-bench overhead`. Logs and JSON go
+# `cuda`, then `lorad-bench gpu` and `lorad-bench overhead` (and `lorad-bench ddp
+# --device cuda` where more than one GPU is visible). Logs and JSON go
 # to $OUT (default ./gpu_out); the whole run is kept within about 8 minutes
 # (LORAD_GPU_TOTAL_S) by capping every step with `timeout`.
 #
@@ -87,5 +88,18 @@ overhead_rc=0
 step bench_overhead 90 "$build/bench/lorad-bench" overhead --json "$OUT/bench_overhead.json" || overhead_rc=$?
 cat "$OUT/bench_overhead.log" >>"$OUT/run.log"
 
-log "done: ctest $ctest_rc, bench gpu $gpu_rc, bench overhead $overhead_rc"
-(( ctest_rc == 0 && gpu_rc == 0 && overhead_rc == 0 ))
+# Data-parallel over NCCL (issue 15): 2 ranks on cuda:0 and cuda:1 against 1,
+# only where more than one GPU is visible (NCCL refuses two ranks on one GPU).
+# Its log is folded into run.log (at most 8 files come back).
+ddp_rc=0
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+if (( gpus > 1 )); then
+  step bench_ddp_nccl 90 "$build/bench/lorad-bench" ddp --device cuda || ddp_rc=$?
+  cat "$OUT/bench_ddp_nccl.log" >>"$OUT/run.log"
+  rm -f "$OUT/bench_ddp_nccl.log"
+else
+  log "bench_ddp_nccl: skipped, ${gpus:-0} GPU(s) visible (NCCL data-parallel needs 2 or more)"
+fi
+
+log "done: ctest $ctest_rc, bench gpu $gpu_rc, bench overhead $overhead_rc, bench ddp nccl $ddp_rc"
+(( ctest_rc == 0 && gpu_rc == 0 && overhead_rc == 0 && ddp_rc == 0 ))

@@ -242,6 +242,19 @@ TEST_F(DdpRuns, ResumeWithTwoRanksAndWithOneProcess) {
   EXPECT_NE(Log("resume1b2", 0).find("goes on from the start of epoch"), std::string::npos) << Log("resume1b2", 0);
 }
 
+// accelerate's keys without the torchrun environment: lorad-train starts the
+// local ranks itself (rank 0 inherits the events flags, the log says so).
+TEST_F(DdpRuns, NumProcessesKeyLaunchesTheRanks) {
+  ASSERT_EQ(single_codes_, std::vector<int>({0}));
+  const fs::path config = WriteConfig("launcher", 2, kSteps);
+  std::ofstream(config, std::ios::app) << "num_processes = 2\nmain_process_port = " << FreePort() << "\n";
+  ASSERT_EQ(RunRanks("launcher", 1, config), std::vector<int>({0})) << Log("launcher", 0);
+  const std::string log = Log("launcher", 0);
+  EXPECT_NE(log.find("launching 2 local ranks"), std::string::npos) << log;
+  EXPECT_NE(log.find("placed by the config keys"), std::string::npos) << log;
+  EXPECT_LT(MaxDifference(Out("single") / "lora.safetensors", Out("launcher") / "lora.safetensors"), kTolerance);
+}
+
 // SIGKILL on rank 1 mid-run: rank 0 fails with kExitPeerFailed (16) within the
 // timeout, naming rank 1, in its log and in the Failed event.
 TEST_F(DdpTest, KilledRankFailsTheJobNamingIt) {

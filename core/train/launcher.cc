@@ -58,8 +58,8 @@ int LaunchLocalRanks(const DistributedSpec& spec, const std::vector<std::string>
     std::cerr << "num_processes / num_machines = " << n << " local ranks; at most " << kMaxLocalRanks << "\n";
     return kExitUsage;
   }
-  log->info("launching {} local ranks ({} to {} of {}); rendezvous at {}:{}", n, spec.rank, spec.rank + n - 1,
-            spec.world_size, spec.master_addr, spec.master_port);
+  log->info("launching {} local ranks ({} to {} of {}); rendezvous at {}:{}; placed by the {}", n, spec.rank,
+            spec.rank + n - 1, spec.world_size, spec.master_addr, spec.master_port, spec.source);
   const std::vector<std::string> others = WithoutEventsFlags(args);
   std::vector<pid_t> pids;
   for (int i = 0; i < n; ++i) {

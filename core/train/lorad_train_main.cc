@@ -137,6 +137,11 @@ static int ToolMain(int argc, char** argv) {
     if (spec->rank != 0) run_observer = &rank_failure;
     auto device = ResolveDevice(config->device);
     if (!device.ok()) return Fail(*run_observer, device.status());
+    // One GPU per local rank unless the config names one, as the trainer places the model.
+    if (device->is_cuda() && config->device.find(':') == std::string::npos) {
+      *device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(
+                                                spec->local_rank % std::max<int64_t>(1, torch::cuda::device_count())));
+    }
     auto connected = DistributedContext::Connect(*spec, *device);
     if (!connected.ok()) return Fail(*run_observer, connected.status());
     distributed = std::move(*connected);

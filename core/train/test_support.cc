@@ -65,8 +65,13 @@ class MemoryIterator : public data::BatchIterator {
     const int64_t first = position_.batch_index * b;
     if (first >= static_cast<int64_t>(order_.size())) return std::optional<data::Batch>();
     const int64_t last = std::min<int64_t>(first + b, static_cast<int64_t>(order_.size()));
-    std::vector<int64_t> idx(order_.begin() + first, order_.begin() + last);
+    // A data-parallel rank's balanced share of the planned batch (as core/data's Dataset).
+    const int64_t planned = last - first, world = source_.world_size(), rank = source_.rank();
+    const int64_t share_begin = rank * planned / world, share_end = (rank + 1) * planned / world;
+    std::vector<int64_t> idx(order_.begin() + first + share_begin, order_.begin() + first + share_end);
     data::Batch batch;
+    batch.planned_size = planned;
+    for (int64_t s = share_begin; s < share_end; ++s) batch.slots.push_back(s);
     batch.images = source_.data().images.index_select(0, torch::tensor(idx, torch::kInt64));
     for (int64_t i : idx) batch.captions.push_back(source_.data().captions[static_cast<size_t>(i)]);
     const int64_t n = static_cast<int64_t>(idx.size());

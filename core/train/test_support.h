@@ -39,11 +39,21 @@ class MemoryBatchSource : public data::BatchSource {
   std::vector<int64_t> EpochOrder(int epoch) const;
   const CaptionedImages& data() const { return data_; }
   int64_t batch_size() const { return batch_size_; }
+  // Data-parallel: batches of batch_size are planned as global batches and this
+  // rank is served its balanced share of each (Batch::planned_size / slots).
+  void SetShard(int64_t rank, int64_t world_size) {
+    rank_ = rank;
+    world_size_ = world_size;
+  }
+  int64_t rank() const { return rank_; }
+  int64_t world_size() const { return world_size_; }
 
  private:
   CaptionedImages data_;
   int64_t batch_size_;
   uint64_t seed_;
+  int64_t rank_ = 0;
+  int64_t world_size_ = 1;
 };
 
 // Mean training-set loss at fixed timesteps and noise (seeded), with the base
