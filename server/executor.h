@@ -44,7 +44,7 @@ struct AttemptSpec {
 class AttemptRun {
  public:
   virtual ~AttemptRun() = default;
-  // "pid 123" / "pids 123, 124 (2 ranks, rendezvous 127.0.0.1:40211)" / "Slurm job 57".
+  // "pid 123" / "pids 123, 124; 2 ranks, rendezvous 127.0.0.1:40211" / "Slurm job 57".
   virtual std::string Describe() const = 0;
   // Blocks until the attempt has ended (or, for an executor whose attempts
   // outlive the daemon, until the daemon stops: report.detached). Must run on

@@ -23,8 +23,8 @@ class LocalRun : public AttemptRun {
     std::vector<std::string> pids;
     for (const auto& rank : ranks_) pids.push_back(std::to_string(rank->pid()));
     if (ranks_.size() == 1) return absl::StrCat("pid ", pids[0]);
-    return absl::StrCat("pids ", absl::StrJoin(pids, ", "), " (", ranks_.size(), " ranks, rendezvous 127.0.0.1:",
-                        master_port_, ")");
+    return absl::StrCat("pids ", absl::StrJoin(pids, ", "), "; ", ranks_.size(), " ranks, rendezvous 127.0.0.1:",
+                        master_port_);
   }
 
   WorkerReport Supervise(const WorkerSessionOptions& options) override {

@@ -477,14 +477,16 @@ void Scheduler::RunJob(Slot* slot, storage::JobRecord job, int gpus) {
   if (!run.ok()) return Fail(job, std::string(run.status().message()));
   std::vector<std::string> slot_names;
   for (int i : slot->slots) slot_names.push_back(std::to_string(i));
+  // "attempt 2 started on slot 1 (pid 4711)", as before multi-GPU jobs; or
+  // "... on slots 0,1 with CUDA_VISIBLE_DEVICES=0,1, 2 GPUs (pids 4711, 4712; 2 ranks, ...)".
   std::string where;
   if (!slot->slots.empty()) {
     where = absl::StrCat(slot->slots.size() == 1 ? " on slot " : " on slots ", absl::StrJoin(slot_names, ","));
-    if (!gpu_ids.empty()) absl::StrAppend(&where, " (CUDA_VISIBLE_DEVICES=", absl::StrJoin(gpu_ids, ","), ")");
   }
+  if (gpus > 1 && !gpu_ids.empty()) absl::StrAppend(&where, " with CUDA_VISIBLE_DEVICES=", absl::StrJoin(gpu_ids, ","));
+  if (gpus > 1) absl::StrAppend(&where, ", ", gpus, " GPUs");
   const std::string started =
-      absl::StrCat("attempt ", job.attempts, " started", where, ", ", gpus, gpus == 1 ? " GPU" : " GPUs", ", as ",
-                   (*run)->Describe(), plan.resume_note);
+      absl::StrCat("attempt ", job.attempts, " started", where, " (", (*run)->Describe(), ")", plan.resume_note);
   Log()->info("job {} {}", job.id, started);
   Record(job.id, LogWrite(lorad::v1::Log::INFO, started), false);
   SuperviseRun(slot, job, run->get());

@@ -58,11 +58,11 @@ std::string StartedLine(Daemon& d, int64_t id) {
   return "";
 }
 
-// The pids a "... as pids 1, 2 (2 ranks, ...)" line names.
+// The pids a "... (pids 1, 2; 2 ranks, ...)" line names.
 std::vector<pid_t> RankPids(const std::string& started) {
   std::vector<pid_t> pids;
   std::smatch match;
-  if (!std::regex_search(started, match, std::regex("as pids ([0-9, ]+) \\("))) return pids;
+  if (!std::regex_search(started, match, std::regex("\\(pids ([0-9, ]+);"))) return pids;
   for (absl::string_view part : absl::StrSplit(match[1].str(), ", ", absl::SkipEmpty())) {
     int pid = 0;
     if (absl::SimpleAtoi(part, &pid)) pids.push_back(pid);
@@ -116,8 +116,8 @@ TEST_F(MultiGpuDaemonTest, StrictOrderTheTwoGpuJobHoldsTheSlotsAndNothingPassesI
   EXPECT_EQ(two.step(), 4);
 
   const std::string started = StartedLine(d, two.id());
-  EXPECT_TRUE(absl::StrContains(started, "on slots 0,1 (CUDA_VISIBLE_DEVICES=0,1), 2 GPUs, as pids ")) << started;
-  EXPECT_TRUE(absl::StrContains(started, "(2 ranks, rendezvous 127.0.0.1:")) << started;
+  EXPECT_TRUE(absl::StrContains(started, "on slots 0,1 with CUDA_VISIBLE_DEVICES=0,1, 2 GPUs (pids ")) << started;
+  EXPECT_TRUE(absl::StrContains(started, "; 2 ranks, rendezvous 127.0.0.1:")) << started;
   EXPECT_EQ(RankPids(started).size(), 2u) << started;
   // Each rank logged on its own; rank 0 alone reported (the events are rank 0's).
   const fs::path job_dir = d.data_dir() / "jobs" / std::to_string(two.id());
