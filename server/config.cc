@@ -76,8 +76,10 @@ absl::Status LoadSlurm(const std::string& path, const toml::node& node, ServerCo
     return absl::InvalidArgumentError(absl::StrCat("config ", path, ": slurm must be a table ([slurm] partition = ...)"));
   }
   SlurmOptions& s = c->slurm;
-  for (const auto& [key, value] : *table) {
-    const std::string k(key.str());
+  // Not a structured binding: clang 14 (the sanitizer build) cannot capture one.
+  for (const auto& entry : *table) {
+    const std::string k(entry.first.str());
+    const toml::node& value = entry.second;
     auto text = [&](std::string* out) -> absl::Status {
       auto v = value.value_exact<std::string>();
       if (!v) return absl::InvalidArgumentError(absl::StrCat("config ", path, ": slurm.", k, " must be a string"));

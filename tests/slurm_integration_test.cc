@@ -223,11 +223,18 @@ class SlurmTest : public ::testing::Test {
     if (daemon_) {
       if (daemon_->running()) EXPECT_EQ(daemon_->Stop(), 0);
       Output("scancel --user=root 2>&1");  // nothing of the test outlives it
-      fs::remove_all(daemon_->data_dir());
+      // Slurm's steps may still be writing into the job folders for KillWait.
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      while (!Output("squeue -h -o %i 2>/dev/null").empty() && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(250));
+      }
+      std::error_code ec;
+      fs::remove_all(daemon_->data_dir(), ec);
     }
     delete daemon_;
     delete cluster_;  // stops slurmd, slurmctld, munged
-    if (!HasFailure()) fs::remove_all(TestRoot("cluster"));
+    std::error_code ec;
+    if (!HasFailure()) fs::remove_all(TestRoot("cluster"), ec);
     delete dataset_;
     delete skip_;
     daemon_ = nullptr;
