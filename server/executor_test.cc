@@ -132,11 +132,17 @@ WorkerSessionOptions SessionIn(const fs::path& dir, double grace_s) {
 TEST(LocalExecutorTest, ARankThatDiesEndsTheOthersWithinTheGraceAndIsNamed) {
   ScopedTempDir dir("lorad_ranks");
   LocalExecutor executor;
-  // Rank 1 fails at once; rank 0 would wait a minute for it in a collective.
+  // Rank 1 fails as soon as rank 0 is up (its trap set and its environment
+  // written: without that wait a fast supervisor could stop rank 0 before it
+  // started); rank 0 would wait a minute for it in a collective.
   const std::string script =
+      "trap 'exit 5' TERM\n"
       "echo \"$WORLD_SIZE $RANK $LOCAL_RANK $MASTER_ADDR $MASTER_PORT\" > rank$RANK.env\n"
-      "if [ \"$RANK\" = 1 ]; then echo 'rank 1: out of memory' >&2; exit 9; fi\n"
-      "trap 'exit 5' TERM\nsleep 60 & wait\n";
+      "if [ \"$RANK\" = 1 ]; then\n"
+      "  while [ ! -e rank0.ready ]; do sleep 0.01; done\n"
+      "  echo 'rank 1: out of memory' >&2; exit 9\n"
+      "fi\n"
+      "touch rank0.ready\nsleep 60 & wait\n";
   auto run = executor.Launch(ShellAttempt(dir.path(), script, 2));
   ASSERT_TRUE(run.ok()) << run.status();
   EXPECT_TRUE(absl::StrContains((*run)->Describe(), "2 ranks, rendezvous 127.0.0.1:")) << (*run)->Describe();

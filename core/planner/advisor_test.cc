@@ -4,6 +4,8 @@
 #include <string>
 
 #include <gtest/gtest.h>
+
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "absl/container/flat_hash_set.h"
@@ -70,11 +72,12 @@ std::vector<std::string> FiredIds(const AdviceReport& report) {
   return ids;
 }
 
-const Finding* FindRule(const AdviceReport& report, const std::string& id) {
+// A copy: callers often pass a temporary report.
+std::optional<Finding> FindRule(const AdviceReport& report, const std::string& id) {
   for (const Finding& finding : report.findings) {
-    if (finding.rule_id == id) return &finding;
+    if (finding.rule_id == id) return finding;
   }
-  return nullptr;
+  return std::nullopt;
 }
 
 TEST(AdvisorTest, CleanBaselinesHaveNoFindings) {
@@ -172,13 +175,13 @@ TEST(AdvisorTest, EachRuleFiresOnItsTriggerAndNotOnTheNearMiss) {
   for (const RuleCase& rule_case : Cases()) {
     SCOPED_TRACE(rule_case.rule_id);
     const AdviceReport fired = Advise(rule_case.trigger());
-    const Finding* finding = FindRule(fired, rule_case.rule_id);
-    ASSERT_NE(finding, nullptr) << RenderText(fired);
+    std::optional<Finding> finding = FindRule(fired, rule_case.rule_id);
+    ASSERT_TRUE(finding.has_value()) << RenderText(fired);
     EXPECT_NE(finding->message.find(rule_case.message_contains), std::string::npos)
         << finding->message;
     EXPECT_FALSE(finding->citation.empty());
     const AdviceReport silent = Advise(rule_case.near_miss());
-    EXPECT_EQ(FindRule(silent, rule_case.rule_id), nullptr) << RenderText(silent);
+    EXPECT_FALSE(FindRule(silent, rule_case.rule_id).has_value()) << RenderText(silent);
   }
 }
 
@@ -339,34 +342,34 @@ TEST(AdvisorTest, DetectsTheTriggerWordAndItsPosition) {
 TEST(AdvisorTest, KeepTokensRuleFiresWhenTheTriggerIsNotProtected) {
   AdvisorInput input = CleanCharacter();
   input.config.keep_tokens = 0;
-  const Finding* finding = FindRule(Advise(input), "keep-tokens-trigger");
-  ASSERT_NE(finding, nullptr);
+  std::optional<Finding> finding = FindRule(Advise(input), "keep-tokens-trigger");
+  ASSERT_TRUE(finding.has_value());
   EXPECT_NE(finding->message.find("keep_tokens = 0"), std::string::npos) << finding->message;
   // keep_tokens 1 with the trigger at tag 2: still unprotected, asks for 2.
   input.config.keep_tokens = 1;
   input.dataset.trigger_position = 2;
   finding = FindRule(Advise(input), "keep-tokens-trigger");
-  ASSERT_NE(finding, nullptr);
+  ASSERT_TRUE(finding.has_value());
   EXPECT_NE(finding->message.find("set keep_tokens = 2"), std::string::npos) << finding->message;
   input.config.keep_tokens = 2;
-  EXPECT_EQ(FindRule(Advise(input), "keep-tokens-trigger"), nullptr);
+  EXPECT_FALSE(FindRule(Advise(input), "keep-tokens-trigger").has_value());
   // Nothing moves the tags: no shuffle, no tag dropout.
   input.config.keep_tokens = 0;
   input.config.shuffle_caption = false;
-  EXPECT_EQ(FindRule(Advise(input), "keep-tokens-trigger"), nullptr);
+  EXPECT_FALSE(FindRule(Advise(input), "keep-tokens-trigger").has_value());
   input.config.caption_tag_dropout_rate = 0.1;  // dropout drops unprotected tags
-  EXPECT_NE(FindRule(Advise(input), "keep-tokens-trigger"), nullptr);
+  EXPECT_TRUE(FindRule(Advise(input), "keep-tokens-trigger").has_value());
   // The dataset_config's shuffle_caption = false wins over the config's.
   input.config.caption_tag_dropout_rate = 0;
   input.config.shuffle_caption = true;
   input.dataset.shuffle_caption = false;
-  EXPECT_EQ(FindRule(Advise(input), "keep-tokens-trigger"), nullptr);
+  EXPECT_FALSE(FindRule(Advise(input), "keep-tokens-trigger").has_value());
   // No trigger word: nothing to protect.
   input = CleanCharacter();
   input.config.keep_tokens = 0;
   input.dataset.trigger_word.clear();
   input.dataset.trigger_position = 0;
-  EXPECT_EQ(FindRule(Advise(input), "keep-tokens-trigger"), nullptr);
+  EXPECT_FALSE(FindRule(Advise(input), "keep-tokens-trigger").has_value());
 }
 
 // DoRA as the trainer's network_args parser reads it, in every spelling it accepts.
@@ -417,20 +420,20 @@ TEST(AdvisorTest, StepAdviceCoversEveryOptimizerFamily) {
     AdvisorInput input = CleanLargeStyle();
     input.config.optimizer_type = optimizer;
     input.config.max_train_epochs = 10;  // 750 steps
-    const Finding* finding = FindRule(Advise(input), "style-steps");
-    ASSERT_NE(finding, nullptr) << optimizer;
+    std::optional<Finding> finding = FindRule(Advise(input), "style-steps");
+    ASSERT_TRUE(finding.has_value()) << optimizer;
     EXPECT_NE(finding->message.find("750 steps with " + optimizer), std::string::npos) << finding->message;
     input.config.max_train_epochs = 49;  // 3675 steps
-    EXPECT_EQ(FindRule(Advise(input), "style-steps"), nullptr) << optimizer;
+    EXPECT_FALSE(FindRule(Advise(input), "style-steps").has_value()) << optimizer;
   }
   AdvisorInput came = CleanMidStyle();
   came.config.optimizer_type = "LoraEasyCustomOptimizer.came.CAME";
   came.config.max_train_epochs = 10;  // 600 steps
-  EXPECT_EQ(FindRule(Advise(came), "style-steps"), nullptr);
+  EXPECT_FALSE(FindRule(Advise(came), "style-steps").has_value());
   // Characters get no step floor from the guide.
   AdvisorInput character = CleanCharacter();
   character.config.optimizer_type = "AdamW";
-  EXPECT_EQ(FindRule(Advise(character), "style-steps"), nullptr);
+  EXPECT_FALSE(FindRule(Advise(character), "style-steps").has_value());
 }
 
 TEST(AdvisorTest, ParsesKindAndFamily) {

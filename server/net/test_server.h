@@ -73,7 +73,8 @@ struct TestResponse {
 inline TestResponse ServeBytes(const TestRequest& request, const std::string& content) {
   TestResponse response;
   response.headers.push_back({"Accept-Ranges", "bytes"});
-  absl::string_view range = request.Header("Range");
+  const std::string range_header = request.Header("Range");
+  absl::string_view range = range_header;
   int64_t start = 0;
   if (absl::ConsumePrefix(&range, "bytes=") && absl::ConsumeSuffix(&range, "-") &&
       absl::SimpleAtoi(range, &start)) {
