@@ -430,7 +430,7 @@ absl::StatusOr<ModelManager::JobModel> ModelManager::ResolveJobModel(const std::
     return absl::FailedPreconditionError(absl::StrCat("model '", model->name, "' failed: ", model->reason,
                                                       "; pull or upload it again"));
   }
-  // Not READY yet: the path it will have (or a placeholder the scheduler
+  // Not READY yet: the path it will have (or a provisional one the scheduler
   // replaces once the hash is known); the job waits in the queue meanwhile.
   const fs::path path = model->state == ModelState::kReady ? fs::path(model->path)
                         : !model->sha256.empty()             ? StoredPath(model->sha256)
