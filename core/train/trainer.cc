@@ -87,6 +87,8 @@ class Run {
   absl::Status RestoreState();
   absl::StatusOr<torch::Tensor> MicroBatchLoss(const data::Batch& batch);
   absl::StatusOr<torch::Tensor> ShardLoss(const data::Batch& batch);
+  torch::Tensor PerSampleLoss(const data::Batch& batch, const torch::Tensor& latents,
+                              const diffusion::NoisyBatch& noisy, const text::TextConditioning& cond);
   absl::StatusOr<text::TextConditioning> Conditioning(const std::vector<std::string>& captions);
   absl::Status OptimizerStep(bool* skipped, double* grad_norm);
   bool MaxNormEnabled() const { return config_.scale_weight_norms && *config_.scale_weight_norms != 0; }
@@ -655,6 +657,14 @@ absl::StatusOr<torch::Tensor> Run::MicroBatchLoss(const data::Batch& batch) {
   ASSIGN_OR_RETURN(text::TextConditioning cond, Conditioning(batch.captions));
   diffusion::NoisyBatch noisy =
       diffusion::SampleNoisyLatents(latents, *schedule_, noise_options_, noise_gen_, uniform_);
+  return PerSampleLoss(batch, latents, noisy, cond).mean();
+}
+
+// The model's prediction on `noisy` against its target: kohya's per-sample
+// loss (loss type, Huber threshold, dataset loss weights, min-SNR / debiased /
+// v-pred-like post-processing) before the batch's reduction.
+torch::Tensor Run::PerSampleLoss(const data::Batch& batch, const torch::Tensor& latents,
+                                 const diffusion::NoisyBatch& noisy, const text::TextConditioning& cond) {
   torch::Tensor pred;
   {
     AutocastScope autocast(autocast_, device_, autocast_dtype_);
@@ -671,8 +681,7 @@ absl::StatusOr<torch::Tensor> Run::MicroBatchLoss(const data::Batch& batch) {
                                                   diffusion::Reduction::kNone, huber_c);
   loss = loss.mean({1, 2, 3});
   if (batch.loss_weights.defined()) loss = loss * batch.loss_weights.to(loss.device(), torch::kFloat32);
-  loss = diffusion::PostProcessLoss(loss, noisy.timesteps, *schedule_, weighting_).mean();
-  return loss;
+  return diffusion::PostProcessLoss(loss, noisy.timesteps, *schedule_, weighting_);
 }
 
 // A data-parallel rank's share of the global batch: the VAE posterior noise,
@@ -709,25 +718,8 @@ absl::StatusOr<torch::Tensor> Run::ShardLoss(const data::Batch& batch) {
   noisy.noise = noisy.noise.index_select(0, rows);
   noisy.timesteps = noisy.timesteps.index_select(0, rows);
   ASSIGN_OR_RETURN(text::TextConditioning cond, Conditioning(batch.captions));
-  torch::Tensor pred;
-  {
-    AutocastScope autocast(autocast_, device_, autocast_dtype_);
-    pred = model_->Predict(ChannelsLastOnCuda(noisy.noisy_latents.to(weight_dtype_)), noisy.timesteps, cond,
-                           batch.original_hw, batch.crop_top_left, batch.target_hw);
-  }
-  torch::Tensor target = diffusion::TrainingTarget(*schedule_, weighting_.prediction, latents, noisy.noise,
-                                                   noisy.timesteps);
-  torch::Tensor huber_c;
-  if (loss_type_ == diffusion::LossType::kHuber || loss_type_ == diffusion::LossType::kSmoothL1) {
-    huber_c = diffusion::HuberThreshold(*schedule_, huber_, noisy.timesteps);
-  }
-  torch::Tensor loss = diffusion::ConditionalLoss(pred.to(torch::kFloat32), target.to(torch::kFloat32), loss_type_,
-                                                  diffusion::Reduction::kNone, huber_c);
-  loss = loss.mean({1, 2, 3});
-  if (batch.loss_weights.defined()) loss = loss * batch.loss_weights.to(loss.device(), torch::kFloat32);
   // sum / planned = this share's mean x (its size / the global batch's).
-  return diffusion::PostProcessLoss(loss, noisy.timesteps, *schedule_, weighting_).sum() /
-         static_cast<double>(planned);
+  return PerSampleLoss(batch, latents, noisy, cond).sum() / static_cast<double>(planned);
 }
 
 // Joins the process group's per-step bookkeeping: the gradients (all-reduced
