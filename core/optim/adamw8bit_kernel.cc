@@ -5,6 +5,7 @@
 // bit. The torch-ops version fixes that order on CPU as LibTorch's AVX2/AVX-512
 // kernels run it: add_(g, alpha) is fma(g, alpha, m), addcmul_(g, g, s) is
 // fma(s*g, g, v), addcdiv is p + (s*m)/d; the fused kernel spells each out.
+// Square roots are correctly rounded in both (see Adam8bitStepTorchOps).
 #include "core/optim/adamw8bit_kernel.h"
 
 #include <algorithm>
@@ -430,7 +431,14 @@ void Adam8bitStepTorchOps(DynamicMaps& maps, const Adam8bitHyper& h, double lr, 
   // Spelled out as the fused kernel computes it, p + (step_size * m) / denom:
   // addcdiv's internal order differs between LibTorch versions (1.13 scales m
   // first, 2.x the quotient), which would break bit-identity with the kernel.
-  torch::Tensor denom = v.sqrt().add_(h.eps * static_cast<double>(k.correction2));
+  // The square root through float64: pip torch's CPU sqrt is MKL VML's vsSqrt
+  // in its HA mode (up to 1 ulp off; Debian's MKL-less 1.13 and CUDA round
+  // correctly). A float's exact root lies at least 2^-51 (relative) from a
+  // float rounding midpoint, while the float64 root is within 2^-52 of it, so
+  // rounding that to float gives the correctly rounded root, std::sqrt's
+  // result in the fused kernel, on every device and LibTorch build.
+  torch::Tensor denom =
+      v.to(torch::kDouble).sqrt_().to(torch::kFloat).add_(h.eps * static_cast<double>(k.correction2));
   torch::Tensor stepped = m.mul(k.step_size).div_(denom).add_(p);
   if (h.weight_decay > 0) stepped.mul_(k.decay);
   if (!all_finite) stepped = torch::where(finite, stepped, p);
