@@ -51,24 +51,56 @@ class AdamW final : public PerParameterOptimizer {
     w.param.addcdiv_(exp_avg, denom, -step_size);
   }
 
+  // Graph-safe: torch.optim.AdamW(capturable=True), single-tensor branch
+  // (torch/optim/adam.py _single_tensor_adam with capturable, decoupled weight
+  // decay): the step count and the lr are device tensors, the bias
+  // corrections are computed from them on the device, and the step size is
+  // folded into the denominator as torch does there. The scalar math runs in
+  // float64 0-dim tensors (the normal path's host doubles); the tensor ops cast
+  // the result to the parameter's dtype as they cast a host scalar.
+  void StepParamGraphSafe(const torch::Tensor& lr, WorkTensor& w, ParamState& s) override {
+    if (s.tensors.empty()) {
+      s.tensors["exp_avg"] = torch::zeros_like(w.param);
+      s.tensors["exp_avg_sq"] = torch::zeros_like(w.param);
+      if (c_.amsgrad) s.tensors["max_exp_avg_sq"] = torch::zeros_like(w.param);
+    }
+    torch::Tensor& exp_avg = s.tensors["exp_avg"];
+    torch::Tensor& exp_avg_sq = s.tensors["exp_avg_sq"];
+    torch::Tensor grad = c_.maximize ? -w.grad : w.grad;
+    s.step_tensor.add_(1);
+    s.step += 1;
+    const torch::Tensor step = s.step_tensor.to(torch::kDouble);
+
+    if (c_.weight_decay != 0) w.param.mul_(torch::rsub(lr * c_.weight_decay, 1.0));
+    exp_avg.lerp_(grad, 1 - c_.beta1);
+    exp_avg_sq.mul_(c_.beta2).addcmul_(grad, grad, 1 - c_.beta2);
+    const torch::Tensor bias_correction1 = torch::rsub(torch::pow(c_.beta1, step), 1.0);
+    const torch::Tensor bias_correction2 = torch::rsub(torch::pow(c_.beta2, step), 1.0);
+    const torch::Tensor step_size_neg = (lr / bias_correction1).neg();
+    const torch::Tensor bias_correction2_sqrt = bias_correction2.sqrt();
+    const torch::Tensor scale = bias_correction2_sqrt * step_size_neg;
+    const torch::Tensor eps = c_.eps / step_size_neg;
+    torch::Tensor denom;
+    if (c_.amsgrad) {
+      torch::Tensor& max_sq = s.tensors["max_exp_avg_sq"];
+      torch::maximum_out(max_sq, max_sq, exp_avg_sq);
+      denom = (max_sq.sqrt() / scale).add_(eps);
+    } else {
+      denom = (exp_avg_sq.sqrt() / scale).add_(eps);
+    }
+    w.param.addcdiv_(exp_avg, denom);
+  }
+
   // torch.optim.AdamW(fused=True): one kernel launch for the whole group. The
-  // kernel increments its device step counters; ParamState::step (what
-  // SaveState writes) follows on the host.
+  // kernel reads the step counters, which the caller advances first
+  // (torch/optim/adam.py _fused_adam: _foreach_add_(state_steps, 1) before the
+  // call); ParamState::step (what SaveState writes) follows on the host.
   bool StepFused(double lr, FusedGroup& group) override {
 #if TORCH_VERSION_MAJOR >= 2
     std::vector<torch::Tensor> exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps;
+    CollectState(group, &exp_avgs, &exp_avg_sqs, &max_exp_avg_sqs);
     for (size_t i = 0; i < group.params.size(); ++i) {
-      ParamState& s = *group.states[i];
-      const torch::Tensor& p = group.params[i];
-      if (s.tensors.empty()) {
-        s.tensors["exp_avg"] = torch::zeros_like(p);
-        s.tensors["exp_avg_sq"] = torch::zeros_like(p);
-        if (c_.amsgrad) s.tensors["max_exp_avg_sq"] = torch::zeros_like(p);
-      }
-      exp_avgs.push_back(s.tensors["exp_avg"]);
-      exp_avg_sqs.push_back(s.tensors["exp_avg_sq"]);
-      if (c_.amsgrad) max_exp_avg_sqs.push_back(s.tensors["max_exp_avg_sq"]);
-      steps.push_back(torch::full({}, static_cast<double>(s.step), p.options()));
+      steps.push_back(torch::full({}, static_cast<double>(group.states[i]->step + 1), group.params[i].options()));
     }
     at::_fused_adamw_(group.params, group.grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, c_.beta1, c_.beta2,
                       c_.weight_decay, c_.eps, c_.amsgrad, c_.maximize);
@@ -80,6 +112,47 @@ class AdamW final : public PerParameterOptimizer {
     return false;
 #endif
   }
+
+  // Graph-safe fused: the same kernel with its Tensor-lr overload and the
+  // persistent float32 device step counters (ParamState::step_tensor),
+  // advanced on the device before the call as torch's _fused_adam does.
+  bool StepFusedGraphSafe(const torch::Tensor& lr, FusedGroup& group) override {
+#if LORAD_TORCH_TENSOR_SCALAR_KERNELS
+    std::vector<torch::Tensor> exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps;
+    CollectState(group, &exp_avgs, &exp_avg_sqs, &max_exp_avg_sqs);
+    for (ParamState* s : group.states) steps.push_back(s->step_tensor);
+    at::_foreach_add_(steps, 1);
+    // The kernel reads lr as float32 (at::native _fused_adamw_cuda_impl_).
+    const torch::Tensor lr32 = lr.to(torch::kFloat);
+    at::_fused_adamw_(group.params, group.grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr32, c_.beta1,
+                      c_.beta2, c_.weight_decay, c_.eps, c_.amsgrad, c_.maximize);
+    for (ParamState* s : group.states) s->step += 1;
+    return true;
+#else
+    (void)lr;
+    (void)group;
+    return false;
+#endif
+  }
+
+  // The state tensors of a fused group, created on a parameter's first update.
+  void CollectState(FusedGroup& group, std::vector<torch::Tensor>* exp_avgs, std::vector<torch::Tensor>* exp_avg_sqs,
+                    std::vector<torch::Tensor>* max_exp_avg_sqs) {
+    for (size_t i = 0; i < group.params.size(); ++i) {
+      ParamState& s = *group.states[i];
+      const torch::Tensor& p = group.params[i];
+      if (s.tensors.empty()) {
+        s.tensors["exp_avg"] = torch::zeros_like(p);
+        s.tensors["exp_avg_sq"] = torch::zeros_like(p);
+        if (c_.amsgrad) s.tensors["max_exp_avg_sq"] = torch::zeros_like(p);
+      }
+      exp_avgs->push_back(s.tensors["exp_avg"]);
+      exp_avg_sqs->push_back(s.tensors["exp_avg_sq"]);
+      if (c_.amsgrad) max_exp_avg_sqs->push_back(s.tensors["max_exp_avg_sq"]);
+    }
+  }
+
+  bool SupportsGraphSafeStep() const override { return true; }
 
   AdamWConfig c_;
   std::string class_path_;

@@ -59,6 +59,55 @@ class Lion final : public PerParameterOptimizer {
 #endif
   }
 
+  // Graph-safe: the same update with the lr a 0-dim float64 device tensor
+  // (lion_pytorch's p.add_(update.sign_(), alpha=-lr) as p -= sign * lr, the
+  // same value). The step counter is counted on the device like AdamW's, though
+  // Lion's update does not read it.
+  void StepParamGraphSafe(const torch::Tensor& lr, WorkTensor& w, ParamState& s) override {
+    const double wd = c_.decoupled_weight_decay ? c_.weight_decay / initial_lr_ : c_.weight_decay;
+    if (s.tensors.empty()) s.tensors["exp_avg"] = torch::zeros_like(w.param);
+    torch::Tensor& exp_avg = s.tensors["exp_avg"];
+    s.step_tensor.add_(1);
+    s.step += 1;
+    if (wd != 0) w.param.mul_(torch::rsub(lr * wd, 1.0));
+    torch::Tensor update = exp_avg.clone().mul_(c_.beta1).add(w.grad, 1.0 - c_.beta1).sign_();
+    w.param.sub_(update.mul_(lr));
+    exp_avg.mul_(c_.beta2).add_(w.grad, 1.0 - c_.beta2);
+  }
+
+  // StepFused with the lr tensor: foreach ops with a 0-dim tensor operand.
+  bool StepFusedGraphSafe(const torch::Tensor& lr, FusedGroup& group) override {
+#if LORAD_TORCH_TENSOR_SCALAR_KERNELS
+    const double wd = c_.decoupled_weight_decay ? c_.weight_decay / initial_lr_ : c_.weight_decay;
+    std::vector<torch::Tensor> exp_avgs, steps;
+    for (size_t i = 0; i < group.params.size(); ++i) {
+      ParamState& s = *group.states[i];
+      if (s.tensors.empty()) s.tensors["exp_avg"] = torch::zeros_like(group.params[i]);
+      exp_avgs.push_back(s.tensors["exp_avg"]);
+      steps.push_back(s.step_tensor);
+      s.step += 1;
+    }
+    at::_foreach_add_(steps, 1);
+    // The foreach kernels read the 0-dim operand in the lists' dtype.
+    const torch::Tensor lr32 = lr.to(torch::kFloat);
+    if (wd != 0) at::_foreach_mul_(group.params, torch::rsub(lr * wd, 1.0).to(torch::kFloat));
+    std::vector<torch::Tensor> update = at::_foreach_mul(exp_avgs, c_.beta1);
+    at::_foreach_add_(update, group.grads, 1.0 - c_.beta1);
+    at::_foreach_sign_(update);
+    at::_foreach_mul_(update, lr32);
+    at::_foreach_sub_(group.params, update);
+    at::_foreach_mul_(exp_avgs, c_.beta2);
+    at::_foreach_add_(exp_avgs, group.grads, 1.0 - c_.beta2);
+    return true;
+#else
+    (void)lr;
+    (void)group;
+    return false;
+#endif
+  }
+
+  bool SupportsGraphSafeStep() const override { return true; }
+
   LionConfig c_;
   std::string class_path_;
 };

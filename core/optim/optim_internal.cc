@@ -65,32 +65,54 @@ std::optional<FusedGroup> PerParameterOptimizer::CollectFused(int g) {
     f.params.push_back(p.detach());
     f.grads.push_back(grad.detach());
     f.states.push_back(&state(g, static_cast<int>(i)));
+    f.indices.push_back(static_cast<int>(i));
   }
   if (f.params.empty()) return std::nullopt;
   return f;
 }
 
+void PerParameterOptimizer::StepParamGraphSafe(const torch::Tensor& lr, WorkTensor& w, ParamState& s) {
+  (void)lr;
+  (void)w;
+  (void)s;
+  // EnableGraphSafeStep refuses optimizers without this override.
+  TORCH_CHECK(false, std::string(name()), " has no graph-safe step");
+}
+
 absl::Status PerParameterOptimizer::Step() {
   torch::NoGradGuard no_grad;
-  bool any = false;
+  std::vector<std::pair<int, int>> updated;
   try {
     for (int g = 0; g < num_groups(); ++g) {
-      if (std::optional<FusedGroup> fused = CollectFused(g); fused && StepFused(lrs_[g], *fused)) {
-        any = true;
-        continue;
+      if (std::optional<FusedGroup> fused = CollectFused(g); fused) {
+        bool done = false;
+        if (!graph_safe_) {
+          done = StepFused(lrs_[g], *fused);
+        } else if (LORAD_TORCH_TENSOR_SCALAR_KERNELS) {
+          done = StepFusedGraphSafe(lr_tensors_[g], *fused);
+        }
+        if (done) {
+          for (int i : fused->indices) updated.emplace_back(g, i);
+          continue;
+        }
       }
       for (size_t i = 0; i < groups_[g].params.size(); ++i) {
         ASSIGN_OR_RETURN(std::optional<WorkTensor> w, PrepareParam(groups_[g].params[i], name()));
         if (!w) continue;
-        any = true;
-        StepParam(lrs_[g], *w, state(g, static_cast<int>(i)));
+        updated.emplace_back(g, static_cast<int>(i));
+        if (graph_safe_) {
+          StepParamGraphSafe(lr_tensors_[g], *w, state(g, static_cast<int>(i)));
+        } else {
+          StepParam(lrs_[g], *w, state(g, static_cast<int>(i)));
+        }
         w->Commit();
       }
     }
   } catch (const c10::Error& e) {
     return TorchError(name(), e);
   }
-  if (any) ++step_count_;
+  if (!updated.empty()) ++step_count_;
+  if (graph_safe_) last_updated_ = std::move(updated);
   return absl::OkStatus();
 }
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include "absl/status/statusor.h"
 #include "core/optim/optimizer.h"
@@ -77,7 +78,18 @@ struct FusedGroup {
   std::vector<torch::Tensor> params;
   std::vector<torch::Tensor> grads;
   std::vector<ParamState*> states;
+  std::vector<int> indices;  // of the parameters in their group
 };
+
+// LibTorch 2.1 added the multi-tensor overloads that take a 0-dim tensor where
+// a host scalar was (at::_fused_adamw_ with `const Tensor& lr`,
+// at::_foreach_mul_(TensorList, const Tensor&)), which the graph-safe fused
+// steps need.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+#define LORAD_TORCH_TENSOR_SCALAR_KERNELS 1
+#else
+#define LORAD_TORCH_TENSOR_SCALAR_KERNELS 0
+#endif
 
 // Optimizers whose update reads one parameter at a time (all but Prodigy, whose
 // d estimate needs a pass over every parameter first). Step() walks the groups,
@@ -96,6 +108,19 @@ class PerParameterOptimizer : public Optimizer {
   // path runs instead). Called only on LibTorch 2.x with fused_kernels() on and
   // a non-empty group of CUDA float32 parameters.
   virtual bool StepFused(double lr, FusedGroup& group) {
+    (void)lr;
+    (void)group;
+    return false;
+  }
+  // The graph-safe variants (EnableGraphSafeStep), for optimizers whose
+  // SupportsGraphSafeStep() is true: `lr` is the group's 0-dim float64 lr
+  // tensor on the device; the step counter to advance and read is
+  // s.step_tensor (and s.step on the host). No read-back, no tensor made from
+  // a host value that changes between steps, no branch on tensor contents.
+  virtual void StepParamGraphSafe(const torch::Tensor& lr, WorkTensor& w, ParamState& s);
+  // Called only on LibTorch >= 2.1 (LORAD_TORCH_TENSOR_SCALAR_KERNELS) with
+  // fused_kernels() on and a non-empty group of CUDA float32 parameters.
+  virtual bool StepFusedGraphSafe(const torch::Tensor& lr, FusedGroup& group) {
     (void)lr;
     (void)group;
     return false;

@@ -55,8 +55,80 @@ absl::Status Optimizer::SetLr(int group, double lr) {
     return absl::InvalidArgumentError(absl::StrCat("learning rate ", lr, " for group '", groups_[group].name,
                                                    "' must be finite and >= 0"));
   }
+  if (graph_safe_) {
+    // In place (one fill kernel, no host sync): a captured Step() holds this tensor.
+    try {
+      lr_tensors_[group].fill_(lr);
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat("writing the lr of group '", groups_[group].name,
+                                              "' to the device: ", e.what_without_backtrace()));
+    }
+  }
   lrs_[group] = lr;
   return absl::OkStatus();
+}
+
+absl::Status Optimizer::EnableGraphSafeStep(const torch::Device& device) {
+  if (!SupportsGraphSafeStep()) {
+    return absl::UnimplementedError(absl::StrCat(
+        std::string(name()), " has no graph-safe step for CUDA graph capture (its update reads values back to the "
+        "host or branches on them): set cuda_graphs = false or optimizer_type AdamW / Lion"));
+  }
+  // A CUDA device without index means the parameters' one.
+  torch::Device target = device;
+  for (const ParamGroup& g : groups_) {
+    for (const torch::Tensor& p : g.params) {
+      if (!target.has_index() && p.device().type() == target.type()) target = p.device();
+      if (p.device() != target) {
+        return absl::InvalidArgumentError(absl::StrCat("graph-safe ", std::string(name()), " step on ", target.str(),
+                                                       ": a parameter of group '", g.name, "' is on ",
+                                                       p.device().str(), "; move the network to ", target.str(),
+                                                       " before enabling CUDA graphs"));
+      }
+    }
+  }
+  if (graph_safe_) {
+    if (!lr_tensors_.empty() && lr_tensors_.front().device() != target) {
+      return absl::FailedPreconditionError(absl::StrCat("graph-safe step already enabled on ",
+                                                        lr_tensors_.front().device().str(), ", not ", target.str()));
+    }
+    return absl::OkStatus();
+  }
+  try {
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> lrs;
+    for (double lr : lrs_) lrs.push_back(torch::full({}, lr, torch::TensorOptions().dtype(torch::kDouble).device(target)));
+    // Every parameter gets its counter now (from the host count), so no
+    // counter is ever created inside a capture.
+    for (int g = 0; g < num_groups(); ++g) {
+      for (size_t i = 0; i < groups_[g].params.size(); ++i) {
+        const torch::Tensor& p = groups_[g].params[i];
+        ParamState& s = states_[g][i];
+        s.step_tensor = torch::full({}, static_cast<double>(s.step),
+                                    torch::TensorOptions()
+                                        .dtype(p.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat)
+                                        .device(p.device()));
+      }
+    }
+    lr_tensors_ = std::move(lrs);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("enabling the graph-safe ", std::string(name()),
+                                            " step: ", e.what_without_backtrace()));
+  }
+  graph_safe_ = true;
+  return absl::OkStatus();
+}
+
+void Optimizer::RecordReplayedStep() {
+  if (!graph_safe_ || last_updated_.empty()) return;
+  for (const auto& [g, p] : last_updated_) states_[g][p].step += 1;
+  ++step_count_;
+}
+
+void Optimizer::DiscardCapturedStep() {
+  if (!graph_safe_ || last_updated_.empty()) return;
+  for (const auto& [g, p] : last_updated_) states_[g][p].step -= 1;
+  --step_count_;
 }
 
 std::string Optimizer::Describe() const {
@@ -181,13 +253,40 @@ absl::Status Optimizer::LoadState(const OptimizerState& state) {
   if (!steps.ok()) return steps.status();
   absl::Status extra = LoadExtraValues(state.values);
   if (!extra.ok()) return extra;
+  if (graph_safe_) {
+    // Into the tensors a captured graph holds: lrs, step counters, and the
+    // state tensors that exist with the loaded shape and dtype.
+    try {
+      torch::NoGradGuard no_grad;
+      for (int g = 0; g < num_groups(); ++g) {
+        lr_tensors_[g].fill_(lrs[g]);
+        for (size_t p = 0; p < loaded[g].size(); ++p) {
+          ParamState& old_state = states_[g][p];
+          ParamState& new_state = loaded[g][p];
+          new_state.step_tensor = old_state.step_tensor;
+          new_state.step_tensor.fill_(static_cast<double>(new_state.step));
+          for (auto& [key, tensor] : new_state.tensors) {
+            auto it = old_state.tensors.find(key);
+            if (it != old_state.tensors.end() && it->second.sizes() == tensor.sizes() &&
+                it->second.scalar_type() == tensor.scalar_type() && it->second.device() == tensor.device()) {
+              it->second.copy_(tensor);
+              tensor = it->second;
+            }
+          }
+        }
+      }
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat("writing the loaded optimizer state to the device: ",
+                                              e.what_without_backtrace()));
+    }
+  }
   states_ = std::move(loaded);
   lrs_ = std::move(lrs);
   step_count_ = static_cast<int64_t>(*steps);
   return absl::OkStatus();
 }
 
-absl::StatusOr<double> ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm) {
+absl::StatusOr<torch::Tensor> ClipGradNormOnDevice(const std::vector<torch::Tensor>& params, double max_norm) {
   if (!std::isfinite(max_norm) || max_norm < 0) {
     return absl::InvalidArgumentError(absl::StrCat("max_grad_norm ", max_norm, " must be finite and >= 0 (0 disables)"));
   }
@@ -197,19 +296,31 @@ absl::StatusOr<double> ClipGradNorm(const std::vector<torch::Tensor>& params, do
     for (const torch::Tensor& p : params) {
       if (p.grad().defined()) grads.push_back(p.grad());
     }
-    if (grads.empty()) return 0.0;
+    if (grads.empty()) return torch::Tensor();
     // As torch.nn.utils.clip_grad_norm_: per-tensor L2 norms, then the norm of the norms.
     std::vector<torch::Tensor> norms;
     norms.reserve(grads.size());
     for (const torch::Tensor& g : grads) norms.push_back(torch::linalg_vector_norm(g, 2, c10::nullopt, false, c10::nullopt));
     torch::Tensor total = torch::linalg_vector_norm(torch::stack(norms), 2, c10::nullopt, false, c10::nullopt);
     if (max_norm > 0) {
+      // clamp instead of torch's `if clip_coef < 1`: no branch on a device value.
       torch::Tensor coef = torch::clamp_max(max_norm / (total + 1e-6), 1.0);
       for (torch::Tensor& g : grads) g.mul_(coef.to(g.device(), g.scalar_type()));
     }
-    return total.item<double>();
+    return total.scalar_type() == torch::kDouble ? total : total.to(torch::kFloat);
   } catch (const c10::Error& e) {
     return absl::InvalidArgumentError(absl::StrCat("clip_grad_norm: ", e.what_without_backtrace()));
+  }
+}
+
+absl::StatusOr<double> ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm) {
+  absl::StatusOr<torch::Tensor> total = ClipGradNormOnDevice(params, max_norm);
+  if (!total.ok()) return total.status();
+  if (!total->defined()) return 0.0;
+  try {
+    return total->item<double>();
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("clip_grad_norm: reading the norm: ", e.what_without_backtrace()));
   }
 }
 

@@ -19,6 +19,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <torch/torch.h>
@@ -50,6 +51,14 @@ struct OptimizerState {
 struct ParamState {
   int64_t step = 0;
   std::map<std::string, torch::Tensor> tensors;
+  // Graph-safe mode only (Optimizer::EnableGraphSafeStep): the step counter as
+  // a 0-dim tensor on the parameter's device (float32, float64 for float64
+  // parameters, as torch's capturable `state_steps`), which Step() increments
+  // and reads on the device. `step` is its host mirror: equal after every
+  // eager Step(), and after every replay once RecordReplayedStep() ran. Not
+  // saved (SaveState writes `step`); created once, then only written in place,
+  // so a captured graph keeps pointing at it.
+  torch::Tensor step_tensor;
 };
 
 class Optimizer {
@@ -98,6 +107,9 @@ class Optimizer {
 
   // Number of optimizer steps taken (Step() calls that updated anything).
   int64_t step_count() const { return step_count_; }
+  // One parameter's state (step counters, state tensors), read-only: for
+  // tests and reports.
+  const ParamState& param_state(int group, int param) const { return states_.at(group).at(param); }
   // Bytes held by optimizer state tensors (for memory reports and the benchmark).
   int64_t StateBytes() const;
 
@@ -112,12 +124,56 @@ class Optimizer {
 
   // Snapshot (deep copies) of the full state, and restore into an optimizer
   // created with the same type, args and parameter shapes. LoadState validates
-  // names, shapes and dtypes and reports the first mismatch.
+  // names, shapes and dtypes and reports the first mismatch. Either works in
+  // both modes (normal and graph-safe) and a state saved in one resumes in the
+  // other; in graph-safe mode LoadState writes the loaded lrs, step counters
+  // and state tensors into the existing device tensors (in place, where the
+  // shapes agree), so a graph captured before reads the loaded values.
   absl::StatusOr<OptimizerState> SaveState() const;
   absl::Status LoadState(const OptimizerState& state);
 
+  // Graph-safe stepping, for CUDA graph capture: every group's lr lives in a
+  // 0-dim tensor on `device` that Step() reads, and each parameter's step
+  // counter in a device tensor (ParamState::step_tensor), so a captured
+  // Step() replayed later uses the lr SetLr wrote since and counts its steps
+  // on the device. The lr tensor is float64 (the host lr exactly, so the
+  // graph-safe step computes what the normal one does; the fused CUDA AdamW
+  // kernel gets a float32 copy made on the device). Supported by AdamW and
+  // Lion (others: UNIMPLEMENTED naming the optimizer and the fix "cuda_graphs =
+  // false or optimizer_type AdamW / Lion"); every parameter must be on
+  // `device` (a CUDA device without index takes the parameters' index).
+  // Call before the first Step() (later works too: the device counters start
+  // from the host ones). Calling it again with the same device does nothing;
+  // there is no way back to the normal mode. CPU devices work too (the same
+  // math, used by the tests).
+  //
+  // Capture rules (as torch's): run eager Step()s before capturing (at least
+  // one per parameter the captured step updates: the first update of a
+  // parameter creates its state tensors, which must not happen in a capture),
+  // and never reallocate gradients between capture and replay. Step() is
+  // host code: called during a capture it records the kernels without running
+  // them but still advances the host mirrors, so call DiscardCapturedStep()
+  // right after the capture and RecordReplayedStep() after every replay.
+  absl::Status EnableGraphSafeStep(const torch::Device& device);
+  bool graph_safe_step() const { return graph_safe_; }
+  // After a replayed (captured) step: the host mirrors of the step counters
+  // (ParamState::step of every parameter the captured step updated,
+  // step_count()) advance by one, exactly as a Step() call would have advanced
+  // them. "The captured step" is the most recent Step() call. No device
+  // access. Does nothing outside graph-safe mode.
+  void RecordReplayedStep();
+  // After capturing Step() (kernels recorded, nothing ran): takes back what
+  // that Step() call advanced on the host (each updated parameter's
+  // ParamState::step and step_count(), by one), so the host mirrors again
+  // equal the device counters. No device access. Does nothing outside
+  // graph-safe mode.
+  void DiscardCapturedStep();
+
  protected:
   Optimizer(std::vector<ParamGroup> groups, std::vector<std::string> describe_args);
+
+  // True for optimizers with a graph-safe Step() (EnableGraphSafeStep).
+  virtual bool SupportsGraphSafeStep() const { return false; }
 
   // Optimizer-specific scalars (Prodigy's d, ...) for Save/LoadState.
   virtual void SaveExtraValues(std::map<std::string, std::string>* values) const { (void)values; }
@@ -136,6 +192,13 @@ class Optimizer {
   int64_t step_count_ = 0;
   std::vector<std::string> describe_args_;
   bool fused_kernels_ = true;
+  // Graph-safe mode: per group, the lr as a 0-dim float64 tensor on the device
+  // (written in place by SetLr/LoadState, read by Step()).
+  bool graph_safe_ = false;
+  std::vector<torch::Tensor> lr_tensors_;
+  // (group, parameter) of every parameter the last graph-safe Step() updated,
+  // for RecordReplayedStep / DiscardCapturedStep.
+  std::vector<std::pair<int, int>> last_updated_;
 };
 
 // Builds an optimizer from kohya's `optimizer_type` (case-insensitive: AdamW,
@@ -158,6 +221,14 @@ std::vector<std::string> AcceptedOptimizerTypes();
 // max_norm / (total_norm + 1e-6) when that is < 1, where total_norm is the
 // global L2 norm over every gradient. Returns total_norm (computed even when
 // max_norm is 0, which disables clipping). Parameters without grad are ignored.
+// ClipGradNormOnDevice plus one read-back of the norm.
 absl::StatusOr<double> ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm);
+
+// ClipGradNorm without the read-back: the 0-dim total norm on the gradients'
+// device, float32 (float64 when the gradients are float64), or an undefined
+// tensor when no parameter has a gradient. Graph-safe: the clip factor is
+// clamp(max_norm / (norm + 1e-6), max=1) applied on the device, with no
+// branch on the norm's value (max_norm 0 skips the scaling on the host side).
+absl::StatusOr<torch::Tensor> ClipGradNormOnDevice(const std::vector<torch::Tensor>& params, double max_norm);
 
 }  // namespace lorad::optim
