@@ -152,8 +152,10 @@ class Optimizer {
   // parameter creates its state tensors, which must not happen in a capture),
   // and never reallocate gradients between capture and replay. Step() is
   // host code: called during a capture it records the kernels without running
-  // them but still advances the host mirrors, so call DiscardCapturedStep()
-  // right after the capture and RecordReplayedStep() after every replay.
+  // them but still advances the host mirrors as if it had run. So either
+  // count the capture as the first replay (replay once right after it without
+  // RecordReplayedStep) or call DiscardCapturedStep() after the capture; then
+  // RecordReplayedStep() after every (other) replay.
   absl::Status EnableGraphSafeStep(const torch::Device& device);
   bool graph_safe_step() const { return graph_safe_; }
   // After a replayed (captured) step: the host mirrors of the step counters

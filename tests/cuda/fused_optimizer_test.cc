@@ -1,14 +1,28 @@
 // The fused CUDA optimizer kernels (AdamW: at::_fused_adamw_, Lion: at::_foreach_*)
 // compute what the per-parameter path computes, keep the same state, and a run
-// saved on one path resumes on the other.
+// saved on one path resumes on the other. The graph-safe step
+// (EnableGraphSafeStep) does the same with its lr and step counters on the
+// device, and a captured graph-safe step replays with the lrs set since.
+#include <cmath>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include "core/optim/optimizer.h"
 #include "tests/cuda/cuda_test_support.h"
+
+// CUDA graph capture needs LibTorch's CUDA headers (LORAD_TORCH_CUDA: set by
+// tests/cuda/CMakeLists.txt for a CUDA LibTorch); the CPU builds (Debian
+// 1.13) compile the test without them and it skips.
+#if defined(LORAD_TORCH_CUDA)
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace lorad::optim {
 namespace {
@@ -147,6 +161,139 @@ TEST(FusedOptimizerTest, StateSavedOnOnePathResumesOnTheOther) {
     ASSERT_TRUE(fused_resumed->Step().ok());
     ExpectClose(a, b, "resumed step");
   }
+}
+
+// A schedule that changes every step.
+double LrAt(int group, int step) { return (group == 0 ? 1e-3 : 5e-4) * (1.0 + 0.5 * std::sin(0.7 * step + group)); }
+
+void SetLrs(Optimizer& opt, int step) {
+  for (int g = 0; g < opt.num_groups(); ++g) ASSERT_TRUE(opt.SetLr(g, LrAt(g, step)).ok());
+}
+
+// Device counters equal their host mirrors (reads the device: test only).
+void ExpectCountersAgree(const Optimizer& opt) {
+  for (int g = 0; g < opt.num_groups(); ++g) {
+    for (size_t p = 0; p < opt.group(g).params.size(); ++p) {
+      const ParamState& s = opt.param_state(g, static_cast<int>(p));
+      ASSERT_TRUE(s.step_tensor.defined());
+      EXPECT_EQ(s.step_tensor.item<double>(), static_cast<double>(s.step)) << "group " << g << " param " << p;
+    }
+  }
+}
+
+// Graph-safe steps on CUDA (fused: one at::_fused_adamw_ with the Tensor lr per
+// group on LibTorch >= 2.1; Lion's foreach ops with the lr tensor) against the
+// normal per-parameter path, the lr changed before every step.
+TEST(FusedOptimizerTest, GraphSafeStepsMatchPerParameterSteps) {
+  LORAD_SKIP_WITHOUT_CUDA();
+  const torch::Device cuda(torch::kCUDA, 0);
+  for (const Case& c : Cases()) {
+    for (bool fused : {true, false}) {
+      SCOPED_TRACE(c.type + " " + (c.args.empty() ? std::string() : c.args.front()) + (fused ? " fused" : " unfused"));
+      std::vector<torch::Tensor> safe_params = MakeParams(cuda), eager_params = MakeParams(cuda);
+      const torch::Tensor untouched = safe_params.back().detach().clone();
+      auto safe = MakeOptimizer(c, safe_params, fused);
+      auto eager = MakeOptimizer(c, eager_params, false);
+      absl::Status enabled = safe->EnableGraphSafeStep(torch::Device(torch::kCUDA));
+      ASSERT_TRUE(enabled.ok()) << enabled;
+      for (int step = 0; step < 10; ++step) {
+        SetLrs(*safe, step);
+        SetLrs(*eager, step);
+        SetGrads(safe_params, step);
+        SetGrads(eager_params, step);
+        ASSERT_TRUE(safe->Step().ok());
+        ASSERT_TRUE(eager->Step().ok());
+        safe->ZeroGrad();
+        eager->ZeroGrad();
+      }
+      ExpectClose(safe_params, eager_params, "after 10 steps");
+      EXPECT_TRUE(torch::equal(safe_params.back().detach(), untouched)) << "a parameter without grad moved";
+      EXPECT_EQ(safe->step_count(), eager->step_count());
+      ExpectCountersAgree(*safe);
+      auto safe_state = safe->SaveState();
+      auto eager_state = eager->SaveState();
+      ASSERT_TRUE(safe_state.ok() && eager_state.ok());
+      EXPECT_EQ(safe_state->values, eager_state->values) << "step counters and lrs";
+    }
+  }
+}
+
+// A graph-safe AdamW step captured in a CUDA graph (torch's whole-network
+// recipe: warm-up and capture on a side stream, 3 eager warm-up steps, static
+// gradient tensors refilled before each replay) replays 5 times with a new lr
+// each time, and ends where 5 eager graph-safe steps end.
+TEST(FusedOptimizerTest, CapturedGraphSafeAdamWStepReplaysWithNewLrs) {
+  LORAD_SKIP_WITHOUT_CUDA();
+#if defined(LORAD_TORCH_CUDA)
+  const torch::Device cuda(torch::kCUDA, 0);
+  for (const Case& c : {Case{"AdamW", {"weight_decay=0.1"}}, Case{"AdamW", {"amsgrad=True", "betas=0.9,0.99"}}}) {
+    SCOPED_TRACE(c.args.front());
+    std::vector<torch::Tensor> graph_params = MakeParams(cuda), eager_params = MakeParams(cuda);
+    auto graphed = MakeOptimizer(c, graph_params, true);
+    auto eager = MakeOptimizer(c, eager_params, true);
+    ASSERT_TRUE(graphed->EnableGraphSafeStep(cuda).ok());
+    ASSERT_TRUE(eager->EnableGraphSafeStep(cuda).ok());
+    // The captured step reads these gradient tensors; replays refill them in place.
+    std::vector<torch::Tensor> static_grads;
+    for (size_t i = 0; i + 1 < graph_params.size(); ++i) {
+      static_grads.push_back(torch::zeros_like(graph_params[i]));
+      graph_params[i].mutable_grad() = static_grads.back();
+    }
+    const auto fill_static_grads = [&](int step) {
+      SetGrads(eager_params, step);
+      for (size_t i = 0; i < static_grads.size(); ++i) static_grads[i].copy_(eager_params[i].grad());
+    };
+
+    c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+    at::cuda::CUDAEvent ready;
+    ready.record(c10::cuda::getCurrentCUDAStream());
+    ready.block(side);
+    at::cuda::CUDAGraph graph;
+    {
+      c10::cuda::CUDAStreamGuard on_side(side);
+      for (int step = 0; step < 3; ++step) {  // warm-up: creates the state tensors
+        SetLrs(*graphed, step);
+        SetLrs(*eager, step);
+        fill_static_grads(step);
+        ASSERT_TRUE(graphed->Step().ok());
+        ASSERT_TRUE(eager->Step().ok());
+      }
+      graph.capture_begin();
+      absl::Status captured = graphed->Step();
+      graph.capture_end();
+      ASSERT_TRUE(captured.ok()) << captured;
+      graphed->DiscardCapturedStep();  // the capture ran nothing
+      for (int step = 3; step < 8; ++step) {
+        SetLrs(*graphed, step);
+        SetLrs(*eager, step);
+        fill_static_grads(step);
+        graph.replay();
+        graphed->RecordReplayedStep();
+        ASSERT_TRUE(eager->Step().ok());
+      }
+    }
+    torch::cuda::synchronize();
+    // The same kernels on the same inputs: bit for bit.
+    for (size_t i = 0; i < graph_params.size(); ++i) {
+      EXPECT_TRUE(torch::equal(graph_params[i].detach(), eager_params[i].detach()))
+          << "param " << i << " max diff " << (graph_params[i] - eager_params[i]).abs().max().item<double>();
+    }
+    EXPECT_EQ(graphed->step_count(), 8);
+    EXPECT_EQ(eager->step_count(), 8);
+    ExpectCountersAgree(*graphed);
+    auto graph_state = graphed->SaveState();
+    auto eager_state = eager->SaveState();
+    ASSERT_TRUE(graph_state.ok() && eager_state.ok());
+    EXPECT_EQ(graph_state->values, eager_state->values) << "host mirrors after the replays";
+    ASSERT_EQ(graph_state->tensors.size(), eager_state->tensors.size());
+    for (size_t i = 0; i < eager_state->tensors.size(); ++i) {
+      EXPECT_TRUE(torch::equal(graph_state->tensors[i].second, eager_state->tensors[i].second))
+          << eager_state->tensors[i].first;
+    }
+  }
+#else
+  GTEST_SKIP() << "this build's LibTorch has no CUDA (LORAD_TORCH_CUDA unset): no graph capture";
+#endif
 }
 
 }  // namespace
