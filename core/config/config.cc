@@ -53,6 +53,8 @@ const std::map<std::string, Option>& Options() {
       LORAD_OPT(vae),
       LORAD_OPT(tokenizer_path),
       LORAD_OPT(device),
+      LORAD_OPT(cuda_graphs),
+      LORAD_OPT(log_every_n_steps, {}, 1, kMaxTrainSteps),
       LORAD_OPT(no_half_vae),
       LORAD_OPT(network_module, {"networks.lora", "lycoris.kohya"}),
       LORAD_OPT(network_dim, {}, 1, 4096),

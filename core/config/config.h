@@ -28,6 +28,13 @@ struct TrainConfig {
   std::string vae;                  // optional separate VAE file
   std::string tokenizer_path;       // ours: bpe_simple_vocab_16e6.txt.gz or a folder with vocab.json + merges.txt
   std::string device = "auto";      // auto | cpu | cuda | cuda:N
+  // ours: capture the training step in a CUDA graph per bucket shape and replay
+  // it (false: every step eager). Used where the step allows it (trainer.cc says which).
+  bool cuda_graphs = true;
+  // ours: read the loss (and check it is finite) every N steps, reporting the
+  // steps in between then; unset = every step on the CPU, every 10 on CUDA,
+  // where a read-back makes the host wait for the GPU.
+  std::optional<int64_t> log_every_n_steps;
   bool no_half_vae = false;
 
   // --- network ---

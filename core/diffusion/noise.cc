@@ -12,6 +12,14 @@ torch::TensorOptions DrawOptions(const at::Generator& generator) {
   return torch::TensorOptions().dtype(torch::kFloat32).device(generator.device());
 }
 
+// A host draw moved to `device` without making the host wait: a CUDA copy
+// from pageable memory blocks until the GPU has drained its queue, a copy from
+// pinned memory is queued like a kernel.
+torch::Tensor ToDevice(const torch::Tensor& t, const torch::Device& device) {
+  if (!device.is_cuda() || t.device() == device) return t.to(device);
+  return t.pin_memory().to(device, /*non_blocking=*/true);
+}
+
 }  // namespace
 
 UniformSource TorchUniformSource(at::Generator generator) {
@@ -51,13 +59,13 @@ absl::Status NoiseOptions::Validate(int64_t num_train_timesteps) const {
 
 torch::Tensor ApplyNoiseOffset(const torch::Tensor& latents, const torch::Tensor& noise, const torch::Tensor& offset,
                                std::optional<double> adaptive_noise_scale, at::Generator generator) {
-  auto strength = offset.to(latents.device(), torch::kFloat32);
+  auto strength = ToDevice(offset.to(torch::kFloat32), latents.device());
   if (adaptive_noise_scale) {
     auto latent_mean = latents.mean({2, 3}, /*keepdim=*/true).abs();
     strength = torch::clamp_min(strength + *adaptive_noise_scale * latent_mean, 0.0);
   }
   auto draw = torch::randn({latents.size(0), latents.size(1), 1, 1}, generator, DrawOptions(generator));
-  return noise + strength * draw.to(latents.device());
+  return noise + strength * ToDevice(draw, latents.device());
 }
 
 torch::Tensor PyramidNoiseLike(torch::Tensor noise, int64_t iterations, double discount, at::Generator generator,
@@ -69,7 +77,7 @@ torch::Tensor PyramidNoiseLike(torch::Tensor noise, int64_t iterations, double d
     const double div = std::pow(r, static_cast<double>(i));
     const int64_t wn = std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(w) / div));
     const int64_t hn = std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(h) / div));
-    auto level = torch::randn({b, c, wn, hn}, generator, DrawOptions(generator)).to(noise.device());
+    auto level = ToDevice(torch::randn({b, c, wn, hn}, generator, DrawOptions(generator)), noise.device());
     auto up = F::interpolate(level, F::InterpolateFuncOptions()
                                         .size(std::vector<int64_t>{w, h})
                                         .mode(torch::kBilinear)
@@ -84,7 +92,7 @@ torch::Tensor SampleTimesteps(int64_t batch, int64_t min_timestep, int64_t max_t
                               torch::Device device) {
   const auto opts = torch::TensorOptions().dtype(torch::kLong).device(generator.device());
   if (min_timestep < max_timestep) {
-    return torch::randint(min_timestep, max_timestep, {batch}, generator, opts).to(device);
+    return ToDevice(torch::randint(min_timestep, max_timestep, {batch}, generator, opts), device);
   }
   return torch::full({batch}, max_timestep, opts.device(device));
 }
@@ -93,7 +101,7 @@ NoisyBatch SampleNoisyLatents(const torch::Tensor& latents, const NoiseSchedule&
                               const NoiseOptions& options, at::Generator generator, const UniformSource& uniform) {
   NoisyBatch out;
   const auto draw_opts = DrawOptions(generator).dtype(latents.scalar_type());
-  auto noise = torch::randn(latents.sizes(), generator, draw_opts).to(latents.device());
+  auto noise = ToDevice(torch::randn(latents.sizes(), generator, draw_opts), latents.device());
   if (options.noise_offset && *options.noise_offset != 0.0) {
     torch::Tensor offset;
     if (options.noise_offset_random_strength) {
@@ -113,11 +121,11 @@ NoisyBatch SampleNoisyLatents(const torch::Tensor& latents, const NoiseSchedule&
   if (options.ip_noise_gamma && *options.ip_noise_gamma != 0.0) {
     torch::Tensor strength;
     if (options.ip_noise_gamma_random_strength) {
-      strength = (torch::rand({1}, generator, DrawOptions(generator)) * *options.ip_noise_gamma).to(latents.device());
+      strength = ToDevice(torch::rand({1}, generator, DrawOptions(generator)) * *options.ip_noise_gamma, latents.device());
     } else {
-      strength = torch::tensor(*options.ip_noise_gamma, torch::kFloat32).to(latents.device());
+      strength = ToDevice(torch::tensor(*options.ip_noise_gamma, torch::kFloat32), latents.device());
     }
-    auto perturbation = torch::randn(latents.sizes(), generator, draw_opts).to(latents.device());
+    auto perturbation = ToDevice(torch::randn(latents.sizes(), generator, draw_opts), latents.device());
     out.noisy_latents = schedule.AddNoise(latents, noise + strength * perturbation, out.timesteps);
   } else {
     out.noisy_latents = schedule.AddNoise(latents, noise, out.timesteps);

@@ -28,7 +28,7 @@ torch::Tensor Gather(const torch::Tensor& table, const torch::Tensor& t, const t
 
 }  // namespace
 
-NoiseSchedule::NoiseSchedule(const ScheduleOptions& options) : options_(options) {
+NoiseSchedule::NoiseSchedule(const ScheduleOptions& options, const torch::Device& device) : options_(options) {
   torch::NoGradGuard no_grad;
   const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
   betas_ = torch::linspace(std::sqrt(options_.beta_start), std::sqrt(options_.beta_end),
@@ -41,6 +41,9 @@ NoiseSchedule::NoiseSchedule(const ScheduleOptions& options) : options_(options)
     betas_ = ZeroTerminalSnrBetas(betas_);
     alphas_cumprod_ = torch::cumprod(1.0 - betas_, 0);
   }
+  betas_ = betas_.to(device);
+  alphas_cumprod_ = alphas_cumprod_.to(device);
+  all_snr_ = all_snr_.to(device);
 }
 
 torch::Tensor NoiseSchedule::AddNoise(const torch::Tensor& x0, const torch::Tensor& noise,

@@ -21,10 +21,13 @@ struct ScheduleOptions {
   bool zero_terminal_snr = false;
 };
 
-// Immutable after construction; all tensors are float32 on the CPU. Thread-safe.
+// Immutable after construction; all tensors are float32 on `device`. Thread-safe.
 class NoiseSchedule {
  public:
-  explicit NoiseSchedule(const ScheduleOptions& options = {});
+  // The tables are computed on the CPU, then kept on `device`: a training step
+  // on a GPU gathers from them there without a host copy (a copy from pageable
+  // host memory would make every step wait for the GPU).
+  explicit NoiseSchedule(const ScheduleOptions& options = {}, const torch::Device& device = torch::kCPU);
 
   const ScheduleOptions& options() const { return options_; }
   int64_t num_train_timesteps() const { return options_.num_train_timesteps; }

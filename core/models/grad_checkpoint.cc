@@ -8,6 +8,8 @@
 namespace lorad::models {
 namespace {
 
+thread_local bool rng_free_checkpoints = false;
+
 // Per-call state that the recomputation needs, kept in the autograd context.
 struct CallState : torch::CustomClassHolder {
   CheckpointFn fn;
@@ -102,7 +104,9 @@ torch::Tensor CheckpointedCall(const CheckpointFn& fn, const std::vector<torch::
   auto state = c10::make_intrusive<CallState>();
   state->fn = fn;
   state->autocast = compat::CaptureAutocast();
-  for (const auto& device : RngDevices(inputs)) state->rng_states.emplace_back(device, GetRngState(device));
+  if (!rng_free_checkpoints) {
+    for (const auto& device : RngDevices(inputs)) state->rng_states.emplace_back(device, GetRngState(device));
+  }
 
   // An always-requires-grad anchor makes the output part of the graph even when
   // no input requires grad: gradients for parameters inside fn (e.g. LoRA
@@ -124,5 +128,8 @@ torch::Tensor CheckpointedCall(const CheckpointFn& fn, const std::vector<torch::
   };
   return CheckpointFunction::apply(state, at::TensorList(args))[0];
 }
+
+RngFreeCheckpointScope::RngFreeCheckpointScope() : previous_(rng_free_checkpoints) { rng_free_checkpoints = true; }
+RngFreeCheckpointScope::~RngFreeCheckpointScope() { rng_free_checkpoints = previous_; }
 
 }  // namespace lorad::models

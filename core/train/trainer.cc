@@ -21,6 +21,7 @@
 #include "core/optim/optimizer.h"
 #include "core/optim/optimizer_warnings.h"
 #include "core/train/autocast.h"
+#include "core/train/batch_prefetch.h"
 #include "core/train/checkpoint_files.h"
 #include "core/train/loss_scaler.h"
 #include "core/train/model_bundle.h"
@@ -31,6 +32,7 @@
 #include "core/train/previews.h"
 #include "core/train/sample_prompts.h"
 #include "core/train/step_control.h"
+#include "core/train/step_graphs.h"
 #include "core/train/train_state.h"
 
 namespace lorad::train {
@@ -64,10 +66,40 @@ class Run {
   // One optimizer step's micro-batches so far.
   struct StepAccumulator {
     int64_t micro = 0;
-    // The micro-batch losses summed in float64 on the device: read back once
-    // per step (CompleteStep) instead of once per micro-batch.
+    // The micro-batch losses summed in float64 on the device, read back with
+    // the other steps of the log interval (ReportPendingSteps).
     torch::Tensor loss_sum;
     int64_t images = 0;
+    bool stepped = false;     // the graph step has already run the optimizer
+    torch::Tensor grad_norm;  // 0-dim, on the device; undefined when not computed
+  };
+
+  // A completed step whose loss and gradient norm are still on the device,
+  // with what its report needs from the host at the time it ran.
+  struct PendingStep {
+    int64_t step = 0;
+    int64_t epoch = 0;
+    int64_t micro = 1;
+    torch::Tensor loss_sum;
+    torch::Tensor grad_norm;
+    bool skipped = false;
+    std::vector<GroupLr> lrs;
+    std::optional<MaxNormReport> max_norm;
+    int64_t steps_this_process = 0;
+    int64_t images_this_process = 0;
+    double elapsed_s = 0;
+  };
+
+  // What one input shape's graph step reads and writes: filled before every
+  // run, at the same addresses for all of them.
+  struct StaticStep {
+    data::Batch batch;  // size conditioning and loss weights on the device
+    torch::Tensor latents;
+    diffusion::NoisyBatch noisy;
+    text::TextConditioning cond;
+    torch::Tensor loss;       // float64 []
+    torch::Tensor grad_norm;  // float32 []
+    std::string key;          // the shape: latents, context and pooled sizes
   };
 
   // Data-parallel (dist_ set): only rank 0 writes files and previews.
@@ -90,7 +122,12 @@ class Run {
   torch::Tensor PerSampleLoss(const data::Batch& batch, const torch::Tensor& latents,
                               const diffusion::NoisyBatch& noisy, const text::TextConditioning& cond);
   absl::StatusOr<text::TextConditioning> Conditioning(const std::vector<std::string>& captions);
-  absl::Status OptimizerStep(bool* skipped, double* grad_norm);
+  absl::Status OptimizerStep(bool* skipped, torch::Tensor* grad_norm);
+  std::string GraphStepObstacle() const;
+  absl::Status SetupStepGraphs();
+  absl::Status GraphStep(const data::Batch& batch, StepAccumulator& step);
+  StaticStep& StaticInputs(const data::Batch& batch, const torch::Tensor& latents, const diffusion::NoisyBatch& noisy,
+                           const text::TextConditioning& cond);
   bool MaxNormEnabled() const { return config_.scale_weight_norms && *config_.scale_weight_norms != 0; }
   absl::Status SaveLora(const std::filesystem::path& path, bool is_final);
   absl::Status SaveState(const std::filesystem::path& dir);
@@ -108,7 +145,8 @@ class Run {
   absl::Status TrainEpoch(int64_t epoch, bool& done);
   absl::Status AccumulateMicroBatch(const data::Batch& batch, bool last_of_step, StepAccumulator& step);
   absl::Status CompleteStep(int64_t epoch, const data::BatchIterator& iterator, StepAccumulator& step);
-  void ReportStep(int64_t epoch, double loss, bool skipped, double grad_norm);
+  absl::Status ReportPendingSteps();
+  void ReportStep(const PendingStep& pending, double loss, double grad_norm);
   absl::Status AfterStep(bool done);
   absl::Status StopIfRequested(bool done);
   absl::Status EndEpoch(int64_t epoch, bool done);
@@ -176,6 +214,12 @@ class Run {
   int64_t steps_this_process_ = 0;
   int64_t images_this_process_ = 0;
   int64_t accumulation_ = 1;  // micro-batches per optimizer step
+  int64_t log_every_ = 1;     // steps per loss read-back (log_every_n_steps)
+  std::vector<PendingStep> pending_;
+  // Set: every step runs the graph-capturable body (static inputs, graph-safe
+  // optimizer, clipping on the device) through it.
+  std::unique_ptr<StepGraphs> graphs_;
+  std::map<std::string, StaticStep> statics_;
   Clock::time_point run_start_;
   SkipStreak skip_streak_;
   int64_t started_at_ = 0;  // unix seconds
@@ -314,7 +358,7 @@ absl::Status Run::Setup() {
 
   diffusion::ScheduleOptions schedule_options;
   schedule_options.zero_terminal_snr = config_.zero_terminal_snr;
-  schedule_ = std::make_unique<diffusion::NoiseSchedule>(schedule_options);
+  schedule_ = std::make_unique<diffusion::NoiseSchedule>(schedule_options, device_);
   noise_options_.noise_offset = config_.noise_offset;
   noise_options_.noise_offset_random_strength = config_.noise_offset_random_strength;
   noise_options_.adaptive_noise_scale = config_.adaptive_noise_scale;
@@ -338,6 +382,9 @@ absl::Status Run::Setup() {
 
   RETURN_IF_ERROR(SetupNetworkAndOptimizer());
   RETURN_IF_ERROR(SetupDistributed());
+  accumulation_ = std::max<int64_t>(1, config_.gradient_accumulation_steps);
+  log_every_ = config_.log_every_n_steps.value_or(device_.is_cuda() ? 10 : 1);
+  RETURN_IF_ERROR(SetupStepGraphs());
 
   ASSIGN_OR_RETURN(plan_, ComputeStepPlan(config_, inputs_.source->num_batches_per_epoch()));
   optim::SchedulerOptions sched;
@@ -763,7 +810,7 @@ absl::Status Run::VerifyReplicas(const char* when) {
   return absl::OkStatus();
 }
 
-absl::Status Run::OptimizerStep(bool* skipped, double* grad_norm) {
+absl::Status Run::OptimizerStep(bool* skipped, torch::Tensor* grad_norm) {
   *skipped = false;
   const auto params = optimizer_->AllParams();
   if (use_scaler_) {
@@ -776,13 +823,8 @@ absl::Status Run::OptimizerStep(bool* skipped, double* grad_norm) {
       return absl::OkStatus();
     }
   }
-  ASSIGN_OR_RETURN(*grad_norm, optim::ClipGradNorm(params, config_.max_grad_norm));
-  if (!std::isfinite(*grad_norm)) {
-    return absl::DataLossError(absl::StrFormat(
-        "gradients became %s at step %d: training diverged; lower learning_rate, set max_grad_norm, or use "
-        "mixed_precision=bf16",
-        std::isnan(*grad_norm) ? "NaN" : "inf", pos_.global_step + 1));
-  }
+  // The norm stays on the device; ReportPendingSteps checks it is finite.
+  ASSIGN_OR_RETURN(*grad_norm, optim::ClipGradNormOnDevice(params, config_.max_grad_norm));
   RETURN_IF_ERROR(scheduler_->Apply(pos_.global_step, *optimizer_));
   RETURN_IF_ERROR(optimizer_->Step());
   optimizer_->ZeroGrad();
@@ -790,6 +832,142 @@ absl::Status Run::OptimizerStep(bool* skipped, double* grad_norm) {
     ASSIGN_OR_RETURN(networks::MaxNormStats stats, network_->ApplyMaxNorm(*config_.scale_weight_norms));
     max_norm_ = MaxNormReport{stats.keys_scaled, stats.average_key_norm, stats.max_key_norm};
   }
+  return absl::OkStatus();
+}
+
+// Why this run's steps cannot go through a CUDA graph; empty when they can.
+// A captured step replays without host code, so everything that must look at
+// a value on the host every step, or draw random numbers inside the step,
+// keeps the step eager.
+std::string Run::GraphStepObstacle() const {
+  if (!config_.cuda_graphs) return "cuda_graphs = false";
+  if (!StepGraphs::CaptureSupported(device_) && !options_.graph_step_without_capture) {
+    return device_.is_cuda() ? "this LibTorch build cannot capture CUDA graphs (it needs LibTorch 2.x with CUDA)"
+                             : "graphs are captured on CUDA devices only";
+  }
+  if (dist_ != nullptr) return "data-parallel training (the ranks agree on each step on the host)";
+  if (accumulation_ > 1) return "gradient_accumulation_steps > 1";
+  if (use_scaler_) {
+    return "mixed_precision = fp16 (its loss scaler checks the gradients on the host every step; bf16 has no scaler)";
+  }
+  if (MaxNormEnabled()) return "scale_weight_norms (it reports the norms it scaled every step)";
+  if (train_text_) {
+    return "the text encoder is trained (network_train_unet_only or text_encoder_lr = 0 keep it out of the step)";
+  }
+  if (net_config_.dropout > 0 || net_config_.rank_dropout > 0 || net_config_.module_dropout > 0) {
+    return "network dropouts (network_dropout, rank_dropout, module_dropout draw their masks every step)";
+  }
+  return "";
+}
+
+// Chooses between the graph step and the eager step; the graph step needs the
+// optimizer's lr and step counters on the device (set before any state loads).
+absl::Status Run::SetupStepGraphs() {
+  std::string obstacle = GraphStepObstacle();
+  if (obstacle.empty()) {
+    absl::Status graph_safe = optimizer_->EnableGraphSafeStep(device_);
+    if (graph_safe.ok()) {
+      graphs_ = std::make_unique<StepGraphs>(device_);
+      if (StepGraphs::CaptureSupported(device_)) {
+        log_->info("CUDA graphs: the training step is captured once per bucket shape and replayed");
+      }
+      return absl::OkStatus();
+    }
+    obstacle = std::string(graph_safe.message());
+  }
+  if (!device_.is_cuda() || !config_.cuda_graphs) return absl::OkStatus();
+  log_->info("CUDA graphs: off, every step runs eagerly: {}", obstacle);
+  return absl::OkStatus();
+}
+
+// The shape's static buffers, refilled with this step's inputs (device-to-device copies).
+Run::StaticStep& Run::StaticInputs(const data::Batch& batch, const torch::Tensor& latents,
+                                   const diffusion::NoisyBatch& noisy, const text::TextConditioning& cond) {
+  std::string key = absl::StrCat(absl::StrJoin(latents.sizes(), "x"), "/", absl::StrJoin(cond.context.sizes(), "x"));
+  if (cond.pooled.defined()) absl::StrAppend(&key, "/", absl::StrJoin(cond.pooled.sizes(), "x"));
+  const auto on_device = [this](const torch::Tensor& t) { return t.to(device_); };
+  torch::Tensor weights = batch.loss_weights.defined()
+                              ? batch.loss_weights.to(device_, torch::kFloat32)
+                              : torch::ones({latents.size(0)}, latents.options().dtype(torch::kFloat32));
+  auto emplaced = statics_.try_emplace(key);
+  const bool fresh = emplaced.second;
+  StaticStep& s = emplaced.first->second;
+  const auto fill = [fresh](torch::Tensor& dst, const torch::Tensor& src) {
+    if (!src.defined()) return;
+    if (fresh) {
+      dst = src.detach().clone();
+    } else {
+      dst.copy_(src);
+    }
+  };
+  fill(s.batch.original_hw, on_device(batch.original_hw));
+  fill(s.batch.crop_top_left, on_device(batch.crop_top_left));
+  fill(s.batch.target_hw, on_device(batch.target_hw));
+  fill(s.batch.loss_weights, weights);
+  fill(s.latents, latents);
+  fill(s.noisy.noise, noisy.noise);
+  fill(s.noisy.noisy_latents, noisy.noisy_latents);
+  fill(s.noisy.timesteps, noisy.timesteps);
+  fill(s.cond.context, cond.context);
+  fill(s.cond.pooled, cond.pooled);
+  if (fresh) {
+    s.loss = torch::zeros({}, latents.options().dtype(torch::kFloat64));
+    s.grad_norm = torch::zeros({}, latents.options().dtype(torch::kFloat32));
+  }
+  s.key = key;
+  return s;
+}
+
+// One optimizer step through StepGraphs: the inputs (latents, text
+// conditioning, noise and timesteps from the run's generators, as the eager
+// step draws them) go into the shape's static buffers, then the body runs
+// forward, backward, clipping and the graph-safe optimizer step on them.
+absl::Status Run::GraphStep(const data::Batch& batch, StepAccumulator& step) {
+  torch::Tensor latents = batch.latents.defined() ? batch.latents.to(device_, torch::kFloat32)
+                                                  : model_->EncodeImages(batch.images, vae_gen_);
+  ASSIGN_OR_RETURN(text::TextConditioning cond, Conditioning(batch.captions));
+  diffusion::NoisyBatch noisy =
+      diffusion::SampleNoisyLatents(latents, *schedule_, noise_options_, noise_gen_, uniform_);
+  StaticStep& s = StaticInputs(batch, latents, noisy, cond);
+  RETURN_IF_ERROR(scheduler_->Apply(pos_.global_step, *optimizer_));
+  const std::vector<torch::Tensor> params = optimizer_->AllParams();
+  absl::Status body_status;
+  const auto body = [&] {
+    torch::Tensor loss = PerSampleLoss(s.batch, s.latents, s.noisy, s.cond).mean();
+    loss.backward();
+    absl::StatusOr<torch::Tensor> norm = optim::ClipGradNormOnDevice(params, config_.max_grad_norm);
+    if (!norm.ok()) {
+      body_status = norm.status();
+      return;
+    }
+    body_status = optimizer_->Step();
+    s.loss.copy_(loss.detach().to(torch::kFloat64));
+    if (norm->defined()) s.grad_norm.copy_(*norm);
+  };
+  const int64_t steps_before = optimizer_->step_count();
+  absl::StatusOr<StepGraphs::Ran> ran = graphs_->Run(s.key, body);
+  if (!ran.ok()) {
+    // A capture runs nothing: unless it got as far as the optimizer's host
+    // bookkeeping, the step can run eagerly instead, and so can the rest.
+    optimizer_->ZeroGrad();
+    if (optimizer_->step_count() != steps_before) {
+      return absl::InternalError(absl::StrCat(ran.status().message(), "; set cuda_graphs = false"));
+    }
+    Warn("cuda_graphs", absl::StrCat(ran.status().message(), "; the run goes on with eager steps"));
+    graphs_.reset();
+    statics_.clear();
+    return AccumulateMicroBatch(batch, /*last_of_step=*/true, step);
+  }
+  RETURN_IF_ERROR(body_status);
+  if (*ran == StepGraphs::Ran::kReplayed) optimizer_->RecordReplayedStep();
+  optimizer_->ZeroGrad();
+  ++result_.graph_steps;
+  result_.cuda_graphs_captured = graphs_->num_graphs();
+  step.loss_sum = s.loss.clone();
+  step.grad_norm = s.grad_norm.clone();
+  step.stepped = true;
+  step.images += batch.size();
+  ++step.micro;
   return absl::OkStatus();
 }
 
@@ -816,6 +994,7 @@ absl::StatusOr<io::Metadata> Run::BuildMetadata() const {
 }
 
 absl::Status Run::SaveLora(const std::filesystem::path& path, bool is_final) {
+  RETURN_IF_ERROR(ReportPendingSteps());  // a diverged step is found before its weights are saved
   if (!IsMain()) return absl::OkStatus();
   ASSIGN_OR_RETURN(torch::ScalarType dtype, networks::ParseSavePrecision(config_.save_precision));
   ASSIGN_OR_RETURN(io::Metadata metadata, BuildMetadata());
@@ -827,6 +1006,7 @@ absl::Status Run::SaveLora(const std::filesystem::path& path, bool is_final) {
 }
 
 absl::Status Run::SaveState(const std::filesystem::path& dir) {
+  RETURN_IF_ERROR(ReportPendingSteps());  // and the epoch's loss sums it saves are complete
   if (!IsMain()) return absl::OkStatus();
   ASSIGN_OR_RETURN(TrainingState state, CaptureState());
   RETURN_IF_ERROR(SaveTrainingState(dir, state));
@@ -865,6 +1045,7 @@ absl::Status Run::SaveEpochCheckpoints(int64_t epoch) {
 }
 
 absl::Status Run::RenderSamples() {
+  RETURN_IF_ERROR(ReportPendingSteps());  // the step reports come before the previews of their step
   if (!IsMain()) return absl::OkStatus();
   PreviewSettings settings;
   settings.device = device_;
@@ -898,6 +1079,8 @@ absl::Status Run::Finish(absl::Status status) {
 }
 
 absl::Status Run::Fail(absl::Status status) {
+  // Steps not yet read back are reported; a divergence among them came first.
+  if (absl::Status pending = Guarded([&] { return ReportPendingSteps(); }); !pending.ok()) status = pending;
   // A diverged run (DATA_LOSS) or a failed write (UNAVAILABLE: a full disk)
   // still has every LoRA saved before it.
   if ((status.code() == absl::StatusCode::kDataLoss || status.code() == absl::StatusCode::kUnavailable) &&
@@ -953,7 +1136,6 @@ void Run::ReportStart() {
 // Epochs from the current position until max_train_steps; an error (or CANCELLED
 // on a stop request) ends the run.
 absl::Status Run::TrainLoop() {
-  accumulation_ = std::max<int64_t>(1, config_.gradient_accumulation_steps);
   run_start_ = Clock::now();
   if (config_.sample_at_first && pos_.global_step == 0) {
     RETURN_IF_ERROR(Guarded([&] { return RenderSamples(); }));
@@ -970,11 +1152,13 @@ absl::Status Run::TrainLoop() {
 
 // The batches of `epoch` from the current position; sets `done` after the last step.
 absl::Status Run::TrainEpoch(int64_t epoch, bool& done) {
-  ASSIGN_OR_RETURN(std::unique_ptr<data::BatchIterator> iterator,
+  ASSIGN_OR_RETURN(std::unique_ptr<data::BatchIterator> batches,
                    inputs_.source->Iterate(pos_.data, pos_.global_step));
+  // One batch ahead: the next one is read and copied while this one trains.
+  PrefetchingIterator iterator(std::move(batches), device_);
   StepAccumulator step;
   while (!done) {
-    ASSIGN_OR_RETURN(std::optional<data::Batch> next, iterator->Next());
+    ASSIGN_OR_RETURN(std::optional<data::Batch> next, iterator.Next());
     if (!next.has_value()) break;
     const data::Batch& batch = *next;
     const bool epoch_end = batch.position.batch_index + 1 >= plan_.batches_per_epoch;
@@ -982,8 +1166,11 @@ absl::Status Run::TrainEpoch(int64_t epoch, bool& done) {
     RETURN_IF_ERROR(Guarded([&] { return AccumulateMicroBatch(batch, last_of_step, step); }));
     if (step.micro < accumulation_ && !epoch_end) continue;
 
-    RETURN_IF_ERROR(CompleteStep(epoch, *iterator, step));
+    RETURN_IF_ERROR(CompleteStep(epoch, iterator, step));
     done = pos_.global_step >= plan_.max_train_steps;
+    if (done || static_cast<int64_t>(pending_.size()) >= log_every_) {
+      RETURN_IF_ERROR(Guarded([&] { return ReportPendingSteps(); }));
+    }
     RETURN_IF_ERROR(Guarded([&] { return AfterStep(done); }));
     RETURN_IF_ERROR(StopIfRequested(done));
   }
@@ -994,6 +1181,7 @@ absl::Status Run::AccumulateMicroBatch(const data::Batch& batch, bool last_of_st
   // Data-parallel: the step's last backward fills the gradient buckets (the
   // earlier micro-batches accumulate locally, as torch DDP's no_sync).
   if (reducer_ && last_of_step) reducer_->Arm();
+  if (graphs_ != nullptr) return GraphStep(batch, step);
   ASSIGN_OR_RETURN(torch::Tensor loss, MicroBatchLoss(batch));
   if (!loss.defined()) {  // a data-parallel rank with an empty share: nothing to add
     ++step.micro;
@@ -1009,25 +1197,18 @@ absl::Status Run::AccumulateMicroBatch(const data::Batch& batch, bool last_of_st
   return absl::OkStatus();
 }
 
-// The optimizer step over the accumulated gradients, then the position, the
-// divergence check, the epoch's loss average and the step report.
+// The optimizer step over the accumulated gradients (unless the graph step
+// ran it), then the position; the loss and gradient norm wait on the device
+// for the log interval's read-back.
 absl::Status Run::CompleteStep(int64_t epoch, const data::BatchIterator& iterator, StepAccumulator& step) {
-  // The step's one read-back of its loss, before the optimizer touches the
-  // weights: a non-finite micro-batch loss makes the mean non-finite.
-  double loss_sum = 0;
-  RETURN_IF_ERROR(Guarded([&] {
-    if (dist_ != nullptr) return AgreeOnStep(step, &loss_sum);
-    loss_sum = step.loss_sum.item<double>();
-    return absl::OkStatus();
-  }));
-  const double loss = loss_sum / static_cast<double>(step.micro);
-  // The fp16 scaler skips non-finite steps itself (SkipStreak watches it).
-  if (!use_scaler_) RETURN_IF_ERROR(CheckLossFinite(loss, pos_.global_step + 1, epoch));
+  if (dist_ != nullptr) {  // the ranks agree on the step's loss, on the host, every step
+    double loss_sum = 0;
+    RETURN_IF_ERROR(Guarded([&] { return AgreeOnStep(step, &loss_sum); }));
+    step.loss_sum = torch::tensor(loss_sum, torch::kFloat64);
+  }
   bool skipped = false;
-  double grad_norm = 0;
-  RETURN_IF_ERROR(Guarded([&] { return OptimizerStep(&skipped, &grad_norm); }));
+  if (!step.stepped) RETURN_IF_ERROR(Guarded([&] { return OptimizerStep(&skipped, &step.grad_norm); }));
   images_this_process_ += step.images;
-  step = StepAccumulator();
   ++pos_.global_step;
   ++steps_this_process_;
   pos_.data = iterator.position();
@@ -1037,40 +1218,87 @@ absl::Status Run::CompleteStep(int64_t epoch, const data::BatchIterator& iterato
     ++pos_.skipped_steps;
   }
   RETURN_IF_ERROR(skip_streak_.Record(skipped, scaler_.scale(), pos_.global_step));
-  if (std::isfinite(loss)) {
-    pos_.epoch_loss_sum += loss;
-    ++pos_.epoch_loss_count;
-  }
-  ReportStep(epoch, loss, skipped, grad_norm);
-  return absl::OkStatus();
-}
 
-void Run::ReportStep(int64_t epoch, double loss, bool skipped, double grad_norm) {
-  const double elapsed = std::chrono::duration<double>(Clock::now() - run_start_).count();
-  const Throughput speed = ComputeThroughput(steps_this_process_, images_this_process_, elapsed,
-                                             plan_.max_train_steps - pos_.global_step);
-  StepReport report;
-  report.step = pos_.global_step;
-  report.total_steps = plan_.max_train_steps;
-  report.epoch = epoch;
-  report.total_epochs = plan_.num_epochs;
-  report.loss = loss;
-  report.loss_avg = pos_.epoch_loss_count ? pos_.epoch_loss_sum / pos_.epoch_loss_count : loss;
+  PendingStep done;
+  done.step = pos_.global_step;
+  done.epoch = epoch;
+  done.micro = std::max<int64_t>(1, step.micro);
+  done.loss_sum = step.loss_sum;
+  done.grad_norm = step.grad_norm;
+  done.skipped = skipped;
   for (int g = 0; g < optimizer_->num_groups(); ++g) {
     // Adafactor's relative step reports its internal lr as kohya's AdafactorSchedule does.
     const double scheduled = optimizer_->UsesInternalLr() ? optimizer_->EffectiveLr(g) : optimizer_->lr(g);
-    report.lrs.push_back({group_names_[static_cast<size_t>(g)], optimizer_->EffectiveLr(g), scheduled});
+    done.lrs.push_back({group_names_[static_cast<size_t>(g)], optimizer_->EffectiveLr(g), scheduled});
   }
+  done.max_norm = max_norm_;
+  done.steps_this_process = steps_this_process_;
+  done.images_this_process = images_this_process_;
+  done.elapsed_s = std::chrono::duration<double>(Clock::now() - run_start_).count();
+  pending_.push_back(std::move(done));
+  step = StepAccumulator();
+  return absl::OkStatus();
+}
+
+// The steps since the last read-back: their losses and gradient norms come
+// to the host in one copy (the host waits for the GPU once per interval), are
+// checked in step order (the first non-finite one fails the run, before any
+// later checkpoint is written), and reported.
+absl::Status Run::ReportPendingSteps() {
+  if (pending_.empty()) return absl::OkStatus();
+  const std::vector<PendingStep> steps = std::move(pending_);
+  pending_.clear();
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(device_);
+  std::vector<torch::Tensor> values;
+  values.reserve(2 * steps.size());
+  for (const PendingStep& p : steps) {
+    values.push_back(p.loss_sum.defined() ? p.loss_sum.to(f64).reshape({}) : torch::zeros({}, f64));
+    values.push_back(p.grad_norm.defined() ? p.grad_norm.to(f64).reshape({}) : torch::zeros({}, f64));
+  }
+  const torch::Tensor host = torch::stack(values).cpu();
+  const double* v = host.data_ptr<double>();
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const PendingStep& p = steps[i];
+    const double loss = v[2 * i] / static_cast<double>(p.micro);
+    const double grad_norm = v[2 * i + 1];
+    // The fp16 scaler skips non-finite steps itself (SkipStreak watches it).
+    if (!use_scaler_) RETURN_IF_ERROR(CheckLossFinite(loss, p.step, p.epoch));
+    if (!p.skipped && !std::isfinite(grad_norm)) {
+      return absl::DataLossError(absl::StrFormat(
+          "gradients became %s at step %d: training diverged; lower learning_rate, set max_grad_norm, or use "
+          "mixed_precision=bf16",
+          std::isnan(grad_norm) ? "NaN" : "inf", p.step));
+    }
+    if (std::isfinite(loss)) {
+      pos_.epoch_loss_sum += loss;
+      ++pos_.epoch_loss_count;
+    }
+    ReportStep(p, loss, grad_norm);
+  }
+  return absl::OkStatus();
+}
+
+void Run::ReportStep(const PendingStep& p, double loss, double grad_norm) {
+  const Throughput speed = ComputeThroughput(p.steps_this_process, p.images_this_process, p.elapsed_s,
+                                             plan_.max_train_steps - p.step);
+  StepReport report;
+  report.step = p.step;
+  report.total_steps = plan_.max_train_steps;
+  report.epoch = p.epoch;
+  report.total_epochs = plan_.num_epochs;
+  report.loss = loss;
+  report.loss_avg = pos_.epoch_loss_count ? pos_.epoch_loss_sum / pos_.epoch_loss_count : loss;
+  report.lrs = p.lrs;
   report.it_per_s = speed.it_per_s;
   report.images_per_s = speed.images_per_s;
   report.eta_s = speed.eta_s;
   report.grad_norm = grad_norm;
   // The dashboard and /metrics show it per running job (a mutex-guarded read of the allocator's counters).
   if (auto memory = DeviceMemoryStats(device_)) report.gpu_memory_allocated_bytes = memory->allocated_bytes;
-  report.skipped = skipped;
-  report.max_norm = max_norm_;
+  report.skipped = p.skipped;
+  report.max_norm = p.max_norm;
   observers_.OnStep(report);
-  if (options_.on_step) options_.on_step(pos_.global_step);
+  if (options_.on_step) options_.on_step(p.step);
 }
 
 // Step checkpoints and previews after a step (`done`: it was the last).
@@ -1089,6 +1317,7 @@ absl::Status Run::StopIfRequested(bool done) {
     case StopAction::kContinue:
       return absl::OkStatus();
     case StopAction::kStop:
+      RETURN_IF_ERROR(Guarded([&] { return ReportPendingSteps(); }));
       return absl::CancelledError("stopped on request");
     case StopAction::kStopSaveState:
       break;
@@ -1102,6 +1331,7 @@ absl::Status Run::StopIfRequested(bool done) {
 // Closes `epoch`: the position moves to the next one, observers get the
 // epoch's loss average, then epoch checkpoints and previews.
 absl::Status Run::EndEpoch(int64_t epoch, bool done) {
+  RETURN_IF_ERROR(Guarded([&] { return ReportPendingSteps(); }));
   if (pos_.data.epoch == epoch && !done) pos_.data = {static_cast<int>(epoch) + 1, 0};
   const double epoch_avg = pos_.epoch_loss_count ? pos_.epoch_loss_sum / pos_.epoch_loss_count : 0;
   result_.final_loss_avg = epoch_avg;

@@ -78,6 +78,10 @@ struct TrainOptions {
   std::optional<int64_t> stop_after_steps;
   // Called after every optimizer step with the global step (tests measure the loss here).
   std::function<void(int64_t step)> on_step;
+  // Runs the step that CUDA graphs capture (static input buffers, the
+  // optimizer's graph-safe step, clipping on the device) where no graph can
+  // be captured, e.g. on the CPU, eagerly: tests compare it with the eager step.
+  bool graph_step_without_capture = false;
 };
 
 struct TrainResult {
@@ -88,6 +92,10 @@ struct TrainResult {
   std::vector<std::filesystem::path> samples;
   double final_loss_avg = 0;
   int64_t skipped_steps = 0;          // fp16 steps the loss scaler skipped
+  // Steps run by the graph-capturable step (cuda_graphs), and the CUDA graphs
+  // captured for them (one per bucket shape; 0 where graphs cannot be captured).
+  int64_t graph_steps = 0;
+  int64_t cuda_graphs_captured = 0;
 };
 
 // Runs a whole training job. `observer` and `cancel` may be null.
