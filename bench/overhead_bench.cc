@@ -4,6 +4,13 @@
 // and the milliseconds per step measure dispatch, not arithmetic. kohya's
 // sd-scripts launches about 20,000 CUDA kernels per SDXL step (issue 11): the
 // op count is compared to that.
+//
+// The step runs in the modes of bench/sdxl_lora_step.h, eager first, on one
+// U-Net: eager (no graphs or fusions) and fused (the optimizer's fused kernels,
+// no read-back in the step) by default. CUDA graphs are not captured on the CPU:
+// --modes graphs runs the graph mode's static-buffer step eagerly. The
+// optimizer's fused kernels exist for CUDA float32 parameters on LibTorch 2.x
+// only, so on the CPU fused differs from eager in the host read-backs alone.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -16,9 +23,11 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include "absl/strings/str_split.h"
 #include "bench/bench_registry.h"
 #include "bench/op_counter.h"
 #include "bench/sdxl_lora_step.h"
+#include "core/base/status_macros.h"
 #include "core/common/torch_compat.h"
 
 namespace lorad::bench {
@@ -29,6 +38,7 @@ constexpr double kKohyaOpsPerStep = 20000;
 void Usage() {
   std::fprintf(stderr,
                "usage: lorad-bench overhead [--latent N (8)] [--batch N (1)] [--steps N (5)] [--warmup N (2)]\n"
+               "                            [--modes eager,fused (eager,fused; graphs: its step without capture)]\n"
                "                            [--weights bf16|f32 (bf16)] [--top N (12)] [--json FILE]\n");
 }
 
@@ -37,10 +47,39 @@ double Median(std::vector<double> v) {
   return v.empty() ? 0 : (v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2);
 }
 
+// One mode's figures.
+struct ModeResult {
+  StepMode mode;
+  std::vector<double> ms;  // per timed step
+  double median_ms = 0;
+  OpCounts counts;
+};
+
+// Warm-up, timed steps (each timed alone: on the CPU a step ends when Step()
+// returns) and one step counted on its own (the callback costs time).
+absl::StatusOr<ModeResult> MeasureMode(SdxlLoraStep& step, StepMode mode, int64_t batch, int64_t latent, int warmup,
+                                       int steps) {
+  ModeResult r{mode, {}, 0, {}};
+  RETURN_IF_ERROR(step.SetMode(mode));
+  step.SetBatch(batch, latent);
+  for (int i = 0; i < warmup; ++i) RETURN_IF_ERROR(step.Step().status());
+  for (int i = 0; i < steps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    RETURN_IF_ERROR(step.Step().status());
+    r.ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  r.median_ms = Median(r.ms);
+  OpCounter counter;
+  RETURN_IF_ERROR(step.Step().status());
+  r.counts = counter.Take();
+  return r;
+}
+
 int Run(int argc, char** argv) {
   int64_t latent = 8, batch = 1;
   int steps = 5, warmup = 2, top = 12;
   std::string json_path, weights = "bf16";
+  std::vector<StepMode> modes = {StepMode::kEager, StepMode::kFused};
   for (int i = 1; i < argc; ++i) {
     const bool has_value = i + 1 < argc;
     if (!std::strcmp(argv[i], "--latent") && has_value) {
@@ -55,6 +94,18 @@ int Run(int argc, char** argv) {
       top = std::atoi(argv[++i]);
     } else if (!std::strcmp(argv[i], "--weights") && has_value) {
       weights = argv[++i];
+    } else if (!std::strcmp(argv[i], "--modes") && has_value) {
+      modes.clear();
+      for (absl::string_view m : absl::StrSplit(argv[++i], ',')) {
+        absl::StatusOr<StepMode> mode = ParseStepMode(std::string(m));
+        if (!mode.ok()) {
+          std::fprintf(stderr, "%s\n", std::string(mode.status().message()).c_str());
+          Usage();
+          return 2;
+        }
+        if (std::find(modes.begin(), modes.end(), *mode) == modes.end()) modes.push_back(*mode);
+      }
+      std::sort(modes.begin(), modes.end());  // eager first: the others' ratios divide by it
     } else if (!std::strcmp(argv[i], "--json") && has_value) {
       json_path = argv[++i];
     } else {
@@ -62,9 +113,10 @@ int Run(int argc, char** argv) {
       return 2;
     }
   }
-  if (latent < 8 || latent % 8 != 0 || batch < 1 || steps < 1 || warmup < 0 || (weights != "bf16" && weights != "f32")) {
+  if (latent < 8 || latent % 8 != 0 || batch < 1 || steps < 1 || warmup < 0 || modes.empty() ||
+      (weights != "bf16" && weights != "f32")) {
     std::fprintf(stderr, "--latent must be a multiple of 8 (the U-Net downsamples 3 times), --batch and --steps >= 1, "
-                         "--weights bf16 or f32\n");
+                         "--modes not empty, --weights bf16 or f32\n");
     return 2;
   }
 
@@ -75,6 +127,7 @@ int Run(int argc, char** argv) {
   options.device = torch::kCPU;
   options.weight_dtype = weights == "bf16" ? torch::kBFloat16 : torch::kFloat32;
   options.autocast_dtype = torch::kBFloat16;
+  options.mode = modes.front();
   const auto build_start = std::chrono::steady_clock::now();
   auto created = SdxlLoraStep::Create(options);
   if (!created.ok()) {
@@ -82,60 +135,50 @@ int Run(int argc, char** argv) {
     return 1;
   }
   SdxlLoraStep& step = **created;
-  step.SetBatch(batch, latent);
   const double build_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - build_start).count();
   std::printf("full-size SDXL U-Net (%.3g parameters, %s frozen, built in %.0f s) + LoRA rank %lld / alpha %g on %lld "
               "kohya targets (%.3g parameters), AdamW, CPU autocast bf16\n",
               static_cast<double>(step.unet_parameters()), weights.c_str(), build_s,
               static_cast<long long>(options.rank), options.alpha, static_cast<long long>(step.lora_modules()),
               static_cast<double>(step.lora_parameters()));
-  std::printf("batch %lld, latent %lldx%lld (%lld px), LibTorch %s, %d threads, %d warm-up + %d timed steps\n\n",
+  std::printf("batch %lld, latent %lldx%lld (%lld px), LibTorch %s, %d threads, %d warm-up + %d timed steps per mode\n\n",
               static_cast<long long>(batch), static_cast<long long>(latent), static_cast<long long>(latent),
               static_cast<long long>(latent * 8), compat::TorchVersion().c_str(), torch::get_num_threads(), warmup,
               steps);
 
-  for (int i = 0; i < warmup; ++i) {
-    auto loss = step.Step();
-    if (!loss.ok()) {
-      std::fprintf(stderr, "overhead bench: %s\n", std::string(loss.status().message()).c_str());
+  std::vector<ModeResult> results;
+  for (StepMode mode : modes) {
+    absl::StatusOr<ModeResult> r = MeasureMode(step, mode, batch, latent, warmup, steps);
+    if (!r.ok()) {
+      std::fprintf(stderr, "overhead bench (%s): %s\n", StepModeName(mode), std::string(r.status().message()).c_str());
       return 1;
     }
+    results.push_back(std::move(*r));
   }
-  std::vector<double> ms;
-  for (int i = 0; i < steps; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    auto loss = step.Step();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-    if (!loss.ok()) {
-      std::fprintf(stderr, "overhead bench: %s\n", std::string(loss.status().message()).c_str());
-      return 1;
-    }
+  const ModeResult* eager = results.front().mode == StepMode::kEager ? &results.front() : nullptr;
+
+  std::printf("%-7s %12s %16s %10s %10s %14s %14s\n", "mode", "ATen ops", "outermost ops", "us/op", "ms/step",
+              "ops vs kohya", "eager/mode ms");
+  for (const ModeResult& r : results) {
+    char vs_eager[16] = "-";
+    if (eager != nullptr) std::snprintf(vs_eager, sizeof(vs_eager), "%.2fx", eager->median_ms / r.median_ms);
+    std::printf("%-7s %12lld %16lld %10.1f %10.1f %13.2fx %14s\n", StepModeName(r.mode),
+                static_cast<long long>(r.counts.all), static_cast<long long>(r.counts.outermost),
+                1000.0 * r.median_ms / static_cast<double>(r.counts.all), r.median_ms,
+                static_cast<double>(r.counts.all) / kKohyaOpsPerStep, vs_eager);
   }
-  // Counted on a step of its own: the callback costs time.
-  OpCounts counts;
-  {
-    OpCounter counter;
-    auto loss = step.Step();
-    counts = counter.Take();
-    if (!loss.ok()) {
-      std::fprintf(stderr, "overhead bench: %s\n", std::string(loss.status().message()).c_str());
-      return 1;
-    }
-  }
-  const double median_ms = Median(ms);
-  std::printf("%-7s %12s %16s %12s %10s %16s\n", "path", "ATen ops", "outermost ops", "us/op", "ms/step",
-              "ops vs kohya");
-  std::printf("%-7s %12lld %16lld %12.1f %10.1f %15.2fx\n", "eager", static_cast<long long>(counts.all),
-              static_cast<long long>(counts.outermost), 1000.0 * median_ms / static_cast<double>(counts.all),
-              median_ms, static_cast<double>(counts.all) / kKohyaOpsPerStep);
-  std::printf("\nlorad has one training-step path today (eager, as lorad-train runs it); there is no graph-captured or\n"
-              "fused path to compare against yet. kohya: ~%.0f CUDA kernels per SDXL step (issue 11).\n",
+  std::printf("\neager: no graphs or fusions (per-parameter AdamW, loss and grad norm read back every step); fused:\n"
+              "the optimizer's fused kernels (CUDA float32 on LibTorch 2.x only: on the CPU AdamW runs per parameter\n"
+              "as in eager) and no read-back in the step. CUDA graphs are not captured on the CPU (lorad-bench gpu\n"
+              "measures them). kohya: ~%.0f CUDA kernels per SDXL step (issue 11).\n",
               kKohyaOpsPerStep);
   std::printf("ATen ops counts every dispatched op, nested ones too (linear -> addmm); outermost counts the ops\n"
               "called from outside ATen. ms/step is the median of the timed steps.\n\n");
-  std::printf("most frequent outermost ops per step:\n");
-  for (int i = 0; i < top && i < static_cast<int>(counts.by_name.size()); ++i) {
-    std::printf("  %7lld  %s\n", static_cast<long long>(counts.by_name[i].second), counts.by_name[i].first.c_str());
+  const ModeResult& last = results.back();
+  std::printf("most frequent outermost ops per step (%s):\n", StepModeName(last.mode));
+  for (int i = 0; i < top && i < static_cast<int>(last.counts.by_name.size()); ++i) {
+    std::printf("  %7lld  %s\n", static_cast<long long>(last.counts.by_name[i].second),
+                last.counts.by_name[i].first.c_str());
   }
 
   if (!json_path.empty()) {
@@ -152,19 +195,29 @@ int Run(int argc, char** argv) {
     out["batch"] = batch;
     out["latent"] = latent;
     out["kohya_kernels_per_step"] = kKohyaOpsPerStep;
-    nlohmann::json path;
-    path["name"] = "eager";
-    path["aten_ops_per_step"] = counts.all;
-    path["outermost_ops_per_step"] = counts.outermost;
-    path["ms_per_step_median"] = median_ms;
-    path["ms_per_step"] = ms;
-    nlohmann::json top_ops = nlohmann::json::object();
-    for (int i = 0; i < top && i < static_cast<int>(counts.by_name.size()); ++i) {
-      top_ops[counts.by_name[i].first] = counts.by_name[i].second;
+    out["modes"] = nlohmann::json::array();
+    for (const ModeResult& r : results) {
+      nlohmann::json m;
+      m["name"] = StepModeName(r.mode);
+      m["aten_ops_per_step"] = r.counts.all;
+      m["outermost_ops_per_step"] = r.counts.outermost;
+      m["ms_per_step_median"] = r.median_ms;
+      m["ms_per_step"] = r.ms;
+      if (eager != nullptr) {
+        m["speedup_vs_eager"] = eager->median_ms / r.median_ms;
+        m["ops_vs_eager"] = static_cast<double>(r.counts.all) / static_cast<double>(eager->counts.all);
+      }
+      nlohmann::json top_ops = nlohmann::json::object();
+      for (int i = 0; i < top && i < static_cast<int>(r.counts.by_name.size()); ++i) {
+        top_ops[r.counts.by_name[i].first] = r.counts.by_name[i].second;
+      }
+      m["top_outermost_ops"] = top_ops;
+      out["modes"].push_back(m);
     }
-    path["top_outermost_ops"] = top_ops;
-    out["paths"] = nlohmann::json::array({path});
-    out["note"] = "one training-step path (eager); no graph-captured or fused path yet";
+    out["note"] =
+        "CPU: CUDA graphs are not captured (graphs, if asked for, runs its static-buffer step eagerly); the fused "
+        "optimizer kernels exist for CUDA float32 parameters on LibTorch 2.x only, so fused differs from eager in "
+        "the host read-backs alone";
     std::ofstream f(json_path);
     f << out.dump(2) << "\n";
     if (!f) {
@@ -178,5 +231,5 @@ int Run(int argc, char** argv) {
 }  // namespace
 }  // namespace lorad::bench
 
-LORAD_BENCH(overhead, "ATen ops and ms per full-size SDXL LoRA step at a tiny latent (CPU host overhead)",
+LORAD_BENCH(overhead, "ATen ops and ms per full-size SDXL LoRA step at a tiny latent, eager vs fused (CPU host overhead)",
             lorad::bench::Run);

@@ -6,9 +6,12 @@
 //
 // A step is the sequence lorad-train runs per optimizer step, through the same
 // engine components: kohya noise and timesteps from a CPU generator, the SDXL
-// added conditioning, the U-Net forward under autocast, the L2 loss read back
-// to the host, backward, gradient clipping (max_grad_norm 1), the lr schedule,
-// AdamW and zero_grad. That is lorad's eager path, the only one the engine has.
+// added conditioning, the U-Net forward under autocast (channels_last on CUDA,
+// as lorad-train tunes it), the L2 loss, backward, gradient clipping
+// (max_grad_norm 1), the lr schedule, AdamW and zero_grad. The step runs in one
+// of three modes (StepMode), so a benchmark measures each optimisation against
+// the plain eager step in the same process; the forward, loss, backward,
+// clipping and optimizer step are one function (Body) in all of them.
 // Not thread-safe.
 #pragma once
 
@@ -16,6 +19,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include <torch/torch.h>
 
@@ -27,8 +31,32 @@
 #include "core/networks/lora_network.h"
 #include "core/optim/lr_scheduler.h"
 #include "core/optim/optimizer.h"
+#include "core/train/step_graphs.h"
 
 namespace lorad::bench {
+
+// How a step runs. Each mode adds one optimisation to the one before.
+enum class StepMode {
+  // lorad eager with no graphs or fusions: the optimizer's per-parameter
+  // kernels, and the host reads the loss back after the forward and the
+  // gradient norm after clipping, waiting for the device each time.
+  kEager,
+  // The fused (multi-tensor) optimizer kernels (AdamW's at::_fused_adamw_ on
+  // CUDA with LibTorch 2.x; elsewhere the optimizer has none and runs as in
+  // kEager) and no read-back inside the step: loss and gradient norm stay on
+  // the device (optim::ClipGradNormOnDevice), so the host queues ahead.
+  kFused,
+  // kFused with the whole step (forward to optimizer step) captured as a CUDA
+  // graph once per batch shape and replayed (train::StepGraphs), on static
+  // input buffers and the optimizer's graph-safe step. Where graphs cannot be
+  // captured (the CPU, LibTorch 1.x) the same static-buffer step runs eagerly.
+  kGraphs,
+};
+
+// "eager", "fused", "graphs".
+const char* StepModeName(StepMode mode);
+// The inverse of StepModeName; INVALID_ARGUMENT naming the accepted names.
+absl::StatusOr<StepMode> ParseStepMode(std::string_view name);
 
 struct SdxlLoraOptions {
   torch::Device device = torch::kCPU;
@@ -40,22 +68,41 @@ struct SdxlLoraOptions {
   double alpha = 16;
   double learning_rate = 1e-4;
   uint64_t seed = 0;
+  StepMode mode = StepMode::kEager;
 };
 
 class SdxlLoraStep {
  public:
   // Builds the U-Net on options.device (about 2.6e9 parameters: 5.2 GB in bf16),
-  // attaches the LoRA and creates AdamW. Errors name the part that failed.
+  // attaches the LoRA and creates AdamW for options.mode. Errors name the part
+  // that failed.
   static absl::StatusOr<std::unique_ptr<SdxlLoraStep>> Create(const SdxlLoraOptions& options);
 
-  // Sets the batch for the following steps: `batch` random latents of
-  // latent_size x latent_size (1024 px = 128) and their conditioning, on the device.
-  void SetBatch(int64_t batch, int64_t latent_size);
-  void SetGradientCheckpointing(bool on) { unet_->set_gradient_checkpointing(on); }
+  // Switches the step mode: a new AdamW (fresh state, on the same LoRA
+  // weights) set up for the mode, and no captured graphs. Errors come from the
+  // optimizer (the graph-safe step's requirements).
+  absl::Status SetMode(StepMode mode);
+  StepMode mode() const { return options_.mode; }
 
-  // One training step; returns its loss. RESOURCE_EXHAUSTED (naming batch,
-  // resolution and checkpointing) when the device runs out of memory.
-  absl::StatusOr<double> Step();
+  // Sets the batch for the following steps: `batch` random latents of
+  // latent_size x latent_size (1024 px = 128) and their conditioning, on the
+  // device. Drops captured graphs (they read the previous batch's buffers).
+  void SetBatch(int64_t batch, int64_t latent_size);
+  // Drops captured graphs too: they recorded the forward with the old setting.
+  void SetGradientCheckpointing(bool on);
+
+  // One training step. Returns its loss, a 0-dim float32 tensor on the device
+  // (a copy: a later step does not change it); reading it (item()) waits for
+  // the step, which kFused and kGraphs never do themselves. RESOURCE_EXHAUSTED
+  // (naming batch, resolution and checkpointing) when the device runs out of
+  // memory; INTERNAL when a CUDA graph capture fails (naming the cause).
+  absl::StatusOr<torch::Tensor> Step();
+
+  // How the last Step() ran through the graphs: kEager for warm-up steps,
+  // in kEager / kFused mode and where graphs cannot be captured.
+  train::StepGraphs::Ran last_run() const { return last_run_; }
+  // True when kGraphs captures on this device and LibTorch build.
+  bool captures_graphs() const;
 
   int64_t unet_parameters() const { return unet_parameters_; }
   int64_t lora_parameters() const { return network_->NumParameters(); }
@@ -65,8 +112,14 @@ class SdxlLoraStep {
   const SdxlLoraOptions& options() const { return options_; }
 
  private:
-  explicit SdxlLoraStep(const SdxlLoraOptions& options) : options_(options) {}
-  absl::StatusOr<double> StepUnguarded();
+  explicit SdxlLoraStep(const SdxlLoraOptions& options);
+  absl::Status StepUnguarded();
+  // Forward, loss, backward, clipping and optimizer step on inputs_ and the
+  // batch tensors; writes the loss into loss_. Graph-safe in kFused and
+  // kGraphs; in kEager it reads the loss and the gradient norm back.
+  absl::Status Body();
+  // Releases the captured graphs and the static input buffers.
+  void ResetGraphs();
 
   SdxlLoraOptions options_;
   models::UNet unet_{nullptr};
@@ -81,6 +134,12 @@ class SdxlLoraStep {
   int64_t batch_ = 0;
   int64_t latent_size_ = 0;
   torch::Tensor latents_, context_, pooled_, original_hw_, crop_top_left_, target_hw_;
+  // This step's noise, noisy latents and timesteps. In kGraphs they are static
+  // buffers refilled in place each step (a replay reads their addresses).
+  diffusion::NoisyBatch inputs_;
+  torch::Tensor loss_;  // float32 [], the body's output, written in place
+  std::unique_ptr<train::StepGraphs> graphs_;  // kGraphs only
+  train::StepGraphs::Ran last_run_ = train::StepGraphs::Ran::kEager;
 };
 
 }  // namespace lorad::bench
