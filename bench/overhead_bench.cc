@@ -157,15 +157,15 @@ int Run(int argc, char** argv) {
   }
   const ModeResult* eager = results.front().mode == StepMode::kEager ? &results.front() : nullptr;
 
-  std::printf("%-7s %12s %16s %10s %10s %14s %14s\n", "mode", "ATen ops", "outermost ops", "us/op", "ms/step",
-              "ops vs kohya", "eager/mode ms");
+  std::printf("%-7s %10s %10s %12s %10s %10s %16s %14s\n", "mode", "ATen ops", "outermost", "kernel ops",
+              "us/op", "ms/step", "kernels/kohya", "eager/mode ms");
   for (const ModeResult& r : results) {
     char vs_eager[16] = "-";
     if (eager != nullptr) std::snprintf(vs_eager, sizeof(vs_eager), "%.2fx", eager->median_ms / r.median_ms);
-    std::printf("%-7s %12lld %16lld %10.1f %10.1f %13.2fx %14s\n", StepModeName(r.mode),
+    std::printf("%-7s %10lld %10lld %12lld %10.1f %10.1f %15.2fx %14s\n", StepModeName(r.mode),
                 static_cast<long long>(r.counts.all), static_cast<long long>(r.counts.outermost),
-                1000.0 * r.median_ms / static_cast<double>(r.counts.all), r.median_ms,
-                static_cast<double>(r.counts.all) / kKohyaOpsPerStep, vs_eager);
+                static_cast<long long>(r.counts.kernels), 1000.0 * r.median_ms / static_cast<double>(r.counts.all),
+                r.median_ms, static_cast<double>(r.counts.kernels) / kKohyaOpsPerStep, vs_eager);
   }
   std::printf("\neager: no graphs or fusions (per-parameter AdamW, loss and grad norm read back every step); fused:\n"
               "the optimizer's fused kernels (CUDA float32 on LibTorch 2.x only: on the CPU AdamW runs per parameter\n"
@@ -173,12 +173,19 @@ int Run(int argc, char** argv) {
               "measures them). kohya: ~%.0f CUDA kernels per SDXL step (issue 11).\n",
               kKohyaOpsPerStep);
   std::printf("ATen ops counts every dispatched op, nested ones too (linear -> addmm); outermost counts the ops\n"
-              "called from outside ATen. ms/step is the median of the timed steps.\n\n");
+              "called from outside ATen; kernel ops the leaf ops that compute or copy (views, metadata and bare\n"
+              "allocations left out), what the step would launch as kernels on a GPU, compared with kohya's kernels.\n"
+              "ms/step is the median of the timed steps.\n\n");
   const ModeResult& last = results.back();
   std::printf("most frequent outermost ops per step (%s):\n", StepModeName(last.mode));
   for (int i = 0; i < top && i < static_cast<int>(last.counts.by_name.size()); ++i) {
     std::printf("  %7lld  %s\n", static_cast<long long>(last.counts.by_name[i].second),
                 last.counts.by_name[i].first.c_str());
+  }
+  std::printf("most frequent kernel ops per step (%s):\n", StepModeName(last.mode));
+  for (int i = 0; i < top && i < static_cast<int>(last.counts.kernels_by_name.size()); ++i) {
+    std::printf("  %7lld  %s\n", static_cast<long long>(last.counts.kernels_by_name[i].second),
+                last.counts.kernels_by_name[i].first.c_str());
   }
 
   if (!json_path.empty()) {
@@ -201,6 +208,8 @@ int Run(int argc, char** argv) {
       m["name"] = StepModeName(r.mode);
       m["aten_ops_per_step"] = r.counts.all;
       m["outermost_ops_per_step"] = r.counts.outermost;
+      m["kernel_ops_per_step"] = r.counts.kernels;
+      m["kernel_ops_vs_kohya_kernels"] = static_cast<double>(r.counts.kernels) / kKohyaOpsPerStep;
       m["ms_per_step_median"] = r.median_ms;
       m["ms_per_step"] = r.ms;
       if (eager != nullptr) {
@@ -212,6 +221,11 @@ int Run(int argc, char** argv) {
         top_ops[r.counts.by_name[i].first] = r.counts.by_name[i].second;
       }
       m["top_outermost_ops"] = top_ops;
+      nlohmann::json top_kernels = nlohmann::json::object();
+      for (int i = 0; i < top && i < static_cast<int>(r.counts.kernels_by_name.size()); ++i) {
+        top_kernels[r.counts.kernels_by_name[i].first] = r.counts.kernels_by_name[i].second;
+      }
+      m["top_kernel_ops"] = top_kernels;
       out["modes"].push_back(m);
     }
     out["note"] =
