@@ -85,7 +85,7 @@ step bench_gpu "$gpu_cap" "$build/bench/lorad-bench" gpu --json "$OUT/bench_gpu.
 cat "$OUT/bench_gpu.log" >>"$OUT/run.log"
 
 overhead_rc=0
-step bench_overhead 90 "$build/bench/lorad-bench" overhead --json "$OUT/bench_overhead.json" || overhead_rc=$?
+step bench_overhead 90 "$build/bench/lorad-bench" overhead --steps 2 --warmup 1 --json "$OUT/bench_overhead.json" || overhead_rc=$?
 cat "$OUT/bench_overhead.log" >>"$OUT/run.log"
 
 # Data-parallel over NCCL (issue 15): 2 ranks on cuda:0 and cuda:1 against 1,
