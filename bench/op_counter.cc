@@ -19,8 +19,9 @@ std::atomic<int64_t> g_kernels{0};
 std::mutex g_names_mu;
 std::map<std::string, int64_t> g_names;         // guarded by g_names_mu
 std::map<std::string, int64_t> g_kernel_names;  // guarded by g_names_mu
-// One entry per running ATen op on this thread: whether it called another.
-thread_local std::vector<bool> t_called_another;
+// One entry per running ATen op on this thread: whether an op it called
+// launched a kernel (itself or further down).
+thread_local std::vector<bool> t_launched_below;
 // Open ops on this thread that count as one kernel whatever they call.
 thread_local int t_open_kernels = 0;
 
@@ -63,7 +64,9 @@ bool LaunchesNoKernel(std::string_view name) {
       "aten::set_", "aten::to", "aten::contiguous", "aten::size", "aten::stride", "aten::numel", "aten::dim",
       "aten::is_same_size", "aten::result_type", "aten::requires_grad_", "aten::retain_grad", "aten::resolve_conj",
       "aten::resolve_neg", "aten::_has_compatible_shallow_copy_type", "aten::type_as", "aten::broadcast_tensors",
-      "aten::_unsafe_split", "aten::is_nonzero"};
+      "aten::unsafe_split", "aten::unsafe_chunk", "aten::is_nonzero", "aten::squeeze_", "aten::unsqueeze_",
+      "aten::t_", "aten::transpose_", "aten::as_strided_", "aten::broadcast_to", "aten::swapaxes", "aten::_unsafe_view",
+      "aten::scalar_tensor", "aten::item"};
   return kNone.count(name) > 0;
 }
 
@@ -75,9 +78,8 @@ bool IsAtenOp(const at::RecordFunction& fn) { return std::strncmp(fn.name(), "at
 std::unique_ptr<at::ObserverContext> OnStart(const at::RecordFunction& fn) {
   if (!IsAtenOp(fn)) return nullptr;
   g_all.fetch_add(1, std::memory_order_relaxed);
-  const bool outermost = t_called_another.empty();
-  if (!outermost) t_called_another.back() = true;
-  t_called_another.push_back(false);
+  const bool outermost = t_launched_below.empty();
+  t_launched_below.push_back(false);
   if (IsOneKernel(fn.name())) {
     if (t_open_kernels == 0) CountKernel(fn.name());
     ++t_open_kernels;
@@ -92,14 +94,20 @@ std::unique_ptr<at::ObserverContext> OnStart(const at::RecordFunction& fn) {
 
 void OnEnd(const at::RecordFunction& fn, at::ObserverContext*) {
   // An op already running when the callback was added has no start.
-  if (!IsAtenOp(fn) || t_called_another.empty()) return;
-  const bool leaf = !t_called_another.back();
-  t_called_another.pop_back();
+  if (!IsAtenOp(fn) || t_launched_below.empty()) return;
+  bool launched = t_launched_below.back();
+  t_launched_below.pop_back();
   if (IsOneKernel(fn.name())) {
     if (t_open_kernels > 0) --t_open_kernels;  // counted at its start
-  } else if (leaf && t_open_kernels == 0 && !LaunchesNoKernel(fn.name())) {
+    launched = true;
+  } else if (!launched && t_open_kernels == 0 && !LaunchesNoKernel(fn.name())) {
+    // Nothing below it launched (it called nothing, or only views and
+    // allocations, as a Scalar overload wrapping its argument does): its own
+    // work is the kernel.
     CountKernel(fn.name());
+    launched = true;
   }
+  if (!t_launched_below.empty() && launched) t_launched_below.back() = true;
 }
 
 std::vector<std::pair<std::string, int64_t>> MostFrequentFirst(const std::map<std::string, int64_t>& names) {

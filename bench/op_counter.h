@@ -15,8 +15,9 @@ namespace lorad::bench {
 struct OpCounts {
   int64_t all = 0;        // every ATen op, nested ones (linear -> addmm) included
   int64_t outermost = 0;  // ops not called from inside another ATen op
-  // A proxy for the kernels the same step launches on a GPU: leaf ops (calling
-  // no other ATen op) that do arithmetic or copy data, and ops that are one
+  // A proxy for the kernels the same step launches on a GPU: ops that do
+  // arithmetic or copy data and call no op that does (leaves, or ops that call
+  // only views and allocations), and ops that are one
   // kernel or library call on a GPU whatever their CPU version dispatches
   // inside (mm, convolution, softmax, norms, SDPA, _fused_adamw_, _foreach_*),
   // counted once with nothing inside them. Views, shape and metadata ops and

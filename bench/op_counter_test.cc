@@ -41,6 +41,19 @@ TEST(OpCounterTest, ArithmeticAndRealConversionsCountOnceEach) {
   EXPECT_EQ(wide.scalar_type(), torch::kDouble);
 }
 
+TEST(OpCounterTest, ScalarOverloadsAndReductionsCountOnce) {
+  auto x = torch::randn({4, 6});
+  torch::NoGradGuard no_grad;
+  OpCounter counter;
+  x.mul_(0.5);                                        // mul_.Scalar wraps its argument
+  auto d = x.div(3.0);                                // div.Scalar
+  auto n = at::linalg_vector_norm(d, 2);              // one reduction
+  const double v = n.item<double>();                  // one read-back
+  const OpCounts counts = counter.Take();
+  EXPECT_EQ(counts.kernels, 4) << "mul_, div, the norm and the read-back, each once";
+  EXPECT_GT(v, 0);
+}
+
 TEST(OpCounterTest, MultiTensorOpsCountAsOneLaunch) {
   std::vector<torch::Tensor> params = {torch::randn({5}), torch::randn({7}), torch::randn({2, 3})};
   OpCounter counter;
