@@ -173,8 +173,8 @@ int Run(int argc, char** argv) {
               "measures them). kohya: ~%.0f CUDA kernels per SDXL step (issue 11).\n",
               kKohyaOpsPerStep);
   std::printf("ATen ops counts every dispatched op, nested ones too (linear -> addmm); outermost counts the ops\n"
-              "called from outside ATen; kernel ops the leaf ops that compute or copy (views, metadata and bare\n"
-              "allocations left out), what the step would launch as kernels on a GPU, compared with kohya's kernels.\n"
+              "called from outside ATen; kernel ops the ops that compute or copy and call no op that does (views,\n"
+              "metadata and bare allocations left out), what the step would launch on a GPU, vs kohya's kernels.\n"
               "ms/step is the median of the timed steps.\n\n");
   const ModeResult& last = results.back();
   std::printf("most frequent outermost ops per step (%s):\n", StepModeName(last.mode));
