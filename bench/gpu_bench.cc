@@ -11,10 +11,10 @@
 // synchronisations, divided by their number: the host is never made to wait
 // inside the region, so queued work overlaps as in training), images/s, peak
 // GiB (CUDA caching allocator, reset per case and mode), useful TFLOP/s (15.2
-// TFLOP per image-step; recomputation not counted), the ATen ops the host
-// dispatches per step (one step counted on its own; a replayed graph launches
-// its kernels without dispatching ops, so graphs shows only the host's work
-// around the replay) and the ratio to eager. JSON (--json FILE) is rewritten
+// TFLOP per image-step; recomputation not counted), the kernel ops the host
+// dispatches per step (bench/op_counter.h; one step counted on its own; a
+// replayed graph launches its kernels without dispatching ops, so graphs shows
+// only the host's work around the replay) and the ratio to eager. JSON (--json FILE) is rewritten
 // after every case and mode, so a run cut short keeps what it measured; a case
 // or mode not started within --budget-s is recorded as skipped. Without CUDA:
 // a message and exit code 2.
@@ -86,16 +86,12 @@ bool ParseArgs(int argc, char** argv, Args* a) {
         a->checkpointing.push_back(c == "on");
       }
     } else if (!std::strcmp(argv[i], "--modes") && has_value) {
-      a->modes.clear();
-      for (absl::string_view m : absl::StrSplit(argv[++i], ',')) {
-        absl::StatusOr<StepMode> mode = ParseStepMode(std::string(m));
-        if (!mode.ok()) {
-          std::fprintf(stderr, "%s\n", std::string(mode.status().message()).c_str());
-          return Usage(), false;
-        }
-        if (std::find(a->modes.begin(), a->modes.end(), *mode) == a->modes.end()) a->modes.push_back(*mode);
+      absl::StatusOr<std::vector<StepMode>> parsed = ParseStepModes(argv[++i]);
+      if (!parsed.ok()) {
+        std::fprintf(stderr, "%s\n", std::string(parsed.status().message()).c_str());
+        return Usage(), false;
       }
-      std::sort(a->modes.begin(), a->modes.end());  // eager first: the others' ratios divide by it
+      a->modes = *std::move(parsed);
     } else if (!std::strcmp(argv[i], "--steps") && has_value) {
       a->steps = std::atoi(argv[++i]);
     } else if (!std::strcmp(argv[i], "--warmup") && has_value) {
@@ -224,7 +220,7 @@ int RunCases(const Args& args) {
               graphs_capture ? "" : " (NOT captured here: this LibTorch cannot capture, the step runs eagerly)");
   std::printf("%d warm-up + %d timed steps per case and mode (graphs: warm-up until captured); ms/step = the timed\n"
               "steps between two device synchronisations / %d; launches = the kernel ops the host dispatches per step\n"
-              "(leaf ops that compute or copy; a graph replay dispatches none); TFLOP/s counts %.1f TFLOP per image-step (no recomputation)\n\n",
+              "(ops that compute or copy and call none that does; a graph replay dispatches none); TFLOP/s counts %.1f TFLOP per image-step (no recomputation)\n\n",
               warmup, steps, steps, kTflopPerImageStep);
   std::printf("%-6s %5s %-7s %9s %8s %8s %8s %9s %9s %9s %9s\n", "mode", "batch", "checkpt", "ms/step", "img/s",
               "peak GiB", "TFLOP/s", "launches", "vs eager", "kohya ms", "vs kohya");
@@ -252,7 +248,8 @@ int RunCases(const Args& args) {
       "eager: no graphs or fusions (per-parameter AdamW, loss and grad norm read back every step); fused: fused "
       "AdamW kernel, no read-back in the step; graphs: fused + CUDA graph capture and replay of the whole step. "
       "ms_per_step: timed steps between two device synchronisations / steps. host_aten_ops_per_step: ATen ops the "
-      "host dispatches per step; a replayed graph launches its kernels without dispatching ops";
+      "host dispatches per step; host_kernel_ops_per_step: those that compute or copy and call none that does (the "
+      "kernels the host launches); a replayed graph launches its kernels without dispatching ops";
   out["cases"] = nlohmann::json::array();
   const auto write_json = [&]() -> bool {
     if (json_path.empty()) return true;

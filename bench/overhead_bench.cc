@@ -23,7 +23,6 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
-#include "absl/strings/str_split.h"
 #include "bench/bench_registry.h"
 #include "bench/op_counter.h"
 #include "bench/sdxl_lora_step.h"
@@ -95,17 +94,13 @@ int Run(int argc, char** argv) {
     } else if (!std::strcmp(argv[i], "--weights") && has_value) {
       weights = argv[++i];
     } else if (!std::strcmp(argv[i], "--modes") && has_value) {
-      modes.clear();
-      for (absl::string_view m : absl::StrSplit(argv[++i], ',')) {
-        absl::StatusOr<StepMode> mode = ParseStepMode(std::string(m));
-        if (!mode.ok()) {
-          std::fprintf(stderr, "%s\n", std::string(mode.status().message()).c_str());
-          Usage();
-          return 2;
-        }
-        if (std::find(modes.begin(), modes.end(), *mode) == modes.end()) modes.push_back(*mode);
+      absl::StatusOr<std::vector<StepMode>> parsed = ParseStepModes(argv[++i]);
+      if (!parsed.ok()) {
+        std::fprintf(stderr, "%s\n", std::string(parsed.status().message()).c_str());
+        Usage();
+        return 2;
       }
-      std::sort(modes.begin(), modes.end());  // eager first: the others' ratios divide by it
+      modes = *std::move(parsed);
     } else if (!std::strcmp(argv[i], "--json") && has_value) {
       json_path = argv[++i];
     } else {

@@ -1,9 +1,12 @@
 #include "bench/sdxl_lora_step.h"
 
+#include <algorithm>
+
 #include <ATen/autocast_mode.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "core/base/status_macros.h"
 #include "core/common/out_of_memory.h"
 #include "core/common/torch_compat.h"
@@ -33,6 +36,16 @@ absl::StatusOr<StepMode> ParseStepMode(std::string_view name) {
   }
   return absl::InvalidArgumentError(
       absl::StrCat("unknown step mode \"", std::string(name), "\": use eager, fused or graphs"));
+}
+
+absl::StatusOr<std::vector<StepMode>> ParseStepModes(std::string_view list) {
+  std::vector<StepMode> modes;
+  for (absl::string_view name : absl::StrSplit(absl::string_view(list.data(), list.size()), ',')) {
+    ASSIGN_OR_RETURN(StepMode mode, ParseStepMode(std::string_view(name.data(), name.size())));
+    if (std::find(modes.begin(), modes.end(), mode) == modes.end()) modes.push_back(mode);
+  }
+  std::sort(modes.begin(), modes.end());
+  return modes;
 }
 
 // The noise schedule's tables live on the device: the step gathers from them

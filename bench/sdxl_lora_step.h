@@ -20,6 +20,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -57,6 +58,9 @@ enum class StepMode {
 const char* StepModeName(StepMode mode);
 // The inverse of StepModeName; INVALID_ARGUMENT naming the accepted names.
 absl::StatusOr<StepMode> ParseStepMode(std::string_view name);
+// A comma-separated list of mode names ("graphs,eager"), each once, eager
+// first (the others' ratios divide by it); INVALID_ARGUMENT for an unknown name.
+absl::StatusOr<std::vector<StepMode>> ParseStepModes(std::string_view list);
 
 struct SdxlLoraOptions {
   torch::Device device = torch::kCPU;
