@@ -12,20 +12,35 @@ namespace lorad::networks {
 
 namespace internal {
 
-void KaimingUniform(torch::Tensor& t, at::Generator gen) {
+namespace {
+// Runs `draw` on a tensor on the generator's device, then copies into `t`: a
+// CUDA tensor cannot draw from the CPU generator, and drawing on the CPU gives
+// the same initial weights for the same seed whatever device trains.
+template <typename Draw>
+void DrawOnGeneratorDevice(torch::Tensor& t, const at::Generator& gen, Draw draw) {
   torch::NoGradGuard no_grad;
+  if (t.device() == gen.device()) {
+    draw(t);
+    return;
+  }
+  torch::Tensor drawn = torch::empty(t.sizes(), t.options().device(gen.device()));
+  draw(drawn);
+  t.copy_(drawn);
+}
+}  // namespace
+
+void KaimingUniform(torch::Tensor& t, at::Generator gen) {
   int64_t fan_in = t.size(1);
   for (int64_t d = 2; d < t.dim(); ++d) fan_in *= t.size(d);
   // torch.nn.init: gain = sqrt(2 / (1 + a^2)), bound = sqrt(3) * gain / sqrt(fan_in).
   const double a = std::sqrt(5.0);
   const double gain = std::sqrt(2.0 / (1 + a * a));
   const double bound = std::sqrt(3.0) * (gain / std::sqrt(static_cast<double>(fan_in)));
-  t.uniform_(-bound, bound, gen);
+  DrawOnGeneratorDevice(t, gen, [&](torch::Tensor& d) { d.uniform_(-bound, bound, gen); });
 }
 
 void Normal(torch::Tensor& t, double std, at::Generator gen) {
-  torch::NoGradGuard no_grad;
-  t.normal_(0.0, std, gen);
+  DrawOnGeneratorDevice(t, gen, [&](torch::Tensor& d) { d.normal_(0.0, std, gen); });
 }
 
 torch::Tensor ToWeightShape(const torch::Tensor& t, const std::vector<int64_t>& shape) {

@@ -11,6 +11,7 @@
 namespace lorad::networks::internal {
 
 // torch.nn.init.kaiming_uniform_(t, a=sqrt(5)) drawn from `gen` (fan_in = size(1) * receptive field).
+// Both draw on `gen`'s device and copy into `t`, which may live elsewhere (a GPU).
 void KaimingUniform(torch::Tensor& t, at::Generator gen);
 // torch.nn.init.normal_(t, 0, std) drawn from `gen`.
 void Normal(torch::Tensor& t, double std, at::Generator gen);

@@ -23,6 +23,14 @@ TEST(CudaTuningTest, CpuModulesAndTensorsAreLeftAlone) {
 TEST(CudaTuningTest, CudaConvolutionsRunChannelsLastWithTheSameResult) {
   LORAD_SKIP_WITHOUT_CUDA();
   const torch::Device cuda(torch::kCUDA, 0);
+  // cuDNN may run float32 convolutions in TF32 (LibTorch's default), whose
+  // rounding differs by algorithm and so by layout: compare in full float32.
+  const bool tf32_before = at::globalContext().allowTF32CuDNN();
+  at::globalContext().setAllowTF32CuDNN(false);
+  struct RestoreTf32 {
+    bool value;
+    ~RestoreTf32() { at::globalContext().setAllowTF32CuDNN(value); }
+  } restore{tf32_before};
   torch::manual_seed(3);
   torch::nn::Conv2d conv(torch::nn::Conv2dOptions(4, 8, 3).padding(1));
   conv->to(cuda);
