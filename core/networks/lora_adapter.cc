@@ -115,7 +115,9 @@ class LoraAdapter : public Adapter {
       lx = lx * mask;
       scale = scale_ * scalar_ * (1.0 / (1.0 - spec_.rank_dropout));
     }
-    return base + Up(lx) * multiplier_ * scale;
+    // One scalar multiply (kohya: up(lx) * multiplier * scale, the same number
+    // at multiplier 1): a kernel fewer forward and backward per module.
+    return base + Up(lx) * (multiplier_ * scale);
   }
 
   torch::Tensor TrainingDeltaWeight(bool training) override {
