@@ -110,13 +110,21 @@ SpatialTransformerImpl::SpatialTransformerImpl(const SpatialTransformerOptions& 
   proj_out_ = register_module("proj_out", proj(c, c));
 }
 
-torch::Tensor SpatialTransformerImpl::forward(const torch::Tensor& x, const torch::Tensor& context) {
+torch::Tensor SpatialTransformerImpl::forward(const torch::Tensor& x, const torch::Tensor& context, bool checkpoint) {
   const int64_t b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   auto t = norm_->forward(x);
   if (!o_.use_linear) t = proj_in_->forward(t);
   t = t.permute({0, 2, 3, 1}).reshape({b, h * w, c});
   if (o_.use_linear) t = proj_in_->forward(t);
-  for (auto& block : blocks_) t = block->forward(t, context);
+  for (auto& block : blocks_) {
+    if (checkpoint) {
+      t = CheckpointedCall(
+          [impl = block.ptr()](const std::vector<torch::Tensor>& in) { return impl->forward(in[0], in[1]); },
+          {t, context});
+    } else {
+      t = block->forward(t, context);
+    }
+  }
   if (o_.use_linear) t = proj_out_->forward(t);
   t = t.reshape({b, h, w, c}).permute({0, 3, 1, 2}).contiguous();
   if (!o_.use_linear) t = proj_out_->forward(t);
@@ -156,12 +164,7 @@ torch::Tensor UNetBlockImpl::forward(torch::Tensor x, const torch::Tensor& emb, 
         x = res->forward(x, emb);
       }
     } else if (auto st = std::dynamic_pointer_cast<SpatialTransformerImpl>(child)) {
-      if (checkpoint) {
-        x = CheckpointedCall([st](const std::vector<torch::Tensor>& in) { return st->forward(in[0], in[1]); },
-                             {x, context});
-      } else {
-        x = st->forward(x, context);
-      }
+      x = st->forward(x, context, checkpoint);
     } else if (auto down = std::dynamic_pointer_cast<DownsampleImpl>(child)) {
       x = down->forward(x);
     } else if (auto up = std::dynamic_pointer_cast<UpsampleImpl>(child)) {

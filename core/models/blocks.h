@@ -94,7 +94,10 @@ struct SpatialTransformerOptions {
 class SpatialTransformerImpl : public torch::nn::Module {
  public:
   SpatialTransformerImpl(const SpatialTransformerOptions& o, torch::TensorOptions options);
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context);
+  // `checkpoint`: each transformer block is recomputed in backward on its own
+  // (kohya's BasicTransformerBlock checkpointing), so backward holds one
+  // block's activations at a time, not all of SDXL's ten at the 32x32 level.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context, bool checkpoint = false);
 
  private:
   SpatialTransformerOptions o_;

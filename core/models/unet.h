@@ -87,7 +87,7 @@ class UNetImpl : public torch::nn::Module {
                                  const torch::Tensor& context, const torch::Tensor& y,
                                  std::map<std::string, torch::Tensor>* debug);
 
-  // Recompute each ResBlock / SpatialTransformer in backward instead of storing
+  // Recompute each ResBlock / transformer block in backward instead of storing
   // its activations (only while grad mode is on).
   void set_gradient_checkpointing(bool enabled);
   bool gradient_checkpointing() const { return gradient_checkpointing_; }

@@ -1,6 +1,7 @@
 // Adapters built on a GPU from a seeded CPU generator: the same initial weights
 // as on the CPU, for every algorithm (a CUDA tensor cannot draw from the CPU
 // generator itself, so the draw happens on the CPU and is copied).
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,9 @@ struct InitCase {
   bool conv;
   bool tucker;
 };
+
+// ctest shows the case's name rather than its bytes.
+void PrintTo(const InitCase& c, std::ostream* os) { *os << c.name; }
 
 class AdapterInitOnGpuTest : public ::testing::TestWithParam<InitCase> {};
 
