@@ -14,6 +14,10 @@
 # spdlog, nlohmann-json. Abseil, toml++ and the test fixtures come from
 # device_carry/, which bench/gpu/prepare_carry.sh fills on a development machine.
 #
+# LORAD_GPU_BENCH_ARGS adds flags to the 1024 px `lorad-bench gpu` run, to
+# spend a short lease on what is left to measure, e.g.
+# LORAD_GPU_BENCH_ARGS="--batches 4 --checkpointing on --modes graphs".
+#
 # Files in $OUT (8 at most come back from a lent GPU machine): run.log,
 # configure.log, build.log, ctest.log, bench_small.log, bench_small.json,
 # bench_gpu.log, bench_gpu.json.
@@ -91,8 +95,9 @@ cat "$OUT/bench_small.log" >>"$OUT/run.log"
 # the JSON of every finished case; 20 s are left for the ddp step's message.
 gpu_rc=0
 gpu_cap=$(( $(left) - 20 ))
+# shellcheck disable=SC2086  # LORAD_GPU_BENCH_ARGS is a list of flags
 step bench_gpu "$gpu_cap" "$build/bench/lorad-bench" gpu --json "$OUT/bench_gpu.json" \
-  --budget-s $(( gpu_cap > 120 ? gpu_cap - 60 : gpu_cap / 2 )) || gpu_rc=$?
+  --budget-s $(( gpu_cap > 120 ? gpu_cap - 60 : gpu_cap / 2 )) ${LORAD_GPU_BENCH_ARGS:-} || gpu_rc=$?
 cat "$OUT/bench_gpu.log" >>"$OUT/run.log"
 
 # Data-parallel over NCCL (issue 15): 2 ranks on cuda:0 and cuda:1 against 1,
