@@ -42,8 +42,9 @@ nlohmann::json VaeConfig::ToJson() const {
 
 torch::Tensor VaePosterior::Sample(std::optional<torch::Generator> generator) const {
   // Drawn on the generator's device (a CPU generator for a CUDA posterior too).
-  auto noise = generator ? torch::randn(mean.sizes(), *generator, mean.options().device(generator->device())).to(mean.device())
-                         : torch::randn_like(mean);
+  auto noise = generator
+                   ? torch::randn(mean.sizes(), *generator, mean.options().device(generator->device())).to(mean.device())
+                   : torch::randn_like(mean);
   return mean + torch::exp(0.5 * logvar) * noise;
 }
 

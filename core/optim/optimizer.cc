@@ -300,6 +300,8 @@ absl::StatusOr<torch::Tensor> ClipGradNormOnDevice(const std::vector<torch::Tens
     }
     if (grads.empty()) return torch::Tensor();
     // As torch.nn.utils.clip_grad_norm_: per-tensor L2 norms, then the norm of the norms.
+    std::vector<torch::Tensor> norms;
+    norms.reserve(grads.size());
 #if LORAD_TORCH_TENSOR_SCALAR_KERNELS
     // Its foreach form (torch's default on CUDA): one multi-tensor norm and one
     // multi-tensor scale per device and dtype instead of two ops per gradient
@@ -318,27 +320,22 @@ absl::StatusOr<torch::Tensor> ClipGradNormOnDevice(const std::vector<torch::Tens
       if (kind == kinds.end()) kind = kinds.insert(kinds.end(), SameKind{g.device(), g.scalar_type(), {}});
       kind->grads.push_back(g);
     }
-    std::vector<torch::Tensor> norms;
-    norms.reserve(grads.size());
     for (const SameKind& k : kinds) {
       for (torch::Tensor& n : at::_foreach_norm(k.grads, 2)) norms.push_back(n.to(grads.front().device()));
     }
+#else
+    for (const torch::Tensor& g : grads) norms.push_back(torch::linalg_vector_norm(g, 2, c10::nullopt, false, c10::nullopt));
+#endif
     torch::Tensor total = torch::linalg_vector_norm(torch::stack(norms), 2, c10::nullopt, false, c10::nullopt);
     if (max_norm > 0) {
       // clamp instead of torch's `if clip_coef < 1`: no branch on a device value.
       torch::Tensor coef = torch::clamp_max(max_norm / (total + 1e-6), 1.0);
+#if LORAD_TORCH_TENSOR_SCALAR_KERNELS
       for (SameKind& k : kinds) at::_foreach_mul_(k.grads, coef.to(k.device, k.dtype));
-    }
 #else
-    std::vector<torch::Tensor> norms;
-    norms.reserve(grads.size());
-    for (const torch::Tensor& g : grads) norms.push_back(torch::linalg_vector_norm(g, 2, c10::nullopt, false, c10::nullopt));
-    torch::Tensor total = torch::linalg_vector_norm(torch::stack(norms), 2, c10::nullopt, false, c10::nullopt);
-    if (max_norm > 0) {
-      torch::Tensor coef = torch::clamp_max(max_norm / (total + 1e-6), 1.0);
       for (torch::Tensor& g : grads) g.mul_(coef.to(g.device(), g.scalar_type()));
-    }
 #endif
+    }
     return total.scalar_type() == torch::kDouble ? total : total.to(torch::kFloat);
   } catch (const c10::Error& e) {
     return absl::InvalidArgumentError(absl::StrCat("clip_grad_norm: ", e.what_without_backtrace()));

@@ -28,38 +28,8 @@ using testing::CancelAt;
 using testing::ExpectBitIdentical;
 using testing::FreshDir;
 using testing::ReadLora;
+using testing::LossWithLora;
 using testing::TinySdxlConfig;
-// A LoRA file loaded into a fresh network on the same model: training-set loss.
-double LossWithLora(const TrainConfig& config, const CaptionedImages& data, const std::filesystem::path& lora) {
-  ModelBundleOptions options;
-  auto model = ModelBundle::Load(config, options);
-  EXPECT_TRUE(model.ok()) << model.status();
-  if (!model.ok()) return std::nan("");
-  if (lora.empty()) return testing::FixedLoss(**model, data, 99);
-  networks::NetworkConfigInput input;
-  input.network_module = config.network_module;
-  input.network_dim = config.network_dim;
-  input.network_alpha = config.network_alpha;
-  input.network_args = config.network_args;
-  auto net_config = networks::ParseNetworkConfig(input);
-  EXPECT_TRUE(net_config.ok());
-  auto targets = (*model)->NetworkTargets(true, !config.network_train_unet_only, net_config->TargetsConvBlocks());
-  EXPECT_TRUE(targets.ok());
-  auto network = networks::LoraNetwork::Create(*net_config, *targets);
-  EXPECT_TRUE(network.ok()) << network.status();
-  auto loaded = (*network)->LoadWeights(lora);
-  EXPECT_TRUE(loaded.ok()) << loaded;
-  // Loads back bit for bit.
-  std::map<std::string, torch::Tensor> state;
-  for (auto& [k, v] : (*network)->StateDict(torch::kFloat32)) state[k] = v;
-  auto saved = ReadLora(lora);
-  for (auto& [k, v] : saved) {
-    EXPECT_TRUE(state.count(k) && torch::equal(state[k], v.to(torch::kFloat32))) << k;
-  }
-  (*network)->Apply();
-  (*network)->Train(false);
-  return testing::FixedLoss(**model, data, 99);
-}
 
 // Decodes every event written to a file.
 std::vector<lorad::v1::Event> ReadEvents(const std::filesystem::path& path) {

@@ -30,6 +30,7 @@ using testing::CaptionedImages;
 using testing::MemoryBatchSource;
 using testing::CancelAt;
 using testing::FreshDir;
+using testing::LossWithLora;
 using testing::ReadLora;
 TrainConfig GpuConfig(const std::filesystem::path& dir) {
   TrainConfig config = testing::TinySdxlConfig(dir);
@@ -41,46 +42,6 @@ TrainConfig GpuConfig(const std::filesystem::path& dir) {
   config.max_train_steps = 30;
   return config;
 }
-// Training-set loss at fixed timesteps and noise with `lora` applied (none when
-// empty), evaluated with the model on `device`. Checks that the LoRA loads into
-// the network bit for bit.
-double LossWithLora(const TrainConfig& config, const std::string& device, const CaptionedImages& data,
-                    const std::filesystem::path& lora) {
-  ModelBundleOptions options;
-  options.device = torch::Device(device);
-  auto model = ModelBundle::Load(config, options);
-  EXPECT_TRUE(model.ok()) << model.status();
-  if (!model.ok()) return std::nan("");
-  // Outlives the loss below: the network takes its adapters off the model when destroyed.
-  std::unique_ptr<networks::LoraNetwork> network;
-  if (!lora.empty()) {
-    networks::NetworkConfigInput input;
-    input.network_module = config.network_module;
-    input.network_dim = config.network_dim;
-    input.network_alpha = config.network_alpha;
-    input.network_args = config.network_args;
-    auto net_config = networks::ParseNetworkConfig(input);
-    EXPECT_TRUE(net_config.ok()) << net_config.status();
-    if (!net_config.ok()) return std::nan("");
-    auto targets = (*model)->NetworkTargets(true, !config.network_train_unet_only, net_config->TargetsConvBlocks());
-    EXPECT_TRUE(targets.ok()) << targets.status();
-    if (!targets.ok()) return std::nan("");
-    auto created = networks::LoraNetwork::Create(*net_config, *targets);
-    EXPECT_TRUE(created.ok()) << created.status();
-    if (!created.ok()) return std::nan("");
-    network = *std::move(created);
-    absl::Status loaded = network->LoadWeights(lora);
-    EXPECT_TRUE(loaded.ok()) << loaded;
-    const auto saved = ReadLora(lora);
-    for (auto& [key, value] : network->StateDict(torch::kFloat32)) {
-      EXPECT_TRUE(saved.count(key) && torch::equal(value.cpu(), saved.at(key).to(torch::kFloat32))) << key;
-    }
-    network->Apply();
-    network->Train(false);
-  }
-  return testing::FixedLoss(**model, data, 99);
-}
-
 // How far two LoRAs' lora_up weights (zero at init, so all of it trained)
 // are apart: ||a - b|| / ||a|| over every up weight. GPU kernels need not be
 // bit-reproducible (cuDNN's benchmark picks algorithms per run, atomics in
@@ -124,8 +85,8 @@ void TrainsAndLossFalls(const std::string& name, const std::string& mixed_precis
     EXPECT_TRUE(torch::isfinite(value).all().item<bool>()) << key;
   }
   // Evaluated in float32 on the CPU, so the GPU-trained LoRA also loads there.
-  const double before = LossWithLora(config, "cpu", data, "");
-  const double after = LossWithLora(config, "cpu", data, result->final_lora);
+  const double before = LossWithLora(config, data, "");
+  const double after = LossWithLora(config, data, result->final_lora);
   std::printf("[ gpu %s ] tiny SDXL, 30 steps: fixed-noise loss %.5f -> %.5f\n", mixed_precision.c_str(), before,
               after);
   EXPECT_LT(after, before * 0.95);
@@ -178,7 +139,7 @@ TEST(GpuTrainingTest, SaveResumeAndLoadOnTheGpu) {
   std::printf("[ gpu resume ] resumed vs uninterrupted: lora_up relative difference %.3g\n", apart);
   EXPECT_LT(apart, 2e-2);
   // The resumed LoRA loads into a network on the GPU bit for bit and evaluates there.
-  const double loss = LossWithLora(config, "cuda", data, dir_b / "tiny.safetensors");
+  const double loss = LossWithLora(config, data, dir_b / "tiny.safetensors", torch::Device(torch::kCUDA, 0));
   EXPECT_TRUE(std::isfinite(loss)) << loss;
 }
 
