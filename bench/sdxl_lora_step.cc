@@ -144,6 +144,10 @@ absl::Status SdxlLoraStep::Body() {
   const bool eager = options_.mode == StepMode::kEager;
   torch::Tensor pred;
   {
+    // The fused modes cast the LoRA weights for the forward in one multi-tensor
+    // copy (and their gradients back in one), as lorad-train does.
+    networks::ComputeCopies::Scope copies;
+    if (!eager) copies = network_->MakeComputeCopies(options_.autocast_dtype.value_or(options_.weight_dtype));
     train::AutocastScope autocast(options_.autocast_dtype.has_value(), options_.device,
                                  options_.autocast_dtype.value_or(torch::kBFloat16));
     torch::Tensor y = models::SdxlAddedConditioning(pooled_, original_hw_, crop_top_left_, target_hw_,

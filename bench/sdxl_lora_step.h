@@ -44,8 +44,10 @@ enum class StepMode {
   kEager,
   // The fused (multi-tensor) optimizer kernels (AdamW's at::_fused_adamw_ on
   // CUDA with LibTorch 2.x; elsewhere the optimizer has none and runs as in
-  // kEager) and no read-back inside the step: loss and gradient norm stay on
-  // the device (optim::ClipGradNormOnDevice), so the host queues ahead.
+  // kEager), the LoRA weights cast for the forward and their gradients cast
+  // back in one multi-tensor copy each (networks::ComputeCopies), and no
+  // read-back inside the step: loss and gradient norm stay on the device
+  // (optim::ClipGradNormOnDevice), so the host queues ahead.
   kFused,
   // kFused with the whole step (forward to optimizer step) captured as a CUDA
   // graph once per batch shape and replayed (train::StepGraphs), on static

@@ -187,11 +187,11 @@ absl::Status JobStore::FillUsageLocked(std::vector<JobRecord>& jobs) {
   return absl::OkStatus();
 }
 
-absl::Status JobStore::EndAttemptLocked(int64_t job_id) {
+absl::Status JobStore::EndAttemptLocked(int64_t job_id, int64_t ended_ms) {
   ASSIGN_OR_RETURN(Statement end,
                    db_.Prepare("UPDATE job_attempts SET ended_ms = MAX(started_ms, ?) "
                                "WHERE job_id = ? AND ended_ms = 0"));
-  return end.Bind(1, clock_->NowUnixMs()).Bind(2, job_id).Run();
+  return end.Bind(1, ended_ms).Bind(2, job_id).Run();
 }
 
 absl::Status JobStore::EndInterruptedAttempts() {
@@ -563,14 +563,16 @@ absl::StatusOr<StoredEvent> JobStore::AppendEventLocked(int64_t job_id, const Ev
   }
   if (write.end) {
     const JobEnd& end = *write.end;
+    // One clock read for both: the attempt's GPU time never exceeds the job's wall time.
+    const int64_t finished_ms = clock_->NowUnixMs();
     ASSIGN_OR_RETURN(
         Statement update,
         db_.Prepare("UPDATE jobs SET state = ?, reason = ?, exit_code = ?, term_signal = ?, "
                     "finished_ms = ?, slot = -1 WHERE id = ?"));
     RETURN_IF_ERROR(update.Bind(1, static_cast<int>(end.state)).Bind(2, end.reason)
-                              .Bind(3, end.exit_code).Bind(4, end.term_signal).Bind(5, clock_->NowUnixMs())
+                              .Bind(3, end.exit_code).Bind(4, end.term_signal).Bind(5, finished_ms)
                               .Bind(6, job_id).Run());
-    RETURN_IF_ERROR(EndAttemptLocked(job_id));
+    RETURN_IF_ERROR(EndAttemptLocked(job_id, finished_ms));
   }
   return stored;
 }
@@ -597,7 +599,7 @@ absl::StatusOr<StoredEvent> JobStore::Requeue(int64_t job_id, const std::string&
                            db_.Prepare("UPDATE jobs SET state = ?, slot = -1 WHERE id = ?"));
     RETURN_IF_ERROR(update.Bind(1, static_cast<int>(JobState::kQueued)).Bind(2, job_id).Run());
   }
-  RETURN_IF_ERROR(EndAttemptLocked(job_id));
+  RETURN_IF_ERROR(EndAttemptLocked(job_id, clock_->NowUnixMs()));
   ASSIGN_OR_RETURN(StoredEvent stored, AppendEventLocked(job_id, write));
   RETURN_IF_ERROR(txn.Commit());
   return stored;

@@ -305,8 +305,8 @@ class JobStore {
   absl::StatusOr<JobRecord> GetJobLocked(int64_t job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sets each job's usage from its attempts.
   absl::Status FillUsageLocked(std::vector<JobRecord>& jobs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Ends the job's open attempt now (no-op when none is open).
-  absl::Status EndAttemptLocked(int64_t job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends the job's open attempt at ended_ms (no-op when none is open).
+  absl::Status EndAttemptLocked(int64_t job_id, int64_t ended_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<StoredEvent> AppendEventLocked(int64_t job_id, const EventWrite& write)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

@@ -2,6 +2,7 @@
 #include "core/base/testing/fake_clock.h"
 #include "core/base/testing/scoped_temp_dir.h"
 
+#include <atomic>
 #include <filesystem>
 
 #include <gtest/gtest.h>
@@ -366,6 +367,41 @@ TEST(JobUsageTest, CostArithmeticOnAFakeClock) {
   ASSERT_TRUE(events.ok());
   ASSERT_EQ(events->size(), 1u);
   EXPECT_EQ((*events)[0].kind, "idle_command");
+}
+
+// A clock that moves one millisecond at every read: the job's end and its
+// attempt's end must come from one read, or the GPU time outgrows the job's
+// wall time (seen once as 0.604 s of GPU time in a 0.603 s job).
+class TickingClock final : public Clock {
+ public:
+  int64_t NowUnixMs() const override { return now_.fetch_add(1) + 1; }
+
+ private:
+  mutable std::atomic<int64_t> now_{1'700'000'000'000};
+};
+
+TEST(JobUsageTest, GpuTimeNeverExceedsTheJobsWallTime) {
+  lorad::testing::ScopedTempDir dir("lorad_usage_tick_test");
+  TickingClock clock;
+  auto opened = JobStore::Open((dir.path() / "lorad.db").string(), &clock);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  std::unique_ptr<JobStore> store = std::move(*opened);
+  JobSpec spec;
+  spec.name = "a";
+  spec.config_toml = "learning_rate = 1e-4\n";
+  auto submitted = store->Submit(spec);
+  ASSERT_TRUE(submitted.ok());
+  const int64_t id = submitted->job.id;
+  ASSERT_TRUE(store->ClaimNext(0, SlotCharge{1, 1.0}).ok());
+  EventWrite end;
+  end.event.mutable_finished()->set_status(lorad::v1::Finished::SUCCEEDED);
+  end.end = JobEnd{JobState::kSucceeded, "", 0, 0};
+  ASSERT_TRUE(store->AppendEvent(id, end).ok());
+  auto job = store->GetJob(id);
+  ASSERT_TRUE(job.ok());
+  ASSERT_GT(job->finished_ms, job->started_ms);
+  EXPECT_GT(job->usage.gpu_seconds, 0);
+  EXPECT_DOUBLE_EQ(job->usage.gpu_seconds, static_cast<double>(job->finished_ms - job->started_ms) / 1000.0);
 }
 
 TEST(JobUsageTest, SumUsageClipsAndSkipsEmptySpans) {

@@ -20,6 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "core/io/safetensors.h"
+#include "core/networks/compute_copies.h"
 #include "core/networks/network_config.h"
 #include "core/nn/layer.h"
 
@@ -73,6 +74,10 @@ class Adapter : public nn::LayerAdapter {
   double multiplier() const { return multiplier_; }
   void set_multiplier(double multiplier) { multiplier_ = multiplier; }
   void set_dropout_rng(std::shared_ptr<DropoutRng> rng) { rng_ = std::move(rng); }
+  void set_compute_copies(std::shared_ptr<const ComputeCopies> copies) { copies_ = std::move(copies); }
+  // The weights a training forward reads exactly once, which may come from
+  // ComputeCopies (LoRA / LoCon without DoRA; the others rebuild their delta).
+  virtual std::vector<torch::Tensor> SingleUseWeights() const { return {}; }
   bool has_dora() const { return dora_scale_.defined(); }
   const torch::Tensor& dora_scale() const { return dora_scale_; }
   // Parameters LoRA+ treats as "up" (lora_up, hada_w*_a, lokr_w*... per kohya/LyCORIS naming).
@@ -103,6 +108,11 @@ class Adapter : public nn::LayerAdapter {
   virtual void RecomputeScale();
 
   std::optional<at::Generator> GeneratorFor(const torch::Device& device) const;
+  // `weight` as a forward on `input` computes with it: its compute copy while
+  // the network's ComputeCopies scope is open, else weight.to(input's dtype).
+  torch::Tensor ComputeWeight(const torch::Tensor& weight, const torch::Tensor& input) const {
+    return copies_ ? copies_->For(weight, input) : weight.to(input.scalar_type());
+  }
   bool ModuleDropped(bool training);
 
   AdapterSpec spec_;
@@ -114,6 +124,7 @@ class Adapter : public nn::LayerAdapter {
   double scalar_ = 1.0;
   torch::Tensor dora_scale_;
   std::shared_ptr<DropoutRng> rng_;
+  std::shared_ptr<const ComputeCopies> copies_;
 };
 
 // Builds the adapter for `layer` with the algorithm's initialisation

@@ -64,6 +64,13 @@ class LoraAdapter : public Adapter {
 
   std::vector<torch::Tensor> UpParameters() const override { return {up_}; }
 
+  std::vector<torch::Tensor> SingleUseWeights() const override {
+    if (has_dora()) return {};  // DoRA's forward reads them through DeltaWeight
+    std::vector<torch::Tensor> out = {down_, up_};
+    if (tucker_) out.push_back(mid_);
+    return out;
+  }
+
   void ScaleDelta(double ratio, NetworkModule module) override {
     if (module == NetworkModule::kLycoris) return Adapter::ScaleDelta(ratio, module);
     torch::NoGradGuard no_grad;
@@ -74,17 +81,12 @@ class LoraAdapter : public Adapter {
 
  protected:
   torch::Tensor Down(const torch::Tensor& x) const {
-    if (!conv_) return torch::nn::functional::linear(x, down_.to(x.scalar_type()));
+    if (!conv_) return torch::nn::functional::linear(x, ComputeWeight(down_, x));
     if (tucker_) {
-      auto h = torch::conv2d(x, down_.to(x.scalar_type()));
-      return torch::conv2d(h, mid_.to(x.scalar_type()), {}, {stride_, stride_}, {padding_, padding_});
+      auto h = torch::conv2d(x, ComputeWeight(down_, x));
+      return torch::conv2d(h, ComputeWeight(mid_, h), {}, {stride_, stride_}, {padding_, padding_});
     }
-    return torch::conv2d(x, down_.to(x.scalar_type()), {}, {stride_, stride_}, {padding_, padding_});
-  }
-
-  torch::Tensor Up(const torch::Tensor& lx) const {
-    if (!conv_) return torch::nn::functional::linear(lx, up_.to(lx.scalar_type()));
-    return torch::conv2d(lx, up_.to(lx.scalar_type()));
+    return torch::conv2d(x, ComputeWeight(down_, x), {}, {stride_, stride_}, {padding_, padding_});
   }
 
   torch::Tensor ForwardDelta(const torch::Tensor& x, const nn::LayerImpl& layer, bool training) override {
@@ -115,9 +117,15 @@ class LoraAdapter : public Adapter {
       lx = lx * mask;
       scale = scale_ * scalar_ * (1.0 / (1.0 - spec_.rank_dropout));
     }
-    // One scalar multiply (kohya: up(lx) * multiplier * scale, the same number
-    // at multiplier 1): a kernel fewer forward and backward per module.
-    return base + Up(lx) * (multiplier_ * scale);
+    // kohya: base + up(lx) * multiplier * scale.
+    const double out_scale = multiplier_ * scale;
+    const torch::Tensor up = ComputeWeight(up_, lx);
+    if (conv_) return base + torch::conv2d(lx, up) * out_scale;
+    // One GEMM whose epilogue scales and adds the base output: no scale and add
+    // kernels over the layer's whole output, forward or backward (the output
+    // is rounded once, not after the product, the scale and the sum).
+    return torch::addmm(base.reshape({-1, base.size(-1)}), lx.reshape({-1, lx.size(-1)}), up.t(), 1.0, out_scale)
+        .view(base.sizes());
   }
 
   torch::Tensor TrainingDeltaWeight(bool training) override {

@@ -35,6 +35,7 @@ absl::StatusOr<std::unique_ptr<LoraNetwork>> LoraNetwork::Create(const NetworkCo
   std::unique_ptr<LoraNetwork> net(new LoraNetwork());
   net->config_ = config;
   net->rng_ = std::make_shared<DropoutRng>();
+  net->copies_ = std::make_shared<ComputeCopies>();
   for (const auto& t : targets) {
     if (!t.layer) return absl::InvalidArgumentError(absl::StrCat("target ", t.lora_name, " has no layer"));
     if (net->index_.count(t.lora_name)) {
@@ -62,6 +63,7 @@ absl::StatusOr<std::unique_ptr<LoraNetwork>> LoraNetwork::Create(const NetworkCo
       return absl::Status(adapter.status().code(), absl::StrCat(t.lora_name, ": ", adapter.status().message()));
     }
     (*adapter)->set_dropout_rng(net->rng_);
+    (*adapter)->set_compute_copies(net->copies_);
     net->index_[t.lora_name] = net->modules_.size();
     net->modules_.push_back(
         {t.lora_name, t.module_path, t.layer, *adapter, t.lora_name.rfind("lora_te", 0) == 0});
@@ -167,6 +169,14 @@ void LoraNetwork::SetMultiplier(double multiplier) {
 }
 
 void LoraNetwork::SetDropoutGenerator(std::optional<at::Generator> generator) { rng_->generator = generator; }
+
+ComputeCopies::Scope LoraNetwork::MakeComputeCopies(torch::ScalarType compute_dtype) {
+  std::vector<torch::Tensor> weights;
+  for (const auto& m : modules_) {
+    for (torch::Tensor& w : m.adapter->SingleUseWeights()) weights.push_back(std::move(w));
+  }
+  return copies_->Make(weights, compute_dtype);
+}
 
 void LoraNetwork::Train(bool on) {
   for (auto& m : modules_) m.adapter->train(on);

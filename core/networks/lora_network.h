@@ -77,6 +77,13 @@ class LoraNetwork {
   void Train(bool on);
   void To(const torch::Device& device, torch::ScalarType dtype);
 
+  // For one training forward (and the backward through it): the adapters read
+  // their trainable single-use weights from copies in `compute_dtype` (the
+  // autocast dtype), cast in one multi-tensor copy, and their gradients come
+  // back to the float32 weights in one (see ComputeCopies). Open it around the
+  // forward only: a checkpointed block's recomputation, after it, casts its own.
+  ComputeCopies::Scope MakeComputeCopies(torch::ScalarType compute_dtype);
+
   // The state dict with kohya's keys ("<lora_name>.<key>"), every tensor (alpha
   // too) detached, contiguous, on the CPU, cast to `dtype`, sorted by key.
   io::NamedTensors StateDict(torch::ScalarType dtype = torch::kFloat32) const;
@@ -111,6 +118,7 @@ class LoraNetwork {
   std::vector<AdaptedModule> modules_;
   std::map<std::string, size_t> index_;
   std::shared_ptr<DropoutRng> rng_;
+  std::shared_ptr<ComputeCopies> copies_;
   bool applied_ = false;
 };
 

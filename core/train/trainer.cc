@@ -118,6 +118,8 @@ class Run {
   std::vector<optim::ParamGroup> ParameterGroups() const;
   absl::Status RestoreState();
   absl::StatusOr<torch::Tensor> MicroBatchLoss(const data::Batch& batch);
+  // The dtype the U-Net's layers compute in: autocast's, else the frozen weights'.
+  torch::ScalarType ComputeDtype() const { return autocast_ ? autocast_dtype_ : weight_dtype_; }
   absl::StatusOr<torch::Tensor> ShardLoss(const data::Batch& batch);
   torch::Tensor PerSampleLoss(const data::Batch& batch, const torch::Tensor& latents,
                               const diffusion::NoisyBatch& noisy, const text::TextConditioning& cond);
@@ -694,7 +696,12 @@ absl::StatusOr<text::TextConditioning> Run::Conditioning(const std::vector<std::
 }
 
 absl::StatusOr<torch::Tensor> Run::MicroBatchLoss(const data::Batch& batch) {
+  // Data-parallel: each weight's gradient goes to its all-reduce bucket as
+  // soon as the backward makes it, which copies would hold back to the end.
   if (dist_ != nullptr) return ShardLoss(batch);
+  // The forward's weight casts in one multi-tensor copy; the scope ends before
+  // the backward (see LoraNetwork::MakeComputeCopies).
+  networks::ComputeCopies::Scope copies = network_->MakeComputeCopies(ComputeDtype());
   torch::Tensor latents;
   if (batch.latents.defined()) {
     latents = batch.latents.to(device_, torch::kFloat32);
@@ -933,7 +940,11 @@ absl::Status Run::GraphStep(const data::Batch& batch, StepAccumulator& step) {
   const std::vector<torch::Tensor> params = optimizer_->AllParams();
   absl::Status body_status;
   const auto body = [&] {
-    torch::Tensor loss = PerSampleLoss(s.batch, s.latents, s.noisy, s.cond).mean();
+    torch::Tensor loss;
+    {
+      networks::ComputeCopies::Scope copies = network_->MakeComputeCopies(ComputeDtype());
+      loss = PerSampleLoss(s.batch, s.latents, s.noisy, s.cond).mean();
+    }
     loss.backward();
     absl::StatusOr<torch::Tensor> norm = optim::ClipGradNormOnDevice(params, config_.max_grad_norm);
     if (!norm.ok()) {
