@@ -275,21 +275,28 @@ TEST_F(JobStoreTest, SweepsRecordModeAndKeysAndGroupTheirJobs) {
   EXPECT_TRUE((*all)[0].varied_keys.empty());
 }
 
+// A store at `path` on `clock` with one job submitted, whose id goes to *id.
+void OpenWithOneJob(const std::string& path, const Clock* clock, std::unique_ptr<JobStore>* store, int64_t* id) {
+  auto opened = JobStore::Open(path, clock);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  *store = std::move(*opened);
+  JobSpec spec;
+  spec.name = "a";
+  spec.config_toml = "learning_rate = 1e-4\n";
+  auto submitted = (*store)->Submit(spec);
+  ASSERT_TRUE(submitted.ok()) << submitted.status();
+  *id = submitted->job.id;
+}
+
 // Issue 13: GPU time and cost of a job across attempts, on a fake clock. The
 // box costs 3.00 an hour for 2 GPUs: 1.50 per GPU-hour.
 TEST(JobUsageTest, CostArithmeticOnAFakeClock) {
   lorad::testing::ScopedTempDir dir("lorad_usage_test");
   lorad::testing::FakeClock clock;
   const std::string path = (dir.path() / "lorad.db").string();
-  auto opened = JobStore::Open(path, &clock);
-  ASSERT_TRUE(opened.ok()) << opened.status();
-  std::unique_ptr<JobStore> store = std::move(*opened);
-  JobSpec spec;
-  spec.name = "a";
-  spec.config_toml = "learning_rate = 1e-4\n";
-  auto submitted = store->Submit(spec);
-  ASSERT_TRUE(submitted.ok());
-  const int64_t id = submitted->job.id;
+  std::unique_ptr<JobStore> store;
+  int64_t id = 0;
+  ASSERT_NO_FATAL_FAILURE(OpenWithOneJob(path, &clock, &store, &id));
 
   clock.AdvanceMinutes(5);  // queued: not charged
   ASSERT_TRUE(store->ClaimNext(0, SlotCharge{1, 1.5}).ok());
@@ -339,6 +346,9 @@ TEST(JobUsageTest, CostArithmeticOnAFakeClock) {
   EXPECT_DOUBLE_EQ(since->gpu_seconds, 1800);
 
   // A crash: the open attempt ends at the job's last event, not at the restart.
+  JobSpec spec;
+  spec.name = "b";
+  spec.config_toml = "learning_rate = 1e-4\n";
   auto crashed = store->Submit(spec);
   ASSERT_TRUE(crashed.ok());
   ASSERT_TRUE(store->ClaimNext(0, SlotCharge{1, 1.5}).ok());
@@ -348,7 +358,7 @@ TEST(JobUsageTest, CostArithmeticOnAFakeClock) {
   ASSERT_TRUE(store->AppendEvent(crashed->job.id, log).ok());  // stamped by the clock
   clock.AdvanceMinutes(40);  // the daemon is down
   store.reset();
-  opened = JobStore::Open(path, &clock);  // the restart: what survives is in SQLite
+  auto opened = JobStore::Open(path, &clock);  // the restart: what survives is in SQLite
   ASSERT_TRUE(opened.ok());
   store = std::move(*opened);
   ASSERT_TRUE(store->EndInterruptedAttempts().ok());
@@ -383,15 +393,9 @@ class TickingClock final : public Clock {
 TEST(JobUsageTest, GpuTimeNeverExceedsTheJobsWallTime) {
   lorad::testing::ScopedTempDir dir("lorad_usage_tick_test");
   TickingClock clock;
-  auto opened = JobStore::Open((dir.path() / "lorad.db").string(), &clock);
-  ASSERT_TRUE(opened.ok()) << opened.status();
-  std::unique_ptr<JobStore> store = std::move(*opened);
-  JobSpec spec;
-  spec.name = "a";
-  spec.config_toml = "learning_rate = 1e-4\n";
-  auto submitted = store->Submit(spec);
-  ASSERT_TRUE(submitted.ok());
-  const int64_t id = submitted->job.id;
+  std::unique_ptr<JobStore> store;
+  int64_t id = 0;
+  ASSERT_NO_FATAL_FAILURE(OpenWithOneJob((dir.path() / "lorad.db").string(), &clock, &store, &id));
   ASSERT_TRUE(store->ClaimNext(0, SlotCharge{1, 1.0}).ok());
   EventWrite end;
   end.event.mutable_finished()->set_status(lorad::v1::Finished::SUCCEEDED);

@@ -7,40 +7,16 @@
 
 #include "core/models/grad_checkpoint.h"
 #include "core/networks/lora_network.h"
-#include "core/networks/targets.h"
+#include "core/networks/tiny_block_model_test_util.h"
 #include "core/train/autocast.h"
 
 namespace lorad::networks {
 namespace {
 
-// conv3x3 -> gelu -> conv1x1 -> spatial mean -> linear, in one "Block" container;
-// `side` is a layer the forward never calls.
-struct BlockImpl : torch::nn::Module {
-  BlockImpl() {
-    conv3 = register_module("conv3", nn::Layer(nn::Conv2dOptions(4, 8, 3, 1, 1)));
-    conv1 = register_module("conv1", nn::Layer(nn::Conv2dOptions(8, 8, 1)));
-    proj = register_module("proj", nn::Layer(nn::LinearOptions(8, 4)));
-    side = register_module("side", nn::Layer(nn::LinearOptions(8, 4)));
-  }
-  torch::Tensor forward(const torch::Tensor& x) {
-    auto h = conv1->forward(torch::gelu(conv3->forward(x)));
-    return proj->forward(h.mean({2, 3}));
-  }
-  nn::Layer conv3{nullptr}, conv1{nullptr}, proj{nullptr}, side{nullptr};
-};
-TORCH_MODULE(Block);
-
-struct TinyModel : torch::nn::Module {
-  TinyModel() {
-    torch::manual_seed(0);
-    block = register_module("block", Block());
-    for (auto& p : parameters()) p.set_requires_grad(false);
-  }
-  Block block{nullptr};
-};
+using test_models::TinyModel;
 
 struct Trained {
-  TinyModel model;
+  TinyModel model{/*unused_layer=*/true};
   std::unique_ptr<LoraNetwork> net;
 };
 
@@ -49,10 +25,8 @@ std::unique_ptr<Trained> MakeTrained(const std::vector<std::string>& args, const
   auto t = std::make_unique<Trained>();
   auto config = ParseNetworkConfig({module, 4, 2.0, std::nullopt, args});
   EXPECT_TRUE(config.ok()) << config.status();
-  auto targets = FindLayersInContainers(
-      t->model, "lora_unet", [](const torch::nn::Module& m) { return dynamic_cast<const BlockImpl*>(&m) != nullptr; },
-      config->TargetsConvBlocks());
-  auto net = LoraNetwork::Create(*config, targets, at::detail::createCPUGenerator(7));
+  auto net = LoraNetwork::Create(*config, test_models::Targets(t->model, config->TargetsConvBlocks()),
+                                 at::detail::createCPUGenerator(7));
   EXPECT_TRUE(net.ok()) << net.status();
   t->net = std::move(*net);
   t->net->Apply();

@@ -10,40 +10,14 @@
 #include "core/networks/lora_network.h"
 #include "core/networks/metadata.h"
 #include "core/networks/targets.h"
+#include "core/networks/tiny_block_model_test_util.h"
 #include "core/base/testing/scoped_temp_dir.h"
 
 namespace lorad::networks {
 namespace {
 
-// conv3x3 -> gelu -> conv1x1 -> spatial mean -> linear, inside one "Block" container.
-struct BlockImpl : torch::nn::Module {
-  BlockImpl() {
-    conv3 = register_module("conv3", nn::Layer(nn::Conv2dOptions(4, 8, 3, 1, 1)));
-    conv1 = register_module("conv1", nn::Layer(nn::Conv2dOptions(8, 8, 1)));
-    proj = register_module("proj", nn::Layer(nn::LinearOptions(8, 4)));
-  }
-  torch::Tensor forward(const torch::Tensor& x) {
-    auto h = conv1->forward(torch::gelu(conv3->forward(x)));
-    return proj->forward(h.mean({2, 3}));
-  }
-  nn::Layer conv3{nullptr}, conv1{nullptr}, proj{nullptr};
-};
-TORCH_MODULE(Block);
-
-struct TinyModel : torch::nn::Module {
-  TinyModel() {
-    torch::manual_seed(0);
-    block = register_module("block", Block());
-    for (auto& p : parameters()) p.set_requires_grad(false);
-  }
-  Block block{nullptr};
-};
-
-std::vector<TargetLayer> Targets(TinyModel& model, bool kxk) {
-  return FindLayersInContainers(
-      model, "lora_unet", [](const torch::nn::Module& m) { return dynamic_cast<const BlockImpl*>(&m) != nullptr; },
-      kxk);
-}
+using test_models::TinyModel;
+using test_models::Targets;
 
 NetworkConfig Config(const std::vector<std::string>& args, const std::string& module = "lycoris.kohya") {
   auto c = ParseNetworkConfig({module, 4, 2.0, std::nullopt, args});
