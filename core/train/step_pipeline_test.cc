@@ -33,13 +33,17 @@ struct LossLog : TrainObserver {
   std::vector<double> grad_norms;
 };
 
-double MaxRelativeDifference(const std::map<std::string, torch::Tensor>& a,
-                             const std::map<std::string, torch::Tensor>& b) {
+// The largest, over the LoRA's tensors, of |a - b| / |b| (Frobenius norms).
+// Not element by element: AdamW turns the last-bit rounding of a near-zero
+// gradient (the two paths' optimizer kernels and CPU threads round
+// differently) into a whole lr-sized step of that one element.
+double WorstRelativeNormDifference(const std::map<std::string, torch::Tensor>& a,
+                                   const std::map<std::string, torch::Tensor>& b) {
   double worst = 0;
   for (const auto& [k, v] : a) {
     const torch::Tensor w = b.at(k).to(torch::kFloat64);
-    const double scale = std::max(1e-12, w.abs().max().item<double>());
-    worst = std::max(worst, (v.to(torch::kFloat64) - w).abs().max().item<double>() / scale);
+    const double norm = std::max(1e-12, w.norm().item<double>());
+    worst = std::max(worst, (v.to(torch::kFloat64) - w).norm().item<double>() / norm);
   }
   return worst;
 }
@@ -75,8 +79,8 @@ TEST(StepPipelineTest, GraphStepBodyTrainsAsTheEagerStep) {
       EXPECT_NEAR(graph_log.losses[i], eager_log.losses[i], 1e-5 * std::abs(eager_log.losses[i])) << "step " << i + 1;
       EXPECT_NEAR(graph_log.grad_norms[i], eager_log.grad_norms[i], 1e-4 * eager_log.grad_norms[i]) << "step " << i + 1;
     }
-    const double worst = MaxRelativeDifference(ReadLora(graph->final_lora), ReadLora(eager->final_lora));
-    std::printf("[ %s ] graph-step body vs eager step after 12 steps: worst relative LoRA difference %.3g\n",
+    const double worst = WorstRelativeNormDifference(ReadLora(graph->final_lora), ReadLora(eager->final_lora));
+    std::printf("[ %s ] graph-step body vs eager step after 12 steps: worst relative LoRA difference (norm) %.3g\n",
                 optimizer, worst);
     EXPECT_LT(worst, 1e-4);
   }
